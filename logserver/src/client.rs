@@ -1,0 +1,403 @@
+//! The log client: [`LogClient`] queues lines in a bounded buffer and a background thread sends
+//! them to the log server, connecting lazily and reconnecting with backoff. Callers never wait
+//! on the network; when the buffer is full, lines are dropped and counted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use protocol::auth::{Token, nonce};
+
+use crate::error::HandshakeError;
+use crate::handshake;
+
+/// Lines queued before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 8192;
+
+/// Longest line the client queues, in bytes; the server's default limit, so that a queue of
+/// [`QUEUE_CAPACITY`] lines stays bounded in memory too.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Lines taken from the queue per write; they are resent on a new connection if the write fails.
+const MAX_BATCH: usize = 512;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A server that stops reading for this long is treated as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long [`log`] waits for its line to be sent.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A handle to a background sender of log lines; cheap to clone, all clones share one queue
+/// and one connection. The sender thread ends once every clone is dropped and the queue is sent.
+#[derive(Clone)]
+pub struct LogClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Sender<String>,
+    shared: Arc<Shared>,
+}
+
+/// What the callers and the sender thread both see.
+struct Shared {
+    addr: String,
+    /// Lines accepted into the queue so far.
+    queued: AtomicU64,
+    /// Lines written to a socket so far; `flush` waits on it.
+    written: Mutex<u64>,
+    written_changed: Condvar,
+    dropped: AtomicU64,
+    /// Dropped since the last line that got through, which reports them.
+    unreported: AtomicU64,
+    /// Every handle is gone: nobody can flush any more, so an unreachable server ends the thread.
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for LogClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogClient")
+            .field("addr", &self.inner.shared.addr)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogClient {
+    /// A client for the log server at `addr` (`host:port`), proving `token` when the server
+    /// asks. Nothing connects until the first line is sent.
+    pub fn new(addr: String, token: Option<Token>) -> LogClient {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            addr,
+            queued: AtomicU64::new(0),
+            written: Mutex::new(0),
+            written_changed: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        // Without its thread the client still works as a sink: every line counts as dropped.
+        let _ = std::thread::Builder::new()
+            .name("pcluster-log-client".into())
+            .spawn(move || Worker::new(rx, thread_shared, token).run());
+        LogClient {
+            inner: Arc::new(Inner { tx, shared }),
+        }
+    }
+
+    /// Queues one line without waiting; drops it (and counts it) when the queue is full.
+    ///
+    /// Newlines inside `line` become spaces, so one call is one record. The next line that gets
+    /// through after drops says how many were dropped.
+    pub fn send(&self, line: impl AsRef<str>) {
+        let shared = &self.inner.shared;
+        let mut text = one_line(line.as_ref());
+        let unreported = shared.unreported.swap(0, Ordering::AcqRel);
+        if unreported > 0 {
+            text.push_str(&format!(" [pcluster-log: {unreported} lines dropped]"));
+        }
+        match self.inner.tx.try_send(text) {
+            Ok(()) => {
+                shared.queued.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                shared
+                    .unreported
+                    .fetch_add(unreported + 1, Ordering::AcqRel);
+                shared.dropped.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Waits until every line queued so far is written to the socket, or until `timeout`.
+    /// Returns whether they all were. Meant for process shutdown.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let shared = &self.inner.shared;
+        let target = shared.queued.load(Ordering::Acquire);
+        let deadline = Instant::now() + timeout;
+        let mut written = shared
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while *written < target {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            written = shared
+                .written_changed
+                .wait_timeout(written, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Lines dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.shared.dropped.load(Ordering::Acquire)
+    }
+
+    /// The server address this client sends to.
+    pub fn addr(&self) -> &str {
+        &self.inner.shared.addr
+    }
+}
+
+/// Sends one line to the log server at `addr` and waits briefly for it to be written.
+///
+/// Uses one client per address for the whole process, with the token from `PCLUSTER_TOKEN`
+/// if that is set.
+pub fn log(message: &str, addr: &str) {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, LogClient>>> = OnceLock::new();
+    let client = {
+        let mut clients = CLIENTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        clients
+            .entry(addr.to_owned())
+            .or_insert_with(|| {
+                let token = std::env::var("PCLUSTER_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Token::new);
+                LogClient::new(addr.to_owned(), token)
+            })
+            .clone()
+    };
+    client.send(message);
+    client.flush(LOG_FLUSH_TIMEOUT);
+}
+
+/// `line` with line breaks turned into spaces and cut to [`MAX_LINE`] bytes.
+fn one_line(line: &str) -> String {
+    let mut end = line.len().min(MAX_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut text = line[..end].replace(['\n', '\r'], " ");
+    if end < line.len() {
+        text.push_str(&format!(" [truncated {} bytes]", line.len() - end));
+    }
+    text
+}
+
+/// The background thread: takes lines from the queue and writes them to the server.
+struct Worker {
+    rx: Receiver<String>,
+    shared: Arc<Shared>,
+    token: Option<Token>,
+    conn: Option<BufWriter<TcpStream>>,
+    /// Set while the server cannot be reached, so that failures are reported once, not per try.
+    failing: bool,
+}
+
+impl Worker {
+    fn new(rx: Receiver<String>, shared: Arc<Shared>, token: Option<Token>) -> Self {
+        Worker {
+            rx,
+            shared,
+            token,
+            conn: None,
+            failing: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut batch: Vec<String> = Vec::with_capacity(MAX_BATCH);
+        let mut backoff = BACKOFF_START;
+        loop {
+            if batch.is_empty() {
+                match self.rx.recv() {
+                    Ok(line) => batch.push(line),
+                    // Every handle is gone and everything queued has been sent.
+                    Err(_) => return,
+                }
+                batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
+            }
+            let Some(mut conn) = self.connection() else {
+                if self.shared.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            };
+            backoff = BACKOFF_START;
+            if write_batch(&mut conn, &batch).is_ok() {
+                self.conn = Some(conn);
+                let mut written = self
+                    .shared
+                    .written
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                *written += batch.len() as u64;
+                self.shared.written_changed.notify_all();
+                batch.clear();
+            } else {
+                // The batch goes again on the next connection: a line may arrive twice, but a
+                // line the server never saw is not lost to a dead socket.
+                tracing::debug!(addr = %self.shared.addr, "log server connection lost");
+            }
+        }
+    }
+
+    /// The current connection if it is still open, else a new one.
+    fn connection(&mut self) -> Option<BufWriter<TcpStream>> {
+        if let Some(conn) = self.conn.take()
+            && still_open(conn.get_ref())
+        {
+            return Some(conn);
+        }
+        match connect(&self.shared.addr, self.token.as_ref()) {
+            Ok(stream) => {
+                if self.failing {
+                    tracing::info!(addr = %self.shared.addr, "log server reachable again");
+                    self.failing = false;
+                }
+                Some(BufWriter::with_capacity(64 * 1024, stream))
+            }
+            Err(e) => {
+                if !self.failing {
+                    match &e {
+                        HandshakeError::BadProof | HandshakeError::Refused(_) => {
+                            tracing::warn!(addr = %self.shared.addr, error = %e, "log server refused us");
+                        }
+                        _ => {
+                            tracing::debug!(addr = %self.shared.addr, error = %e, "cannot reach the log server");
+                        }
+                    }
+                    self.failing = true;
+                }
+                None
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut BufWriter<TcpStream>, batch: &[String]) -> io::Result<()> {
+    for line in batch {
+        conn.write_all(line.as_bytes())?;
+        conn.write_all(b"\n")?;
+    }
+    conn.flush()
+}
+
+/// Whether the server is still there. The server never sends anything after the handshake, so
+/// readable data or an end of stream means it has closed (or is not a log server we can use);
+/// catching that before writing saves the lines that a write into a closed socket would lose.
+fn still_open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let open = matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && open
+}
+
+/// Connects to `addr` and, with a token, runs the client side of the handshake.
+pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<TcpStream, HandshakeError> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
+    let mut stream = None;
+    for sock in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sock, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    if let Some(token) = token {
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let challenge = read_line(&stream)?;
+        let server_nonce = handshake::parse_challenge(&challenge)?;
+        let client_nonce = nonce();
+        (&stream).write_all(handshake::answer(token, &server_nonce, &client_nonce).as_bytes())?;
+        let reply = read_line(&stream)?;
+        handshake::check_reply(token, &client_nonce, &server_nonce, &reply)?;
+        stream.set_read_timeout(None)?;
+    }
+    Ok(stream)
+}
+
+/// Reads one handshake line byte by byte: nothing past the newline may be consumed, and these
+/// lines are short and rare.
+fn read_line(mut stream: &TcpStream) -> Result<String, HandshakeError> {
+    let mut line = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(HandshakeError::Closed),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= handshake::MAX_LINE => return Err(HandshakeError::Malformed),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HandshakeError::Timeout);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| HandshakeError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_made_single_and_bounded() {
+        assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+        let long = "é".repeat(MAX_LINE);
+        let cut = one_line(&long);
+        assert!(cut.len() <= MAX_LINE + 40);
+        assert!(cut.ends_with(&format!(" [truncated {} bytes]", MAX_LINE)));
+    }
+
+    #[test]
+    fn without_a_server_send_never_blocks_and_drops_are_counted() {
+        // A port that was just free: connections are refused.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let client = LogClient::new(addr, None);
+        let started = Instant::now();
+        let total = 3 * QUEUE_CAPACITY;
+        for i in 0..total {
+            client.send(format!("line {i}"));
+        }
+        // Generous: the point is that no send waits on the network.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(client.dropped() >= (total - QUEUE_CAPACITY - MAX_BATCH) as u64);
+        assert!(!client.flush(Duration::from_millis(10)));
+    }
+}

@@ -1,0 +1,31 @@
+//! The pcluster log server and log client.
+//!
+//! The protocol is plain text: each newline-terminated line a client sends over TCP is one
+//! record, so `echo hello | nc host 5555` works. With a token configured, a short challenge
+//! ([`handshake`]) comes first.
+//!
+//! | concept | file |
+//! | --- | --- |
+//! | server: accept, per-connection readers, shutdown | `server.rs` |
+//! | line framing with bounded memory | `codec.rs` |
+//! | the single writer thread, record format | `writer.rs` |
+//! | token handshake messages | `handshake.rs` |
+//! | client: background sender with a bounded buffer | `client.rs` |
+//! | `tracing` layer that sends events through a client | `layer.rs` |
+//! | errors | `error.rs` |
+//! | round-trip tests on loopback | `tests.rs` |
+
+pub mod client;
+pub mod codec;
+mod error;
+pub mod handshake;
+mod layer;
+mod server;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use client::{LogClient, log};
+pub use error::{Error, HandshakeError};
+pub use layer::LogLayer;
+pub use server::{ServerConfig, run};

@@ -1,0 +1,414 @@
+//! Round trips through a real server on 127.0.0.1:0: client to file, the token handshake both
+//! ways, shutdown keeping buffered lines, the connection limit and the tracing layer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use protocol::auth::{Token, label, nonce};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, LogClient, QUEUE_CAPACITY};
+use crate::error::HandshakeError;
+use crate::{Error, LogLayer, ServerConfig, handshake, run};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn temp_path(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "pcluster-logserver-test-{}-{n}-{name}.log",
+        std::process::id()
+    ))
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    path: PathBuf,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), Error>>,
+}
+
+impl TestServer {
+    async fn start(name: &str, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        Self::start_on("127.0.0.1:0", name, configure).await
+    }
+
+    async fn start_on(
+        addr: &str,
+        name: &str,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let path = temp_path(name);
+        let _ = std::fs::remove_file(&path);
+        let mut config = ServerConfig {
+            outfile: path.clone(),
+            echo_stdout: false,
+            ..ServerConfig::default()
+        };
+        configure(&mut config);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(listener, config, shutdown.clone()));
+        TestServer {
+            addr,
+            path,
+            shutdown,
+            handle,
+        }
+    }
+
+    fn contents(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits until the file (flushed at least every second) satisfies `f`.
+    async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) {
+        let end = Instant::now() + DEADLINE;
+        while !f(&self.contents()) {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> String {
+        self.shutdown.cancel();
+        self.handle.await.expect("join").expect("server result");
+        let contents = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.path);
+        contents
+    }
+}
+
+/// The message part of each text record, after checking its time and source.
+fn messages(contents: &str) -> Vec<String> {
+    contents
+        .lines()
+        .map(|record| {
+            let mut parts = record.splitn(3, ' ');
+            let time = parts.next().expect("time");
+            humantime::parse_rfc3339(time).expect("RFC 3339 time");
+            let source: SocketAddr = parts.next().expect("source").parse().expect("source");
+            assert!(source.ip().is_loopback());
+            parts.next().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+async fn flush(client: &LogClient) -> bool {
+    let client = client.clone();
+    tokio::task::spawn_blocking(move || client.flush(DEADLINE))
+        .await
+        .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_lines_reach_the_file_in_order() {
+    let server = TestServer::start("roundtrip", |_| {}).await;
+    let client = LogClient::new(server.addr.to_string(), None);
+    for i in 0..500 {
+        client.send(format!("line {i}"));
+    }
+    client.send("two\nlines");
+    assert!(flush(&client).await);
+    let got = messages(&server.stop().await);
+    let mut want: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
+    want.push("two lines".into());
+    assert_eq!(got, want);
+    assert_eq!(client.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_lines_split_crlf_and_partial_last_line() {
+    let server = TestServer::start("plain", |_| {}).await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    for chunk in [
+        &b"hel"[..],
+        b"lo\r",
+        b"\nbad \xff\n",
+        b"no newline at the end",
+    ] {
+        s.write_all(chunk).await.expect("write");
+        s.flush().await.expect("flush");
+    }
+    s.shutdown().await.expect("shutdown");
+    // The server closes once it has handed everything over.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("read");
+    assert_eq!(
+        messages(&server.stop().await),
+        ["hello", "bad \u{fffd}", "no newline at the end"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_lines_are_one_truncated_record() {
+    let server = TestServer::start("truncate", |c| c.max_line = 10).await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    let long = vec![b'x'; 100_000];
+    s.write_all(&long).await.expect("write");
+    s.write_all(b"\nshort\n").await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("read");
+    assert_eq!(
+        messages(&server.stop().await),
+        ["xxxxxxxxxx [truncated 99990 bytes]", "short"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_records_carry_time_source_and_message() {
+    let server = TestServer::start("json", |c| c.json = true).await;
+    let client = LogClient::new(server.addr.to_string(), None);
+    client.send("quote \" and tab \t");
+    assert!(flush(&client).await);
+    let contents = server.stop().await;
+    let record: serde_json::Value = serde_json::from_str(contents.trim_end()).expect("json");
+    assert_eq!(record["message"], "quote \" and tab \t");
+    humantime::parse_rfc3339(record["time"].as_str().expect("time")).expect("time");
+    assert!(
+        record["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("127.0.0.1:")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeps_lines_already_read_including_a_partial_one() {
+    let server = TestServer::start("shutdown", |_| {}).await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(b"complete\npartial").await.expect("write");
+    // Once the complete line is on disk, the partial one has been read too (same write).
+    server
+        .wait_for("the complete line", |c| c.contains("complete"))
+        .await;
+    let contents = server.stop().await;
+    assert_eq!(messages(&contents), ["complete", "partial"]);
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_accepted_round_trip() {
+    let token = Token::new("cluster secret");
+    let server = TestServer::start("token-ok", |c| c.token = Some(token.clone())).await;
+    let client = LogClient::new(server.addr.to_string(), Some(token));
+    client.send("authenticated line");
+    assert!(flush(&client).await);
+    assert_eq!(messages(&server.stop().await), ["authenticated line"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_is_refused_and_writes_nothing() {
+    let server = TestServer::start("token-bad", |c| c.token = Some(Token::new("right"))).await;
+
+    // Raw: the server says why and closes.
+    let s = TcpStream::connect(server.addr).await.expect("connect");
+    let mut s = BufReader::new(s);
+    let mut challenge = String::new();
+    s.read_line(&mut challenge).await.expect("challenge");
+    let server_nonce = handshake::parse_challenge(challenge.trim_end()).expect("challenge");
+    let answer = handshake::answer(&Token::new("wrong"), &server_nonce, &nonce());
+    s.get_mut()
+        .write_all(format!("{answer}sneaked in\n").as_bytes())
+        .await
+        .expect("answer");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("reply");
+    assert_eq!(reply, "ERR wrong token\n");
+
+    // Through the client's connect.
+    let addr = server.addr.to_string();
+    let refused = tokio::task::spawn_blocking(move || {
+        client::connect(&addr, Some(&Token::new("wrong"))).map(|_| ())
+    })
+    .await
+    .expect("join");
+    assert!(
+        matches!(refused, Err(HandshakeError::Refused(ref r)) if r == "wrong token"),
+        "{refused:?}"
+    );
+
+    // A client without a token gets a challenge it cannot answer.
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(b"hello without token\n").await.expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("reply");
+    assert!(
+        reply.ends_with("ERR malformed handshake message\n"),
+        "{reply}"
+    );
+
+    assert_eq!(server.stop().await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_has_a_deadline() {
+    let server = TestServer::start("token-slow", |c| {
+        c.token = Some(Token::new("t"));
+        c.handshake_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    let mut reply = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut reply))
+        .await
+        .expect("server closes a silent client")
+        .expect("read");
+    assert!(reply.ends_with("ERR handshake timed out\n"), "{reply}");
+    server.stop().await;
+}
+
+#[test]
+fn client_refuses_a_server_with_the_wrong_token() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let impostor = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let (mut s, _) = listener.accept().expect("accept");
+        let server_nonce = nonce();
+        s.write_all(handshake::challenge(&server_nonce).as_bytes())
+            .expect("challenge");
+        let mut answer = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut answer)
+            .expect("answer");
+        let (client_nonce, _) = answer.split_once(' ').expect("answer");
+        let mut cn = [0u8; 32];
+        hex::decode_to_slice(client_nonce, &mut cn).expect("hex");
+        let proof = Token::new("not the token").proof(label::LOG_SERVER, &cn, &server_nonce);
+        s.write_all(format!("OK {}\n", hex::encode(proof)).as_bytes())
+            .expect("reply");
+    });
+    let result = client::connect(&addr, Some(&Token::new("the token")));
+    assert!(
+        matches!(result, Err(HandshakeError::BadProof)),
+        "{result:?}"
+    );
+    impostor.join().expect("impostor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed() {
+    let server = TestServer::start("limit", |c| c.max_connections = 1).await;
+    let mut first = TcpStream::connect(server.addr).await.expect("connect");
+    first.write_all(b"first\n").await.expect("write");
+    server
+        .wait_for("the first line", |c| c.contains("first"))
+        .await;
+    let mut second = TcpStream::connect(server.addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(DEADLINE, second.read(&mut buf))
+        .await
+        .expect("second connection closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(first);
+    assert_eq!(messages(&server.stop().await), ["first"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_lines_are_reported_once_the_server_is_back() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let client = LogClient::new(addr.to_string(), None);
+    for i in 0..2 * QUEUE_CAPACITY {
+        client.send(format!("early {i}"));
+    }
+    let dropped = client.dropped();
+    assert!(dropped > 0);
+    let server = TestServer::start_on(&addr.to_string(), "dropped", |_| {}).await;
+    // The queue drains once the client's backoff lets it reconnect.
+    assert!(flush(&client).await);
+    client.send("after");
+    assert!(flush(&client).await);
+    let got = messages(&server.stop().await);
+    assert_eq!(got.len() as u64, 2 * QUEUE_CAPACITY as u64 - dropped + 1);
+    // The sender thread may take a batch out while drops go on, so a line in the middle can
+    // report some; the last sends were dropped, so "after" reports the rest.
+    let reported: u64 = got
+        .iter()
+        .filter_map(|m| m.split_once(" [pcluster-log: "))
+        .map(|(_, n)| {
+            n.trim_end_matches(" lines dropped]")
+                .parse::<u64>()
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(reported, dropped);
+    assert!(
+        got.last()
+            .is_some_and(|m| m.starts_with("after [pcluster-log: ")),
+        "{:?}",
+        got.last()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_layer_formats_events_with_tag_level_target_and_fields() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let server = TestServer::start("layer", |_| {}).await;
+    let client = LogClient::new(server.addr.to_string(), None);
+    let subscriber = tracing_subscriber::registry()
+        .with(LogLayer::new(client.clone(), "node 127.0.0.2:6000".into()));
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(worker = 1, task = "simple_task", "task started");
+        tracing::warn!(reason = "out of fuel", "task failed");
+        tracing::error!(target: "pcluster_logserver::client", "never sent");
+    });
+    assert!(flush(&client).await);
+    let target = module_path!();
+    assert_eq!(
+        messages(&server.stop().await),
+        [
+            format!("node 127.0.0.2:6000 INFO {target}: task started worker=1 task=simple_task"),
+            format!("node 127.0.0.2:6000 WARN {target}: task failed reason=\"out of fuel\""),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_and_unwritable_file_are_errors() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = ServerConfig {
+        max_connections: 0,
+        ..ServerConfig::default()
+    };
+    let result = run(listener, config, CancellationToken::new()).await;
+    assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = ServerConfig {
+        outfile: temp_path("missing-dir").join("log"),
+        ..ServerConfig::default()
+    };
+    let result = run(listener, config, CancellationToken::new()).await;
+    assert!(
+        matches!(result, Err(Error::OpenOutfile { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let server = TestServer::start("idle", |c| {
+        c.idle_timeout = Some(Duration::from_millis(200));
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(b"then silence\nhalf").await.expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes an idle connection")
+        .expect("read");
+    assert_eq!(messages(&server.stop().await), ["then silence", "half"]);
+}

@@ -1,0 +1,548 @@
+//! The node's TCP server: accepts connections (bounded), runs the handshake, serves status
+//! probes, and serves the one root that holds the node: setup, item batches, reset,
+//! pause/resume, and draining on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::auth::Token;
+use protocol::handshake::{self, Role};
+use protocol::{
+    Connection, ErrorKind, Msg, NodeState, NodeStatus, SessionId, SetupDone, Welcome, WireError,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{ModuleCache, compile_chain};
+use crate::worker::{Batch, Pool, PoolShared};
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Worker threads (default: the number of cores).
+    pub workers: u32,
+    /// The cluster token; `None` lets anyone who reaches the port use the node.
+    pub token: Option<Token>,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Deadline for a new connection's handshake.
+    pub handshake_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// How long a chain is kept for a root that disconnected without saying goodbye.
+    pub orphan_grace: Duration,
+    /// Interval of heartbeats to the root.
+    pub heartbeat: Duration,
+    /// How long a shutdown waits for items in flight to finish.
+    pub drain_timeout: Duration,
+    /// Idle time after which a status-only connection is closed.
+    pub probe_idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            workers: cores(),
+            token: None,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+            orphan_grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(60),
+            probe_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Number of cores of this machine.
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Owner {
+    conn: u64,
+    root: String,
+    session: SessionId,
+    orphaned_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Slot {
+    owner: Option<Owner>,
+    chain: Option<(String, String)>,
+    pool: Option<Arc<PoolShared>>,
+}
+
+struct Node {
+    config: NodeConfig,
+    addr: Arc<str>,
+    started: Instant,
+    cache: ModuleCache,
+    slot: Mutex<Slot>,
+    next_conn: AtomicU64,
+    draining: CancellationToken,
+}
+
+impl Node {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let slot = self.slot();
+        let state = if self.draining.is_cancelled() {
+            NodeState::Draining
+        } else {
+            match &slot.owner {
+                None => NodeState::Free,
+                Some(o) if o.orphaned_since.is_some() => NodeState::Orphaned,
+                Some(_) => NodeState::Busy,
+            }
+        };
+        NodeStatus {
+            addr: self.addr.to_string(),
+            cores: cores(),
+            workers: self.config.workers,
+            idle_workers: slot
+                .pool
+                .as_ref()
+                .map_or(self.config.workers, |p| p.idle.load(Ordering::Relaxed)),
+            state,
+            root: slot.owner.as_ref().map(|o| o.root.clone()),
+            chain: slot.chain.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            modules_compiled: self.cache.compiled.load(Ordering::Relaxed),
+            module_cache_hits: self.cache.hits.load(Ordering::Relaxed),
+            tasks: slot
+                .pool
+                .as_ref()
+                .map(|p| p.task_counters())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Who holds the node, unless it is `conn` or the session `resume` may take it over.
+    fn busy_with(&self, conn: u64, resume: Option<SessionId>) -> Option<String> {
+        let slot = self.slot();
+        let owner = slot.owner.as_ref()?;
+        let takeover = owner.orphaned_since.is_some_and(|since| {
+            Some(owner.session) == resume || since.elapsed() >= self.config.orphan_grace
+        });
+        (owner.conn != conn && !takeover).then(|| owner.root.clone())
+    }
+
+    fn claim(&self, conn: u64, root: &str, session: SessionId) -> Result<(), String> {
+        if let Some(holder) = self.busy_with(conn, Some(session)) {
+            return Err(format!("busy: set up by {holder}"));
+        }
+        let mut slot = self.slot();
+        slot.owner = Some(Owner {
+            conn,
+            root: root.to_string(),
+            session,
+            orphaned_since: None,
+        });
+        Ok(())
+    }
+
+    fn release(self: &Arc<Self>, conn: u64, said_bye: bool) {
+        let mut guard = self.slot();
+        let slot = &mut *guard;
+        let Some(owner) = slot.owner.as_mut() else {
+            return;
+        };
+        if owner.conn != conn {
+            return;
+        }
+        slot.pool = None;
+        if said_bye || slot.chain.is_none() {
+            *slot = Slot::default();
+            return;
+        }
+        let since = Instant::now();
+        owner.orphaned_since = Some(since);
+        tracing::info!(node = &*self.addr, root = %owner.root, grace_s = self.config.orphan_grace.as_secs(),
+            "root disconnected; keeping its chain for the grace period");
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(node.config.orphan_grace).await;
+            let mut slot = node.slot();
+            if slot.owner.as_ref().and_then(|o| o.orphaned_since) == Some(since) {
+                tracing::info!(node = &*node.addr, "grace period over; node is free");
+                *slot = Slot::default();
+            }
+        });
+    }
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains: it stops taking
+/// items, finishes what it holds (or hands it back by closing), and returns.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let local = listener.local_addr()?;
+    if config.token.is_none() {
+        tracing::warn!(node = %local, "no cluster token set: anyone who can reach {local} can run code on this node (set --token or PCLUSTER_TOKEN)");
+    }
+    // Compile-ready before the first root arrives.
+    let _ = crate::engine::engine();
+    let node = Arc::new(Node {
+        addr: local.to_string().into(),
+        started: Instant::now(),
+        cache: ModuleCache::default(),
+        slot: Mutex::new(Slot::default()),
+        next_conn: AtomicU64::new(1),
+        draining: shutdown.clone(),
+        config,
+    });
+    let limit = Arc::new(Semaphore::new(node.config.max_connections));
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        node = &*node.addr,
+        workers = node.config.workers,
+        "node listening"
+    );
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(node = &*node.addr, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve(node, stream, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let deadline = node.config.drain_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            node = &*node.addr,
+            "drain deadline passed; closing with items in flight (the root re-dispatches them)"
+        );
+    }
+    tracing::info!(node = &*node.addr, "node stopped");
+    Ok(())
+}
+
+async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let accepted = match handshake::accept(
+        stream,
+        node.config.token.as_ref(),
+        node.config.max_frame,
+        node.config.handshake_timeout,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(node = &*node.addr, %peer, "handshake failed: {e}");
+            return;
+        }
+    };
+    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut conn = accepted.conn;
+    let welcome = Welcome {
+        node: node.addr.to_string(),
+        busy_with: node.busy_with(conn_id, accepted.resume),
+        workers: node.config.workers,
+    };
+    if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
+        return;
+    }
+    match accepted.role {
+        Role::Probe => serve_probe(&node, conn, peer, shutdown).await,
+        Role::Root => serve_root(node, conn, conn_id, peer, shutdown).await,
+    }
+}
+
+async fn serve_probe(
+    node: &Node,
+    mut conn: Connection,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(node.config.probe_idle_timeout, conn.read_message()) => match m {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let reply = match msg {
+            Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),
+            Ok(Some(Msg::Heartbeat)) => continue,
+            Ok(Some(other)) => Msg::Error(WireError::new(
+                ErrorKind::BadRequest,
+                format!("a status connection cannot send {}", other.name()),
+            )),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(node = &*node.addr, %peer, "probe connection: {e}");
+                let _ = conn
+                    .write_message(&Msg::Error(WireError::new(
+                        ErrorKind::BadRequest,
+                        e.to_string(),
+                    )))
+                    .await;
+                return;
+            }
+        };
+        if conn.write_message(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Msg {
+    Msg::Error(WireError::new(kind, message))
+}
+
+async fn serve_root(
+    node: Arc<Node>,
+    conn: Connection,
+    conn_id: u64,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, mut writer) = conn.split();
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let heartbeat = node.config.heartbeat;
+    let writer_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else { break };
+                    if writer.feed(&m).is_err() { break; }
+                    // Write whatever else is ready in one go.
+                    while writer.buffered() < (1 << 20) {
+                        match rx.try_recv() {
+                            Ok(m) => if writer.feed(&m).is_err() { break },
+                            Err(_) => break,
+                        }
+                    }
+                    if writer.flush().await.is_err() { break; }
+                }
+                _ = tick.tick() => {
+                    if writer.write_message(&Msg::Heartbeat).await.is_err() { break; }
+                }
+            }
+        }
+        writer.shutdown().await;
+    });
+
+    let mut pool: Option<Pool> = None;
+    let mut draining = false;
+    let mut said_bye = false;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(10));
+    let drain_started = Instant::now();
+    let root = peer.to_string();
+    loop {
+        let msg = tokio::select! {
+            m = reader.read_message() => m,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                tracing::info!(node = &*node.addr, "draining: finishing the items in flight");
+                let _ = tx.send(Msg::Draining).await;
+                continue;
+            }
+            _ = drain_check.tick(), if draining => {
+                let idle = pool.as_ref().is_none_or(|p| p.shared.in_flight.load(Ordering::Relaxed) == 0);
+                if idle || drain_started.elapsed() > node.config.drain_timeout {
+                    break;
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(node = &*node.addr, %peer, "closing root connection: {e}");
+                let _ = tx.send(error(ErrorKind::BadRequest, e.to_string())).await;
+                break;
+            }
+        };
+        let reply = match msg {
+            Msg::StatusRequest => Some(Msg::Status(Box::new(node.status()))),
+            Msg::Heartbeat => None,
+            Msg::Setup(setup) if draining => {
+                let _ = setup;
+                Some(error(ErrorKind::ShuttingDown, "node is shutting down"))
+            }
+            Msg::Setup(setup) => {
+                if let Err(busy) = node.claim(conn_id, &root, setup.session) {
+                    Some(error(ErrorKind::Busy, busy))
+                } else {
+                    // Replace any earlier chain of this root.
+                    pool = None;
+                    {
+                        let mut slot = node.slot();
+                        slot.pool = None;
+                        slot.chain = None;
+                    }
+                    let started = Instant::now();
+                    match setup_chain(&node, setup.chain, tx.clone()).await {
+                        Ok((p, compiled, cached)) => {
+                            let credit = p.shared.credit();
+                            p.shared
+                                .announced
+                                .store(u64::from(credit.items), Ordering::Relaxed);
+                            {
+                                let mut slot = node.slot();
+                                slot.chain = Some((
+                                    p.shared.chain.name.clone(),
+                                    p.shared.chain.version.clone(),
+                                ));
+                                slot.pool = Some(p.shared.clone());
+                            }
+                            tracing::info!(node = &*node.addr, chain = %p.shared.chain.name, compiled, cached,
+                                ms = started.elapsed().as_millis() as u64, "chain set up");
+                            pool = Some(p);
+                            Some(Msg::SetupDone(SetupDone {
+                                compiled,
+                                cached,
+                                credit,
+                            }))
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = &*node.addr, "setup failed: {e}");
+                            Some(error(ErrorKind::Setup, e))
+                        }
+                    }
+                }
+            }
+            Msg::Items(items) => match &pool {
+                None => Some(error(
+                    ErrorKind::NotSetUp,
+                    "items arrived before a chain was set up",
+                )),
+                Some(p) => {
+                    if let Err(e) = items.items.validate() {
+                        Some(error(ErrorKind::BadRequest, e))
+                    } else if items.ids.len() != items.items.len() {
+                        Some(error(
+                            ErrorKind::BadRequest,
+                            "batch has a different number of ids and items",
+                        ))
+                    } else if let Some(big) = items
+                        .items
+                        .lens
+                        .0
+                        .iter()
+                        .find(|&&l| u64::from(l) > p.shared.chain.limits.max_item_bytes)
+                    {
+                        Some(error(
+                            ErrorKind::TooLarge,
+                            format!(
+                                "item of {big} bytes exceeds the limit of {} bytes",
+                                p.shared.chain.limits.max_item_bytes
+                            ),
+                        ))
+                    } else {
+                        match p.submit(Batch {
+                            seq: items.seq,
+                            items: items.items,
+                        }) {
+                            Ok(()) => None,
+                            Err(e) => Some(error(ErrorKind::BadRequest, e)),
+                        }
+                    }
+                }
+            },
+            Msg::Reset => {
+                pool = None;
+                let mut slot = node.slot();
+                slot.pool = None;
+                slot.chain = None;
+                Some(Msg::ResetDone)
+            }
+            Msg::Pause => {
+                if let Some(p) = &pool {
+                    p.shared.set_paused(true);
+                }
+                Some(Msg::Paused)
+            }
+            Msg::Resume => {
+                if let Some(p) = &pool {
+                    p.shared.set_paused(false);
+                }
+                Some(Msg::Resumed)
+            }
+            Msg::Bye => {
+                said_bye = true;
+                break;
+            }
+            other => Some(error(
+                ErrorKind::BadRequest,
+                format!("a node does not accept {}", other.name()),
+            )),
+        };
+        if let Some(reply) = reply
+            && tx.send(reply).await.is_err()
+        {
+            break;
+        }
+    }
+    drop(pool);
+    node.release(conn_id, said_bye);
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+async fn setup_chain(
+    node: &Arc<Node>,
+    spec: protocol::ChainSpec,
+    out: mpsc::Sender<Msg>,
+) -> Result<(Pool, u32, u32), String> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
+        let pool = Pool::start(
+            Arc::new(chain),
+            node.config.workers.max(1),
+            node.addr.clone(),
+            out,
+        )?;
+        Ok((pool, compiled, cached))
+    })
+    .await
+    .map_err(|e| format!("setup task failed: {e}"))?
+}

@@ -1,0 +1,562 @@
+//! The worker pool: threads apart from the I/O runtime, each with its own instance of every
+//! task, taking work units (runs of one batch) from a shared bounded queue and running them
+//! through the chain stage by stage.
+//!
+//! Stage-by-stage (every item of the unit through task 0, then every output through task 1…)
+//! keeps one instance hot at a time and needs no allocation per item: each stage writes into
+//! a reused [`OutBuf`] that is swapped into the task's store for the duration of the stage.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use protocol::{Credit, Failure, Msg, Outputs, Packed, TaskCounters, U32s};
+use tokio::sync::mpsc;
+
+use crate::engine::{CallFailure, CompiledChain, LogCtx, OutBuf, TaskInstance};
+
+/// How long one work unit should take; units are sized from the measured time per item.
+const UNIT_TARGET_NS: u64 = 2_000_000;
+/// Most inputs in one work unit.
+pub const MAX_UNIT: u32 = 4096;
+/// How much time worth of items a node wants in flight per worker.
+const WINDOW_TARGET_NS: u64 = 40_000_000;
+/// Bytes a node accepts in flight.
+pub const WINDOW_BYTES: u64 = 256 << 20;
+/// Most items a node asks for per worker.
+const MAX_WINDOW_PER_WORKER: u64 = 128 * 1024;
+/// Bytes of a failing item quoted in its failure.
+const ITEM_QUOTE: usize = 200;
+
+/// A run of inputs of one batch.
+#[derive(Debug)]
+pub struct Unit {
+    /// The batch.
+    pub batch: Arc<Batch>,
+    /// Index of the first input in the batch.
+    pub first: u32,
+    /// Number of inputs.
+    pub count: u32,
+    /// Offset of the first input's bytes in the batch data.
+    pub byte_start: usize,
+}
+
+/// A batch as received.
+#[derive(Debug)]
+pub struct Batch {
+    /// Its sequence number on the connection.
+    pub seq: u64,
+    /// Its items.
+    pub items: Packed,
+}
+
+/// Per-task counters, shared by all workers, updated once per stage of a unit.
+#[derive(Debug, Default)]
+pub struct Counters {
+    items_in: AtomicU64,
+    items_out: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+    busy_ns: AtomicU64,
+}
+
+/// State shared by the pool's workers and the connection that feeds them.
+#[derive(Debug)]
+pub struct PoolShared {
+    /// The chain.
+    pub chain: Arc<CompiledChain>,
+    /// One per task.
+    pub counters: Vec<Counters>,
+    /// Workers not running a unit.
+    pub idle: AtomicU32,
+    /// Inputs received and not yet answered.
+    pub in_flight: AtomicU64,
+    /// Average nanoseconds one input takes through the whole chain (EWMA).
+    pub avg_item_ns: AtomicU64,
+    /// Credit last announced to the root (items).
+    pub announced: AtomicU64,
+    paused: Mutex<bool>,
+    resume: Condvar,
+    stop: AtomicBool,
+    workers: u32,
+}
+
+impl PoolShared {
+    /// The counters in the wire format.
+    pub fn task_counters(&self) -> Vec<TaskCounters> {
+        self.chain
+            .tasks
+            .iter()
+            .zip(&self.counters)
+            .map(|(t, c)| TaskCounters {
+                name: t.name.to_string(),
+                items_in: c.items_in.load(Ordering::Relaxed),
+                items_out: c.items_out.load(Ordering::Relaxed),
+                dropped: c.dropped.load(Ordering::Relaxed),
+                failed: c.failed.load(Ordering::Relaxed),
+                busy_ns: c.busy_ns.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// How many inputs a work unit should hold now.
+    pub fn unit_size(&self) -> u32 {
+        let avg = self.avg_item_ns.load(Ordering::Relaxed).max(1);
+        (UNIT_TARGET_NS / avg).clamp(1, u64::from(MAX_UNIT)) as u32
+    }
+
+    /// The credit window the node wants now.
+    pub fn credit(&self) -> Credit {
+        let avg = self.avg_item_ns.load(Ordering::Relaxed).max(1);
+        let per_worker = (WINDOW_TARGET_NS / avg).clamp(2, MAX_WINDOW_PER_WORKER);
+        Credit {
+            items: (per_worker * u64::from(self.workers)).min(u64::from(u32::MAX)) as u32,
+            bytes: WINDOW_BYTES,
+        }
+    }
+
+    /// Stops or restarts taking units.
+    pub fn set_paused(&self, paused: bool) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        *p = paused;
+        self.resume.notify_all();
+    }
+
+    fn wait_unpaused(&self) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        while *p && !self.stop.load(Ordering::Relaxed) {
+            p = self.resume.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A running pool of workers for one chain.
+#[derive(Debug)]
+pub struct Pool {
+    /// Shared state.
+    pub shared: Arc<PoolShared>,
+    queue: Option<crossbeam_channel::Sender<Unit>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `workers` threads, each instantiating every task (init included), and waits
+    /// for all of them. Outputs go to `out`.
+    ///
+    /// # Errors
+    /// The first instantiation or init failure, naming the task.
+    pub fn start(
+        chain: Arc<CompiledChain>,
+        workers: u32,
+        node: Arc<str>,
+        out: mpsc::Sender<Msg>,
+    ) -> Result<Pool, String> {
+        let shared = Arc::new(PoolShared {
+            counters: chain.tasks.iter().map(|_| Counters::default()).collect(),
+            chain,
+            idle: AtomicU32::new(workers),
+            in_flight: AtomicU64::new(0),
+            // A guess until the first unit is measured: small units, small window.
+            avg_item_ns: AtomicU64::new(200_000),
+            announced: AtomicU64::new(0),
+            paused: Mutex::new(false),
+            resume: Condvar::new(),
+            stop: AtomicBool::new(false),
+            workers,
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<Unit>(1 << 16);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::with_capacity(workers as usize);
+        for w in 0..workers {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            let out = out.clone();
+            let ready = ready_tx.clone();
+            let node = node.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pcluster-worker-{w}"))
+                .spawn(move || {
+                    let worker = match Worker::new(shared, w, node) {
+                        Ok(worker) => {
+                            let _ = ready.send(Ok(()));
+                            worker
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    drop(ready);
+                    worker.run(rx, out);
+                });
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(e) => return Err(format!("cannot start worker thread: {e}")),
+            }
+        }
+        drop(ready_tx);
+        let mut pool = Pool {
+            shared,
+            queue: Some(tx),
+            threads,
+        };
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    pool.stop();
+                    return Err(e);
+                }
+                Err(_) => {
+                    pool.stop();
+                    return Err("a worker thread died during setup".into());
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Splits a batch into work units and queues them.
+    ///
+    /// # Errors
+    /// When the queue is full (the root ignored its credit) or the pool is stopped.
+    pub fn submit(&self, batch: Batch) -> Result<(), String> {
+        let Some(queue) = &self.queue else {
+            return Err("the pool is stopped".into());
+        };
+        let n = batch.items.len() as u32;
+        self.shared
+            .in_flight
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+        let unit = self.shared.unit_size();
+        let batch = Arc::new(batch);
+        let mut first = 0u32;
+        let mut byte_start = 0usize;
+        while first < n {
+            let count = unit.min(n - first);
+            let bytes: usize = batch.items.lens.0[first as usize..(first + count) as usize]
+                .iter()
+                .map(|&l| l as usize)
+                .sum();
+            let u = Unit {
+                batch: batch.clone(),
+                first,
+                count,
+                byte_start,
+            };
+            if queue.try_send(u).is_err() {
+                self.shared
+                    .in_flight
+                    .fetch_sub(u64::from(n - first), Ordering::Relaxed);
+                return Err("work queue full: the root sent more than its credit".into());
+            }
+            first += count;
+            byte_start += bytes;
+        }
+        Ok(())
+    }
+
+    /// Units waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+
+    /// Stops the workers: they finish the unit they run (bounded by the chain's deadline)
+    /// and exit; queued units are dropped. Does not wait for the threads.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.queue = None;
+        self.shared.set_paused(false);
+        // Threads finish on their own; joining here could block an I/O task for a deadline.
+        self.threads.clear();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    shared: Arc<PoolShared>,
+    index: u32,
+    node: Arc<str>,
+    instances: Vec<Result<TaskInstance, String>>,
+    cur: OutBuf,
+    spare: OutBuf,
+}
+
+impl Worker {
+    fn new(shared: Arc<PoolShared>, index: u32, node: Arc<str>) -> Result<Worker, String> {
+        let mut instances = Vec::with_capacity(shared.chain.tasks.len());
+        for (i, task) in shared.chain.tasks.iter().enumerate() {
+            let ctx = LogCtx {
+                node: node.clone(),
+                worker: index,
+                task: task.name.clone(),
+            };
+            let inst = TaskInstance::new(task, &shared.chain.limits, ctx)
+                .map_err(|e| format!("task {i} `{}`: {e}", task.name))?;
+            instances.push(Ok(inst));
+        }
+        Ok(Worker {
+            shared,
+            index,
+            node,
+            instances,
+            cur: OutBuf::default(),
+            spare: OutBuf::default(),
+        })
+    }
+
+    fn run(mut self, rx: crossbeam_channel::Receiver<Unit>, out: mpsc::Sender<Msg>) {
+        loop {
+            self.shared.wait_unpaused();
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(unit) = rx.recv() else { return };
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            self.shared.idle.fetch_sub(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let outputs = self.run_unit(&unit);
+            let ns = started.elapsed().as_nanos() as u64 / u64::from(unit.count.max(1));
+            let old = self.shared.avg_item_ns.load(Ordering::Relaxed);
+            // Weigh by unit size so one tiny unit cannot swing the estimate far.
+            let w = u64::from(unit.count.clamp(1, 64));
+            let avg = (old * (128 - w) + ns.max(1) * w) / 128;
+            self.shared.avg_item_ns.store(avg.max(1), Ordering::Relaxed);
+            self.shared.idle.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .in_flight
+                .fetch_sub(u64::from(unit.count), Ordering::Relaxed);
+            if out.blocking_send(Msg::Outputs(outputs)).is_err() {
+                // The root's connection is gone; it re-dispatches what it did not get.
+                continue;
+            }
+            let credit = self.shared.credit();
+            let last = self.shared.announced.load(Ordering::Relaxed);
+            let now = u64::from(credit.items);
+            if (now > last + last / 4 || now < last - last / 4)
+                && self
+                    .shared
+                    .announced
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let _ = out.blocking_send(Msg::Credit(credit));
+            }
+        }
+    }
+
+    fn run_unit(&mut self, unit: &Unit) -> Outputs {
+        let chain = self.shared.chain.clone();
+        let batch = &unit.batch;
+        let first = unit.first as usize;
+        let count = unit.count as usize;
+        let lens = &batch.items.lens.0[first..first + count];
+        let mut failures = Vec::new();
+        for k in 0..chain.tasks.len() {
+            let started = Instant::now();
+            let mut stage = std::mem::take(&mut self.spare);
+            stage.clear();
+            let mut ctx = StageCtx {
+                chain: &chain,
+                k,
+                node: &self.node,
+                worker: self.index,
+                slot: &mut self.instances[k],
+                failures: &mut failures,
+                calls: 0,
+                failed: 0,
+            };
+            if k == 0 {
+                let mut offset = unit.byte_start;
+                let items = lens.iter().enumerate().map(|(i, &l)| {
+                    let item = &batch.items.data[offset..offset + l as usize];
+                    offset += l as usize;
+                    (i as u32, item)
+                });
+                ctx.run(items, &mut stage);
+            } else {
+                let prev = &self.cur;
+                ctx.run(
+                    prev.entries.iter().map(|e| (e.input, prev.item(e))),
+                    &mut stage,
+                );
+            }
+            let (calls, failed) = (ctx.calls, ctx.failed);
+            let c = &self.shared.counters[k];
+            c.items_in.fetch_add(calls, Ordering::Relaxed);
+            c.items_out
+                .fetch_add(stage.entries.len() as u64, Ordering::Relaxed);
+            c.failed.fetch_add(failed, Ordering::Relaxed);
+            let produced_by = count_inputs_with_output(&stage);
+            c.dropped.fetch_add(
+                calls.saturating_sub(failed).saturating_sub(produced_by),
+                Ordering::Relaxed,
+            );
+            c.busy_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.spare = std::mem::replace(&mut self.cur, stage);
+        }
+        let mut counts = vec![0u32; count];
+        for e in &self.cur.entries {
+            counts[e.input as usize] += 1;
+        }
+        let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
+        packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
+        packed.data.extend_from_slice(&self.cur.data);
+        for f in &mut failures {
+            f.index += unit.first;
+        }
+        Outputs {
+            seq: batch.seq,
+            first: unit.first,
+            counts: U32s(counts),
+            items: packed,
+            failures,
+        }
+    }
+}
+
+/// Approximate number of calls that emitted something: runs of equal input index. Exact for
+/// non-generators; for generators it counts distinct inputs, which is what "dropped" means.
+fn count_inputs_with_output(stage: &OutBuf) -> u64 {
+    let mut n = 0u64;
+    let mut last = None;
+    for e in &stage.entries {
+        if last != Some(e.input) {
+            n += 1;
+            last = Some(e.input);
+        }
+    }
+    n
+}
+
+/// One stage of one unit: task `k` over a stream of items.
+struct StageCtx<'a> {
+    chain: &'a CompiledChain,
+    k: usize,
+    node: &'a Arc<str>,
+    worker: u32,
+    slot: &'a mut Result<TaskInstance, String>,
+    failures: &'a mut Vec<Failure>,
+    calls: u64,
+    failed: u64,
+}
+
+impl StageCtx<'_> {
+    fn run<'i>(&mut self, items: impl Iterator<Item = (u32, &'i [u8])>, stage: &mut OutBuf) {
+        let task = &self.chain.tasks[self.k];
+        if let Ok(inst) = self.slot {
+            std::mem::swap(&mut inst.store.data_mut().out, stage);
+        }
+        for (input, item) in items {
+            self.calls += 1;
+            let inst = match self.slot {
+                Ok(inst) => inst,
+                Err(msg) => {
+                    // An instance that could not be rebuilt fails every item it is given.
+                    let message = format!("task instance unavailable: {msg}");
+                    self.failed += 1;
+                    record_failure(
+                        self.failures,
+                        self.node,
+                        self.worker,
+                        self.k,
+                        &task.name,
+                        input,
+                        item,
+                        message,
+                    );
+                    continue;
+                }
+            };
+            let st = inst.store.data_mut();
+            st.cur_input = input;
+            let mark_e = st.out.entries.len();
+            let mark_d = st.out.data.len();
+            let result = inst.call(item);
+            let st = inst.store.data_mut();
+            let emitted = st.out.entries.len() - mark_e;
+            let (err, trapped) = match result {
+                Ok(()) if emitted > 1 && !task.generator => (
+                    Some(format!(
+                        "emitted {emitted} items but is not a generator (set `generator = true`)"
+                    )),
+                    false,
+                ),
+                Ok(()) => (None, false),
+                Err(CallFailure::Status(m)) => (Some(m), false),
+                Err(CallFailure::Trap(m)) => (Some(m), true),
+            };
+            if let Some(message) = err {
+                st.out.entries.truncate(mark_e);
+                st.out.data.truncate(mark_d);
+                self.failed += 1;
+                record_failure(
+                    self.failures,
+                    self.node,
+                    self.worker,
+                    self.k,
+                    &task.name,
+                    input,
+                    item,
+                    message,
+                );
+            }
+            if trapped {
+                // A trapped instance may be in any state: build a fresh one and carry the
+                // stage's outputs over to it.
+                let mut out = std::mem::take(&mut inst.store.data_mut().out);
+                let ctx = LogCtx {
+                    node: self.node.clone(),
+                    worker: self.worker,
+                    task: task.name.clone(),
+                };
+                *self.slot = TaskInstance::new(task, &self.chain.limits, ctx);
+                match self.slot {
+                    Ok(fresh) => std::mem::swap(&mut fresh.store.data_mut().out, &mut out),
+                    Err(e) => {
+                        tracing::error!(
+                            node = &**self.node,
+                            worker = self.worker,
+                            task = &*task.name,
+                            "cannot rebuild the task instance after a trap: {e}"
+                        );
+                        *stage = out;
+                    }
+                }
+            }
+        }
+        if let Ok(inst) = self.slot {
+            std::mem::swap(&mut inst.store.data_mut().out, stage);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_failure(
+    failures: &mut Vec<Failure>,
+    node: &str,
+    worker: u32,
+    k: usize,
+    task: &str,
+    input: u32,
+    item: &[u8],
+    message: String,
+) {
+    tracing::debug!(node, worker, task, "item failed: {message}");
+    failures.push(Failure {
+        index: input,
+        task: k as u32,
+        task_name: task.to_string(),
+        item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
+        message,
+    });
+}

@@ -1,0 +1,182 @@
+//! [`Connection`]: a TCP stream speaking framed [`Msg`]s, split into a reader and a writer
+//! half so one task can read while another writes.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+
+use crate::codec::{MessageCodec, encode_frame};
+use crate::error::ProtocolError;
+use crate::message::Msg;
+
+/// Reading half: yields whole messages.
+#[derive(Debug)]
+pub struct MessageReader {
+    inner: FramedRead<OwnedReadHalf, MessageCodec>,
+}
+
+impl MessageReader {
+    /// The next message; `Ok(None)` when the peer closed the connection cleanly.
+    ///
+    /// # Errors
+    /// On socket errors, malformed or oversized frames, or a close in the middle of a frame.
+    pub async fn read_message(&mut self) -> Result<Option<Msg>, ProtocolError> {
+        match self.inner.next().await {
+            Some(Ok(msg)) => Ok(Some(msg)),
+            Some(Err(e)) => Err(e),
+            None => {
+                if self.inner.read_buffer().is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ProtocolError::Malformed(
+                        "connection closed in the middle of a frame".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Like [`MessageReader::read_message`] but a clean close is an error.
+    ///
+    /// # Errors
+    /// As `read_message`, plus [`ProtocolError::Closed`].
+    pub async fn expect_message(&mut self) -> Result<Msg, ProtocolError> {
+        self.read_message().await?.ok_or(ProtocolError::Closed)
+    }
+}
+
+/// Writing half: buffers encoded frames and writes them on [`MessageWriter::flush`].
+#[derive(Debug)]
+pub struct MessageWriter {
+    inner: OwnedWriteHalf,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl MessageWriter {
+    /// Encodes `msg` into the write buffer without writing it yet.
+    ///
+    /// # Errors
+    /// When the message does not fit in a frame.
+    pub fn feed(&mut self, msg: &Msg) -> Result<(), ProtocolError> {
+        encode_frame(msg, &mut self.buf, self.max_frame)
+    }
+
+    /// Queues a frame encoded earlier with [`crate::codec::encode_frame`].
+    pub fn feed_frame(&mut self, frame: &[u8]) {
+        self.buf.extend_from_slice(frame);
+    }
+
+    /// Bytes waiting in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything buffered.
+    ///
+    /// # Errors
+    /// On socket errors.
+    pub async fn flush(&mut self) -> Result<(), ProtocolError> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Encodes and writes one message.
+    ///
+    /// # Errors
+    /// When it does not encode or the socket fails.
+    pub async fn write_message(&mut self, msg: &Msg) -> Result<(), ProtocolError> {
+        self.feed(msg)?;
+        self.flush().await
+    }
+
+    /// Writes a pre-encoded frame.
+    ///
+    /// # Errors
+    /// On socket errors.
+    pub async fn write_frame(&mut self, frame: Bytes) -> Result<(), ProtocolError> {
+        self.flush().await?;
+        self.inner.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Closes the writing direction.
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.inner.shutdown().await;
+    }
+}
+
+/// A framed connection to a peer.
+#[derive(Debug)]
+pub struct Connection {
+    /// Reading half.
+    pub reader: MessageReader,
+    /// Writing half.
+    pub writer: MessageWriter,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Wraps a stream whose preamble has been exchanged.
+    pub fn new(stream: TcpStream, max_frame: usize) -> Self {
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Connection {
+            reader: MessageReader {
+                inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), 256 << 10),
+            },
+            writer: MessageWriter {
+                inner: w,
+                buf: BytesMut::with_capacity(64 << 10),
+                max_frame,
+            },
+            peer,
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// See [`MessageReader::read_message`].
+    ///
+    /// # Errors
+    /// As there.
+    pub async fn read_message(&mut self) -> Result<Option<Msg>, ProtocolError> {
+        self.reader.read_message().await
+    }
+
+    /// See [`MessageReader::expect_message`].
+    ///
+    /// # Errors
+    /// As there.
+    pub async fn expect_message(&mut self) -> Result<Msg, ProtocolError> {
+        self.reader.expect_message().await
+    }
+
+    /// See [`MessageWriter::write_message`].
+    ///
+    /// # Errors
+    /// As there.
+    pub async fn write_message(&mut self, msg: &Msg) -> Result<(), ProtocolError> {
+        self.writer.write_message(msg).await
+    }
+
+    /// Splits into halves that can move to different tasks.
+    pub fn split(self) -> (MessageReader, MessageWriter) {
+        (self.reader, self.writer)
+    }
+}

@@ -1,0 +1,301 @@
+//! Opening a connection: a raw preamble (magic, version, role), then token authentication.
+//!
+//! The preamble is plain bytes, not a frame, so that a peer of another protocol version, or
+//! no pcluster peer at all (an HTTP server on the port), is recognised before anything is
+//! decoded. Client → server: `PCLUSTER` + version (u16 BE) + role (u8). Server → client:
+//! `PCLUSTER` + its version + a status byte (0 = accepted), then on refusal a u16-length
+//! UTF-8 reason, and the server closes.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{self, NONCE_LEN, Nonce, Token};
+use crate::connection::Connection;
+use crate::error::{ErrorKind, ProtocolError, WireError};
+use crate::ids::SessionId;
+use crate::message::{Auth, Challenge, Hello, Msg, Welcome};
+
+/// The magic bytes that open every pcluster connection.
+pub const MAGIC: &[u8; 8] = b"PCLUSTER";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const STATUS_OK: u8 = 0;
+const STATUS_VERSION: u8 = 1;
+const STATUS_ROLE: u8 = 2;
+
+/// What the client intends to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A root that will set a chain up and feed items.
+    Root,
+    /// A scanner or `pcluster status`: asks for status only.
+    Probe,
+}
+
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Root => 1,
+            Role::Probe => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Root),
+            2 => Some(Role::Probe),
+            _ => None,
+        }
+    }
+}
+
+/// What the server learnt about an accepted client.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The framed connection, authenticated.
+    pub conn: Connection,
+    /// The client's role.
+    pub role: Role,
+    /// The session a reconnecting root wants to resume.
+    pub resume: Option<SessionId>,
+}
+
+fn to_nonce(bytes: &[u8]) -> Result<Nonce, ProtocolError> {
+    bytes
+        .try_into()
+        .map_err(|_| ProtocolError::Malformed(format!("nonce must be {NONCE_LEN} bytes")))
+}
+
+/// Server side: reads the preamble, answers it and authenticates the client.
+/// The caller then sends [`Msg::Welcome`] (or an error) itself.
+///
+/// # Errors
+/// Bad magic, version mismatch, failed authentication, or no answer within `timeout`.
+pub async fn accept(
+    stream: TcpStream,
+    token: Option<&Token>,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Accepted, ProtocolError> {
+    tokio::time::timeout(timeout, accept_inner(stream, token, max_frame))
+        .await
+        .map_err(|_| ProtocolError::Timeout("handshake"))?
+}
+
+async fn accept_inner(
+    mut stream: TcpStream,
+    token: Option<&Token>,
+    max_frame: usize,
+) -> Result<Accepted, ProtocolError> {
+    let mut pre = [0u8; 11];
+    stream.read_exact(&mut pre).await?;
+    if &pre[..8] != MAGIC {
+        // Most likely not a pcluster client at all; a line of text is the most useful answer.
+        let _ = stream
+            .write_all(b"pcluster node: this port speaks the pcluster protocol\n")
+            .await;
+        return Err(ProtocolError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([pre[8], pre[9]]);
+    let role = Role::from_byte(pre[10]);
+    let (status, reason) = if theirs != PROTOCOL_VERSION {
+        (
+            STATUS_VERSION,
+            format!(
+                "protocol version mismatch: node speaks {PROTOCOL_VERSION}, you speak {theirs}"
+            ),
+        )
+    } else if role.is_none() {
+        (STATUS_ROLE, format!("unknown role {}", pre[10]))
+    } else {
+        (STATUS_OK, String::new())
+    };
+    let mut answer = Vec::with_capacity(16 + reason.len());
+    answer.extend_from_slice(MAGIC);
+    answer.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    answer.push(status);
+    if status != STATUS_OK {
+        let bytes = &reason.as_bytes()[..reason.len().min(u16::MAX as usize)];
+        answer.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        answer.extend_from_slice(bytes);
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.shutdown().await;
+        return Err(if status == STATUS_VERSION {
+            ProtocolError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            }
+        } else {
+            ProtocolError::Malformed(reason)
+        });
+    }
+    stream.write_all(&answer).await?;
+    let role = role.unwrap_or(Role::Probe);
+
+    let mut conn = Connection::new(stream, max_frame);
+    let hello = match conn.expect_message().await? {
+        Msg::Hello(h) => h,
+        other => return Err(ProtocolError::Unexpected(other.name().into())),
+    };
+    let client_nonce = to_nonce(&hello.nonce)?;
+    let server_nonce = auth::nonce();
+    let proof = token.map(|t| {
+        serde_bytes::ByteBuf::from(
+            t.proof(auth::label::NODE, &client_nonce, &server_nonce)
+                .to_vec(),
+        )
+    });
+    conn.write_message(&Msg::Challenge(Challenge {
+        nonce: server_nonce.to_vec(),
+        auth_required: token.is_some(),
+        proof,
+    }))
+    .await?;
+    let answer = match conn.expect_message().await? {
+        Msg::Auth(a) => a,
+        other => return Err(ProtocolError::Unexpected(other.name().into())),
+    };
+    if let Some(token) = token {
+        let ok = answer
+            .proof
+            .as_ref()
+            .is_some_and(|p| token.verify(auth::label::ROOT, &server_nonce, &client_nonce, p));
+        if !ok {
+            let why = if answer.proof.is_none() {
+                "this node requires the cluster token (--token or PCLUSTER_TOKEN)"
+            } else {
+                "wrong cluster token"
+            };
+            let _ = conn
+                .write_message(&Msg::Error(WireError::new(ErrorKind::Unauthorized, why)))
+                .await;
+            return Err(ProtocolError::Auth(why.into()));
+        }
+    }
+    Ok(Accepted {
+        conn,
+        role,
+        resume: hello.resume,
+    })
+}
+
+/// Client side: sends the preamble, authenticates both ways and reads the [`Welcome`].
+///
+/// # Errors
+/// The peer is no pcluster node, speaks another version, fails authentication (either way),
+/// refuses us, or does not answer within `timeout`.
+pub async fn connect(
+    stream: TcpStream,
+    role: Role,
+    token: Option<&Token>,
+    resume: Option<SessionId>,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(Connection, Welcome), ProtocolError> {
+    tokio::time::timeout(
+        timeout,
+        connect_inner(stream, role, token, resume, max_frame),
+    )
+    .await
+    .map_err(|_| ProtocolError::Timeout("handshake"))?
+}
+
+async fn connect_inner(
+    mut stream: TcpStream,
+    role: Role,
+    token: Option<&Token>,
+    resume: Option<SessionId>,
+    max_frame: usize,
+) -> Result<(Connection, Welcome), ProtocolError> {
+    let _ = stream.set_nodelay(true);
+    let mut pre = Vec::with_capacity(11);
+    pre.extend_from_slice(MAGIC);
+    pre.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    pre.push(role.byte());
+    stream.write_all(&pre).await?;
+    let mut answer = [0u8; 11];
+    stream.read_exact(&mut answer).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::BadMagic
+        } else {
+            ProtocolError::Io(e)
+        }
+    })?;
+    if &answer[..8] != MAGIC {
+        return Err(ProtocolError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([answer[8], answer[9]]);
+    if answer[10] != STATUS_OK {
+        let mut len = [0u8; 2];
+        let reason = match stream.read_exact(&mut len).await {
+            Ok(_) => {
+                let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+                match stream.read_exact(&mut r).await {
+                    Ok(_) => String::from_utf8_lossy(&r).into_owned(),
+                    Err(_) => String::new(),
+                }
+            }
+            Err(_) => String::new(),
+        };
+        return Err(if answer[10] == STATUS_VERSION {
+            ProtocolError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            }
+        } else {
+            ProtocolError::Unexpected(format!("node refused the connection: {reason}"))
+        });
+    }
+
+    let mut conn = Connection::new(stream, max_frame);
+    let client_nonce = auth::nonce();
+    conn.write_message(&Msg::Hello(Hello {
+        nonce: client_nonce.to_vec(),
+        resume,
+    }))
+    .await?;
+    let challenge = match conn.expect_message().await? {
+        Msg::Challenge(c) => c,
+        Msg::Error(e) => return Err(ProtocolError::Remote(e)),
+        other => return Err(ProtocolError::Unexpected(other.name().into())),
+    };
+    let server_nonce = to_nonce(&challenge.nonce)?;
+    let proof = match token {
+        Some(token) => {
+            let Some(theirs) = challenge.proof.as_ref() else {
+                return Err(ProtocolError::Auth(
+                    "the node has no cluster token, so it cannot prove it is ours; refusing to use it".into(),
+                ));
+            };
+            if !token.verify(auth::label::NODE, &client_nonce, &server_nonce, theirs) {
+                return Err(ProtocolError::Auth(
+                    "the node failed to prove it holds our cluster token (wrong token?)".into(),
+                ));
+            }
+            Some(serde_bytes::ByteBuf::from(
+                token
+                    .proof(auth::label::ROOT, &server_nonce, &client_nonce)
+                    .to_vec(),
+            ))
+        }
+        None => None,
+    };
+    conn.write_message(&Msg::Auth(Auth { proof })).await?;
+    match conn.expect_message().await {
+        Ok(Msg::Welcome(w)) => Ok((conn, w)),
+        Ok(Msg::Error(e)) if e.kind == ErrorKind::Unauthorized => {
+            Err(ProtocolError::Auth(e.message))
+        }
+        Ok(Msg::Error(e)) => Err(ProtocolError::Remote(e)),
+        Ok(other) => Err(ProtocolError::Unexpected(other.name().into())),
+        Err(ProtocolError::Closed) if challenge.auth_required && token.is_none() => {
+            Err(ProtocolError::Auth(
+                "the node requires the cluster token (--token or PCLUSTER_TOKEN)".into(),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}

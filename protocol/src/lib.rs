@@ -1,0 +1,33 @@
+//! The wire protocol between pcluster roots and nodes.
+//!
+//! - [`handshake`]: the raw preamble (magic, version, role) and token authentication that open
+//!   every connection.
+//! - [`message`]: the message set, one struct per request or event.
+//! - [`packed`]: item batches as one byte buffer plus lengths, so a batch of thousands of items
+//!   decodes with two copies and no allocation per item.
+//! - [`codec`]: length-delimited frames carrying bincode; the only place that names bincode.
+//! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
+//! - [`auth`]: HMAC proofs for the shared cluster token.
+
+pub mod auth;
+pub mod codec;
+pub mod connection;
+pub mod error;
+pub mod handshake;
+pub mod ids;
+pub mod message;
+pub mod packed;
+
+pub use connection::{Connection, MessageReader, MessageWriter};
+pub use error::{ErrorKind, ProtocolError, WireError};
+pub use handshake::{PROTOCOL_VERSION, Role};
+pub use ids::{ItemId, NodeId, SessionId, TaskIndex};
+pub use message::*;
+pub use packed::{Packed, U32s};
+
+/// Default port of a node.
+pub const DEFAULT_NODE_PORT: u16 = 6000;
+/// Default port of the log server.
+pub const DEFAULT_LOG_PORT: u16 = 5555;
+/// Default largest frame a peer may send (64 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;

@@ -1,0 +1,356 @@
+//! The messages exchanged after the handshake: one enum, one struct per variant.
+//!
+//! Flow: a root sends [`Setup`], then [`Items`] batches within the credit the node grants
+//! ([`Credit`]); the node answers each part of a batch with [`Outputs`], which carries the
+//! outputs of a run of inputs *together with* their completion, so a node that dies can
+//! never have delivered half of an input's outputs. Either side sends [`Msg::Heartbeat`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WireError;
+use crate::ids::{ItemId, SessionId};
+use crate::packed::{Packed, U32s};
+
+/// Every message after the handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    // --- authentication (right after the preamble) ---
+    /// Client → server: a fresh nonce.
+    Hello(Hello),
+    /// Server → client: its nonce and, if it has a token, its proof.
+    Challenge(Challenge),
+    /// Client → server: its proof, if it has a token.
+    Auth(Auth),
+    /// Server → client: authenticated (or no token in use); a summary of the node.
+    Welcome(Welcome),
+
+    // --- requests from a root ---
+    /// Asks for the node's status.
+    StatusRequest,
+    /// Sets a chain up; the node answers [`Msg::SetupDone`] or [`Msg::Error`].
+    Setup(Box<Setup>),
+    /// A batch of input items.
+    Items(Items),
+    /// Stops the workers and drops the chain; answered by [`Msg::ResetDone`].
+    Reset,
+    /// Stops taking new items (items in flight finish); answered by [`Msg::Paused`].
+    Pause,
+    /// Takes items again; answered by [`Msg::Resumed`].
+    Resume,
+    /// The root leaves for good: the node frees itself at once, without grace period.
+    Bye,
+
+    // --- answers and events from a node ---
+    /// The node's status.
+    Status(Box<NodeStatus>),
+    /// The chain is set up.
+    SetupDone(SetupDone),
+    /// Outputs and completion of a run of inputs of one batch.
+    Outputs(Outputs),
+    /// The node's current credit window.
+    Credit(Credit),
+    /// Answer to [`Msg::Reset`].
+    ResetDone,
+    /// Answer to [`Msg::Pause`].
+    Paused,
+    /// Answer to [`Msg::Resume`].
+    Resumed,
+    /// The node is shutting down: it takes no more items and will hand back what it holds.
+    Draining,
+
+    // --- both ways ---
+    /// Liveness signal.
+    Heartbeat,
+    /// A failure; whether the connection stays open depends on the kind.
+    Error(WireError),
+}
+
+impl Msg {
+    /// The variant's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello(_) => "Hello",
+            Msg::Challenge(_) => "Challenge",
+            Msg::Auth(_) => "Auth",
+            Msg::Welcome(_) => "Welcome",
+            Msg::StatusRequest => "StatusRequest",
+            Msg::Setup(_) => "Setup",
+            Msg::Items(_) => "Items",
+            Msg::Reset => "Reset",
+            Msg::Pause => "Pause",
+            Msg::Resume => "Resume",
+            Msg::Bye => "Bye",
+            Msg::Status(_) => "Status",
+            Msg::SetupDone(_) => "SetupDone",
+            Msg::Outputs(_) => "Outputs",
+            Msg::Credit(_) => "Credit",
+            Msg::ResetDone => "ResetDone",
+            Msg::Paused => "Paused",
+            Msg::Resumed => "Resumed",
+            Msg::Draining => "Draining",
+            Msg::Heartbeat => "Heartbeat",
+            Msg::Error(_) => "Error",
+        }
+    }
+}
+
+/// Client's opening of authentication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client's fresh nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// A root resuming its session after a reconnect.
+    pub resume: Option<SessionId>,
+}
+
+/// Server's answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The server's fresh nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// Whether the server requires the client's proof.
+    pub auth_required: bool,
+    /// The server's proof over (client nonce, server nonce), if it has a token.
+    pub proof: Option<serde_bytes::ByteBuf>,
+}
+
+/// Client's proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The client's proof over (server nonce, client nonce), if it has a token.
+    pub proof: Option<serde_bytes::ByteBuf>,
+}
+
+/// The server accepted the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The address the node listens on, as it sees it.
+    pub node: String,
+    /// Whether another root holds the node.
+    pub busy_with: Option<String>,
+    /// Number of workers.
+    pub workers: u32,
+}
+
+/// The limits every call of a chain runs under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Per-item deadline of one task call, in milliseconds.
+    pub deadline_ms: u64,
+    /// Memory cap of one task instance, in MiB.
+    pub memory_mb: u64,
+    /// Largest input or output item, in bytes.
+    pub max_item_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 30_000,
+            memory_mb: 256,
+            max_item_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One task of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Export name of the task function.
+    pub function: String,
+    /// Index into [`ChainSpec::modules`].
+    pub module: u32,
+    /// Whether the task may emit more than one item per input.
+    pub generator: bool,
+    /// Bytes handed to the task's init export.
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+}
+
+/// A taskchain with its modules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainSpec {
+    /// The chain's name.
+    pub name: String,
+    /// The chain's version.
+    pub version: String,
+    /// Distinct wasm modules, each sent once however many tasks use it.
+    pub modules: Vec<serde_bytes::ByteBuf>,
+    /// The tasks, in order.
+    pub tasks: Vec<TaskSpec>,
+    /// Limits for every call.
+    pub limits: Limits,
+}
+
+/// Sets a chain up on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    /// The root's session (kept by the node so the root can resume after a reconnect).
+    pub session: SessionId,
+    /// The chain.
+    pub chain: ChainSpec,
+}
+
+/// The chain is ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupDone {
+    /// Modules compiled for this setup.
+    pub compiled: u32,
+    /// Modules found in the node's compiled-module cache.
+    pub cached: u32,
+    /// The initial credit window.
+    pub credit: Credit,
+}
+
+/// How much a node is willing to hold at once: the root keeps the items and bytes it has
+/// in flight to a node within these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// Items in flight at most.
+    pub items: u32,
+    /// Bytes in flight at most.
+    pub bytes: u64,
+}
+
+/// Ids of the items in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ids {
+    /// `start, start+1, …, start+count-1` (the common case: a fresh run of inputs).
+    Range {
+        /// First id.
+        start: u64,
+        /// Number of ids.
+        count: u32,
+    },
+    /// Any ids (re-dispatched items).
+    List(Vec<u64>),
+}
+
+impl Ids {
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Range { count, .. } => *count as usize,
+            Ids::List(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id at `index`.
+    pub fn get(&self, index: usize) -> Option<ItemId> {
+        match self {
+            Ids::Range { start, count } => {
+                (index < *count as usize).then(|| ItemId(start + index as u64))
+            }
+            Ids::List(v) => v.get(index).map(|&i| ItemId(i)),
+        }
+    }
+}
+
+/// A batch of input items.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Items {
+    /// The batch's sequence number on this connection; [`Outputs`] refer to it.
+    pub seq: u64,
+    /// The items' ids.
+    pub ids: Ids,
+    /// The items.
+    pub items: Packed,
+}
+
+/// An item that failed in a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Index of the input within its batch.
+    pub index: u32,
+    /// Index of the failing task in the chain.
+    pub task: u32,
+    /// The task's function name.
+    pub task_name: String,
+    /// The start of the failing item (at most a few hundred bytes).
+    #[serde(with = "serde_bytes")]
+    pub item_start: Vec<u8>,
+    /// What happened.
+    pub message: String,
+}
+
+/// Outputs and completion of inputs `first .. first+count` of batch `seq`.
+///
+/// Input `first + i` produced `counts[i]` outputs, which come in order in `items`. Every
+/// input in the range is complete: failures of its items are in `failures`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    /// The batch.
+    pub seq: u64,
+    /// First input index of the range.
+    pub first: u32,
+    /// Outputs per input of the range.
+    pub counts: U32s,
+    /// All outputs of the range in input order.
+    pub items: Packed,
+    /// Items of the range that failed in some task.
+    pub failures: Vec<Failure>,
+}
+
+/// State of a node as seen from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// No root holds the node.
+    Free,
+    /// A root is connected.
+    Busy,
+    /// Its root disconnected; the chain is kept for a grace period for it to come back.
+    Orphaned,
+    /// Shutting down.
+    Draining,
+}
+
+/// Counters of one task of the chain on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounters {
+    /// Task function name.
+    pub name: String,
+    /// Items the task was called with.
+    pub items_in: u64,
+    /// Items it emitted.
+    pub items_out: u64,
+    /// Calls that emitted nothing.
+    pub dropped: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// Time spent in the task, in nanoseconds.
+    pub busy_ns: u64,
+}
+
+/// A node's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The address the node listens on.
+    pub addr: String,
+    /// Cores of its machine.
+    pub cores: u32,
+    /// Worker threads.
+    pub workers: u32,
+    /// Workers not running an item now.
+    pub idle_workers: u32,
+    /// Free, busy, orphaned or draining.
+    pub state: NodeState,
+    /// The root that holds the node.
+    pub root: Option<String>,
+    /// The chain set up: name and version.
+    pub chain: Option<(String, String)>,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Modules compiled since start.
+    pub modules_compiled: u64,
+    /// Setups served from the compiled-module cache.
+    pub module_cache_hits: u64,
+    /// Per-task counters of the current chain.
+    pub tasks: Vec<TaskCounters>,
+}

@@ -1,0 +1,67 @@
+//! Typed errors of the root library: each says which node and what happened.
+
+use protocol::ProtocolError;
+
+/// What went wrong in a root call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootError {
+    /// Could not reach or talk to a node.
+    #[error("node {addr}: {source}")]
+    Node {
+        /// The node.
+        addr: String,
+        /// What failed.
+        #[source]
+        source: ProtocolError,
+    },
+    /// A node is held by another root.
+    #[error("node {addr} is busy: set up by {holder}")]
+    Busy {
+        /// The node.
+        addr: String,
+        /// The root holding it.
+        holder: String,
+    },
+    /// Setting the chain up failed on a node.
+    #[error("setup failed on node {addr}: {message}")]
+    Setup {
+        /// The node.
+        addr: String,
+        /// The node's reason.
+        message: String,
+    },
+    /// No chain is set up.
+    #[error("no chain is set up: call setup first")]
+    NotSetUp,
+    /// The cluster has no node.
+    #[error("no node is left ({pending} items wait in the queue); lost nodes: {lost}")]
+    NoNodes {
+        /// Items still queued.
+        pending: u64,
+        /// Nodes that were lost, comma-separated.
+        lost: String,
+    },
+    /// An input item is larger than allowed.
+    #[error("item of {size} bytes exceeds the per-item limit of {limit} bytes")]
+    ItemTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: u64,
+    },
+    /// The chain file is wrong.
+    #[error("chain file {path}: {message}")]
+    Chain {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The root's background task is gone.
+    #[error("the root has shut down")]
+    Closed,
+    /// A wait passed its deadline.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}

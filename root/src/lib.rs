@@ -1,0 +1,406 @@
+//! The pcluster root: the library users program against.
+//!
+//! A [`Root`] finds nodes ([`Root::search_nodes`], [`Root::add_node`]), sets a chain up on
+//! all of them ([`Root::setup`]), streams items through them ([`Root::feed`]) and hands every
+//! output to the output handler. The handle talks to one background task, the
+//! [`scheduler`], which owns all state.
+//!
+//! - [`chain`]: chain files and building task crates to wasm.
+//! - [`scan`]: finding nodes on a network.
+//! - `conn`: one node connection (reader and writer tasks).
+
+pub mod chain;
+mod conn;
+pub mod error;
+pub mod scan;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::auth::Token;
+use protocol::handshake::Role;
+use protocol::{Msg, NodeStatus, Packed};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::RootError;
+pub use protocol::{ChainSpec, ItemId, Limits, TaskSpec};
+pub use scan::ScanReport;
+pub use scheduler::Counters;
+
+use scheduler::{Cmd, Feed, Handlers};
+
+/// How a root behaves.
+#[derive(Clone, Debug)]
+pub struct RootOptions {
+    /// The cluster token (`None`: only nodes without a token are usable).
+    pub token: Option<Token>,
+    /// Connect timeout for each address (scans and `add_node`).
+    pub connect_timeout: Duration,
+    /// Deadline of the handshake.
+    pub handshake_timeout: Duration,
+    /// Connections a scan opens at once.
+    pub scan_concurrency: usize,
+    /// Most items per batch sent to a node.
+    pub batch_items: usize,
+    /// Items the root queues before `feed` waits.
+    pub queue_items: usize,
+    /// Largest input item.
+    pub max_item_bytes: u64,
+    /// Largest frame.
+    pub max_frame: usize,
+    /// Interval of heartbeats sent to nodes.
+    pub heartbeat: Duration,
+    /// A node silent this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// How often an input whose node was lost is sent again before it is reported failed.
+    pub max_redispatch: u32,
+}
+
+impl Default for RootOptions {
+    fn default() -> Self {
+        RootOptions {
+            token: None,
+            connect_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_secs(5),
+            scan_concurrency: 1024,
+            batch_items: 4096,
+            queue_items: 1 << 18,
+            max_item_bytes: 16 << 20,
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+            heartbeat: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+            max_redispatch: 2,
+        }
+    }
+}
+
+/// An item that failed, as handed to the failure handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemFailure {
+    /// The input item it descends from.
+    pub input: ItemId,
+    /// The node it failed on.
+    pub node: String,
+    /// The failing task's function name (empty for a poison item).
+    pub task: String,
+    /// The failing task's index (`u32::MAX` for a poison item).
+    pub task_index: u32,
+    /// The start of the failing item.
+    pub item_start: Vec<u8>,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for ItemFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "input {} failed in task `{}` on node {}: {} (item: {:?})",
+            self.input.0,
+            self.task,
+            self.node,
+            self.message,
+            String::from_utf8_lossy(&self.item_start)
+        )
+    }
+}
+
+/// A handle to a root: cheap to share by reference; all calls go to its scheduler task.
+#[derive(Debug)]
+pub struct Root {
+    options: RootOptions,
+    cmds: mpsc::Sender<Cmd>,
+    feeds: mpsc::Sender<Feed>,
+}
+
+impl Root {
+    /// A root with no nodes yet. Must be called within a tokio runtime.
+    pub fn new(options: RootOptions) -> Root {
+        let (cmds, cmd_rx) = mpsc::channel(64);
+        let (feeds, feed_rx) = mpsc::channel(4);
+        tokio::spawn(scheduler::run(options.clone(), cmd_rx, feed_rx));
+        Root {
+            options,
+            cmds,
+            feeds,
+        }
+    }
+
+    /// A root with these nodes added.
+    ///
+    /// # Errors
+    /// As [`Root::add_node`].
+    pub async fn with_nodes(options: RootOptions, addrs: &[SocketAddr]) -> Result<Root, RootError> {
+        let root = Root::new(options);
+        for a in addrs {
+            root.add_node(*a).await?;
+        }
+        Ok(root)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RootOptions {
+        &self.options
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(scheduler::Reply<T>) -> Cmd) -> Result<T, RootError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(make(tx))
+            .await
+            .map_err(|_| RootError::Closed)?;
+        rx.await.map_err(|_| RootError::Closed)?
+    }
+
+    /// Connects to the node at `addr` and adds it; with a chain set up, the node gets it
+    /// and starts taking items (nodes may join a running cluster).
+    ///
+    /// # Errors
+    /// Unreachable, not a pcluster node, authentication failed, or busy with another root.
+    pub async fn add_node(&self, addr: SocketAddr) -> Result<(), RootError> {
+        let (conn, welcome) = conn::connect(addr, Role::Root, &self.options, None).await?;
+        if let Some(holder) = welcome.busy_with {
+            return Err(RootError::Busy {
+                addr: addr.to_string(),
+                holder,
+            });
+        }
+        self.call(|reply| Cmd::Attach {
+            addr,
+            conn,
+            workers: welcome.workers,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Scans every host of `network` on `port` and adds the free pcluster nodes it finds.
+    ///
+    /// # Errors
+    /// Only when the root has shut down: unreachable hosts, other services, busy or
+    /// unauthenticated nodes are reported in the [`ScanReport`], not as errors.
+    pub async fn search_nodes(
+        &self,
+        network: ipnetwork::IpNetwork,
+        port: u16,
+    ) -> Result<ScanReport, RootError> {
+        let mut report = scan::scan(network, port, &self.options).await;
+        let mut added = Vec::new();
+        for node in std::mem::take(&mut report.free) {
+            match self.add_node(node).await {
+                Ok(()) => added.push(node),
+                Err(RootError::Closed) => return Err(RootError::Closed),
+                Err(e) => {
+                    tracing::warn!("could not add {node}: {e}");
+                    report.failed.push((node, e.to_string()));
+                }
+            }
+        }
+        report.free = added;
+        Ok(report)
+    }
+
+    /// Sets `chain` up on every node. `on_output` gets every output item with the id of its
+    /// input; failures are logged as warnings (see [`Root::setup_with`]).
+    ///
+    /// # Errors
+    /// No node, or a node refused the chain (invalid module, missing export, init failure).
+    pub async fn setup(
+        &self,
+        chain: ChainSpec,
+        on_output: impl FnMut(ItemId, &[u8]) + Send + 'static,
+    ) -> Result<(), RootError> {
+        self.setup_with(chain, on_output, |f| tracing::warn!("{f}"))
+            .await
+    }
+
+    /// Like [`Root::setup`], with a handler for failed items.
+    ///
+    /// # Errors
+    /// As [`Root::setup`].
+    pub async fn setup_with(
+        &self,
+        chain: ChainSpec,
+        on_output: impl FnMut(ItemId, &[u8]) + Send + 'static,
+        on_failure: impl FnMut(ItemFailure) + Send + 'static,
+    ) -> Result<(), RootError> {
+        let handlers = Handlers {
+            output: Box::new(on_output),
+            failure: Box::new(on_failure),
+        };
+        self.call(|reply| Cmd::Setup {
+            chain,
+            handlers,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues items; waits while the root's queue is full (backpressure).
+    ///
+    /// # Errors
+    /// An item over the size limit (nothing of this call is queued then), or shut down.
+    pub async fn feed<I, T>(&self, items: I) -> Result<(), RootError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut batch = Packed::with_capacity(self.options.batch_items, 0);
+        let mut batches = Vec::new();
+        for item in items {
+            let item = item.as_ref();
+            if item.len() as u64 > self.options.max_item_bytes {
+                return Err(RootError::ItemTooLarge {
+                    size: item.len(),
+                    limit: self.options.max_item_bytes,
+                });
+            }
+            batch.push(item);
+            if batch.len() >= self.options.batch_items {
+                batches.push(std::mem::replace(
+                    &mut batch,
+                    Packed::with_capacity(self.options.batch_items, 0),
+                ));
+            }
+        }
+        batches.push(batch);
+        for b in batches {
+            self.feed_packed(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a packed batch as it is (the fastest way to feed).
+    ///
+    /// # Errors
+    /// An item over the size limit, or shut down.
+    pub async fn feed_packed(&self, items: Packed) -> Result<(), RootError> {
+        if let Some(&big) = items
+            .lens
+            .0
+            .iter()
+            .find(|&&l| u64::from(l) > self.options.max_item_bytes)
+        {
+            return Err(RootError::ItemTooLarge {
+                size: big as usize,
+                limit: self.options.max_item_bytes,
+            });
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.feeds
+            .send(Feed { items })
+            .await
+            .map_err(|_| RootError::Closed)
+    }
+
+    /// Returns when the root's queue has room for more input.
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn wait_input(&self) -> Result<(), RootError> {
+        self.call(Cmd::WaitInput).await
+    }
+
+    /// Returns when every fed item is processed and every output reached the handler.
+    ///
+    /// # Errors
+    /// When no node is left while items remain (they stay queued: add a node and wait
+    /// again), or no chain is set up.
+    pub async fn wait_empty(&self) -> Result<(), RootError> {
+        self.call(Cmd::WaitEmpty).await
+    }
+
+    /// Stops the workers everywhere and drops the chain and every queued item; the nodes
+    /// stay connected, ready for another setup.
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn reset(&self) -> Result<(), RootError> {
+        self.call(Cmd::Reset).await
+    }
+
+    /// Stops nodes from taking new items (items in flight finish).
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn pause(&self) -> Result<(), RootError> {
+        self.call(Cmd::Pause).await
+    }
+
+    /// Undoes [`Root::pause`].
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn resume(&self) -> Result<(), RootError> {
+        self.call(Cmd::Resume).await
+    }
+
+    /// The root's own counters.
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn counters(&self) -> Result<Counters, RootError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Counters(tx))
+            .await
+            .map_err(|_| RootError::Closed)?;
+        rx.await.map_err(|_| RootError::Closed)
+    }
+
+    /// The status of every node (asked over a separate status connection per node).
+    ///
+    /// # Errors
+    /// Shut down. A node that does not answer appears as an `Err` entry.
+    pub async fn status(
+        &self,
+    ) -> Result<Vec<(SocketAddr, Result<NodeStatus, RootError>)>, RootError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Nodes(tx))
+            .await
+            .map_err(|_| RootError::Closed)?;
+        let nodes = rx.await.map_err(|_| RootError::Closed)?;
+        let mut out = Vec::with_capacity(nodes.len());
+        for addr in nodes {
+            out.push((addr, node_status(addr, &self.options).await));
+        }
+        Ok(out)
+    }
+
+    /// Says goodbye to every node (they free themselves at once) and stops the scheduler.
+    ///
+    /// # Errors
+    /// Already shut down.
+    pub async fn close(self) -> Result<(), RootError> {
+        self.call(Cmd::Close).await
+    }
+}
+
+/// The status of the node at `addr`, over a status-only connection.
+///
+/// # Errors
+/// Unreachable, not a node, authentication failed, or no answer.
+pub async fn node_status(addr: SocketAddr, options: &RootOptions) -> Result<NodeStatus, RootError> {
+    let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
+    let err = |source| RootError::Node {
+        addr: addr.to_string(),
+        source,
+    };
+    conn.write_message(&Msg::StatusRequest).await.map_err(err)?;
+    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
+        .await
+        .map_err(|_| RootError::Timeout("status"))?
+        .map_err(err)?;
+    match answer {
+        Msg::Status(s) => Ok(*s),
+        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
+        other => Err(err(protocol::ProtocolError::Unexpected(
+            other.name().into(),
+        ))),
+    }
+}
