@@ -84,6 +84,18 @@ struct Slot {
     owner: Option<Owner>,
     chain: Option<(String, String)>,
     pool: Option<Arc<PoolShared>>,
+    /// Counters of the last chain, shown until the next setup.
+    last_tasks: Vec<protocol::TaskCounters>,
+}
+
+impl Slot {
+    /// Drops the chain, keeping its counters for status.
+    fn drop_chain(&mut self) {
+        if let Some(p) = self.pool.take() {
+            self.last_tasks = p.task_counters();
+        }
+        self.chain = None;
+    }
 }
 
 struct Node {
@@ -167,10 +179,13 @@ impl Node {
         if owner.conn != conn {
             return;
         }
-        slot.pool = None;
         if said_bye || slot.chain.is_none() {
-            *slot = Slot::default();
+            slot.drop_chain();
+            slot.owner = None;
             return;
+        }
+        if let Some(p) = slot.pool.take() {
+            slot.last_tasks = p.task_counters();
         }
         let since = Instant::now();
         owner.orphaned_since = Some(since);
@@ -182,7 +197,8 @@ impl Node {
             let mut slot = node.slot();
             if slot.owner.as_ref().and_then(|o| o.orphaned_since) == Some(since) {
                 tracing::info!(node = &*node.addr, "grace period over; node is free");
-                *slot = Slot::default();
+                slot.drop_chain();
+                slot.owner = None;
             }
         });
     }
@@ -413,11 +429,7 @@ async fn serve_root(
                 } else {
                     // Replace any earlier chain of this root.
                     pool = None;
-                    {
-                        let mut slot = node.slot();
-                        slot.pool = None;
-                        slot.chain = None;
-                    }
+                    node.slot().drop_chain();
                     let started = Instant::now();
                     match setup_chain(&node, setup.chain, tx.clone()).await {
                         Ok((p, compiled, cached)) => {
@@ -489,9 +501,7 @@ async fn serve_root(
             },
             Msg::Reset => {
                 pool = None;
-                let mut slot = node.slot();
-                slot.pool = None;
-                slot.chain = None;
+                node.slot().drop_chain();
                 Some(Msg::ResetDone)
             }
             Msg::Pause => {

@@ -112,6 +112,9 @@ pub struct Root {
     options: RootOptions,
     cmds: mpsc::Sender<Cmd>,
     feeds: mpsc::Sender<Feed>,
+    /// Items handed to the scheduler's feed channel; `wait_empty` waits for at least these,
+    /// since feeds and commands travel on different channels.
+    submitted: std::sync::atomic::AtomicU64,
 }
 
 impl Root {
@@ -124,6 +127,7 @@ impl Root {
             options,
             cmds,
             feeds,
+            submitted: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -291,10 +295,14 @@ impl Root {
         if items.is_empty() {
             return Ok(());
         }
+        let n = items.len() as u64;
         self.feeds
             .send(Feed { items })
             .await
-            .map_err(|_| RootError::Closed)
+            .map_err(|_| RootError::Closed)?;
+        self.submitted
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Returns when the root's queue has room for more input.
@@ -311,7 +319,8 @@ impl Root {
     /// When no node is left while items remain (they stay queued: add a node and wait
     /// again), or no chain is set up.
     pub async fn wait_empty(&self) -> Result<(), RootError> {
-        self.call(Cmd::WaitEmpty).await
+        let fed = self.submitted.load(std::sync::atomic::Ordering::Relaxed);
+        self.call(|reply| Cmd::WaitEmpty { fed, reply }).await
     }
 
     /// Stops the workers everywhere and drops the chain and every queued item; the nodes

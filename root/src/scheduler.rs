@@ -42,7 +42,11 @@ pub(crate) enum Cmd {
         reply: Reply,
     },
     WaitInput(Reply),
-    WaitEmpty(Reply),
+    /// Waits until the items fed so far (at least `fed` of them) are all done.
+    WaitEmpty {
+        fed: u64,
+        reply: Reply,
+    },
     Reset(Reply),
     Pause(Reply),
     Resume(Reply),
@@ -141,7 +145,7 @@ pub(crate) struct Scheduler {
     counters: Counters,
     waiters: Vec<Waiter>,
     wait_input: Vec<Reply>,
-    wait_empty: Vec<Reply>,
+    wait_empty: Vec<(u64, Reply)>,
     paused: bool,
     events_tx: mpsc::Sender<Event>,
     frame: BytesMut,
@@ -325,11 +329,11 @@ impl Scheduler {
                 });
             }
             Cmd::WaitInput(reply) => self.wait_input.push(reply),
-            Cmd::WaitEmpty(reply) => {
-                if self.chain.is_none() && self.queued > 0 {
+            Cmd::WaitEmpty { fed, reply } => {
+                if self.chain.is_none() && (self.queued > 0 || fed > self.counters.fed) {
                     let _ = reply.send(Err(RootError::NotSetUp));
                 } else {
-                    self.wait_empty.push(reply);
+                    self.wait_empty.push((fed, reply));
                 }
             }
             Cmd::Reset(reply) => {
@@ -750,11 +754,16 @@ impl Scheduler {
         }
         if !self.wait_empty.is_empty() {
             if self.queued == 0 && self.in_flight() == 0 {
-                for r in self.wait_empty.drain(..) {
+                let fed = self.counters.fed;
+                let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wait_empty)
+                    .into_iter()
+                    .partition(|(want, _)| *want <= fed);
+                self.wait_empty = waiting;
+                for (_, r) in done {
                     let _ = r.send(Ok(()));
                 }
             } else if self.nodes.is_empty() {
-                for r in self.wait_empty.drain(..) {
+                for (_, r) in self.wait_empty.drain(..) {
                     let _ = r.send(Err(RootError::NoNodes {
                         pending: self.queued,
                         lost: self.lost.join(", "),

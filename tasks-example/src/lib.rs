@@ -72,6 +72,12 @@ task! {
     /// Keeps the item if the integer after its last `-` (or the whole item, without a `-`)
     /// is even, drops it if odd; an item without one fails.
     pub fn w1_drop_odd(item: &[u8]) -> Result<Option<&[u8]>, String> {
+        // One log line per instance, so a run shows which workers took part without paying
+        // for a log call per item.
+        static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        if FIRST.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            info!("w1_drop_odd: first item {}", String::from_utf8_lossy(item));
+        }
         match trailing_number(item) {
             Some(n) => Ok((n % 2 == 0).then_some(item)),
             None => Err(format!(

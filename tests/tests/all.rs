@@ -1,5 +1,7 @@
-//! All integration tests, as one binary: they drive the real `pcluster` executable over
-//! loopback TCP. Shared helpers live in `common`; one module per concept.
+//! All integration tests, as one binary: real TCP on loopback, real wasm built from
+//! `tasks-example`, and the real `pcluster` executable for end-to-end runs. Shared helpers
+//! live in `common`; one module per concept.
 
+mod cluster;
 mod common;
 mod logserver;

@@ -1,0 +1,292 @@
+//! The node and the root library together, in this process, over real TCP on loopback with
+//! real wasm built from `tasks-example`: chains, failing tasks, setup errors, busy nodes,
+//! the module cache, the feed/wait/reset cycle and the scan.
+
+use std::time::Duration;
+
+use root::{Limits, Root, RootError, RootOptions};
+
+use crate::common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_chain_runs_and_every_item_is_dropped() {
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let root = root_with(&[node]).await;
+    let c = setup_collect(
+        &root,
+        chain(
+            "hello",
+            &[
+                ("simple_task", false, ""),
+                ("generator_task", true, ""),
+                ("drop_item", false, "item dropped"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    root.feed(["a", "b", "c"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert!(c.texts().is_empty(), "drop_item drops everything");
+    assert!(c.failures().is_empty());
+    let counters = root.counters().await.unwrap();
+    assert_eq!(counters.completed, 3);
+    let status = root::node_status(node, &RootOptions::default())
+        .await
+        .unwrap();
+    let names: Vec<_> = status
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.items_in, t.items_out))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("simple_task", 3, 3),
+            ("generator_task", 3, 6),
+            ("drop_item", 6, 0)
+        ]
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_written_by_hand_in_wat_runs() {
+    // Identity plus a generator, with a fixed input buffer at 1024: any language that can
+    // produce this module can write tasks.
+    let wat = r#"(module
+      (import "pcluster" "emit" (func $emit (param i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "pcluster_abi_version") (result i32) i32.const 1)
+      (func (export "pcluster_input") (param i32) (result i32) i32.const 1024)
+      (func (export "identity") (param $len i32) (result i32)
+        (call $emit (i32.const 1024) (local.get $len))
+        i32.const 0)
+      (func (export "twice") (param $len i32) (result i32)
+        (call $emit (i32.const 1024) (local.get $len))
+        (call $emit (i32.const 1024) (local.get $len))
+        i32.const 0))"#;
+    let module = wat::parse_str(wat).unwrap();
+    let (node, stop) = local_node("127.0.0.1", 0, 1, None).await;
+    let root = root_with(&[node]).await;
+    let mut spec = chain("wat", &[]);
+    spec.modules = vec![module.into()];
+    spec.tasks = vec![
+        root::TaskSpec {
+            function: "identity".into(),
+            module: 0,
+            generator: false,
+            args: vec![],
+        },
+        root::TaskSpec {
+            function: "twice".into(),
+            module: 0,
+            generator: true,
+            args: vec![],
+        },
+    ];
+    let c = setup_collect(&root, spec).await.unwrap();
+    root.feed(["x", "yy"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_eq!(c.texts(), ["x", "x", "yy", "yy"]);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_looping_and_allocating_tasks_fail_only_their_own_items() {
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let root = root_with(&[node]).await;
+
+    let c = setup_collect(&root, chain("panics", &[("panic_task", false, "")]))
+        .await
+        .unwrap();
+    root.feed(["ok-1", "please panic", "ok-2"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_eq!(c.texts(), ["ok-1", "ok-2"]);
+    let f = c.failures();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].task, "panic_task");
+    assert_eq!(f[0].item_start, b"please panic");
+    assert!(f[0].message.contains("panic"), "{}", f[0].message);
+
+    let limits = Limits {
+        deadline_ms: 300,
+        memory_mb: 32,
+        ..Limits::default()
+    };
+    let c = setup_collect(
+        &root,
+        chain_with("spin", &[("spin_task", false, "")], limits.clone()),
+    )
+    .await
+    .unwrap();
+    root.feed(["spin"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    let f = c.failures();
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].message.contains("deadline of 300 ms exceeded"),
+        "{}",
+        f[0].message
+    );
+
+    let c = setup_collect(&root, chain_with("hog", &[("hog_task", false, "")], limits))
+        .await
+        .unwrap();
+    root.feed(["eat"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    let f = c.failures();
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].message.contains("memory limit of 32 MiB"),
+        "{}",
+        f[0].message
+    );
+
+    // The node serves on, with the same instances rebuilt after the traps.
+    let c = setup_collect(&root, w1()).await.unwrap();
+    root.feed(w1_inputs(1000)).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_same(&c.texts(), &w1_expected(1000));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_errors_are_clear_and_the_node_stays_ready() {
+    let (node, stop) = local_node("127.0.0.1", 0, 1, None).await;
+    let root = root_with(&[node]).await;
+    let mut bad = chain("bad", &[("w1_identity", false, "")]);
+    bad.modules = vec![b"not wasm at all".to_vec().into()];
+    let err = setup_collect(&root, bad)
+        .await
+        .err()
+        .expect("invalid module fails");
+    assert!(matches!(err, RootError::Setup { .. }), "{err}");
+    assert!(err.to_string().contains("does not compile"), "{err}");
+
+    let err = setup_collect(&root, chain("missing", &[("no_such_task", false, "")]))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no_such_task"), "{err}");
+
+    let err = setup_collect(&root, chain("init", &[("w2_cpu", false, "not a number")]))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("init failed"), "{err}");
+
+    let c = setup_collect(&root, w1()).await.unwrap();
+    root.feed(w1_inputs(10)).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_same(&c.texts(), &w1_expected(10));
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_root_is_told_the_node_is_busy() {
+    let (node, stop) = local_node("127.0.0.1", 0, 1, None).await;
+    let first = root_with(&[node]).await;
+    setup_collect(&first, w1()).await.unwrap();
+    let second = Root::new(RootOptions::default());
+    let err = second.add_node(node).await.err().expect("busy");
+    assert!(matches!(err, RootError::Busy { .. }), "{err}");
+    assert!(err.to_string().contains("busy"), "{err}");
+    // Once the first root leaves, the node is free again.
+    first.close().await.unwrap();
+    let mut free = false;
+    wait_until(LONG, "the node to be free", || {
+        free = matches!(
+            futures_util::FutureExt::now_or_never(second.add_node(node)),
+            Some(Ok(()))
+        ) || free;
+        free
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_the_same_chain_up_twice_compiles_once() {
+    let (node, stop) = local_node("127.0.0.1", 0, 1, None).await;
+    let root = root_with(&[node]).await;
+    setup_collect(&root, w1()).await.unwrap();
+    root.reset().await.unwrap();
+    setup_collect(&root, w1()).await.unwrap();
+    let status = root::node_status(node, &RootOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(status.modules_compiled, 1);
+    assert_eq!(status.module_cache_hits, 1);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_wait_input_wait_empty_reset_and_a_second_chain() {
+    let (a, stop_a) = local_node("127.0.0.1", 0, 1, None).await;
+    let (b, stop_b) = local_node("127.0.0.1", 0, 1, None).await;
+    let options = RootOptions {
+        queue_items: 4096,
+        ..RootOptions::default()
+    };
+    let root = Root::with_nodes(options, &[a, b]).await.unwrap();
+    let c = setup_collect(&root, w1()).await.unwrap();
+    let n = 50_000u64;
+    for chunk in w1_inputs(n).chunks(1000) {
+        root.wait_input().await.unwrap();
+        root.feed(chunk).await.unwrap();
+    }
+    root.wait_empty().await.unwrap();
+    // wait_empty returned: every output is already with the handler.
+    assert_same(&c.texts(), &w1_expected(n));
+
+    root.reset().await.unwrap();
+    let c2 = setup_collect(&root, chain("fan", &[("fan_out", true, "")]))
+        .await
+        .unwrap();
+    root.feed(["3", "1"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_eq!(c2.texts(), ["1-0", "3-0", "3-1", "3-2"]);
+    assert_eq!(
+        c.texts().len(),
+        w1_expected(n).len(),
+        "the first chain's handler got nothing more"
+    );
+    stop_a.cancel();
+    stop_b.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_finds_exactly_the_nodes_and_skips_other_listeners() {
+    let port = free_port("127.0.0.2".parse().unwrap());
+    let (_, stop_a) = local_node("127.0.0.2", port, 1, None).await;
+    let (_, stop_b) = local_node("127.0.0.3", port, 1, None).await;
+    // Not a pcluster node: answers HTTP-ish bytes and closes.
+    let other = tokio::net::TcpListener::bind(("127.0.0.4", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = other.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let root = Root::new(RootOptions::default());
+    let started = std::time::Instant::now();
+    let report = root
+        .search_nodes("127.0.0.0/24".parse().unwrap(), port)
+        .await
+        .unwrap();
+    eprintln!("scan of 127.0.0.0/24 took {:?}", started.elapsed());
+    let found: Vec<String> = report.free.iter().map(|a| a.ip().to_string()).collect();
+    assert_eq!(found, ["127.0.0.2", "127.0.0.3"]);
+    assert!(report.busy.is_empty() && report.unauthenticated.is_empty());
+    let c = setup_collect(&root, w1()).await.unwrap();
+    root.feed(w1_inputs(2000)).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_same(&c.texts(), &w1_expected(2000));
+    stop_a.cancel();
+    stop_b.cancel();
+}
