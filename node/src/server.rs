@@ -141,8 +141,7 @@ impl Node {
             tasks: slot
                 .pool
                 .as_ref()
-                .map(|p| p.task_counters())
-                .unwrap_or_default(),
+                .map_or_else(|| slot.last_tasks.clone(), |p| p.task_counters()),
         }
     }
 

@@ -1,0 +1,187 @@
+//! End to end with real processes: `pcluster log`, `pcluster node` on 127.0.0.2 and
+//! 127.0.0.3, and `pcluster run` over a scan, as a user would run them.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use root::RootOptions;
+
+use crate::common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w1_over_a_scan_with_two_node_processes() {
+    let dir = temp_dir("e2e-w1");
+    let log_file = dir.join("cluster.log");
+    let (_log, log_port) = log_process(&log_file, &[]).await;
+    let port = free_port("127.0.0.2".parse().unwrap());
+    let mut a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
+    let mut b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+
+    let n = 20_000u64;
+    let input = dir.join("in.txt");
+    std::fs::write(&input, w1_inputs(n).join("\n") + "\n").unwrap();
+    let output = dir.join("out.txt");
+    let run = Command::new(pcluster_bin())
+        .arg("run")
+        .arg(repo().join("examples/w1.toml"))
+        .args(["--scan", "127.0.0.0/24", "--port", &port.to_string()])
+        .args([
+            "--log-host",
+            "127.0.0.1",
+            "--log-port",
+            &log_port.to_string(),
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "pcluster run failed: {stderr}");
+    eprintln!("{stderr}");
+    let mut outputs: Vec<String> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    outputs.sort();
+    assert_same(&outputs, &w1_expected(n));
+
+    // Both nodes took part: their counters say so.
+    for addr in [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")] {
+        let status = root::node_status(addr.parse().unwrap(), &RootOptions::default())
+            .await
+            .unwrap();
+        let first = status.tasks.first().expect("counters of the last chain");
+        assert!(first.items_in > 0, "{addr} processed nothing: {status:?}");
+    }
+
+    // The log file has lines from both nodes and from tasks, tagged.
+    let mut seen = (false, false, false);
+    wait_until(LONG, "log lines from both nodes and a task", || {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        seen = (
+            text.contains(&format!("node 127.0.0.2:{port}")),
+            text.contains(&format!("node 127.0.0.3:{port}")),
+            text.contains("task=w1_drop_odd") || text.contains("w1_drop_odd: first item"),
+        );
+        seen.0 && seen.1 && seen.2
+    })
+    .await;
+
+    a.terminate();
+    b.terminate();
+    assert!(a.wait_exit(LONG).await.success());
+    assert!(b.wait_exit(LONG).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_chain_logs_reach_the_log_server_tagged() {
+    let dir = temp_dir("e2e-hello");
+    let log_file = dir.join("cluster.log");
+    let (_log, log_port) = log_process(&log_file, &[]).await;
+    let port = free_port("127.0.0.1".parse().unwrap());
+    let _node = node_process("127.0.0.1", port, log_port, 1, &[]).await;
+    let root = root_with(&[format!("127.0.0.1:{port}").parse().unwrap()]).await;
+    let c = setup_collect(
+        &root,
+        chain(
+            "hello",
+            &[
+                ("simple_task", false, ""),
+                ("generator_task", true, ""),
+                ("drop_item", false, "item dropped"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    root.feed(["hello-item"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert!(c.texts().is_empty());
+    wait_until(LONG, "the tasks' log lines", || {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        let tagged = |needle: &str| {
+            text.lines().any(|l| {
+                l.contains(needle)
+                    && l.contains(&format!("node 127.0.0.1:{port}"))
+                    && l.contains("worker=0")
+            })
+        };
+        tagged("simple_task: hello-item")
+            && tagged("generator_task: hello-item")
+            && text
+                .lines()
+                .filter(|l| l.contains("item dropped") && l.contains("task=drop_item"))
+                .count()
+                == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cluster_runs_a_chain_with_no_setup() {
+    let dir = temp_dir("e2e-embedded");
+    let run = Command::new(pcluster_bin())
+        .current_dir(&dir)
+        .arg("run")
+        .arg(repo().join("examples/w1.toml"))
+        .arg("--input")
+        .arg(repo().join("examples/w1-input.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let mut lines: Vec<String> = stdout.lines().map(String::from).collect();
+    lines.sort();
+    assert_same(&lines, &w1_expected(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_failed_items_and_exits_non_zero() {
+    let dir = temp_dir("e2e-failed");
+    let chain_file = dir.join("panics.toml");
+    std::fs::write(
+        &chain_file,
+        format!(
+            "name = \"panics\"\nmodule = {:?}\n[[task]]\nfunction = \"panic_task\"\n",
+            repo().join("tasks-example").display().to_string()
+        ),
+    )
+    .unwrap();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "a\nplease panic\nb\n").unwrap();
+    let failed = dir.join("failed.txt");
+    let run = Command::new(pcluster_bin())
+        .current_dir(&dir)
+        .arg("run")
+        .arg(&chain_file)
+        .arg("--input")
+        .arg(&input)
+        .arg("--failed")
+        .arg(&failed)
+        .output()
+        .unwrap();
+    assert!(!run.status.success(), "a failed item makes the run fail");
+    let mut lines: Vec<String> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["a", "b"]);
+    let failed = std::fs::read_to_string(&failed).unwrap();
+    assert_eq!(failed.lines().count(), 1, "{failed}");
+    assert!(
+        failed.contains("panic_task") && failed.contains("please panic"),
+        "{failed}"
+    );
+}
