@@ -21,10 +21,15 @@ use crate::conn::Event;
 use crate::error::RootError;
 use crate::{ItemFailure, RootOptions};
 
+/// The output handler: gets each output with the id of its input.
+pub(crate) type OutputFn = Box<dyn FnMut(ItemId, &[u8]) + Send>;
+/// The failure handler.
+pub(crate) type FailureFn = Box<dyn FnMut(ItemFailure) + Send>;
+
 /// The user's handlers, called on the scheduler task in arrival order.
 pub(crate) struct Handlers {
-    pub output: Box<dyn FnMut(ItemId, &[u8]) + Send>,
-    pub failure: Box<dyn FnMut(ItemFailure) + Send>,
+    pub output: OutputFn,
+    pub failure: FailureFn,
 }
 
 pub(crate) type Reply<T = ()> = oneshot::Sender<Result<T, RootError>>;
@@ -194,9 +199,8 @@ pub(crate) async fn run(
                 Some(c) => s.on_cmd(c).await,
                 None => break,
             },
-            f = feeds.recv(), if room => match f {
-                Some(f) => s.on_feed(f),
-                None => {}
+            f = feeds.recv(), if room => if let Some(f) = f {
+                s.on_feed(f);
             },
         }
         s.dispatch().await;

@@ -191,7 +191,7 @@ async fn a_second_root_is_told_the_node_is_busy() {
     let first = root_with(&[node]).await;
     setup_collect(&first, w1()).await.unwrap();
     let second = Root::new(RootOptions::default());
-    let err = second.add_node(node).await.err().expect("busy");
+    let err = second.add_node(node).await.expect_err("busy");
     assert!(matches!(err, RootError::Busy { .. }), "{err}");
     assert!(err.to_string().contains("busy"), "{err}");
     // Once the first root leaves, the node is free again.
