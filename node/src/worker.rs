@@ -560,3 +560,66 @@ fn record_failure(
         message,
     });
 }
+
+/// A chain run in the calling thread with no pool and no network: the in-process floor the
+/// benchmark compares against, and a way to try a chain in tests.
+pub struct LocalChain {
+    worker: Worker,
+}
+
+impl std::fmt::Debug for LocalChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalChain").finish_non_exhaustive()
+    }
+}
+
+impl LocalChain {
+    /// Compiles and instantiates `spec` for this thread.
+    ///
+    /// # Errors
+    /// As a node's setup would fail.
+    pub fn new(spec: &protocol::ChainSpec) -> Result<LocalChain, String> {
+        let cache = crate::engine::ModuleCache::default();
+        let (chain, _, _) = crate::engine::compile_chain(&cache, spec)?;
+        let shared = Arc::new(PoolShared {
+            counters: chain.tasks.iter().map(|_| Counters::default()).collect(),
+            chain: Arc::new(chain),
+            idle: AtomicU32::new(1),
+            in_flight: AtomicU64::new(0),
+            avg_item_ns: AtomicU64::new(1),
+            announced: AtomicU64::new(0),
+            paused: Mutex::new(false),
+            resume: Condvar::new(),
+            stop: AtomicBool::new(false),
+            workers: 1,
+        });
+        Ok(LocalChain {
+            worker: Worker::new(shared, 0, "local".into())?,
+        })
+    }
+
+    /// Runs every item of `items` through the chain in units of `unit` inputs and returns the
+    /// outputs of each unit.
+    pub fn run(&mut self, items: Packed, unit: u32) -> Vec<Outputs> {
+        let n = items.len() as u32;
+        let batch = Arc::new(Batch { seq: 0, items });
+        let mut out = Vec::new();
+        let (mut first, mut byte_start) = (0u32, 0usize);
+        while first < n {
+            let count = unit.max(1).min(n - first);
+            let u = Unit {
+                batch: batch.clone(),
+                first,
+                count,
+                byte_start,
+            };
+            out.push(self.worker.run_unit(&u));
+            byte_start += batch.items.lens.0[first as usize..(first + count) as usize]
+                .iter()
+                .map(|&l| l as usize)
+                .sum::<usize>();
+            first += count;
+        }
+        out
+    }
+}

@@ -353,13 +353,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "pcluster run: {} items in, {} outputs, {} failed, {} re-dispatched, {:.2} s ({:.0} items/s)",
+            "pcluster run: {} items in, {} outputs, {} failed, {} re-dispatched, {:.2} s ({:.0} items/s), peak RSS {:.1} MiB",
             c.fed,
             c.outputs,
             failed.load(Ordering::Relaxed),
             c.redispatched,
             secs,
-            c.fed as f64 / secs.max(1e-9)
+            c.fed as f64 / secs.max(1e-9),
+            crate::bench::peak_rss_mib(None).unwrap_or(0.0)
         );
         Ok(if failed.load(Ordering::Relaxed) > 0 {
             ExitCode::FAILURE
