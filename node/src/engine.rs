@@ -167,8 +167,41 @@ impl ResourceLimiter for MemLimiter {
     }
 }
 
+/// Where a batched call (`pcluster_batch.<task>`) is: item boundaries and item failures.
+#[derive(Default)]
+pub struct BatchState {
+    active: bool,
+    generator: bool,
+    /// Input index (within the work unit) of each item of the batch.
+    inputs: Vec<u32>,
+    cur: Option<usize>,
+    entry_mark: usize,
+    data_mark: usize,
+    failed_current: bool,
+    /// Items of the batch that failed, by position in the batch.
+    pub failures: Vec<(usize, String)>,
+}
+
+impl BatchState {
+    /// Closes the current item: a non-generator that emitted several items fails it.
+    fn close_item(&mut self, out: &mut OutBuf) {
+        let Some(i) = self.cur else { return };
+        let emitted = out.entries.len() - self.entry_mark;
+        if !self.failed_current && emitted > 1 && !self.generator {
+            out.entries.truncate(self.entry_mark);
+            out.data.truncate(self.data_mark);
+            self.failures.push((
+                i,
+                format!("emitted {emitted} items but is not a generator (set `generator = true`)"),
+            ));
+        }
+    }
+}
+
 /// The store data of one task instance: what host functions need.
 pub struct HostState {
+    /// State of the batched call in progress, if any.
+    pub batch: BatchState,
     /// Outputs of the current stage (swapped in and out by the worker).
     pub out: OutBuf,
     /// Index of the input the current item descends from.
@@ -189,6 +222,7 @@ pub struct CompiledTask {
     args: Vec<u8>,
     pre: InstancePre<HostState>,
     init_export: Option<String>,
+    batch_export: Option<String>,
     has_start: bool,
 }
 
@@ -251,6 +285,9 @@ fn linker() -> Linker<HostState> {
                     wasmtime::bail!("emit called before the module's memory was known");
                 };
                 let (data, st) = mem.data_and_store_mut(&mut caller);
+                if st.batch.failed_current {
+                    return Ok(());
+                }
                 let (ptr, len) = (ptr as usize, len as usize);
                 let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
                     wasmtime::bail!("emit: item at {ptr}+{len} lies outside guest memory");
@@ -316,13 +353,47 @@ fn linker() -> Linker<HostState> {
                     };
                     let (data, st) = mem.data_and_store_mut(&mut caller);
                     let (ptr, len) = (ptr as usize, (len as usize).min(16 << 10));
-                    if let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) {
-                        st.fail = Some(String::from_utf8_lossy(bytes).into_owned());
+                    let msg = data
+                        .get(ptr..ptr.saturating_add(len))
+                        .map(|b| String::from_utf8_lossy(b).into_owned());
+                    match (st.batch.active, st.batch.cur) {
+                        (true, Some(i)) if !st.batch.failed_current => {
+                            // The item failed: forget what it emitted, keep the batch going.
+                            st.out.entries.truncate(st.batch.entry_mark);
+                            st.out.data.truncate(st.batch.data_mark);
+                            st.batch.failed_current = true;
+                            st.batch.failures.push((i, msg.unwrap_or_default()));
+                        }
+                        _ => st.fail = msg,
                     }
                     Ok(())
                 },
             )
         });
+    let defined = defined.and_then(|l| {
+        l.func_wrap(
+            "pcluster",
+            "begin",
+            |mut caller: Caller<'_, HostState>, index: u32| -> wasmtime::Result<()> {
+                let st = caller.data_mut();
+                let index = index as usize;
+                if !st.batch.active {
+                    wasmtime::bail!("begin called outside a batched call");
+                }
+                let Some(&input) = st.batch.inputs.get(index) else {
+                    wasmtime::bail!("begin: item {index} is not in the batch");
+                };
+                let HostState { batch, out, .. } = st;
+                batch.close_item(out);
+                batch.cur = Some(index);
+                batch.entry_mark = out.entries.len();
+                batch.data_mark = out.data.len();
+                batch.failed_current = false;
+                st.cur_input = input;
+                Ok(())
+            },
+        )
+    });
     if let Err(e) = defined {
         // Only possible if the three definitions above clash, which they do not.
         panic!("defining the pcluster host functions: {e}");
@@ -379,6 +450,20 @@ pub fn compile_chain(
             }
             None => None,
         };
+        let batch_name = format!("pcluster_batch.{name}");
+        let batch_export = match module.get_export(&batch_name) {
+            Some(_) => {
+                check_func(
+                    module,
+                    &batch_name,
+                    &[ValType::I32, ValType::I32],
+                    &[ValType::I32],
+                )
+                .map_err(ctx)?;
+                Some(batch_name)
+            }
+            None => None,
+        };
         let has_start = match module.get_export("pcluster_start") {
             Some(_) => {
                 check_func(module, "pcluster_start", &[], &[]).map_err(ctx)?;
@@ -397,6 +482,7 @@ pub fn compile_chain(
             args: t.args.clone(),
             pre,
             init_export,
+            batch_export,
             has_start,
         });
     }
@@ -417,6 +503,8 @@ pub struct TaskInstance {
     /// The store; its data holds the stage output buffer.
     pub store: Store<HostState>,
     func: TypedFunc<u32, u32>,
+    batch: Option<TypedFunc<(u32, u32), u32>>,
+    block: Vec<u8>,
     input: TypedFunc<u32, u32>,
     memory: Memory,
     buf_ptr: usize,
@@ -447,6 +535,10 @@ impl TaskInstance {
             engine(),
             HostState {
                 out: OutBuf::default(),
+                batch: BatchState {
+                    generator: task.generator,
+                    ..BatchState::default()
+                },
                 cur_input: 0,
                 memory: None,
                 fail: None,
@@ -480,9 +572,19 @@ impl TaskInstance {
         let input = instance
             .get_typed_func::<u32, u32>(&mut store, "pcluster_input")
             .map_err(|e| format!("{e:#}"))?;
+        let batch = match &task.batch_export {
+            Some(name) => Some(
+                instance
+                    .get_typed_func::<(u32, u32), u32>(&mut store, name)
+                    .map_err(|e| format!("{e:#}"))?,
+            ),
+            None => None,
+        };
         let mut this = TaskInstance {
             store,
             func,
+            batch,
+            block: Vec::new(),
             input,
             memory,
             buf_ptr: 0,
@@ -573,6 +675,69 @@ impl TaskInstance {
             }
             Err(e) => Err(CallFailure::Trap(self.describe(&e))),
         }
+    }
+
+    /// Whether the task has a batched export.
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Runs the task on many items in one guest call; their emits land in
+    /// `store.data().out` tagged with each item's input index, and item failures in
+    /// `store.data().batch.failures` (by position in `items`).
+    ///
+    /// # Errors
+    /// When the call trapped or reported the batch itself as failed: nothing of the batch is
+    /// kept, and the caller re-runs its items one by one (after rebuilding on a trap).
+    pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallFailure> {
+        self.block.clear();
+        for (_, item) in items {
+            self.block
+                .extend_from_slice(&(item.len() as u32).to_le_bytes());
+        }
+        for (_, item) in items {
+            self.block.extend_from_slice(item);
+        }
+        let block = std::mem::take(&mut self.block);
+        let placed = self.place(&block);
+        let len = block.len() as u32;
+        self.block = block;
+        if let Err(e) = placed {
+            return Err(CallFailure::Trap(self.describe(&e)));
+        }
+        let st = self.store.data_mut();
+        let (entry_start, data_start) = (st.out.entries.len(), st.out.data.len());
+        st.batch.active = true;
+        st.batch.cur = None;
+        st.batch.failed_current = false;
+        st.batch.failures.clear();
+        st.batch.inputs.clear();
+        st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let Some(batch) = &self.batch else {
+            return Err(CallFailure::Status("no batched export".into()));
+        };
+        let result = batch.call(&mut self.store, (items.len() as u32, len));
+        let st = self.store.data_mut();
+        let HostState { batch, out, .. } = st;
+        batch.close_item(out);
+        batch.active = false;
+        batch.cur = None;
+        batch.failed_current = false;
+        let failed = match result {
+            Ok(0) => return Ok(()),
+            Ok(status) => CallFailure::Status(
+                st.fail
+                    .take()
+                    .unwrap_or_else(|| format!("batch returned status {status}")),
+            ),
+            Err(e) => CallFailure::Trap(self.describe(&e)),
+        };
+        let st = self.store.data_mut();
+        st.out.entries.truncate(entry_start);
+        st.out.data.truncate(data_start);
+        st.batch.failures.clear();
+        Err(failed)
     }
 
     /// A readable reason for a failed call.

@@ -26,6 +26,12 @@ const WINDOW_TARGET_NS: u64 = 40_000_000;
 pub const WINDOW_BYTES: u64 = 256 << 20;
 /// Most items a node asks for per worker.
 const MAX_WINDOW_PER_WORKER: u64 = 128 * 1024;
+/// Most items in one batched guest call.
+const BATCH_ITEMS: usize = 256;
+/// Most bytes in one batched guest call.
+const BATCH_BYTES: usize = 256 << 10;
+/// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
+const BATCH_BELOW_NS: u64 = 20_000;
 /// Bytes of a failing item quoted in its failure.
 const ITEM_QUOTE: usize = 200;
 
@@ -284,6 +290,8 @@ struct Worker {
     index: u32,
     node: Arc<str>,
     instances: Vec<Result<TaskInstance, String>>,
+    /// Recent nanoseconds per call of each task on this worker.
+    task_ns: Vec<u64>,
     cur: OutBuf,
     spare: OutBuf,
 }
@@ -302,6 +310,7 @@ impl Worker {
             instances.push(Ok(inst));
         }
         Ok(Worker {
+            task_ns: vec![0; shared.chain.tasks.len()],
             shared,
             index,
             node,
@@ -373,6 +382,7 @@ impl Worker {
                 failures: &mut failures,
                 calls: 0,
                 failed: 0,
+                batch: self.task_ns[k] < BATCH_BELOW_NS,
             };
             if k == 0 {
                 let mut offset = unit.byte_start;
@@ -400,8 +410,11 @@ impl Worker {
                 calls.saturating_sub(failed).saturating_sub(produced_by),
                 Ordering::Relaxed,
             );
-            c.busy_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let busy = started.elapsed().as_nanos() as u64;
+            c.busy_ns.fetch_add(busy, Ordering::Relaxed);
+            if let Some(per_call) = busy.checked_div(calls) {
+                self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
+            }
             self.spare = std::mem::replace(&mut self.cur, stage);
         }
         let mut counts = vec![0u32; count];
@@ -448,21 +461,60 @@ struct StageCtx<'a> {
     failures: &'a mut Vec<Failure>,
     calls: u64,
     failed: u64,
+    /// Whether to use the task's batched export (its items are known to be fast).
+    batch: bool,
 }
 
 impl StageCtx<'_> {
     fn run<'i>(&mut self, items: impl Iterator<Item = (u32, &'i [u8])>, stage: &mut OutBuf) {
-        let task = &self.chain.tasks[self.k];
         if let Ok(inst) = self.slot {
             std::mem::swap(&mut inst.store.data_mut().out, stage);
         }
-        for (input, item) in items {
-            self.calls += 1;
-            let inst = match self.slot {
-                Ok(inst) => inst,
-                Err(msg) => {
-                    // An instance that could not be rebuilt fails every item it is given.
-                    let message = format!("task instance unavailable: {msg}");
+        let batched = self.batch && matches!(self.slot, Ok(inst) if inst.has_batch());
+        if batched {
+            let mut chunk: Vec<(u32, &[u8])> = Vec::with_capacity(BATCH_ITEMS);
+            let mut bytes = 0;
+            for (input, item) in items {
+                if chunk.len() == BATCH_ITEMS
+                    || (!chunk.is_empty() && bytes + item.len() > BATCH_BYTES)
+                {
+                    self.run_chunk(&chunk, stage);
+                    chunk.clear();
+                    bytes = 0;
+                }
+                bytes += item.len() + 4;
+                chunk.push((input, item));
+            }
+            if !chunk.is_empty() {
+                self.run_chunk(&chunk, stage);
+            }
+        } else {
+            for (input, item) in items {
+                self.call_one(input, item, stage);
+            }
+        }
+        if let Ok(inst) = self.slot {
+            std::mem::swap(&mut inst.store.data_mut().out, stage);
+        }
+    }
+
+    /// Many items in one guest call; on any trouble with the batch as a whole, its items run
+    /// one by one, so a trap or a deadline still fails only its own item.
+    fn run_chunk(&mut self, chunk: &[(u32, &[u8])], stage: &mut OutBuf) {
+        let result = match self.slot {
+            Ok(inst) => inst.call_batch(chunk),
+            Err(_) => Err(CallFailure::Status(String::new())),
+        };
+        match result {
+            Ok(()) => {
+                self.calls += chunk.len() as u64;
+                let Ok(inst) = self.slot else { return };
+                let failures = std::mem::take(&mut inst.store.data_mut().batch.failures);
+                let task = &self.chain.tasks[self.k];
+                for (i, message) in failures {
+                    let Some(&(input, item)) = chunk.get(i) else {
+                        continue;
+                    };
                     self.failed += 1;
                     record_failure(
                         self.failures,
@@ -474,30 +526,30 @@ impl StageCtx<'_> {
                         item,
                         message,
                     );
-                    continue;
                 }
-            };
-            let st = inst.store.data_mut();
-            st.cur_input = input;
-            let mark_e = st.out.entries.len();
-            let mark_d = st.out.data.len();
-            let result = inst.call(item);
-            let st = inst.store.data_mut();
-            let emitted = st.out.entries.len() - mark_e;
-            let (err, trapped) = match result {
-                Ok(()) if emitted > 1 && !task.generator => (
-                    Some(format!(
-                        "emitted {emitted} items but is not a generator (set `generator = true`)"
-                    )),
-                    false,
-                ),
-                Ok(()) => (None, false),
-                Err(CallFailure::Status(m)) => (Some(m), false),
-                Err(CallFailure::Trap(m)) => (Some(m), true),
-            };
-            if let Some(message) = err {
-                st.out.entries.truncate(mark_e);
-                st.out.data.truncate(mark_d);
+            }
+            Err(CallFailure::Status(_)) => {
+                for &(input, item) in chunk {
+                    self.call_one(input, item, stage);
+                }
+            }
+            Err(CallFailure::Trap(_)) => {
+                self.rebuild(stage);
+                for &(input, item) in chunk {
+                    self.call_one(input, item, stage);
+                }
+            }
+        }
+    }
+
+    fn call_one(&mut self, input: u32, item: &[u8], stage: &mut OutBuf) {
+        let task = &self.chain.tasks[self.k];
+        self.calls += 1;
+        let inst = match self.slot {
+            Ok(inst) => inst,
+            Err(msg) => {
+                // An instance that could not be rebuilt fails every item it is given.
+                let message = format!("task instance unavailable: {msg}");
                 self.failed += 1;
                 record_failure(
                     self.failures,
@@ -509,33 +561,72 @@ impl StageCtx<'_> {
                     item,
                     message,
                 );
+                return;
             }
-            if trapped {
-                // A trapped instance may be in any state: build a fresh one and carry the
-                // stage's outputs over to it.
-                let mut out = std::mem::take(&mut inst.store.data_mut().out);
-                let ctx = LogCtx {
-                    node: self.node.clone(),
-                    worker: self.worker,
-                    task: task.name.clone(),
-                };
-                *self.slot = TaskInstance::new(task, &self.chain.limits, ctx);
-                match self.slot {
-                    Ok(fresh) => std::mem::swap(&mut fresh.store.data_mut().out, &mut out),
-                    Err(e) => {
-                        tracing::error!(
-                            node = &**self.node,
-                            worker = self.worker,
-                            task = &*task.name,
-                            "cannot rebuild the task instance after a trap: {e}"
-                        );
-                        *stage = out;
-                    }
-                }
-            }
+        };
+        let st = inst.store.data_mut();
+        st.cur_input = input;
+        let mark_e = st.out.entries.len();
+        let mark_d = st.out.data.len();
+        let result = inst.call(item);
+        let st = inst.store.data_mut();
+        let emitted = st.out.entries.len() - mark_e;
+        let (err, trapped) = match result {
+            Ok(()) if emitted > 1 && !task.generator => (
+                Some(format!(
+                    "emitted {emitted} items but is not a generator (set `generator = true`)"
+                )),
+                false,
+            ),
+            Ok(()) => (None, false),
+            Err(CallFailure::Status(m)) => (Some(m), false),
+            Err(CallFailure::Trap(m)) => (Some(m), true),
+        };
+        if let Some(message) = err {
+            st.out.entries.truncate(mark_e);
+            st.out.data.truncate(mark_d);
+            self.failed += 1;
+            record_failure(
+                self.failures,
+                self.node,
+                self.worker,
+                self.k,
+                &task.name,
+                input,
+                item,
+                message,
+            );
         }
-        if let Ok(inst) = self.slot {
-            std::mem::swap(&mut inst.store.data_mut().out, stage);
+        if trapped {
+            self.rebuild(stage);
+        }
+    }
+
+    /// A trapped instance may be in any state: build a fresh one and carry the stage's
+    /// outputs over to it.
+    fn rebuild(&mut self, stage: &mut OutBuf) {
+        let task = &self.chain.tasks[self.k];
+        let mut out = match self.slot {
+            Ok(inst) => std::mem::take(&mut inst.store.data_mut().out),
+            Err(_) => return,
+        };
+        let ctx = LogCtx {
+            node: self.node.clone(),
+            worker: self.worker,
+            task: task.name.clone(),
+        };
+        *self.slot = TaskInstance::new(task, &self.chain.limits, ctx);
+        match self.slot {
+            Ok(fresh) => std::mem::swap(&mut fresh.store.data_mut().out, &mut out),
+            Err(e) => {
+                tracing::error!(
+                    node = &**self.node,
+                    worker = self.worker,
+                    task = &*task.name,
+                    "cannot rebuild the task instance after a trap: {e}"
+                );
+                *stage = out;
+            }
         }
     }
 }

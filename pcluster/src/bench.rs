@@ -390,12 +390,25 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{name}: outputs differ from the native values"
         );
         let ideal = native_secs / total_workers as f64;
+        // The in-process wasm floor on a sample of seeds (the whole of W2-long would take
+        // seconds more).
+        let sample = seeds.min(100);
+        let spec = chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]);
+        let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
+        let items: Packed = (0..sample).map(|s| s.to_string()).collect();
+        let tw = Instant::now();
+        let outs: usize = local.run(items, 1).iter().map(|o| o.items.len()).sum();
+        let wasm_ns = tw.elapsed().as_nanos() as f64 / sample as f64;
+        ensure!(
+            outs as u64 == sample,
+            "in-process wasm {name} gave {outs} outputs"
+        );
         rows.push(Row {
             name: name.into(),
             items: seeds,
             secs,
             native_per_item: Some(native_secs * 1e9 / seeds as f64),
-            wasm_per_item: None,
+            wasm_per_item: Some(wasm_ns),
             note: format!(
                 "verified; native serial {native_secs:.3} s, ideal on {total_workers} workers {ideal:.3} s = {:.0}% of ideal",
                 100.0 * ideal / secs

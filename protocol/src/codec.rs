@@ -8,11 +8,22 @@ use tokio_util::codec::Decoder;
 use crate::error::ProtocolError;
 use crate::message::Msg;
 
-/// Hard cap on what one decode may allocate, whatever a length field inside a frame claims.
-const DECODE_LIMIT: usize = 1 << 30;
-
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+    bincode::config::standard().with_limit::<{ 1 << 30 }>()
+}
+
+/// Decodes with an allocation limit proportional to the payload: a length field inside a
+/// small frame cannot make us allocate much. Integer lists claim up to 8 bytes per element
+/// encoded in as little as one, hence the factor.
+fn decode_limited(payload: &[u8]) -> Result<(Msg, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice as d;
+    let c = bincode::config::standard();
+    match payload.len() {
+        0..=4096 => d(payload, c.with_limit::<{ 32 << 10 }>()),
+        4097..=262_144 => d(payload, c.with_limit::<{ 2 << 20 }>()),
+        262_145..=8_388_608 => d(payload, c.with_limit::<{ 64 << 20 }>()),
+        _ => d(payload, c.with_limit::<{ 512 << 20 }>()),
+    }
 }
 
 /// Appends one frame holding `msg` to `dst`.
@@ -51,7 +62,7 @@ pub fn encode_frame(msg: &Msg, dst: &mut BytesMut, max_frame: usize) -> Result<(
 /// # Errors
 /// When the bytes are not exactly one message.
 pub fn decode_payload(payload: &[u8]) -> Result<Msg, ProtocolError> {
-    match bincode::serde::decode_from_slice::<Msg, _>(payload, config()) {
+    match decode_limited(payload) {
         Ok((msg, used)) if used == payload.len() => Ok(msg),
         Ok((msg, used)) => Err(ProtocolError::Malformed(format!(
             "{} trailing bytes after a {} message",

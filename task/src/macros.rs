@@ -188,6 +188,12 @@ macro_rules! __task_glue {
             }
 
             #[cfg(target_arch = "wasm32")]
+            #[unsafe(export_name = ::core::concat!("pcluster_batch.", ::core::stringify!($name)))]
+            extern "C" fn export_batch(count: usize, len: usize) -> i32 {
+                $crate::__private::run_batch(count, len, call)
+            }
+
+            #[cfg(target_arch = "wasm32")]
             #[unsafe(export_name = ::core::concat!("pcluster_init.", ::core::stringify!($name)))]
             extern "C" fn export_init(len: usize) -> i32 {
                 $crate::__private::run(len, init)

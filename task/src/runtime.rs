@@ -75,6 +75,47 @@ pub fn run(len: usize, call: impl FnOnce(&[u8]) -> Result<(), String>) -> i32 {
 }
 
 /// The message a panic hands to `fail`: one line, like std's "panicked at FILE:LINE:COL: MSG".
+/// Runs `call` on each item of a batch: the input buffer holds `count` little-endian `u32`
+/// lengths, then the items back to back (`len` bytes in all). Each item is announced with
+/// `begin(i)`; a failed item reports its message with `fail` and the batch goes on.
+#[inline]
+pub fn run_batch(count: usize, len: usize, call: impl Fn(&[u8]) -> Result<(), String>) -> i32 {
+    let result = INPUT.with_borrow(|buf| {
+        let Some(block) = buf.get(..len) else {
+            return Err(format!(
+                "batch of {len} bytes is longer than the input buffer"
+            ));
+        };
+        let Some((lens, mut data)) = count
+            .checked_mul(4)
+            .and_then(|n| (n <= block.len()).then(|| block.split_at(n)))
+        else {
+            return Err(format!(
+                "batch of {count} items does not fit in {len} bytes"
+            ));
+        };
+        for (i, l) in lens.chunks_exact(4).enumerate() {
+            let l = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
+            let Some((item, rest)) = (l <= data.len()).then(|| data.split_at(l)) else {
+                return Err(format!("item {i} of the batch overruns it"));
+            };
+            data = rest;
+            sys::begin(i);
+            if let Err(message) = call(item) {
+                sys::fail(&message);
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => STATUS_OK,
+        Err(message) => {
+            sys::fail(&message);
+            STATUS_FAILED
+        }
+    }
+}
+
 pub(crate) fn panic_message(info: &PanicHookInfo<'_>) -> String {
     let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
     match info.location() {
@@ -141,7 +182,7 @@ impl Task {
 /// What the macros expand to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use super::{Task, args, run};
+    pub use super::{Task, args, run, run_batch};
     pub use crate::logging::log_fmt;
     use crate::{Emitter, Stateful};
 

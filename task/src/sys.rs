@@ -1,7 +1,7 @@
 //! The three host calls of the ABI (`emit`, `log`, `fail`): the `pcluster` wasm imports on
 //! wasm32, and in-process stand-ins everywhere else so tasks can be unit-tested natively.
 
-pub(crate) use imp::{emit, fail, log};
+pub(crate) use imp::{begin, emit, fail, log};
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use imp::{take_emitted, take_failure, take_logs};
 
@@ -18,6 +18,14 @@ mod imp {
         fn host_log(level: i32, ptr: *const u8, len: usize);
         #[link_name = "fail"]
         fn host_fail(ptr: *const u8, len: usize);
+        #[link_name = "begin"]
+        fn host_begin(index: usize);
+    }
+
+    #[inline]
+    pub(crate) fn begin(index: usize) {
+        // SAFETY: takes a plain integer.
+        unsafe { host_begin(index) }
     }
 
     #[inline]
@@ -64,6 +72,9 @@ mod imp {
     pub(crate) fn fail(message: &str) {
         FAILURE.set(Some(message.to_owned()));
     }
+
+    #[allow(dead_code)] // Batches are driven by a host; natively, tests call tasks one by one.
+    pub(crate) fn begin(_index: usize) {}
 
     pub(crate) fn take_emitted() -> Vec<Vec<u8>> {
         EMITTED.take()

@@ -290,3 +290,82 @@ async fn a_scan_finds_exactly_the_nodes_and_skips_other_listeners() {
     stop_a.cancel();
     stop_b.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_calls_keep_per_item_semantics() {
+    // Fast tasks run many items per guest call; an item error, a panic or a non-generator
+    // emitting twice must still fail only its own item.
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let root = root_with(&[node]).await;
+    let c = setup_collect(
+        &root,
+        chain(
+            "errs",
+            &[("w1_duplicate", true, ""), ("w1_drop_odd", false, "")],
+        ),
+    )
+    .await
+    .unwrap();
+    let inputs: Vec<String> = (0..5000)
+        .map(|i| {
+            if i % 10 == 3 {
+                format!("bad-x{i}")
+            } else {
+                format!("item-{i}")
+            }
+        })
+        .collect();
+    root.feed(&inputs).await.unwrap();
+    root.wait_empty().await.unwrap();
+    let mut expected: Vec<String> = (0..5000u64)
+        .filter(|i| i % 10 != 3 && i % 2 == 0)
+        .flat_map(|i| [format!("item-{i}"), format!("item-{i}")])
+        .collect();
+    expected.sort();
+    assert_same(&c.texts(), &expected);
+    let f = c.failures();
+    assert_eq!(f.len(), 1000, "both copies of each bad item fail");
+    assert!(
+        f.iter()
+            .all(|f| f.task == "w1_drop_odd" && f.item_start.starts_with(b"bad-x"))
+    );
+
+    let c = setup_collect(&root, chain("panics", &[("panic_task", false, "")]))
+        .await
+        .unwrap();
+    let inputs: Vec<String> = (0..3000)
+        .map(|i| {
+            if i % 100 == 7 {
+                format!("panic {i}")
+            } else {
+                format!("ok {i}")
+            }
+        })
+        .collect();
+    root.feed(&inputs).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert_eq!(c.texts().len(), 2970);
+    let mut failed: Vec<String> = c
+        .failures()
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.item_start).into_owned())
+        .collect();
+    failed.sort();
+    let mut want: Vec<String> = (0..3000)
+        .filter(|i| i % 100 == 7)
+        .map(|i| format!("panic {i}"))
+        .collect();
+    want.sort();
+    assert_eq!(failed, want);
+
+    let c = setup_collect(&root, chain("not-gen", &[("w1_duplicate", false, "")]))
+        .await
+        .unwrap();
+    root.feed(w1_inputs(300)).await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert!(c.texts().is_empty());
+    let f = c.failures();
+    assert_eq!(f.len(), 300);
+    assert!(f[0].message.contains("not a generator"), "{}", f[0].message);
+    stop.cancel();
+}
