@@ -32,6 +32,9 @@ const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: usize = 256 << 10;
 /// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
 const BATCH_BELOW_NS: u64 = 20_000;
+/// A generator stage emitting at least this many items in one unit spreads them over the
+/// node's workers.
+const FAN_OUT_SPLIT: usize = 8192;
 /// Bytes of a failing item quoted in its failure.
 const ITEM_QUOTE: usize = 200;
 
@@ -55,6 +58,36 @@ pub struct Batch {
     pub seq: u64,
     /// Its items.
     pub items: Packed,
+}
+
+/// What a worker takes from the queue.
+#[derive(Debug)]
+pub enum Work {
+    /// A run of inputs of a batch.
+    Unit(Unit),
+    /// A share of a large fan-out, to run from a later task on.
+    Part(Part),
+}
+
+/// A share of the items a generator produced in one unit: another worker runs the rest of the
+/// chain on it, so a large fan-out spreads over the node's workers.
+#[derive(Debug)]
+pub struct Part {
+    group: Arc<Group>,
+    index: usize,
+    start_task: usize,
+    items: OutBuf,
+}
+
+/// The unit a fan-out was split from; its outputs leave the node in one message, assembled by
+/// whichever worker finishes the last part.
+#[derive(Debug)]
+struct Group {
+    seq: u64,
+    first: u32,
+    count: u32,
+    parts: Mutex<Vec<Option<(OutBuf, Vec<Failure>)>>>,
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 /// Per-task counters, shared by all workers, updated once per stage of a unit.
@@ -142,7 +175,7 @@ impl PoolShared {
 pub struct Pool {
     /// Shared state.
     pub shared: Arc<PoolShared>,
-    queue: Option<crossbeam_channel::Sender<Unit>>,
+    queue: Option<crossbeam_channel::Sender<Work>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -171,12 +204,13 @@ impl Pool {
             stop: AtomicBool::new(false),
             workers,
         });
-        let (tx, rx) = crossbeam_channel::bounded::<Unit>(1 << 16);
+        let (tx, rx) = crossbeam_channel::bounded::<Work>(1 << 16);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::with_capacity(workers as usize);
         for w in 0..workers {
             let shared = shared.clone();
             let rx = rx.clone();
+            let tx = tx.clone();
             let out = out.clone();
             let ready = ready_tx.clone();
             let node = node.clone();
@@ -194,7 +228,7 @@ impl Pool {
                         }
                     };
                     drop(ready);
-                    worker.run(rx, out);
+                    worker.run(rx, tx, out);
                 });
             match spawned {
                 Ok(h) => threads.push(h),
@@ -251,7 +285,7 @@ impl Pool {
                 count,
                 byte_start,
             };
-            if queue.try_send(u).is_err() {
+            if queue.try_send(Work::Unit(u)).is_err() {
                 self.shared
                     .in_flight
                     .fetch_sub(u64::from(n - first), Ordering::Relaxed);
@@ -292,6 +326,8 @@ struct Worker {
     instances: Vec<Result<TaskInstance, String>>,
     /// Recent nanoseconds per call of each task on this worker.
     task_ns: Vec<u64>,
+    /// Fan-out parts the queue had no room for; this worker runs them itself.
+    deferred: Vec<Part>,
     cur: OutBuf,
     spare: OutBuf,
 }
@@ -311,6 +347,7 @@ impl Worker {
         }
         Ok(Worker {
             task_ns: vec![0; shared.chain.tasks.len()],
+            deferred: Vec::new(),
             shared,
             index,
             node,
@@ -320,29 +357,54 @@ impl Worker {
         })
     }
 
-    fn run(mut self, rx: crossbeam_channel::Receiver<Unit>, out: mpsc::Sender<Msg>) {
+    fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<Work>,
+        tx: crossbeam_channel::Sender<Work>,
+        out: mpsc::Sender<Msg>,
+    ) {
         loop {
             self.shared.wait_unpaused();
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let Ok(unit) = rx.recv() else { return };
+            // Workers hold a sender for fan-out parts, so the channel never closes: poll the
+            // stop flag instead.
+            let work = match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(w) => w,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
             self.shared.idle.fetch_sub(1, Ordering::Relaxed);
             let started = Instant::now();
-            let outputs = self.run_unit(&unit);
-            let ns = started.elapsed().as_nanos() as u64 / u64::from(unit.count.max(1));
-            let old = self.shared.avg_item_ns.load(Ordering::Relaxed);
-            // Weigh by unit size so one tiny unit cannot swing the estimate far.
-            let w = u64::from(unit.count.clamp(1, 64));
-            let avg = (old * (128 - w) + ns.max(1) * w) / 128;
-            self.shared.avg_item_ns.store(avg.max(1), Ordering::Relaxed);
+            let done = match work {
+                Work::Unit(unit) => {
+                    let r = self.run_unit(&unit, &tx);
+                    let ns = started.elapsed().as_nanos() as u64 / u64::from(unit.count.max(1));
+                    let old = self.shared.avg_item_ns.load(Ordering::Relaxed);
+                    // Weigh by unit size so one tiny unit cannot swing the estimate far.
+                    let w = u64::from(unit.count.clamp(1, 64));
+                    let avg = (old * (128 - w) + ns.max(1) * w) / 128;
+                    self.shared.avg_item_ns.store(avg.max(1), Ordering::Relaxed);
+                    r
+                }
+                Work::Part(part) => self.run_part(part, &tx),
+            };
+            let mut done = done;
+            while done.is_none() {
+                let Some(part) = self.deferred.pop() else {
+                    break;
+                };
+                done = self.run_part(part, &tx);
+            }
             self.shared.idle.fetch_add(1, Ordering::Relaxed);
+            let Some(outputs) = done else { continue };
             self.shared
                 .in_flight
-                .fetch_sub(u64::from(unit.count), Ordering::Relaxed);
+                .fetch_sub(outputs.counts.0.len() as u64, Ordering::Relaxed);
             if out.blocking_send(Msg::Outputs(outputs)).is_err() {
                 // The root's connection is gone; it re-dispatches what it did not get.
                 continue;
@@ -362,14 +424,108 @@ impl Worker {
         }
     }
 
-    fn run_unit(&mut self, unit: &Unit) -> Outputs {
-        let chain = self.shared.chain.clone();
-        let batch = &unit.batch;
-        let first = unit.first as usize;
-        let count = unit.count as usize;
-        let lens = &batch.items.lens.0[first..first + count];
+    /// Runs a unit; `None` when it was split into parts and others finish it.
+    fn run_unit(&mut self, unit: &Unit, tx: &crossbeam_channel::Sender<Work>) -> Option<Outputs> {
         let mut failures = Vec::new();
-        for k in 0..chain.tasks.len() {
+        let split = self.run_stages(
+            Some(unit),
+            0,
+            &mut failures,
+            tx,
+            unit.batch.seq,
+            unit.first,
+            unit.count,
+        );
+        match split {
+            None => Some(self.outputs(unit.batch.seq, unit.first, unit.count, failures)),
+            Some(group) => self.deposit(&group, 0, failures),
+        }
+    }
+
+    fn run_part(&mut self, part: Part, tx: &crossbeam_channel::Sender<Work>) -> Option<Outputs> {
+        self.cur = part.items;
+        let mut failures = Vec::new();
+        let g = &part.group;
+        // A part never splits again: it is already a share of one.
+        let _ = self.run_stages(None, part.start_task, &mut failures, tx, g.seq, g.first, 0);
+        self.deposit(&part.group, part.index, failures)
+    }
+
+    /// Hands this worker's share of a group in; the last one assembles the outputs.
+    fn deposit(
+        &mut self,
+        group: &Arc<Group>,
+        index: usize,
+        failures: Vec<Failure>,
+    ) -> Option<Outputs> {
+        let share = std::mem::take(&mut self.cur);
+        {
+            let mut parts = group.parts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = parts.get_mut(index) {
+                *slot = Some((share, failures));
+            }
+        }
+        if group.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        let parts = std::mem::take(&mut *group.parts.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut all = Vec::new();
+        self.cur.clear();
+        for (buf, f) in parts.into_iter().flatten() {
+            let base = self.cur.data.len();
+            self.cur.data.extend_from_slice(&buf.data);
+            self.cur
+                .entries
+                .extend(buf.entries.iter().map(|e| crate::engine::Entry {
+                    input: e.input,
+                    len: e.len,
+                    start: e.start + base,
+                }));
+            all.extend(f);
+        }
+        Some(self.outputs(group.seq, group.first, group.count, all))
+    }
+
+    fn outputs(&mut self, seq: u64, first: u32, count: u32, mut failures: Vec<Failure>) -> Outputs {
+        let mut counts = vec![0u32; count as usize];
+        for e in &self.cur.entries {
+            if let Some(c) = counts.get_mut(e.input as usize) {
+                *c += 1;
+            }
+        }
+        let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
+        packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
+        packed.data.extend_from_slice(&self.cur.data);
+        for f in &mut failures {
+            f.index += first;
+        }
+        Outputs {
+            seq,
+            first,
+            counts: U32s(counts),
+            items: packed,
+            failures,
+        }
+    }
+
+    /// Runs tasks `from..` on the unit's items (from the batch when `unit` is given and
+    /// `from` is 0, else from `self.cur`), leaving the outputs in `self.cur`. After a
+    /// generator stage that produced many items, splits them into parts for other workers
+    /// and returns the group this worker's share belongs to.
+    #[allow(clippy::too_many_arguments)]
+    fn run_stages(
+        &mut self,
+        unit: Option<&Unit>,
+        from: usize,
+        failures: &mut Vec<Failure>,
+        tx: &crossbeam_channel::Sender<Work>,
+        seq: u64,
+        first: u32,
+        count: u32,
+    ) -> Option<Arc<Group>> {
+        let chain = self.shared.chain.clone();
+        let mut group = None;
+        for k in from..chain.tasks.len() {
             let started = Instant::now();
             let mut stage = std::mem::take(&mut self.spare);
             stage.clear();
@@ -379,25 +535,31 @@ impl Worker {
                 node: &self.node,
                 worker: self.index,
                 slot: &mut self.instances[k],
-                failures: &mut failures,
+                failures,
                 calls: 0,
                 failed: 0,
                 batch: self.task_ns[k] < BATCH_BELOW_NS,
             };
-            if k == 0 {
-                let mut offset = unit.byte_start;
-                let items = lens.iter().enumerate().map(|(i, &l)| {
-                    let item = &batch.items.data[offset..offset + l as usize];
-                    offset += l as usize;
-                    (i as u32, item)
-                });
-                ctx.run(items, &mut stage);
-            } else {
-                let prev = &self.cur;
-                ctx.run(
-                    prev.entries.iter().map(|e| (e.input, prev.item(e))),
-                    &mut stage,
-                );
+            match unit {
+                Some(unit) if k == from => {
+                    let batch = &unit.batch;
+                    let first = unit.first as usize;
+                    let lens = &batch.items.lens.0[first..first + unit.count as usize];
+                    let mut offset = unit.byte_start;
+                    let items = lens.iter().enumerate().map(|(i, &l)| {
+                        let item = &batch.items.data[offset..offset + l as usize];
+                        offset += l as usize;
+                        (i as u32, item)
+                    });
+                    ctx.run(items, &mut stage);
+                }
+                _ => {
+                    let prev = &self.cur;
+                    ctx.run(
+                        prev.entries.iter().map(|e| (e.input, prev.item(e))),
+                        &mut stage,
+                    );
+                }
             }
             let (calls, failed) = (ctx.calls, ctx.failed);
             let c = &self.shared.counters[k];
@@ -416,24 +578,84 @@ impl Worker {
                 self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
             }
             self.spare = std::mem::replace(&mut self.cur, stage);
+            let fan_out = chain.tasks[k].generator
+                && k + 1 < chain.tasks.len()
+                && unit.is_some()
+                && group.is_none()
+                && self.shared.workers > 1
+                && self.cur.entries.len() >= FAN_OUT_SPLIT;
+            if fan_out {
+                group = Some(self.split(k + 1, tx, seq, first, count));
+            }
         }
-        let mut counts = vec![0u32; count];
-        for e in &self.cur.entries {
-            counts[e.input as usize] += 1;
+        group
+    }
+
+    /// Keeps the first share of `self.cur` and queues the others as parts.
+    fn split(
+        &mut self,
+        start_task: usize,
+        tx: &crossbeam_channel::Sender<Work>,
+        seq: u64,
+        first: u32,
+        count: u32,
+    ) -> Arc<Group> {
+        let shares = self.shared.workers as usize;
+        let n = self.cur.entries.len();
+        tracing::debug!(
+            node = &*self.node,
+            worker = self.index,
+            items = n,
+            shares,
+            "spreading a fan-out over the workers"
+        );
+        let per = n.div_ceil(shares);
+        let group = Arc::new(Group {
+            seq,
+            first,
+            count,
+            parts: Mutex::new((0..shares).map(|_| None).collect()),
+            pending: std::sync::atomic::AtomicUsize::new(shares),
+        });
+        let mut parts = Vec::with_capacity(shares - 1);
+        for index in 1..shares {
+            let lo = (index * per).min(n);
+            let hi = ((index + 1) * per).min(n);
+            let mut items = OutBuf::default();
+            for e in &self.cur.entries[lo..hi] {
+                let start = items.data.len();
+                items.data.extend_from_slice(self.cur.item(e));
+                items.entries.push(crate::engine::Entry {
+                    input: e.input,
+                    len: e.len,
+                    start,
+                });
+            }
+            parts.push(Part {
+                group: group.clone(),
+                index,
+                start_task,
+                items,
+            });
         }
-        let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
-        packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
-        packed.data.extend_from_slice(&self.cur.data);
-        for f in &mut failures {
-            f.index += unit.first;
+        // This worker keeps the first share.
+        let keep = per.min(n);
+        let keep_bytes = self
+            .cur
+            .entries
+            .get(keep)
+            .map_or(self.cur.data.len(), |e| e.start);
+        self.cur.entries.truncate(keep);
+        self.cur.data.truncate(keep_bytes);
+        for part in parts {
+            if let Err(e) = tx.try_send(Work::Part(part)) {
+                // Queue full: this worker runs the part itself, after its own share.
+                if let Work::Part(p) = e.into_inner() {
+                    self.deferred.push(p);
+                }
+            }
         }
-        Outputs {
-            seq: batch.seq,
-            first: unit.first,
-            counts: U32s(counts),
-            items: packed,
-            failures,
-        }
+        group
     }
 }
 
@@ -656,6 +878,8 @@ fn record_failure(
 /// benchmark compares against, and a way to try a chain in tests.
 pub struct LocalChain {
     worker: Worker,
+    tx: crossbeam_channel::Sender<Work>,
+    _rx: crossbeam_channel::Receiver<Work>,
 }
 
 impl std::fmt::Debug for LocalChain {
@@ -684,8 +908,11 @@ impl LocalChain {
             stop: AtomicBool::new(false),
             workers: 1,
         });
+        let (tx, rx) = crossbeam_channel::bounded(1);
         Ok(LocalChain {
             worker: Worker::new(shared, 0, "local".into())?,
+            tx,
+            _rx: rx,
         })
     }
 
@@ -704,7 +931,8 @@ impl LocalChain {
                 count,
                 byte_start,
             };
-            out.push(self.worker.run_unit(&u));
+            // One worker: units never split, so every unit yields its outputs.
+            out.extend(self.worker.run_unit(&u, &self.tx));
             byte_start += batch.items.lens.0[first as usize..(first + count) as usize]
                 .iter()
                 .map(|&l| l as usize)

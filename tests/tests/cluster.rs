@@ -369,3 +369,36 @@ async fn batched_calls_keep_per_item_semantics() {
     assert!(f[0].message.contains("not a generator"), "{}", f[0].message);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_spread_and_delivered_exactly_once() {
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let root = root_with(&[node]).await;
+    let c = setup_collect(
+        &root,
+        chain(
+            "fan",
+            &[
+                ("fan_out", true, ""),
+                ("w1_identity", false, ""),
+                ("w1_duplicate", true, ""),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    root.feed(["50000", "3", "20000"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    let mut expected: Vec<String> = [50000u64, 3, 20000]
+        .iter()
+        .flat_map(|&n| (0..n).flat_map(move |i| [format!("{n}-{i}"), format!("{n}-{i}")]))
+        .collect();
+    expected.sort();
+    assert_same(&c.texts(), &expected);
+    assert!(c.failures().is_empty());
+    let status = root::node_status(node, &RootOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(status.tasks[1].items_in, 70003);
+    stop.cancel();
+}
