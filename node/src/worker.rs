@@ -79,6 +79,9 @@ pub struct Part {
     items: OutBuf,
 }
 
+/// One worker's finished share of a group: its outputs and failures.
+type Share = (OutBuf, Vec<Failure>);
+
 /// The unit a fan-out was split from; its outputs leave the node in one message, assembled by
 /// whichever worker finishes the last part.
 #[derive(Debug)]
@@ -86,7 +89,7 @@ struct Group {
     seq: u64,
     first: u32,
     count: u32,
-    parts: Mutex<Vec<Option<(OutBuf, Vec<Failure>)>>>,
+    parts: Mutex<Vec<Option<Share>>>,
     pending: std::sync::atomic::AtomicUsize,
 }
 
