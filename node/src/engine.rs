@@ -213,6 +213,75 @@ pub struct HostState {
     max_item: usize,
 }
 
+impl HostState {
+    /// Takes the records of a batched call: `(index u32, length u32, bytes)`, length bit 31
+    /// marking an item failure whose bytes are the message. Indices must not go backwards.
+    fn take_records(&mut self, mut block: &[u8]) -> wasmtime::Result<()> {
+        let HostState {
+            batch,
+            out,
+            max_item,
+            ..
+        } = self;
+        while !block.is_empty() {
+            let Some((head, rest)) = block.split_at_checked(8) else {
+                wasmtime::bail!("emit_batch: truncated record header");
+            };
+            let index = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let word = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let (failure, n) = (word & (1 << 31) != 0, (word & !(1 << 31)) as usize);
+            let Some((bytes, rest)) = rest.split_at_checked(n) else {
+                wasmtime::bail!("emit_batch: record of {n} bytes overruns the block");
+            };
+            block = rest;
+            let Some(&input) = batch.inputs.get(index) else {
+                wasmtime::bail!("emit_batch: item {index} is not in the batch");
+            };
+            if batch.cur != Some(index) {
+                if batch.cur.is_some_and(|c| index < c) {
+                    wasmtime::bail!(
+                        "emit_batch: records went back from item {:?} to {index}",
+                        batch.cur
+                    );
+                }
+                batch.close_item(out);
+                batch.cur = Some(index);
+                batch.entry_mark = out.entries.len();
+                batch.data_mark = out.data.len();
+                batch.failed_current = false;
+            }
+            if batch.failed_current {
+                continue;
+            }
+            if failure {
+                out.entries.truncate(batch.entry_mark);
+                out.data.truncate(batch.data_mark);
+                batch.failed_current = true;
+                batch
+                    .failures
+                    .push((index, String::from_utf8_lossy(bytes).into_owned()));
+                continue;
+            }
+            if n > *max_item {
+                wasmtime::bail!(
+                    "emit: item of {n} bytes exceeds the item limit of {max_item} bytes"
+                );
+            }
+            if out.data.len() + n > MAX_STAGE_OUTPUT {
+                wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
+            }
+            let start = out.data.len();
+            out.data.extend_from_slice(bytes);
+            out.entries.push(Entry {
+                input,
+                len: n as u32,
+                start,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One task of a compiled chain.
 pub struct CompiledTask {
     /// Function name.
@@ -285,8 +354,8 @@ fn linker() -> Linker<HostState> {
                     wasmtime::bail!("emit called before the module's memory was known");
                 };
                 let (data, st) = mem.data_and_store_mut(&mut caller);
-                if st.batch.failed_current {
-                    return Ok(());
+                if st.batch.active {
+                    wasmtime::bail!("emit called inside a batched call (use emit_batch)");
                 }
                 let (ptr, len) = (ptr as usize, len as usize);
                 let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
@@ -356,16 +425,7 @@ fn linker() -> Linker<HostState> {
                     let msg = data
                         .get(ptr..ptr.saturating_add(len))
                         .map(|b| String::from_utf8_lossy(b).into_owned());
-                    match (st.batch.active, st.batch.cur) {
-                        (true, Some(i)) if !st.batch.failed_current => {
-                            // The item failed: forget what it emitted, keep the batch going.
-                            st.out.entries.truncate(st.batch.entry_mark);
-                            st.out.data.truncate(st.batch.data_mark);
-                            st.batch.failed_current = true;
-                            st.batch.failures.push((i, msg.unwrap_or_default()));
-                        }
-                        _ => st.fail = msg,
-                    }
+                    st.fail = msg;
                     Ok(())
                 },
             )
@@ -373,24 +433,20 @@ fn linker() -> Linker<HostState> {
     let defined = defined.and_then(|l| {
         l.func_wrap(
             "pcluster",
-            "begin",
-            |mut caller: Caller<'_, HostState>, index: u32| -> wasmtime::Result<()> {
-                let st = caller.data_mut();
-                let index = index as usize;
-                if !st.batch.active {
-                    wasmtime::bail!("begin called outside a batched call");
-                }
-                let Some(&input) = st.batch.inputs.get(index) else {
-                    wasmtime::bail!("begin: item {index} is not in the batch");
+            "emit_batch",
+            |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> wasmtime::Result<()> {
+                let Some(mem) = caller.data().memory else {
+                    wasmtime::bail!("emit_batch called before the module's memory was known");
                 };
-                let HostState { batch, out, .. } = st;
-                batch.close_item(out);
-                batch.cur = Some(index);
-                batch.entry_mark = out.entries.len();
-                batch.data_mark = out.data.len();
-                batch.failed_current = false;
-                st.cur_input = input;
-                Ok(())
+                let (data, st) = mem.data_and_store_mut(&mut caller);
+                if !st.batch.active {
+                    wasmtime::bail!("emit_batch called outside a batched call");
+                }
+                let (ptr, len) = (ptr as usize, len as usize);
+                let Some(block) = data.get(ptr..ptr.saturating_add(len)) else {
+                    wasmtime::bail!("emit_batch: records at {ptr}+{len} lie outside guest memory");
+                };
+                st.take_records(block)
             },
         )
     });

@@ -76,10 +76,12 @@ pub fn run(len: usize, call: impl FnOnce(&[u8]) -> Result<(), String>) -> i32 {
 
 /// The message a panic hands to `fail`: one line, like std's "panicked at FILE:LINE:COL: MSG".
 /// Runs `call` on each item of a batch: the input buffer holds `count` little-endian `u32`
-/// lengths, then the items back to back (`len` bytes in all). Each item is announced with
-/// `begin(i)`; a failed item reports its message with `fail` and the batch goes on.
+/// lengths, then the items back to back (`len` bytes in all). Outputs and item failures are
+/// collected as records and handed to the host with one `emit_batch` call (docs/ABI.md).
+#[cfg(target_arch = "wasm32")]
 #[inline]
 pub fn run_batch(count: usize, len: usize, call: impl Fn(&[u8]) -> Result<(), String>) -> i32 {
+    sys::batch_begin();
     let result = INPUT.with_borrow(|buf| {
         let Some(block) = buf.get(..len) else {
             return Err(format!(
@@ -100,13 +102,14 @@ pub fn run_batch(count: usize, len: usize, call: impl Fn(&[u8]) -> Result<(), St
                 return Err(format!("item {i} of the batch overruns it"));
             };
             data = rest;
-            sys::begin(i);
+            sys::batch_item(i as u32);
             if let Err(message) = call(item) {
-                sys::fail(&message);
+                sys::batch_fail(&message);
             }
         }
         Ok(())
     });
+    sys::batch_end();
     match result {
         Ok(()) => STATUS_OK,
         Err(message) => {
@@ -182,7 +185,9 @@ impl Task {
 /// What the macros expand to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use super::{Task, args, run, run_batch};
+    #[cfg(target_arch = "wasm32")]
+    pub use super::run_batch;
+    pub use super::{Task, args, run};
     pub use crate::logging::log_fmt;
     use crate::{Emitter, Stateful};
 

@@ -1,7 +1,9 @@
 //! The three host calls of the ABI (`emit`, `log`, `fail`): the `pcluster` wasm imports on
 //! wasm32, and in-process stand-ins everywhere else so tasks can be unit-tested natively.
 
-pub(crate) use imp::{begin, emit, fail, log};
+#[cfg(target_arch = "wasm32")]
+pub(crate) use imp::{batch_begin, batch_end, batch_fail, batch_item};
+pub(crate) use imp::{emit, fail, log};
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use imp::{take_emitted, take_failure, take_logs};
 
@@ -18,18 +20,87 @@ mod imp {
         fn host_log(level: i32, ptr: *const u8, len: usize);
         #[link_name = "fail"]
         fn host_fail(ptr: *const u8, len: usize);
-        #[link_name = "begin"]
-        fn host_begin(index: usize);
+        #[link_name = "emit_batch"]
+        fn host_emit_batch(ptr: *const u8, len: usize);
     }
 
-    #[inline]
-    pub(crate) fn begin(index: usize) {
-        // SAFETY: takes a plain integer.
-        unsafe { host_begin(index) }
+    // During a batched call, outputs and item failures are collected here as records
+    // (index u32, length u32 with bit 31 set for a failure, bytes) and handed to the host in
+    // one `emit_batch` call: no host call per item.
+    static mut BATCH: Option<Vec<u8>> = None;
+    static mut CURRENT: u32 = 0;
+    const FLUSH_AT: usize = 1 << 20;
+
+    #[allow(static_mut_refs)]
+    fn batch() -> Option<&'static mut Vec<u8>> {
+        // SAFETY: wasm32 without threads: one caller at a time, and no reference outlives
+        // the SDK function that took it.
+        unsafe { BATCH.as_mut() }
     }
+
+    pub(crate) fn batch_begin() {
+        // SAFETY: as in `batch`.
+        unsafe {
+            #[allow(static_mut_refs)]
+            let buf = BATCH.get_or_insert_with(|| SPARE.take().unwrap_or_default());
+            buf.clear();
+        }
+    }
+
+    pub(crate) fn batch_item(index: u32) {
+        // SAFETY: as in `batch`.
+        unsafe { CURRENT = index }
+        if let Some(buf) = batch()
+            && buf.len() >= FLUSH_AT
+        {
+            flush(buf);
+        }
+    }
+
+    fn record(buf: &mut Vec<u8>, len_word: u32, bytes: &[u8]) {
+        // SAFETY: as in `batch`.
+        let index = unsafe { CURRENT };
+        buf.extend_from_slice(&index.to_le_bytes());
+        buf.extend_from_slice(&len_word.to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn batch_fail(message: &str) {
+        let message = &message.as_bytes()[..message.len().min(16 << 10)];
+        if let Some(buf) = batch() {
+            record(buf, message.len() as u32 | 1 << 31, message);
+        }
+    }
+
+    fn flush(buf: &mut Vec<u8>) {
+        if !buf.is_empty() {
+            // SAFETY: the host reads `len` bytes at `ptr` during the call only.
+            unsafe { host_emit_batch(buf.as_ptr(), buf.len()) }
+            buf.clear();
+        }
+    }
+
+    pub(crate) fn batch_end() {
+        // SAFETY: as in `batch`.
+        unsafe {
+            #[allow(static_mut_refs)]
+            if let Some(mut buf) = BATCH.take() {
+                flush(&mut buf);
+                BATCH = None;
+                // Keep the allocation for the next batch, out of batch mode.
+                SPARE = Some(buf);
+            }
+        }
+    }
+
+    static mut SPARE: Option<Vec<u8>> = None;
 
     #[inline]
     pub(crate) fn emit(bytes: &[u8]) {
+        if let Some(buf) = batch() {
+            record(buf, bytes.len() as u32, bytes);
+            return;
+        }
         // SAFETY: the host only reads `len` bytes at `ptr`, and only during the call.
         unsafe { host_emit(bytes.as_ptr(), bytes.len()) }
     }
@@ -72,9 +143,6 @@ mod imp {
     pub(crate) fn fail(message: &str) {
         FAILURE.set(Some(message.to_owned()));
     }
-
-    #[allow(dead_code)] // Batches are driven by a host; natively, tests call tasks one by one.
-    pub(crate) fn begin(_index: usize) {}
 
     pub(crate) fn take_emitted() -> Vec<Vec<u8>> {
         EMITTED.take()
