@@ -38,6 +38,30 @@ const FAN_OUT_SPLIT: usize = 8192;
 /// Bytes of a failing item quoted in its failure.
 const ITEM_QUOTE: usize = 200;
 
+/// Per chain (name and version), how long an item took when it last ran in this process, so
+/// the next run of the same chain starts with the right unit size and credit window.
+static SPEED_HINTS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+fn chain_key(chain: &CompiledChain) -> String {
+    format!("{}\0{}", chain.name, chain.version)
+}
+
+fn speed_hint(chain: &CompiledChain) -> Option<u64> {
+    let key = chain_key(chain);
+    let hints = SPEED_HINTS.lock().unwrap_or_else(|e| e.into_inner());
+    hints.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn remember_speed(chain: &CompiledChain, avg_ns: u64) {
+    let key = chain_key(chain);
+    let mut hints = SPEED_HINTS.lock().unwrap_or_else(|e| e.into_inner());
+    hints.retain(|(k, _)| *k != key);
+    if hints.len() >= 64 {
+        hints.remove(0);
+    }
+    hints.push((key, avg_ns));
+}
+
 /// A run of inputs of one batch.
 #[derive(Debug)]
 pub struct Unit {
@@ -194,13 +218,15 @@ impl Pool {
         node: Arc<str>,
         out: mpsc::Sender<Msg>,
     ) -> Result<Pool, String> {
+        let hint = speed_hint(&chain);
         let shared = Arc::new(PoolShared {
             counters: chain.tasks.iter().map(|_| Counters::default()).collect(),
             chain,
             idle: AtomicU32::new(workers),
             in_flight: AtomicU64::new(0),
-            // A guess until the first unit is measured: small units, small window.
-            avg_item_ns: AtomicU64::new(200_000),
+            // What this chain's items took last time, else a cautious guess (small units, a
+            // small window) until the first unit is measured.
+            avg_item_ns: AtomicU64::new(hint.unwrap_or(200_000)),
             announced: AtomicU64::new(0),
             paused: Mutex::new(false),
             resume: Condvar::new(),
@@ -308,6 +334,12 @@ impl Pool {
     /// Stops the workers: they finish the unit they run (bounded by the chain's deadline)
     /// and exit; queued units are dropped. Does not wait for the threads.
     pub fn stop(&mut self) {
+        if !self.shared.stop.load(Ordering::Relaxed) {
+            remember_speed(
+                &self.shared.chain,
+                self.shared.avg_item_ns.load(Ordering::Relaxed),
+            );
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.queue = None;
         self.shared.set_paused(false);
