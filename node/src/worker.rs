@@ -21,7 +21,7 @@ const UNIT_TARGET_NS: u64 = 2_000_000;
 /// Most inputs in one work unit.
 pub const MAX_UNIT: u32 = 4096;
 /// How much time worth of items a node wants in flight per worker.
-const WINDOW_TARGET_NS: u64 = 40_000_000;
+const WINDOW_TARGET_NS: u64 = 20_000_000;
 /// Bytes a node accepts in flight.
 pub const WINDOW_BYTES: u64 = 256 << 20;
 /// Most items a node asks for per worker.
