@@ -570,9 +570,14 @@ impl Worker {
                 node: &self.node,
                 worker: self.index,
                 slot: &mut self.instances[k],
-                failures,
+                sink: FailureSink {
+                    failures,
+                    node: &self.node,
+                    worker: self.index,
+                    k,
+                    failed: 0,
+                },
                 calls: 0,
-                failed: 0,
                 batch: self.task_ns[k] < BATCH_BELOW_NS,
             };
             match unit {
@@ -596,7 +601,7 @@ impl Worker {
                     );
                 }
             }
-            let (calls, failed) = (ctx.calls, ctx.failed);
+            let (calls, failed) = (ctx.calls, ctx.sink.failed);
             let c = &self.shared.counters[k];
             c.items_in.fetch_add(calls, Ordering::Relaxed);
             c.items_out
@@ -715,9 +720,8 @@ struct StageCtx<'a> {
     node: &'a Arc<str>,
     worker: u32,
     slot: &'a mut Result<TaskInstance, String>,
-    failures: &'a mut Vec<Failure>,
+    sink: FailureSink<'a>,
     calls: u64,
-    failed: u64,
     /// Whether to use the task's batched export (its items are known to be fast).
     batch: bool,
 }
@@ -772,17 +776,7 @@ impl StageCtx<'_> {
                     let Some(&(input, item)) = chunk.get(i) else {
                         continue;
                     };
-                    self.failed += 1;
-                    record_failure(
-                        self.failures,
-                        self.node,
-                        self.worker,
-                        self.k,
-                        &task.name,
-                        input,
-                        item,
-                        message,
-                    );
+                    self.sink.record(&task.name, input, item, message);
                 }
             }
             Err(CallFailure::Status(_)) => {
@@ -807,17 +801,7 @@ impl StageCtx<'_> {
             Err(msg) => {
                 // An instance that could not be rebuilt fails every item it is given.
                 let message = format!("task instance unavailable: {msg}");
-                self.failed += 1;
-                record_failure(
-                    self.failures,
-                    self.node,
-                    self.worker,
-                    self.k,
-                    &task.name,
-                    input,
-                    item,
-                    message,
-                );
+                self.sink.record(&task.name, input, item, message);
                 return;
             }
         };
@@ -842,17 +826,7 @@ impl StageCtx<'_> {
         if let Some(message) = err {
             st.out.entries.truncate(mark_e);
             st.out.data.truncate(mark_d);
-            self.failed += 1;
-            record_failure(
-                self.failures,
-                self.node,
-                self.worker,
-                self.k,
-                &task.name,
-                input,
-                item,
-                message,
-            );
+            self.sink.record(&task.name, input, item, message);
         }
         if trapped {
             self.rebuild(stage);
@@ -888,25 +862,32 @@ impl StageCtx<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record_failure(
-    failures: &mut Vec<Failure>,
-    node: &str,
+/// Where a stage's failed items go.
+struct FailureSink<'a> {
+    failures: &'a mut Vec<Failure>,
+    node: &'a str,
     worker: u32,
     k: usize,
-    task: &str,
-    input: u32,
-    item: &[u8],
-    message: String,
-) {
-    tracing::debug!(node, worker, task, "item failed: {message}");
-    failures.push(Failure {
-        index: input,
-        task: k as u32,
-        task_name: task.to_string(),
-        item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
-        message,
-    });
+    failed: u64,
+}
+
+impl FailureSink<'_> {
+    fn record(&mut self, task: &str, input: u32, item: &[u8], message: String) {
+        self.failed += 1;
+        tracing::debug!(
+            node = self.node,
+            worker = self.worker,
+            task,
+            "item failed: {message}"
+        );
+        self.failures.push(Failure {
+            index: input,
+            task: self.k as u32,
+            task_name: task.to_string(),
+            item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
+            message,
+        });
+    }
 }
 
 /// A chain run in the calling thread with no pool and no network: the in-process floor the
