@@ -33,8 +33,7 @@ impl Token {
         Token(secret.as_ref().to_vec())
     }
 
-    /// The proof for `label` over the two nonces, in the order given.
-    pub fn proof(&self, label: &str, first: &Nonce, second: &Nonce) -> Proof {
+    fn mac(&self, label: &str, first: &Nonce, second: &Nonce) -> Hmac<Sha256> {
         // HMAC accepts keys of any length; new_from_slice cannot fail for it.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
             Ok(mac) => mac,
@@ -44,20 +43,17 @@ impl Token {
         mac.update(&[0]);
         mac.update(first);
         mac.update(second);
-        mac.finalize().into_bytes().into()
+        mac
+    }
+
+    /// The proof for `label` over the two nonces, in the order given.
+    pub fn proof(&self, label: &str, first: &Nonce, second: &Nonce) -> Proof {
+        self.mac(label, first, second).finalize().into_bytes().into()
     }
 
     /// Checks a proof in constant time.
     pub fn verify(&self, label: &str, first: &Nonce, second: &Nonce, proof: &[u8]) -> bool {
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
-        mac.update(label.as_bytes());
-        mac.update(&[0]);
-        mac.update(first);
-        mac.update(second);
-        mac.verify_slice(proof).is_ok()
+        self.mac(label, first, second).verify_slice(proof).is_ok()
     }
 }
 
