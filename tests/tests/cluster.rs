@@ -402,3 +402,25 @@ async fn a_large_fan_out_is_spread_and_delivered_exactly_once() {
     assert_eq!(status.tasks[1].items_in, 70003);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_lose_nothing() {
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let root = root_with(&[node]).await;
+    let c = setup_collect(&root, w1()).await.unwrap();
+    root.feed(w1_inputs(20_000)).await.unwrap();
+    root.pause().await.unwrap();
+    let paused = root.counters().await.unwrap();
+    root.feed(w1_inputs(40_000).split_off(20_000))
+        .await
+        .unwrap();
+    let status = root::node_status(node, &RootOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(status.chain, Some(("w1".to_string(), "1".to_string())));
+    root.resume().await.unwrap();
+    root.wait_empty().await.unwrap();
+    assert!(paused.fed <= 40_000);
+    assert_same(&c.texts(), &w1_expected(40_000));
+    stop.cancel();
+}
