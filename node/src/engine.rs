@@ -18,7 +18,7 @@ use wasmtime::{
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Largest total output one stage of one work unit may emit before the call traps.
-const MAX_STAGE_OUTPUT: usize = 1 << 30;
+const MAX_STAGE_OUTPUT: usize = 256 << 20;
 
 /// The process's one engine, with a thread ticking its epoch.
 pub fn engine() -> &'static Engine {
