@@ -5,10 +5,12 @@
 //! output to the output handler. The handle talks to one background task, the
 //! [`scheduler`], which owns all state.
 //!
+//! - [`blocking`]: [`blocking::BlockingRoot`], the same API for callers without async.
 //! - [`chain`]: chain files and building task crates to wasm.
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks).
 
+pub mod blocking;
 pub mod chain;
 mod conn;
 pub mod error;

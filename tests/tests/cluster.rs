@@ -424,3 +424,28 @@ async fn pause_and_resume_lose_nothing() {
     assert_same(&c.texts(), &w1_expected(40_000));
     stop.cancel();
 }
+
+#[test]
+fn the_blocking_root_runs_a_chain_without_async() {
+    // The node runs on a runtime of its own; the caller below is plain blocking code.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (node, stop) = rt.block_on(local_node("127.0.0.1", 0, 1, None));
+    let root = root::blocking::BlockingRoot::new(RootOptions::default()).unwrap();
+    root.add_node(node).unwrap();
+    let c = Collected::default();
+    let (o, f) = (c.outputs.clone(), c.failures.clone());
+    root.setup_with(
+        w1(),
+        move |_, item| o.lock().unwrap().push(item.to_vec()),
+        move |fail| f.lock().unwrap().push(fail),
+    )
+    .unwrap();
+    for chunk in w1_inputs(10_000).chunks(1000) {
+        root.wait_input().unwrap();
+        root.feed(chunk).unwrap();
+    }
+    root.wait_empty().unwrap();
+    assert_same(&c.texts(), &w1_expected(10_000));
+    root.close().unwrap();
+    stop.cancel();
+}
