@@ -3,9 +3,12 @@
 
 use std::net::SocketAddr;
 
-use protocol::{NodeStatus, Packed};
+use protocol::Packed;
 
-use crate::{ChainSpec, Counters, ItemFailure, ItemId, Root, RootError, RootOptions, ScanReport};
+use crate::{
+    ChainSpec, Counters, ItemFailure, ItemId, NodeStatuses, Root, RootError, RootOptions,
+    ScanReport,
+};
 
 /// A [`Root`] driven by blocking calls. Do not use it from inside an async runtime.
 #[derive(Debug)]
@@ -135,7 +138,7 @@ impl BlockingRoot {
     ///
     /// # Errors
     /// As there.
-    pub fn status(&self) -> Result<Vec<(SocketAddr, Result<NodeStatus, RootError>)>, RootError> {
+    pub fn status(&self) -> Result<NodeStatuses, RootError> {
         self.rt.block_on(self.root.status())
     }
 

@@ -77,6 +77,9 @@ impl Default for RootOptions {
     }
 }
 
+/// Each node's status, or why it could not be had.
+pub type NodeStatuses = Vec<(SocketAddr, Result<NodeStatus, RootError>)>;
+
 /// An item that failed, as handed to the failure handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemFailure {
