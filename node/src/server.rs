@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Idle time after which a status-only connection is closed.
     pub probe_idle_timeout: Duration,
+    /// A root silent this long (no message, no heartbeat) is treated as gone: its
+    /// connection is closed and the node is orphaned, as if the root had disconnected.
+    pub root_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +58,7 @@ impl Default for NodeConfig {
             heartbeat: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(60),
             probe_idle_timeout: Duration::from_secs(60),
+            root_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -391,7 +395,14 @@ async fn serve_root(
     let root = peer.to_string();
     loop {
         let msg = tokio::select! {
-            m = reader.read_message() => m,
+            m = tokio::time::timeout(node.config.root_timeout, reader.read_message()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    tracing::warn!(node = &*node.addr, %peer, timeout_s = node.config.root_timeout.as_secs(),
+                        "root sent nothing, not even a heartbeat; treating it as gone");
+                    break;
+                }
+            },
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 tracing::info!(node = &*node.addr, "draining: finishing the items in flight");

@@ -103,10 +103,11 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
-/// Logging: stderr (or stdout for servers) plus, when given, the log server.
+/// Logging: stderr (or stdout for servers) plus, when given, the log server as
+/// `(address, tag, token)`; the token answers a log server that requires one.
 pub fn init_tracing(
     to_stdout: bool,
-    log_server: Option<(String, String)>,
+    log_server: Option<(String, String, Option<Token>)>,
     default_level: &str,
 ) -> Option<logserver::LogClient> {
     let filter = || {
@@ -125,8 +126,8 @@ pub fn init_tracing(
             .boxed()
     };
     let (remote, client) = match log_server {
-        Some((addr, tag)) => {
-            let client = logserver::LogClient::new(addr, None);
+        Some((addr, tag, token)) => {
+            let client = logserver::LogClient::new(addr, token);
             let layer = logserver::LogLayer::new(client.clone(), tag)
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
             (Some(layer), Some(client))
@@ -238,15 +239,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot listen on {addr}"))?;
                 let local = listener.local_addr()?;
+                let token = token.token();
                 let client = init_tracing(
                     true,
-                    Some((format!("{log_host}:{log_port}"), format!("node {local}"))),
+                    Some((
+                        format!("{log_host}:{log_port}"),
+                        format!("node {local}"),
+                        token.clone(),
+                    )),
                     "info",
                 );
                 eprintln!("pcluster node: listening on {local}");
                 let config = node::NodeConfig {
                     workers: workers.unwrap_or_else(node::cores).max(1),
-                    token: token.token(),
+                    token,
                     orphan_grace: Duration::from_secs(orphan_grace_s),
                     ..Default::default()
                 };

@@ -80,7 +80,8 @@ impl LocalCluster {
         let config = logserver::ServerConfig {
             outfile: log_file,
             echo_stdout: false,
-            token: None,
+            // The root's log client proves the cluster token, so the embedded server asks it.
+            token: token.clone(),
             ..Default::default()
         };
         let s = shutdown.clone();
@@ -230,7 +231,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let chain = root::chain::load(&args.chain)?;
         let embedded = args.nodes.is_empty() && args.scan.is_none();
-        let token = args.token.token();
+        // An embedded cluster without a given token gets a fresh random one: only this
+        // process can use its node and log server.
+        let token = args.token.token().or_else(|| {
+            embedded.then(|| {
+                let n = protocol::auth::nonce();
+                protocol::auth::Token::new(n.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            })
+        });
         let local = if embedded {
             let workers = args.workers.unwrap_or_else(node::cores).max(1);
             Some(LocalCluster::start(args.log_file.clone(), 1, workers, token.clone()).await?)
@@ -242,7 +250,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (None, Some(l)) => Some(l.log.to_string()),
             (None, None) => None,
         };
-        let log_client = init_tracing(false, log_addr.map(|a| (a, format!("root pid {}", std::process::id()))), "warn");
+        let log_client = init_tracing(false, log_addr.map(|a| (a, format!("root pid {}", std::process::id()), token.clone())), "warn");
         let options = root::RootOptions {
             token,
             ..Default::default()
@@ -342,11 +350,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let c = root.counters().await?;
         root.close().await?;
+        // Flush our log lines while the embedded log server still runs, off this thread:
+        // the server may share this runtime.
+        if let Some(client) = log_client {
+            let _ = tokio::task::spawn_blocking(move || client.flush(Duration::from_secs(2))).await;
+        }
         if let Some(l) = local {
             l.stop().await;
-        }
-        if let Some(client) = log_client {
-            client.flush(Duration::from_secs(2));
         }
         if let Some(e) = out_err.lock().ok().and_then(|mut e| e.take()) {
             return Err(anyhow::Error::new(e).context("writing outputs"));

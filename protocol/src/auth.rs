@@ -48,7 +48,10 @@ impl Token {
 
     /// The proof for `label` over the two nonces, in the order given.
     pub fn proof(&self, label: &str, first: &Nonce, second: &Nonce) -> Proof {
-        self.mac(label, first, second).finalize().into_bytes().into()
+        self.mac(label, first, second)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Checks a proof in constant time.

@@ -5,13 +5,20 @@
 //! decoded. Client → server: `PCLUSTER` + version (u16 BE) + role (u8). Server → client:
 //! `PCLUSTER` + its version + a status byte (0 = accepted), then on refusal a u16-length
 //! UTF-8 reason, and the server closes.
+//!
+//! The authentication messages that follow are frames read and written straight on the
+//! socket, each at most [`HANDSHAKE_MAX_FRAME`] bytes: a peer that has not proven it holds
+//! the token cannot make the other side buffer a full-size frame. Only then does a
+//! [`Connection`] with the caller's frame limit take over.
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{self, NONCE_LEN, Nonce, Token};
+use crate::codec::{decode_payload, encode_frame};
 use crate::connection::Connection;
 use crate::error::{ErrorKind, ProtocolError, WireError};
 use crate::ids::SessionId;
@@ -21,6 +28,10 @@ use crate::message::{Auth, Challenge, Hello, Msg, Welcome};
 pub const MAGIC: &[u8; 8] = b"PCLUSTER";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame either side sends before authentication is done. The handshake messages
+/// are tiny; a peer that has not proven itself cannot make us buffer more than this.
+pub const HANDSHAKE_MAX_FRAME: usize = 16 << 10;
 
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
@@ -61,6 +72,44 @@ pub struct Accepted {
     pub role: Role,
     /// The session a reconnecting root wants to resume.
     pub resume: Option<SessionId>,
+}
+
+/// Reads one handshake frame straight from the socket: exactly its bytes, so nothing that
+/// follows is consumed before the [`Connection`] takes over, and at most
+/// [`HANDSHAKE_MAX_FRAME`] bytes whatever the length prefix claims.
+async fn read_frame(stream: &mut TcpStream) -> Result<Msg, ProtocolError> {
+    let mut len = [0u8; 4];
+    if let Err(e) = stream.read_exact(&mut len).await {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Closed
+        } else {
+            ProtocolError::Io(e)
+        });
+    }
+    let size = u32::from_be_bytes(len) as usize;
+    if size > HANDSHAKE_MAX_FRAME {
+        return Err(ProtocolError::FrameTooLarge {
+            size,
+            limit: HANDSHAKE_MAX_FRAME,
+        });
+    }
+    let mut payload = vec![0u8; size];
+    if let Err(e) = stream.read_exact(&mut payload).await {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ProtocolError::Malformed("connection closed in the middle of a frame".into())
+        } else {
+            ProtocolError::Io(e)
+        });
+    }
+    decode_payload(&payload)
+}
+
+/// Writes one handshake frame straight to the socket.
+async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), ProtocolError> {
+    let mut buf = BytesMut::new();
+    encode_frame(msg, &mut buf, HANDSHAKE_MAX_FRAME)?;
+    stream.write_all(&buf).await?;
+    Ok(())
 }
 
 fn to_nonce(bytes: &[u8]) -> Result<Nonce, ProtocolError> {
@@ -135,8 +184,7 @@ async fn accept_inner(
     stream.write_all(&answer).await?;
     let role = role.unwrap_or(Role::Probe);
 
-    let mut conn = Connection::new(stream, max_frame);
-    let hello = match conn.expect_message().await? {
+    let hello = match read_frame(&mut stream).await? {
         Msg::Hello(h) => h,
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
@@ -148,13 +196,16 @@ async fn accept_inner(
                 .to_vec(),
         )
     });
-    conn.write_message(&Msg::Challenge(Challenge {
-        nonce: server_nonce.to_vec(),
-        auth_required: token.is_some(),
-        proof,
-    }))
+    write_frame(
+        &mut stream,
+        &Msg::Challenge(Challenge {
+            nonce: server_nonce.to_vec(),
+            auth_required: token.is_some(),
+            proof,
+        }),
+    )
     .await?;
-    let answer = match conn.expect_message().await? {
+    let answer = match read_frame(&mut stream).await? {
         Msg::Auth(a) => a,
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
@@ -169,14 +220,16 @@ async fn accept_inner(
             } else {
                 "wrong cluster token"
             };
-            let _ = conn
-                .write_message(&Msg::Error(WireError::new(ErrorKind::Unauthorized, why)))
-                .await;
+            let _ = write_frame(
+                &mut stream,
+                &Msg::Error(WireError::new(ErrorKind::Unauthorized, why)),
+            )
+            .await;
             return Err(ProtocolError::Auth(why.into()));
         }
     }
     Ok(Accepted {
-        conn,
+        conn: Connection::new(stream, max_frame),
         role,
         resume: hello.resume,
     })
@@ -250,14 +303,16 @@ async fn connect_inner(
         });
     }
 
-    let mut conn = Connection::new(stream, max_frame);
     let client_nonce = auth::nonce();
-    conn.write_message(&Msg::Hello(Hello {
-        nonce: client_nonce.to_vec(),
-        resume,
-    }))
+    write_frame(
+        &mut stream,
+        &Msg::Hello(Hello {
+            nonce: client_nonce.to_vec(),
+            resume,
+        }),
+    )
     .await?;
-    let challenge = match conn.expect_message().await? {
+    let challenge = match read_frame(&mut stream).await? {
         Msg::Challenge(c) => c,
         Msg::Error(e) => return Err(ProtocolError::Remote(e)),
         other => return Err(ProtocolError::Unexpected(other.name().into())),
@@ -283,9 +338,9 @@ async fn connect_inner(
         }
         None => None,
     };
-    conn.write_message(&Msg::Auth(Auth { proof })).await?;
-    match conn.expect_message().await {
-        Ok(Msg::Welcome(w)) => Ok((conn, w)),
+    write_frame(&mut stream, &Msg::Auth(Auth { proof })).await?;
+    match read_frame(&mut stream).await {
+        Ok(Msg::Welcome(w)) => Ok((Connection::new(stream, max_frame), w)),
         Ok(Msg::Error(e)) if e.kind == ErrorKind::Unauthorized => {
             Err(ProtocolError::Auth(e.message))
         }
@@ -297,5 +352,125 @@ async fn connect_inner(
             ))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A server accepting one connection with `token`, and a client connecting with `ours`.
+    async fn pair(
+        token: Option<&str>,
+        ours: Option<&str>,
+    ) -> (
+        Result<Accepted, ProtocolError>,
+        Result<(Connection, Welcome), ProtocolError>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = token.map(Token::new);
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut accepted = accept(s, token.as_ref(), 1 << 20, T).await;
+            if let Ok(a) = &mut accepted {
+                let welcome = Msg::Welcome(Welcome {
+                    node: "n".into(),
+                    busy_with: None,
+                    workers: 1,
+                });
+                a.conn.write_message(&welcome).await.unwrap();
+                // Something right behind the Welcome must reach the client's connection.
+                a.conn.write_message(&Msg::Heartbeat).await.unwrap();
+            }
+            accepted
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let ours = ours.map(Token::new);
+        let client = connect(stream, Role::Root, ours.as_ref(), None, 1 << 20, T).await;
+        (server.await.unwrap(), client)
+    }
+
+    #[tokio::test]
+    async fn both_sides_agree_with_the_same_token_or_none() {
+        for token in [None, Some("s3cret")] {
+            let (server, client) = pair(token, token).await;
+            assert_eq!(server.unwrap().role, Role::Root);
+            let (mut conn, welcome) = client.unwrap();
+            assert_eq!(welcome.workers, 1);
+            assert_eq!(conn.expect_message().await.unwrap(), Msg::Heartbeat);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_token_fails_on_both_sides() {
+        for (server_token, client_token) in [
+            (Some("s3cret"), None),
+            (Some("s3cret"), Some("wrong")),
+            (None, Some("s3cret")),
+        ] {
+            let (server, client) = pair(server_token, client_token).await;
+            assert!(
+                matches!(client, Err(ProtocolError::Auth(_))),
+                "{server_token:?}/{client_token:?}: {:?}",
+                client.map(|c| c.1)
+            );
+            if server_token.is_some() {
+                assert!(server.is_err(), "{server_token:?}/{client_token:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_peer_cannot_announce_a_big_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            accept(s, None, 64 << 20, T).await
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        bytes.push(1);
+        // Under the connection's limit, over the handshake's.
+        bytes.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        stream.write_all(&bytes).await.unwrap();
+        match server.await.unwrap() {
+            Err(ProtocolError::FrameTooLarge { size, limit }) => {
+                assert_eq!((size, limit), (1 << 20, HANDSHAKE_MAX_FRAME));
+            }
+            other => panic!("expected FrameTooLarge, got {:?}", other.map(|a| a.role)),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_version_is_refused_with_a_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            accept(s, None, 1 << 20, T).await
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&99u16.to_be_bytes());
+        bytes.push(1);
+        stream.write_all(&bytes).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(&answer[..8], MAGIC);
+        assert_eq!(answer[10], STATUS_VERSION);
+        assert!(String::from_utf8_lossy(&answer[13..]).contains("node speaks 1, you speak 99"));
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(ProtocolError::VersionMismatch {
+                ours: 1,
+                theirs: 99
+            })
+        ));
     }
 }

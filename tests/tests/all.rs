@@ -6,3 +6,4 @@ mod cluster;
 mod common;
 mod e2e;
 mod logserver;
+mod reliability;
