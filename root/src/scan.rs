@@ -74,7 +74,40 @@ async fn probe(addr: SocketAddr, options: &RootOptions) -> Probe {
 }
 
 /// Scans `network` on `port` without adding anything.
+///
+/// The probes run on a multi-threaded runtime of their own: a scan is bound by the kernel's
+/// connect work, which one thread (a root's runtime is often single-threaded) cannot spread
+/// over the cores.
 pub async fn scan(network: ipnetwork::IpNetwork, port: u16, options: &RootOptions) -> ScanReport {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let options = options.clone();
+    let spawned = std::thread::Builder::new()
+        .name("pcluster-scan".into())
+        .spawn(move || {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build();
+            let report = match rt {
+                Ok(rt) => rt.block_on(scan_here(network, port, &options)),
+                Err(e) => {
+                    tracing::warn!("cannot start the scan runtime: {e}");
+                    ScanReport::default()
+                }
+            };
+            let _ = tx.send(report);
+        });
+    match spawned {
+        Ok(_) => rx.await.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("cannot start the scan thread: {e}");
+            ScanReport::default()
+        }
+    }
+}
+
+async fn scan_here(network: ipnetwork::IpNetwork, port: u16, options: &RootOptions) -> ScanReport {
     let limit = Arc::new(Semaphore::new(options.scan_concurrency.max(1)));
     let options = Arc::new(options.clone());
     let mut set = JoinSet::new();
