@@ -14,19 +14,7 @@ const LONG: Duration = Duration::from_secs(60);
 async fn readme_chain_runs_and_every_item_is_dropped() {
     let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
     let root = root_with(&[node]).await;
-    let c = setup_collect(
-        &root,
-        chain(
-            "hello",
-            &[
-                ("simple_task", false, ""),
-                ("generator_task", true, ""),
-                ("drop_item", false, "item dropped"),
-            ],
-        ),
-    )
-    .await
-    .unwrap();
+    let c = setup_collect(&root, hello()).await.unwrap();
     root.feed(["a", "b", "c"]).await.unwrap();
     root.wait_empty().await.unwrap();
     assert!(c.texts().is_empty(), "drop_item drops everything");

@@ -87,19 +87,7 @@ async fn the_readme_chain_logs_reach_the_log_server_tagged() {
     let port = free_port("127.0.0.1".parse().unwrap());
     let _node = node_process("127.0.0.1", port, log_port, 1, &[]).await;
     let root = root_with(&[format!("127.0.0.1:{port}").parse().unwrap()]).await;
-    let c = setup_collect(
-        &root,
-        chain(
-            "hello",
-            &[
-                ("simple_task", false, ""),
-                ("generator_task", true, ""),
-                ("drop_item", false, "item dropped"),
-            ],
-        ),
-    )
-    .await
-    .unwrap();
+    let c = setup_collect(&root, hello()).await.unwrap();
     root.feed(["hello-item"]).await.unwrap();
     root.wait_empty().await.unwrap();
     assert!(c.texts().is_empty());

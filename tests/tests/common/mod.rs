@@ -184,6 +184,18 @@ pub fn chain_with(name: &str, tasks: &[(&str, bool, &str)], limits: Limits) -> C
     }
 }
 
+/// pipeline-cluster's README chain: log, duplicate, drop with a message.
+pub fn hello() -> ChainSpec {
+    chain(
+        "hello",
+        &[
+            ("simple_task", false, ""),
+            ("generator_task", true, ""),
+            ("drop_item", false, "item dropped"),
+        ],
+    )
+}
+
 /// The W1 chain.
 pub fn w1() -> ChainSpec {
     chain(
