@@ -66,7 +66,9 @@ impl Default for ServerConfig {
             token: None,
             echo_stdout: true,
             handshake_timeout: Duration::from_secs(5),
-            idle_timeout: None,
+            // Long enough for a quiet node; short enough that idle connections cannot hold
+            // every slot for long. A client reconnects by itself on its next line.
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }

@@ -73,6 +73,9 @@ pub enum Command {
         /// Seconds a chain is kept after its root vanished without saying goodbye.
         #[arg(long, default_value_t = 30)]
         orphan_grace_s: u64,
+        /// Seconds without any message (heartbeats included) after which a root counts as gone.
+        #[arg(long, default_value_t = 30)]
+        root_timeout_s: u64,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -230,6 +233,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             log_port,
             workers,
             orphan_grace_s,
+            root_timeout_s,
             token,
         } => {
             let rt = runtime(false)?;
@@ -254,6 +258,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     workers: workers.unwrap_or_else(node::cores).max(1),
                     token,
                     orphan_grace: Duration::from_secs(orphan_grace_s),
+                    root_timeout: Duration::from_secs(root_timeout_s.max(1)),
                     ..Default::default()
                 };
                 node::run(listener, config, shutdown_on_signals()).await?;
