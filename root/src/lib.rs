@@ -99,6 +99,13 @@ pub struct ItemFailure {
 
 impl std::fmt::Display for ItemFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.task.is_empty() {
+            return write!(
+                f,
+                "input {} failed on node {}: {}",
+                self.input.0, self.node, self.message
+            );
+        }
         write!(
             f,
             "input {} failed in task `{}` on node {}: {} (item: {:?})",

@@ -503,13 +503,17 @@ impl Scheduler {
             let count = o.counts.0[i] as usize;
             let dup = batch.done[idx];
             fresh.push(!dup);
+            let id = batch.ids.get(idx).unwrap_or(ItemId(u64::MAX));
             if !dup {
                 batch.done[idx] = true;
                 batch.remaining -= 1;
                 completed += 1;
                 freed_bytes += u64::from(batch.items.lens.0[idx]);
+                // Forget how often a re-dispatched item was tried once it is done.
+                if !self.attempts.is_empty() {
+                    self.attempts.remove(&id.0);
+                }
             }
-            let id = batch.ids.get(idx).unwrap_or(ItemId(u64::MAX));
             for _ in 0..count {
                 let Some(item) = items.next() else { break };
                 if !dup {
