@@ -313,25 +313,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let options = root::RootOptions::default();
     let root = root::Root::with_nodes(options.clone(), &nodes).await?;
     let check = Arc::new(Mutex::new(W1Check::new(args.items)));
-    let t = Instant::now();
-    let c = check.clone();
-    root.setup(w1_chain(&module), move |_, item| {
-        if let Ok(mut c) = c.lock() {
-            c.add(item);
-        }
-    })
-    .await?;
-    let cold = t.elapsed();
+    // Sets W1 up with a handler counting into `check`; returns how long the setup took.
+    let timed_setup = || async {
+        let c = check.clone();
+        let t = Instant::now();
+        root.setup(w1_chain(&module), move |_, item| {
+            if let Ok(mut c) = c.lock() {
+                c.add(item);
+            }
+        })
+        .await
+        .map(|()| t.elapsed())
+    };
+    let cold = timed_setup().await?;
     root.reset().await?;
-    let t = Instant::now();
-    let c = check.clone();
-    root.setup(w1_chain(&module), move |_, item| {
-        if let Ok(mut c) = c.lock() {
-            c.add(item);
-        }
-    })
-    .await?;
-    let warm = t.elapsed();
+    let warm = timed_setup().await?;
 
     // W1 through the library root.
     let batches = w1_batches(args.items, options.batch_items);

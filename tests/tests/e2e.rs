@@ -136,15 +136,7 @@ async fn the_embedded_cluster_runs_a_chain_with_no_setup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reports_failed_items_and_exits_non_zero() {
     let dir = temp_dir("e2e-failed");
-    let chain_file = dir.join("panics.toml");
-    std::fs::write(
-        &chain_file,
-        format!(
-            "name = \"panics\"\nmodule = {:?}\n[[task]]\nfunction = \"panic_task\"\n",
-            repo().join("tasks-example").display().to_string()
-        ),
-    )
-    .unwrap();
+    let chain_file = chain_file(&dir, "panics", "panic_task", "");
     let input = dir.join("in.txt");
     std::fs::write(&input, "a\nplease panic\nb\n").unwrap();
     let failed = dir.join("failed.txt");

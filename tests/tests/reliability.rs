@@ -37,22 +37,6 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill {signal} failed: {status}");
 }
 
-/// Like [`wait_until`] for a condition that must be awaited.
-async fn poll_until<F, Fut>(deadline: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    while !f().await {
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the root has completed at least `done` inputs.
 async fn wait_completed(root: &Root, done: u64) {
     poll_until(LONG, &format!("{done} inputs completed"), || async {
@@ -158,6 +142,13 @@ impl Tally {
     /// Asserts W1's outputs exactly: every even input twice, every odd input never, except
     /// inputs `failed(i)`, which have no output at all.
     #[track_caller]
+    /// No item failed, and the outputs are exactly W1's.
+    fn assert_exact_without_failures(&self) {
+        let failures = self.failures();
+        assert!(failures.is_empty(), "{:?}", failures.first());
+        self.assert_exact(|_| false);
+    }
+
     fn assert_exact(&self, failed: impl Fn(u64) -> bool) {
         let counts = self.counts.lock().unwrap();
         let (mut lost, mut duplicated) = (Vec::new(), Vec::new());
@@ -251,12 +242,7 @@ async fn killed_nodes_lose_and_duplicate_nothing() {
     root.wait_empty().await.unwrap();
     let c = root.counters().await.unwrap();
     eprintln!("{n} inputs in {:?}: {c:?}", started.elapsed());
-    assert!(
-        tally.failures().is_empty(),
-        "{:?}",
-        tally.failures().first()
-    );
-    tally.assert_exact(|_| false);
+    tally.assert_exact_without_failures();
     assert_eq!((c.fed, c.completed, c.failed), (n, n, 0));
     assert_eq!(c.outputs, n, "W1 emits one output per input on average");
     assert!(
@@ -307,12 +293,7 @@ async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
     let c = root.counters().await.unwrap();
-    assert!(
-        tally.failures().is_empty(),
-        "{:?}",
-        tally.failures().first()
-    );
-    tally.assert_exact(|_| false);
+    tally.assert_exact_without_failures();
     assert!(c.redispatched > 0, "{c:?}");
     // The woken node noticed its root left and shuts down cleanly.
     a.terminate();
@@ -411,12 +392,7 @@ async fn a_terminated_node_drains_and_exits_cleanly() {
     root.wait_empty().await.unwrap();
     let c = root.counters().await.unwrap();
     eprintln!("{c:?}");
-    assert!(
-        tally.failures().is_empty(),
-        "{:?}",
-        tally.failures().first()
-    );
-    tally.assert_exact(|_| false);
+    tally.assert_exact_without_failures();
     assert_eq!((c.completed, c.nodes), (n, 1));
 }
 
@@ -461,12 +437,7 @@ async fn losing_the_last_node_keeps_the_items_for_the_next_one() {
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
     let c = root.counters().await.unwrap();
-    assert!(
-        tally.failures().is_empty(),
-        "{:?}",
-        tally.failures().first()
-    );
-    tally.assert_exact(|_| false);
+    tally.assert_exact_without_failures();
     assert_eq!((c.fed, c.completed, c.nodes), (n, n, 1));
 }
 
@@ -598,15 +569,7 @@ async fn nodes_of_a_killed_root_are_free_after_the_grace_period() {
     let nodes = [addr("127.0.16.2", port), addr("127.0.16.3", port)];
 
     // W2 items take long enough that the run is still going when we kill it.
-    let chain_file = dir.join("w2.toml");
-    std::fs::write(
-        &chain_file,
-        format!(
-            "name = \"w2\"\nmodule = {:?}\n[[task]]\nfunction = \"w2_cpu\"\nargs = \"20000\"\n",
-            repo().join("tasks-example").display().to_string()
-        ),
-    )
-    .unwrap();
+    let chain_file = chain_file(&dir, "w2", "w2_cpu", "20000");
     let input = dir.join("in.txt");
     let seeds: Vec<String> = (0..2_000_000u64).map(|i| i.to_string()).collect();
     std::fs::write(&input, seeds.join("\n") + "\n").unwrap();

@@ -67,6 +67,22 @@ pub async fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> b
     }
 }
 
+/// Like [`wait_until`] for a condition that must be awaited.
+pub async fn poll_until<F, Fut>(deadline: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    while !f().await {
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A fresh, empty directory under the system temp dir, named after `name`.
 pub fn temp_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -194,6 +210,18 @@ pub fn hello() -> ChainSpec {
             ("drop_item", false, "item dropped"),
         ],
     )
+}
+
+/// Writes `<dir>/<name>.toml`, a one-task chain file over the example task crate.
+pub fn chain_file(dir: &Path, name: &str, function: &str, args: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let module = repo().join("tasks-example").display().to_string();
+    std::fs::write(
+        &path,
+        format!("name = {name:?}\nmodule = {module:?}\n[[task]]\nfunction = {function:?}\nargs = {args:?}\n"),
+    )
+    .expect("write chain file");
+    path
 }
 
 /// The W1 chain.
