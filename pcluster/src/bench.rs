@@ -221,8 +221,8 @@ fn free_port(ip: &str) -> anyhow::Result<u16> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::cli::init_tracing(false, None, "error");
-    let rt = crate::cli::runtime(false)?;
+    crate::setup::init_tracing(crate::setup::Console::Stderr, None, "error");
+    let rt = crate::setup::runtime(false)?;
     rt.block_on(bench(args))
 }
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use protocol::Packed;
 
 use crate::{
-    ChainSpec, Counters, ItemFailure, ItemId, NodeStatuses, Root, RootError, RootOptions,
-    ScanReport,
+    ChainSpec, Counters, FedIds, ItemFailure, ItemId, NodeStatuses, Root, RootError,
+    RootOptions, ScanReport,
 };
 
 /// A [`Root`] driven by blocking calls. Do not use it from inside an async runtime.
@@ -70,7 +70,7 @@ impl BlockingRoot {
     ///
     /// # Errors
     /// As there.
-    pub fn feed<I, T>(&self, items: I) -> Result<(), RootError>
+    pub fn feed<I, T>(&self, items: I) -> Result<FedIds, RootError>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
@@ -82,7 +82,7 @@ impl BlockingRoot {
     ///
     /// # Errors
     /// As there.
-    pub fn feed_packed(&self, items: Packed) -> Result<(), RootError> {
+    pub fn feed_packed(&self, items: Packed) -> Result<FedIds, RootError> {
         self.rt.block_on(self.root.feed_packed(items))
     }
 
@@ -147,7 +147,16 @@ impl BlockingRoot {
     /// # Errors
     /// As there.
     pub fn close(self) -> Result<(), RootError> {
-        let BlockingRoot { root, rt } = self;
-        rt.block_on(root.close())
+        self.rt.block_on(self.root.close_shared())
+    }
+}
+
+/// Frees the nodes: without this the runtime would stop the scheduler before it said
+/// goodbye, and the nodes would wait for the root's connection to time out.
+impl Drop for BlockingRoot {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.root.close_shared()).await
+        });
     }
 }

@@ -175,6 +175,7 @@ pub fn build_task_crate(dir: &Path) -> Result<PathBuf, String> {
     if built.is_some_and(|b| b >= newest) {
         return Ok(wasm);
     }
+    ensure_wasm_target(dir)?;
     tracing::info!(krate = %dir.display(), "building task crate for wasm32-unknown-unknown");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -216,3 +217,46 @@ pub fn build_task_crate(dir: &Path) -> Result<PathBuf, String> {
         .and_then(|f| f.set_modified(SystemTime::now()));
     Ok(wasm)
 }
+
+/// The compilation target of task crates.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Makes sure the toolchain that builds the crate in `dir` has the wasm target: rustup does
+/// not add the targets of `rust-toolchain.toml` to a toolchain that is already installed.
+/// With rustup it adds the target; without, the error names the command that fixes it.
+fn ensure_wasm_target(dir: &Path) -> Result<(), String> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let Some(sysroot) = sysroot else {
+        // No rustc on PATH: let cargo's own error speak.
+        return Ok(());
+    };
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
+        return Ok(());
+    }
+    let fix = format!("rustup target add {WASM_TARGET}");
+    tracing::warn!("the Rust toolchain lacks the {WASM_TARGET} target; running `{fix}`");
+    eprintln!("pcluster: adding the {WASM_TARGET} target to the Rust toolchain (`{fix}`)");
+    match Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!(
+            "the Rust toolchain lacks the {WASM_TARGET} target and `{fix}` failed ({s}); run it by hand"
+        )),
+        Err(_) => Err(format!(
+            "the Rust toolchain at {} lacks the {WASM_TARGET} target and rustup is not installed: \
+             install the target for this toolchain (with rustup: `{fix}`)",
+            sysroot.display()
+        )),
+    }
+}
+

@@ -23,14 +23,14 @@ use std::time::Duration;
 use protocol::auth::Token;
 use protocol::handshake::Role;
 use protocol::{Msg, NodeStatus, Packed};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 pub use error::RootError;
 pub use protocol::{ChainSpec, ItemId, Limits, TaskSpec};
 pub use scan::ScanReport;
-pub use scheduler::Counters;
+pub use scheduler::{Counters, Handler, Handlers, InputDone};
 
-use scheduler::{Cmd, Feed, Handlers};
+use scheduler::{Cmd, Feed, Stall};
 
 /// How a root behaves.
 #[derive(Clone, Debug)]
@@ -47,6 +47,8 @@ pub struct RootOptions {
     pub batch_items: usize,
     /// Items the root queues before `feed` waits.
     pub queue_items: usize,
+    /// Bytes the root queues before `feed` waits.
+    pub queue_bytes: u64,
     /// Largest input item.
     pub max_item_bytes: u64,
     /// Largest frame.
@@ -57,6 +59,16 @@ pub struct RootOptions {
     pub heartbeat_timeout: Duration,
     /// How often an input whose node was lost is sent again before it is reported failed.
     pub max_redispatch: u32,
+    /// How long the root waits for a node to join or come back when none is left; then
+    /// `feed`, `wait_input` and `wait_empty` end with [`RootError::NoNodes`].
+    pub no_node_timeout: Duration,
+    /// Hand outputs over in feed order (each input's outputs, failures and completion
+    /// before the next input's), holding back inputs that complete early.
+    pub keep_order: bool,
+    /// With `keep_order`: most inputs sent past the oldest incomplete one.
+    pub reorder_items: u64,
+    /// With `keep_order`: bytes of early outputs held before nothing new is sent.
+    pub reorder_bytes: u64,
 }
 
 impl Default for RootOptions {
@@ -68,11 +80,16 @@ impl Default for RootOptions {
             scan_concurrency: 1024,
             batch_items: 4096,
             queue_items: 1 << 18,
+            queue_bytes: 256 << 20,
             max_item_bytes: 16 << 20,
             max_frame: protocol::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             max_redispatch: 2,
+            no_node_timeout: Duration::from_secs(10),
+            keep_order: false,
+            reorder_items: 1 << 16,
+            reorder_bytes: 64 << 20,
         }
     }
 }
@@ -93,6 +110,8 @@ pub struct ItemFailure {
     pub task_index: u32,
     /// The start of the failing item.
     pub item_start: Vec<u8>,
+    /// The whole input item it descends from, as fed (to feed it again).
+    pub input_item: Vec<u8>,
     /// What happened.
     pub message: String,
 }
@@ -118,28 +137,69 @@ impl std::fmt::Display for ItemFailure {
     }
 }
 
+/// The ids given to the items of one feed: consecutive, in the items' order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FedIds {
+    /// The first item's id.
+    pub first: ItemId,
+    /// How many items.
+    pub count: u64,
+}
+
+impl FedIds {
+    /// Each id, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ItemId> + use<> {
+        let first = self.first.0;
+        (first..first + self.count).map(ItemId)
+    }
+}
+
+/// The feeding side of a root: ids are given under this lock, so they stay consecutive in
+/// feed order and a cancelled feed leaves no gap.
+#[derive(Debug)]
+struct Feeder {
+    tx: mpsc::Sender<Feed>,
+    next_id: u64,
+}
+
 /// A handle to a root: cheap to share by reference; all calls go to its scheduler task.
+///
+/// Dropping it (or [`Root::close`]) frees its nodes at once.
 #[derive(Debug)]
 pub struct Root {
     options: RootOptions,
     cmds: mpsc::Sender<Cmd>,
-    feeds: mpsc::Sender<Feed>,
+    feeder: Mutex<Feeder>,
+    stall: watch::Receiver<Option<Stall>>,
     /// Items handed to the scheduler's feed channel; `wait_empty` waits for at least these,
     /// since feeds and commands travel on different channels.
     submitted: std::sync::atomic::AtomicU64,
+    session: protocol::SessionId,
 }
 
 impl Root {
     /// A root with no nodes yet. Must be called within a tokio runtime.
+    ///
+    /// # Panics
+    /// When the OS random source fails (the session id must not be guessable).
     pub fn new(options: RootOptions) -> Root {
         let (cmds, cmd_rx) = mpsc::channel(64);
         let (feeds, feed_rx) = mpsc::channel(4);
-        tokio::spawn(scheduler::run(options.clone(), cmd_rx, feed_rx));
+        let (stall_tx, stall) = watch::channel(None);
+        let session = protocol::SessionId(u64::from_le_bytes(
+            protocol::auth::nonce()[..8].try_into().unwrap_or([0; 8]),
+        ));
+        tokio::spawn(scheduler::run(options.clone(), cmd_rx, feed_rx, stall_tx, session));
         Root {
             options,
             cmds,
-            feeds,
+            feeder: Mutex::new(Feeder {
+                tx: feeds,
+                next_id: 0,
+            }),
+            stall,
             submitted: std::sync::atomic::AtomicU64::new(0),
+            session,
         }
     }
 
@@ -242,10 +302,19 @@ impl Root {
         on_output: impl FnMut(ItemId, &[u8]) + Send + 'static,
         on_failure: impl FnMut(ItemFailure) + Send + 'static,
     ) -> Result<(), RootError> {
-        let handlers = Handlers {
-            output: Box::new(on_output),
-            failure: Box::new(on_failure),
-        };
+        self.setup_handlers(chain, Handlers::new(on_output).on_failure(on_failure))
+            .await
+    }
+
+    /// Like [`Root::setup`], with all the handlers (outputs, failures, completions).
+    ///
+    /// # Errors
+    /// As [`Root::setup`].
+    pub async fn setup_handlers(
+        &self,
+        chain: ChainSpec,
+        handlers: Handlers,
+    ) -> Result<(), RootError> {
         self.call(|reply| Cmd::Setup {
             chain,
             handlers,
@@ -254,11 +323,13 @@ impl Root {
         .await
     }
 
-    /// Queues items; waits while the root's queue is full (backpressure).
+    /// Queues items; waits while the root's queue is full (backpressure). Returns the ids
+    /// given to them, in order: the output handler names the input by these.
     ///
     /// # Errors
-    /// An item over the size limit (nothing of this call is queued then), or shut down.
-    pub async fn feed<I, T>(&self, items: I) -> Result<(), RootError>
+    /// An item over the size limit (nothing of this call is queued then), no node for
+    /// longer than `no_node_timeout`, or shut down.
+    pub async fn feed<I, T>(&self, items: I) -> Result<FedIds, RootError>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
@@ -282,17 +353,28 @@ impl Root {
             }
         }
         batches.push(batch);
+        let mut ids: Option<FedIds> = None;
         for b in batches {
-            self.feed_packed(b).await?;
+            let got = self.feed_packed(b).await?;
+            ids = Some(match ids {
+                None => got,
+                Some(f) => FedIds {
+                    first: f.first,
+                    count: f.count + got.count,
+                },
+            });
         }
-        Ok(())
+        Ok(ids.unwrap_or(FedIds {
+            first: ItemId(self.feeder.lock().await.next_id),
+            count: 0,
+        }))
     }
 
-    /// Queues a packed batch as it is (the fastest way to feed).
+    /// Queues a packed batch as it is (the fastest way to feed); returns the ids given.
     ///
     /// # Errors
-    /// An item over the size limit, or shut down.
-    pub async fn feed_packed(&self, items: Packed) -> Result<(), RootError> {
+    /// As [`Root::feed`].
+    pub async fn feed_packed(&self, items: Packed) -> Result<FedIds, RootError> {
         if let Some(&big) = items
             .lens
             .0
@@ -304,17 +386,25 @@ impl Root {
                 limit: self.options.max_item_bytes,
             });
         }
-        if items.is_empty() {
-            return Ok(());
-        }
+        let mut feeder = self.feeder.lock().await;
+        let first = ItemId(feeder.next_id);
         let n = items.len() as u64;
-        self.feeds
-            .send(Feed { items })
-            .await
-            .map_err(|_| RootError::Closed)?;
+        if n == 0 {
+            return Ok(FedIds { first, count: 0 });
+        }
+        let mut stall = self.stall.clone();
+        let feed = Feed {
+            start: first.0,
+            items,
+        };
+        tokio::select! {
+            sent = feeder.tx.send(feed) => sent.map_err(|_| RootError::Closed)?,
+            e = scheduler::stalled(&mut stall) => return Err(e),
+        }
+        feeder.next_id += n;
         self.submitted
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(FedIds { first, count: n })
     }
 
     /// Returns when the root's queue has room for more input.
@@ -373,6 +463,19 @@ impl Root {
         rx.await.map_err(|_| RootError::Closed)
     }
 
+    /// The addresses of the nodes attached now.
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn nodes(&self) -> Result<Vec<SocketAddr>, RootError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Nodes(tx))
+            .await
+            .map_err(|_| RootError::Closed)?;
+        rx.await.map_err(|_| RootError::Closed)
+    }
+
     /// The status of every node (asked over a separate status connection per node).
     ///
     /// # Errors
@@ -393,12 +496,26 @@ impl Root {
         Ok(out)
     }
 
-    /// Says goodbye to every node (they free themselves at once) and stops the scheduler.
+    /// Says goodbye to every node (they free themselves at once) and stops the scheduler,
+    /// after handing over every output that arrived before; the handlers are dropped then.
     ///
     /// # Errors
     /// Already shut down.
     pub async fn close(self) -> Result<(), RootError> {
         self.call(Cmd::Close).await
+    }
+
+    /// Like [`Root::close`], for a shared handle: later calls fail with [`RootError::Closed`].
+    ///
+    /// # Errors
+    /// Already shut down.
+    pub async fn close_shared(&self) -> Result<(), RootError> {
+        self.call(Cmd::Close).await
+    }
+
+    /// This root's session (nodes know their owner by it).
+    pub fn session(&self) -> protocol::SessionId {
+        self.session
     }
 }
 

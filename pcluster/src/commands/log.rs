@@ -1,0 +1,46 @@
+//! `pcluster log`: the log server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::setup::{Console, TokenArg, init_tracing, resolve, runtime, shutdown_on_signals};
+
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    #[arg(long, default_value_t = protocol::DEFAULT_LOG_PORT)]
+    pub port: u16,
+    #[arg(long, default_value = "pcluster.log")]
+    pub outfile: PathBuf,
+    /// Write JSON lines {time, source, message}.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
+    // The records go to stdout; our own diagnostics to stderr.
+    init_tracing(Console::Stderr, None, "info");
+    runtime(true)?.block_on(async move {
+        let addr = resolve(&args.host, args.port).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("pcluster log: listening on {}", listener.local_addr()?);
+        let config = logserver::ServerConfig {
+            outfile: args.outfile,
+            json: args.json,
+            max_connections: args.max_connections,
+            token: args.token.token(),
+            ..Default::default()
+        };
+        logserver::run(listener, config, shutdown_on_signals()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,7 @@
+//! One module per small subcommand; `run` and `bench` have modules of their own.
+
+pub mod log;
+pub mod new;
+pub mod node;
+pub mod scan;
+pub mod status;

@@ -1,0 +1,62 @@
+//! `pcluster node`: a node server.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::setup::{Console, TokenArg, init_tracing, resolve, runtime, shutdown_on_signals};
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    #[arg(long, default_value_t = protocol::DEFAULT_NODE_PORT)]
+    pub port: u16,
+    #[arg(long, default_value = "localhost")]
+    pub log_host: String,
+    #[arg(long, default_value_t = protocol::DEFAULT_LOG_PORT)]
+    pub log_port: u16,
+    /// Worker threads (default: the number of cores).
+    #[arg(short = 'j', long)]
+    pub workers: Option<u32>,
+    /// Seconds a chain is kept for a root that vanished without saying goodbye (only that
+    /// root may take it back meanwhile; any other root may claim the node at once).
+    #[arg(long, default_value_t = 30)]
+    pub orphan_grace_s: u64,
+    /// Seconds without any message (heartbeats included) after which a root counts as gone.
+    #[arg(long, default_value_t = 30)]
+    pub root_timeout_s: u64,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    runtime(false)?.block_on(async move {
+        let addr = resolve(&args.host, args.port).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let token = args.token.token();
+        let log = (
+            format!("{}:{}", args.log_host, args.log_port),
+            format!("node {local}"),
+            token.clone(),
+        );
+        let client = init_tracing(Console::Stdout, Some(log), "info");
+        eprintln!("pcluster node: listening on {local}");
+        let config = node::NodeConfig {
+            workers: args.workers.unwrap_or_else(node::cores).max(1),
+            token,
+            orphan_grace: Duration::from_secs(args.orphan_grace_s),
+            root_timeout: Duration::from_secs(args.root_timeout_s.max(1)),
+            ..Default::default()
+        };
+        node::run(listener, config, shutdown_on_signals()).await?;
+        if let Some(c) = client {
+            c.flush(Duration::from_secs(2));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

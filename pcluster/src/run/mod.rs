@@ -1,0 +1,247 @@
+//! `pcluster run`: reads items, streams them through a cluster (given nodes, a scan, or an
+//! embedded local cluster) and writes outputs. Stdout carries outputs only; logs, failures
+//! and progress go to stderr and the log server.
+//!
+//! Every exit path frees the nodes and keeps every finished output: a first SIGINT/SIGTERM
+//! stops reading and lets the inputs in flight finish (up to `--drain-timeout`), a second one
+//! stops at once; either way only whole lines of completed inputs are written.
+//!
+//! - `args`: the command line; `input`: the reader; `lines`: id → line numbers;
+//!   `output`: the sink (outputs, failures, joblog); `joblog`: its format and resuming;
+//!   `nodes`: membership; `drive`: feeding, draining and stopping.
+
+mod args;
+mod drive;
+mod input;
+mod joblog;
+mod lines;
+mod nodes;
+mod output;
+mod progress;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+pub use args::RunArgs;
+use output::{FailedOut, Journal, Sink, SinkState};
+
+use crate::embedded::LocalCluster;
+use crate::setup::{Console, fresh_token, init_tracing, runtime};
+
+/// Files opened before any node is contacted, so a typo costs nothing.
+struct Files {
+    input: Box<dyn std::io::Read + Send>,
+    output: Box<dyn std::io::Write + Send>,
+    /// Bytes already in the output (a resumed run appends).
+    output_bytes: u64,
+    failed: Option<Box<dyn std::io::Write + Send>>,
+    journal: Option<std::fs::File>,
+    resume: Option<joblog::Resume>,
+}
+
+fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Files> {
+    let input: Box<dyn std::io::Read + Send> = match &args.input {
+        Some(p) => Box::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open --input {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdin()),
+    };
+    let mut resume = None;
+    let mut output_bytes = 0;
+    let mut journal = None;
+    if let Some(jpath) = &args.joblog {
+        let input_hash = match &args.input {
+            Some(p) => joblog::file_hash(p)?,
+            None => "stdin".to_string(),
+        };
+        let chain_hash = joblog::chain_hash(chain);
+        if args.resume {
+            let (Some(out), Some(_)) = (&args.output, &args.input) else {
+                bail!("--resume needs --output FILE and --input FILE (the same as the first run)");
+            };
+            let r = joblog::read(jpath, &chain_hash, &input_hash)?;
+            let out_len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+            if out_len < r.output_bytes {
+                bail!(
+                    "{} holds {out_len} bytes but the joblog names {}: is it the output of that run?",
+                    out.display(),
+                    r.output_bytes
+                );
+            }
+            // Outputs past the last joblog line belong to inputs that will run again.
+            truncate(out, r.output_bytes)?;
+            truncate(jpath, r.joblog_bytes)?;
+            output_bytes = r.output_bytes;
+            eprintln!(
+                "pcluster run: resuming: {} inputs done ({} failed), {} output bytes kept",
+                r.done.len(),
+                r.failed,
+                r.output_bytes
+            );
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(jpath)
+                .with_context(|| format!("cannot open {}", jpath.display()))?;
+            journal = Some(f);
+            resume = Some(r);
+        } else {
+            let mut f = std::fs::File::create(jpath)
+                .with_context(|| format!("cannot create --joblog {}", jpath.display()))?;
+            f.write_all(joblog::header(&chain_hash, &input_hash).as_bytes())?;
+            journal = Some(f);
+        }
+    } else if args.resume {
+        bail!("--resume needs --joblog FILE");
+    }
+    let output: Box<dyn std::io::Write + Send> = match &args.output {
+        Some(p) if resume.is_some() => Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open --output {}", p.display()))?,
+        ),
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create --output {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let failed: Option<Box<dyn std::io::Write + Send>> = match &args.failed {
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.resume)
+                .truncate(!args.resume)
+                .open(p)
+                .with_context(|| format!("cannot create --failed {}", p.display()))?,
+        ))),
+        None => None,
+    };
+    Ok(Files {
+        input,
+        output,
+        output_bytes,
+        failed,
+        journal,
+        resume,
+    })
+}
+
+fn truncate(path: &std::path::Path, len: u64) -> anyhow::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .with_context(|| format!("cannot cut {} back to {len} bytes", path.display()))
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    args.check()?;
+    // Everything that can fail on the user's side fails before any node is contacted.
+    let chain = root::chain::load(&args.chain)?;
+    let files = open_files(&args, &chain)?;
+    let rt = runtime(false)?;
+    rt.block_on(run_on_cluster(args, chain, files, started))
+}
+
+async fn run_on_cluster(
+    args: RunArgs,
+    chain: protocol::ChainSpec,
+    files: Files,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let embedded = args.nodes.is_empty() && args.scan.is_none();
+    // An embedded cluster without a given token gets a fresh random one: only this process
+    // can use its node and log server.
+    let token = match args.token.token() {
+        Some(t) => Some(t),
+        None if embedded => Some(fresh_token()?),
+        None => None,
+    };
+    let local = if embedded {
+        let workers = args.workers.unwrap_or_else(node::cores).max(1);
+        Some(LocalCluster::start(args.log_file.clone(), 1, workers, token.clone()).await?)
+    } else {
+        None
+    };
+    let log_addr = match (&args.log_host, &local) {
+        (Some(h), _) => Some(format!("{h}:{}", args.log_port)),
+        (None, Some(l)) => Some(l.log.to_string()),
+        (None, None) => None,
+    };
+    let tag = format!("root pid {}", std::process::id());
+    let log_client = init_tracing(Console::Stderr, log_addr.map(|a| (a, tag, token.clone())), "warn");
+    let options = root::RootOptions {
+        token,
+        keep_order: args.keep_order,
+        no_node_timeout: Duration::from_secs_f64(args.no_node_timeout),
+        ..Default::default()
+    };
+    let root = Arc::new(root::Root::new(options));
+    let sources = nodes::Sources {
+        nodes: match &local {
+            Some(l) => l.nodes.clone(),
+            None => nodes::resolve_all(&args.nodes, args.port).await?,
+        },
+        scan: args.scan.map(|n| (n, args.port)),
+    };
+    let result = async {
+        nodes::attach(&root, &sources, args.min_nodes).await?;
+        let state = Arc::new(SinkState::default());
+        let failed = Arc::new(Mutex::new(FailedOut::new(files.failed)));
+        let lines = lines::LineIndex::default();
+        let sink = Sink {
+            out: std::io::BufWriter::with_capacity(1 << 20, files.output),
+            sep: args.framing().separator(),
+            tag: args.tag,
+            lines: lines.clone(),
+            written: files.output_bytes,
+            journal: files.journal.map(|file| Journal {
+                file,
+                buf: String::new(),
+                last_flush: Instant::now(),
+            }),
+            failed: failed.clone(),
+            state: state.clone(),
+            halt_at: args.halt.map(|h| h.fail),
+            last_failed: None,
+            first_error: None,
+            quiet_failures: false,
+        };
+        root.setup_handlers(chain, root::Handlers::from_handler(sink))
+            .await?;
+        let skip = files.resume.map(|r| Arc::new(r.done));
+        drive::drive(drive::Drive {
+            root: root.clone(),
+            args: &args,
+            input: files.input,
+            lines,
+            state,
+            failed,
+            skip,
+            sources: sources.clone(),
+            started,
+        })
+        .await
+    }
+    .await;
+    // Whatever happened: free the nodes, and let the handlers flush (close drops them).
+    let _ = tokio::time::timeout(Duration::from_secs(10), root.close_shared()).await;
+    // Flush our log lines while the embedded log server still runs, off this thread: the
+    // server may share this runtime.
+    if let Some(client) = log_client {
+        let _ = tokio::task::spawn_blocking(move || client.flush(Duration::from_millis(500))).await;
+    }
+    if let Some(l) = local {
+        l.stop().await;
+        if !args.quiet {
+            eprintln!("pcluster run: task and node logs are in {}", args.log_file.display());
+        }
+    }
+    result
+}

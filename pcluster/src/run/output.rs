@@ -1,0 +1,260 @@
+//! Where `pcluster run`'s results go: the output (one item per line or NUL-terminated,
+//! optionally tagged with its input's line), the joblog, the failed-items file (raw items,
+//! to feed again) and stderr (what failed, by line). A closed output (`| head -1`) or a
+//! failure count reaching `--halt` tells the run to stop.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use root::{Handler, InputDone, ItemFailure, ItemId};
+use tokio_util::sync::CancellationToken;
+
+use super::joblog;
+use super::lines::LineIndex;
+
+/// Raw failed items (`--failed FILE`); without a file only stderr says what failed.
+pub struct FailedOut {
+    w: Option<Box<dyn Write + Send>>,
+    #[cfg(test)]
+    mem: Option<Vec<u8>>,
+    error: Option<std::io::Error>,
+}
+
+impl FailedOut {
+    pub fn new(w: Option<Box<dyn Write + Send>>) -> FailedOut {
+        FailedOut {
+            w,
+            #[cfg(test)]
+            mem: None,
+            error: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn memory() -> FailedOut {
+        FailedOut {
+            w: None,
+            mem: Some(Vec::new()),
+            error: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn memory_bytes(&self) -> Vec<u8> {
+        self.mem.clone().unwrap_or_default()
+    }
+
+    /// Writes bytes of a failed item, then `end` if given.
+    pub fn write_raw(&mut self, bytes: &[u8], end: Option<u8>) {
+        #[cfg(test)]
+        if let Some(m) = self.mem.as_mut() {
+            m.extend_from_slice(bytes);
+            m.extend(end);
+        }
+        if let Some(w) = self.w.as_mut()
+            && self.error.is_none()
+        {
+            let r = w
+                .write_all(bytes)
+                .and_then(|()| end.map_or(Ok(()), |e| w.write_all(&[e])));
+            if let Err(e) = r {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes; the first error met, if any.
+    pub fn finish(&mut self) -> Option<std::io::Error> {
+        if let Some(w) = self.w.as_mut()
+            && let Err(e) = w.flush()
+        {
+            self.error.get_or_insert(e);
+        }
+        self.error.take()
+    }
+}
+
+/// What the run's main loop learns from the output side.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    /// Failed items (refused ones included).
+    pub failed: AtomicU64,
+    /// The output cannot be written: a broken pipe ends the run early and cleanly, other
+    /// errors fail it.
+    pub stop: CancellationToken,
+    pub broken_pipe: std::sync::atomic::AtomicBool,
+    pub error: Mutex<Option<std::io::Error>>,
+    /// Cancelled when the failure count reaches `--halt`'s.
+    pub halt: CancellationToken,
+}
+
+impl SinkState {
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure; cancels `halt` at `halt_at`.
+    pub fn count_failure(&self, halt_at: Option<u64>) {
+        let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+        if halt_at.is_some_and(|h| n >= h) {
+            self.halt.cancel();
+        }
+    }
+}
+
+/// The joblog being written; see [`joblog`] for the order of writes.
+pub struct Journal {
+    pub file: std::fs::File,
+    pub buf: String,
+    pub last_flush: Instant,
+}
+
+/// How long joblog lines may wait in memory.
+const JOURNAL_EVERY: Duration = Duration::from_millis(200);
+/// Bytes of joblog lines buffered before a write.
+const JOURNAL_BYTES: usize = 256 << 10;
+
+pub struct Sink {
+    pub out: std::io::BufWriter<Box<dyn Write + Send>>,
+    pub sep: u8,
+    pub tag: bool,
+    pub lines: LineIndex,
+    /// Bytes written to the output so far (buffered ones included).
+    pub written: u64,
+    pub journal: Option<Journal>,
+    pub failed: Arc<Mutex<FailedOut>>,
+    pub state: Arc<SinkState>,
+    pub halt_at: Option<u64>,
+    /// The input whose raw item was last written to the failed file (an input with several
+    /// failing items is written once: its failures come together).
+    pub last_failed: Option<ItemId>,
+    /// The first error of the input being completed.
+    pub first_error: Option<(ItemId, String)>,
+    pub quiet_failures: bool,
+}
+
+impl Sink {
+    fn fail(&mut self, e: std::io::Error) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            self.state.broken_pipe.store(true, Ordering::Relaxed);
+        } else if let Ok(mut slot) = self.state.error.lock() {
+            slot.get_or_insert(e);
+        }
+        self.state.stop.cancel();
+    }
+
+    fn flush_journal(&mut self) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if j.buf.is_empty() {
+            return;
+        }
+        // Outputs first: a joblog line never names bytes the output file lacks.
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
+            return;
+        }
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let r = j.file.write_all(j.buf.as_bytes());
+        j.buf.clear();
+        j.last_flush = Instant::now();
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+}
+
+impl Handler for Sink {
+    #[inline]
+    fn output(&mut self, input: ItemId, item: &[u8]) {
+        if self.state.stop.is_cancelled() {
+            return;
+        }
+        let mut r = Ok(());
+        if self.tag {
+            let mut b = itoa::Buffer::new();
+            let line = b.format(self.lines.line(input.0));
+            r = self
+                .out
+                .write_all(line.as_bytes())
+                .and_then(|()| self.out.write_all(b"\t"));
+            self.written += line.len() as u64 + 1;
+        }
+        if let Err(e) = r
+            .and_then(|()| self.out.write_all(item))
+            .and_then(|()| self.out.write_all(&[self.sep]))
+        {
+            self.fail(e);
+        }
+        self.written += item.len() as u64 + 1;
+    }
+
+    fn failure(&mut self, f: ItemFailure) {
+        self.state.count_failure(self.halt_at);
+        let line = self.lines.line(f.input.0);
+        if !self.quiet_failures {
+            eprintln!("pcluster run: line {line}: {f}");
+        }
+        if self.last_failed != Some(f.input) {
+            self.last_failed = Some(f.input);
+            if let Ok(mut w) = self.failed.lock() {
+                w.write_raw(&f.input_item, Some(self.sep));
+            }
+        }
+        if self.first_error.as_ref().is_none_or(|(i, _)| *i != f.input) {
+            let what = if f.task.is_empty() {
+                f.message
+            } else {
+                format!("{}: {}", f.task, f.message)
+            };
+            self.first_error = Some((f.input, what));
+        }
+    }
+
+    fn done(&mut self, d: InputDone) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let error = match &self.first_error {
+            Some((i, e)) if *i == d.input => e.as_str(),
+            _ => "",
+        };
+        joblog::Entry {
+            line: self.lines.line(d.input.0),
+            failed: d.failed,
+            attempts: d.attempts,
+            seconds: d.elapsed.as_secs_f64(),
+            output_bytes: self.written,
+            error,
+        }
+        .write(&mut j.buf);
+        if j.buf.len() >= JOURNAL_BYTES || j.last_flush.elapsed() >= JOURNAL_EVERY {
+            self.flush_journal();
+        }
+    }
+
+    fn wants_done(&self) -> bool {
+        self.journal.is_some()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.state.stop.is_cancelled() && self.state.broken_pipe.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
+            return;
+        }
+        self.flush_journal();
+        if let Some(j) = self.journal.as_mut() {
+            let _ = j.file.sync_data();
+        }
+    }
+}

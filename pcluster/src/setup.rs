@@ -1,0 +1,258 @@
+//! What every subcommand shares: the token argument, logging (tracing to the terminal and
+//! the log server), the async runtime, signal handling, and `host:port` parsing.
+
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context as _;
+use protocol::auth::Token;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TokenArg {
+    /// Cluster token: peers prove they hold it (HMAC challenge–response; it never crosses
+    /// the wire). Without it, anyone who reaches the port can use the server.
+    #[arg(long, env = "PCLUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl TokenArg {
+    pub fn token(&self) -> Option<Token> {
+        self.token
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(Token::new)
+    }
+}
+
+/// Where our own diagnostics go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    Stdout,
+    Stderr,
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
+pub fn use_colour(console: Console) -> bool {
+    let terminal = match console {
+        Console::Stdout => std::io::stdout().is_terminal(),
+        Console::Stderr => std::io::stderr().is_terminal(),
+    };
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Logging: the console plus, when given, the log server as `(address, tag, token)`; the
+/// token answers a log server that requires one. `PCLUSTER_LOG` overrides `default_level`.
+pub fn init_tracing(
+    console: Console,
+    log_server: Option<(String, String, Option<Token>)>,
+    default_level: &str,
+) -> Option<logserver::LogClient> {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("PCLUSTER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+    };
+    let ansi = use_colour(console);
+    let fmt: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match console {
+        Console::Stdout => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stdout)
+            .with_filter(filter())
+            .boxed(),
+        Console::Stderr => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
+    let (remote, client) = match log_server {
+        Some((addr, tag, token)) => {
+            let client = logserver::LogClient::new(addr, token);
+            let layer = logserver::LogLayer::new(client.clone(), tag)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            (Some(layer), Some(client))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(remote)
+        .try_init();
+    client
+}
+
+pub fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    rt.context("cannot start the async runtime")
+}
+
+/// The signals a command stops on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status a shell reports for a process ended by this signal.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// Waits for the next SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn next_signal() -> Signal {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            std::future::pending::<()>().await;
+            unreachable!()
+        };
+        tokio::select! {
+            _ = int.recv() => Signal::Interrupt,
+            _ = term.recv() => Signal::Terminate,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Interrupt
+    }
+}
+
+/// Cancels the token on SIGINT or SIGTERM (for servers: decide, then tell).
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        next_signal().await;
+        t.cancel();
+    });
+    token
+}
+
+/// Splits `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; a missing port
+/// is `default_port`.
+///
+/// # Errors
+/// A port that is not a number, or an empty host.
+pub fn split_host_port(s: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let s = s.trim();
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .with_context(|| format!("bad port `{p}` in `{s}`"))
+    };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .with_context(|| format!("missing `]` in `{s}`"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, port(p)?),
+            None if after.is_empty() => (host, default_port),
+            None => anyhow::bail!("unexpected `{after}` after `]` in `{s}`"),
+        }
+    } else if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        (s, default_port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, port(p)?),
+            None => (s, default_port),
+        }
+    };
+    anyhow::ensure!(!host.is_empty(), "no host in `{s}`");
+    Ok((host.to_string(), port))
+}
+
+/// Resolves `host` (a name or an address) with `port`.
+///
+/// # Errors
+/// The name does not resolve.
+pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))
+}
+
+/// Parses and resolves a node address given as `host[:port]`.
+///
+/// # Errors
+/// As [`split_host_port`] and [`resolve`].
+pub async fn node_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    let (host, port) = split_host_port(s, default_port)?;
+    resolve(&host, port).await
+}
+
+/// A fresh random token (hex), for an embedded cluster only this process may use.
+///
+/// # Errors
+/// The OS random source failed.
+pub fn fresh_token() -> anyhow::Result<Token> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    Ok(Token::new(hex::encode(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_forms() {
+        let p = |s| split_host_port(s, 6000).unwrap();
+        assert_eq!(p("127.0.0.2"), ("127.0.0.2".into(), 6000));
+        assert_eq!(p("127.0.0.2:16000"), ("127.0.0.2".into(), 16000));
+        assert_eq!(p("node-a"), ("node-a".into(), 6000));
+        assert_eq!(p("node-a:7"), ("node-a".into(), 7));
+        assert_eq!(p("[::1]:6001"), ("::1".into(), 6001));
+        assert_eq!(p("[::1]"), ("::1".into(), 6000));
+        assert_eq!(p("::1"), ("::1".into(), 6000));
+        assert_eq!(p(" fe80::2 "), ("fe80::2".into(), 6000));
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        let e = split_host_port("127.0.0.2:x", 1).unwrap_err().to_string();
+        assert!(e.contains("bad port `x`"), "{e}");
+        assert!(split_host_port("[::1", 1).is_err());
+        assert!(split_host_port(":6000", 1).is_err());
+        assert!(split_host_port("[::1]x", 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn port_applies_to_entries_without_one() {
+        let a = node_addr("127.0.0.2", 16000).await.unwrap();
+        assert_eq!(a, "127.0.0.2:16000".parse().unwrap());
+        let a = node_addr("[::1]:9", 16000).await.unwrap();
+        assert_eq!(a, "[::1]:9".parse().unwrap());
+    }
+
+    #[test]
+    fn signals_exit_like_a_shell_reports_them() {
+        assert_eq!(Signal::Interrupt.exit_code(), 130);
+        assert_eq!(Signal::Terminate.exit_code(), 143);
+    }
+}

@@ -1,0 +1,133 @@
+//! The user's calls as the scheduler handles them: attach a node, set a chain up, reset,
+//! pause and resume (each answered once every node has answered), and the waits.
+
+use std::collections::HashSet;
+
+use protocol::{Msg, NodeId, Setup};
+
+use super::inflight::NodeConn;
+use super::{Cmd, Scheduler, WaitKind, Waiter};
+use crate::error::RootError;
+
+impl Scheduler {
+    pub(super) async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Attach {
+                addr,
+                conn,
+                workers,
+                reply,
+            } => {
+                let id = NodeId(self.next_node);
+                self.next_node += 1;
+                let tx = crate::conn::spawn(
+                    id,
+                    conn,
+                    self.events_tx.clone(),
+                    self.options.heartbeat,
+                    self.options.heartbeat_timeout,
+                );
+                self.nodes.insert(id, NodeConn::new(addr, tx));
+                // A node is back: waits for one end, and the root may go on.
+                self.no_nodes_since = None;
+                self.stall.send_replace(None);
+                tracing::info!(node = %addr, workers, "node added");
+                if let Some(chain) = self.chain.clone() {
+                    // A node joining a running cluster gets the current chain.
+                    let msg = Msg::Setup(Box::new(Setup {
+                        session: self.session,
+                        chain,
+                    }));
+                    self.send(id, &msg).await;
+                }
+                let _ = reply.send(Ok(id));
+            }
+            Cmd::Setup {
+                chain,
+                handlers,
+                reply,
+            } => {
+                if self.nodes.is_empty() {
+                    let _ = reply.send(Err(RootError::NoNodes {
+                        pending: self.queue.items(),
+                        lost: self.lost.join(", "),
+                    }));
+                    return;
+                }
+                self.handlers = Some(handlers);
+                self.chain = Some(chain.clone());
+                let msg = Msg::Setup(Box::new(Setup {
+                    session: self.session,
+                    chain,
+                }));
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in &ids {
+                    if let Some(n) = self.nodes.get_mut(id) {
+                        n.ready = false;
+                    }
+                    self.send(*id, &msg).await;
+                }
+                self.waiters.push(Waiter {
+                    kind: WaitKind::Setup,
+                    nodes: ids.into_iter().collect(),
+                    error: None,
+                    reply,
+                });
+            }
+            Cmd::WaitInput(reply) => self.wait_input.push(reply),
+            Cmd::WaitEmpty { fed, reply } => {
+                if self.chain.is_none() && (self.queue.items() > 0 || fed > self.counters.fed) {
+                    let _ = reply.send(Err(RootError::NotSetUp));
+                } else {
+                    self.wait_empty.push((fed, reply));
+                }
+            }
+            Cmd::Reset(reply) => {
+                self.chain = None;
+                self.handlers = None;
+                self.queue.clear();
+                self.attempts.clear();
+                self.no_nodes_since = None;
+                for n in self.nodes.values_mut() {
+                    n.forget();
+                }
+                if let Some(o) = self.order.as_mut() {
+                    o.restart(self.counters.fed);
+                }
+                self.broadcast(WaitKind::Reset, Msg::Reset, reply).await;
+            }
+            Cmd::Pause(reply) => {
+                self.paused = true;
+                self.broadcast(WaitKind::Pause, Msg::Pause, reply).await;
+            }
+            Cmd::Resume(reply) => {
+                self.paused = false;
+                self.broadcast(WaitKind::Resume, Msg::Resume, reply).await;
+            }
+            Cmd::Counters(reply) => {
+                let mut c = self.counters;
+                c.pending = self.queue.items();
+                c.in_flight = self.in_flight();
+                c.nodes = self.nodes.len() as u32;
+                let _ = reply.send(c);
+            }
+            Cmd::Nodes(reply) => {
+                let _ = reply.send(self.nodes.values().map(|n| n.addr).collect());
+            }
+            Cmd::Close(_) => {}
+        }
+    }
+
+    async fn broadcast(&mut self, kind: WaitKind, msg: Msg, reply: super::Reply) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.send(*id, &msg).await;
+        }
+        self.waiters.push(Waiter {
+            kind,
+            nodes: ids.into_iter().collect::<HashSet<_>>(),
+            error: None,
+            reply,
+        });
+    }
+}

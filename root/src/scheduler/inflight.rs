@@ -1,0 +1,228 @@
+//! What each node holds: its batches in flight, its credit, and the settling of its
+//! answers: which inputs an `Outputs` message completes (each once), and what goes back to
+//! the queue when the node is lost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::{Credit, Ids, ItemId, Packed};
+use tokio::sync::mpsc;
+
+use super::queue::Chunk;
+
+/// A batch sent to a node and not yet complete.
+pub(crate) struct InFlight {
+    pub ids: Ids,
+    pub items: Packed,
+    pub done: Vec<bool>,
+    pub remaining: u32,
+    pub sent: Instant,
+}
+
+/// A re-dispatched input: how often it was sent, and when first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attempt {
+    pub count: u32,
+    pub first: Instant,
+}
+
+/// Room a node has for more items.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Room {
+    pub items: u64,
+    pub bytes: u64,
+    pub window: u32,
+}
+
+/// One node as the scheduler sees it.
+pub(crate) struct NodeConn {
+    pub addr: SocketAddr,
+    pub tx: mpsc::Sender<Bytes>,
+    pub credit: Credit,
+    pub ready: bool,
+    pub draining: bool,
+    pub in_items: u64,
+    pub in_bytes: u64,
+    next_seq: u64,
+    pub batches: HashMap<u64, InFlight>,
+}
+
+impl NodeConn {
+    pub fn new(addr: SocketAddr, tx: mpsc::Sender<Bytes>) -> NodeConn {
+        NodeConn {
+            addr,
+            tx,
+            credit: Credit { items: 0, bytes: 0 },
+            ready: false,
+            draining: false,
+            in_items: 0,
+            in_bytes: 0,
+            next_seq: 0,
+            batches: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> Room {
+        Room {
+            items: u64::from(self.credit.items).saturating_sub(self.in_items),
+            bytes: self.credit.bytes.saturating_sub(self.in_bytes),
+            window: self.credit.items,
+        }
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Records a batch as sent.
+    pub fn hold(&mut self, seq: u64, ids: Ids, items: Packed) {
+        let count = items.len();
+        self.in_items += count as u64;
+        self.in_bytes += items.bytes() as u64;
+        self.batches.insert(
+            seq,
+            InFlight {
+                ids,
+                items,
+                done: vec![false; count],
+                remaining: count as u32,
+                sent: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets everything it holds (reset).
+    pub fn forget(&mut self) {
+        self.ready = false;
+        self.batches.clear();
+        self.in_items = 0;
+        self.in_bytes = 0;
+    }
+}
+
+/// An input given up on: its node was lost too often while holding it.
+pub(crate) struct Poison {
+    pub id: ItemId,
+    pub item: Vec<u8>,
+    pub attempts: u32,
+    pub elapsed: Duration,
+}
+
+/// What a lost node's batches become.
+pub(crate) struct Requeue {
+    pub chunks: Vec<Chunk>,
+    pub poison: Vec<Poison>,
+}
+
+/// Puts back every input of `batches` not yet complete, counting its attempts; an input sent
+/// more than `1 + max_redispatch` times becomes poison instead.
+pub(crate) fn requeue(
+    batches: HashMap<u64, InFlight>,
+    attempts: &mut HashMap<u64, Attempt>,
+    max_redispatch: u32,
+) -> Requeue {
+    let mut out = Requeue {
+        chunks: Vec::new(),
+        poison: Vec::new(),
+    };
+    // Oldest batches first, so the queue's front keeps the lowest ids.
+    let mut batches: Vec<(u64, InFlight)> = batches.into_iter().collect();
+    batches.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    for (_, b) in batches {
+        let mut ids = Vec::new();
+        let mut items = Packed::new();
+        for (i, item) in b.items.iter().enumerate() {
+            if b.done[i] {
+                continue;
+            }
+            let Some(id) = b.ids.get(i) else {
+                continue;
+            };
+            let a = attempts.entry(id.0).or_insert(Attempt {
+                count: 1,
+                first: b.sent,
+            });
+            a.count += 1;
+            if a.count > max_redispatch + 1 {
+                out.poison.push(Poison {
+                    id,
+                    item: item.to_vec(),
+                    attempts: a.count - 1,
+                    elapsed: a.first.elapsed(),
+                });
+                attempts.remove(&id.0);
+                continue;
+            }
+            ids.push(id.0);
+            items.push(item);
+        }
+        if !ids.is_empty() {
+            out.chunks.push(Chunk::new(Ids::List(ids), items));
+        }
+    }
+    // `chunks` go to the queue's front one by one: newest first so the oldest ends first.
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: Vec<u64>, done: Vec<bool>) -> InFlight {
+        let items: Packed = ids.iter().map(|i| i.to_string()).collect();
+        let remaining = done.iter().filter(|d| !**d).count() as u32;
+        InFlight {
+            ids: Ids::List(ids),
+            items,
+            done,
+            remaining,
+            sent: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn only_unfinished_inputs_go_back() {
+        let mut attempts = HashMap::new();
+        let batches = HashMap::from([(0, batch(vec![1, 2, 3], vec![false, true, false]))]);
+        let r = requeue(batches, &mut attempts, 2);
+        assert!(r.poison.is_empty());
+        assert_eq!(r.chunks.len(), 1);
+        assert_eq!(r.chunks[0].ids, Ids::List(vec![1, 3]));
+        assert_eq!(attempts[&1].count, 2);
+    }
+
+    #[test]
+    fn an_input_lost_too_often_is_poison() {
+        let mut attempts = HashMap::new();
+        for round in 1..=3 {
+            let batches = HashMap::from([(0, batch(vec![9], vec![false]))]);
+            let r = requeue(batches, &mut attempts, 2);
+            if round < 3 {
+                assert_eq!(r.chunks.len(), 1, "round {round} re-dispatches");
+            } else {
+                assert!(r.chunks.is_empty());
+                assert_eq!(r.poison.len(), 1);
+                assert_eq!(r.poison[0].attempts, 3);
+                assert_eq!(r.poison[0].item, b"9");
+                assert!(attempts.is_empty(), "a poison item's count is forgotten");
+            }
+        }
+    }
+
+    #[test]
+    fn older_batches_end_up_first() {
+        let mut attempts = HashMap::new();
+        let batches = HashMap::from([
+            (5, batch(vec![50], vec![false])),
+            (4, batch(vec![40], vec![false])),
+        ]);
+        let r = requeue(batches, &mut attempts, 2);
+        // Pushed to the front in this order, the last pushed (seq 4) is sent first.
+        assert_eq!(r.chunks[0].ids, Ids::List(vec![50]));
+        assert_eq!(r.chunks[1].ids, Ids::List(vec![40]));
+    }
+}

@@ -1,0 +1,555 @@
+//! The root's scheduler: one task owning all state. It queues fed items, sends batches to
+//! nodes within their credit, hands outputs to the user's handlers, and, when a node is lost,
+//! puts every input it held back in the queue.
+//!
+//! Exactly-once: a node answers a run of inputs with their outputs and their completion in
+//! one message ([`protocol::Outputs`]). An input is marked done before its outputs are
+//! handed over, and is re-dispatched only if its node is lost before that message arrived,
+//! so each output reaches the handler exactly once.
+//!
+//! - `queue`: the queue of items not yet sent and the cut of batches;
+//! - `inflight`: what each node holds, and settling its answers;
+//! - `order`: the reorder buffer of ordered delivery;
+//! - `commands`: the user's calls (attach, setup, reset, pause, …).
+
+mod commands;
+mod handlers;
+mod inflight;
+mod order;
+mod queue;
+mod settle;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use protocol::{ErrorKind, Items, Msg, NodeId, SessionId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use handlers::{Handler, Handlers, InputDone};
+pub(crate) use handlers::{Delivery, Reply};
+
+use crate::conn::Event;
+use crate::error::RootError;
+use crate::{ItemFailure, RootOptions};
+use inflight::{Attempt, NodeConn};
+use order::Reorder;
+use queue::{Chunk, Cut, Queue};
+
+pub(crate) enum Cmd {
+    Attach {
+        addr: std::net::SocketAddr,
+        conn: protocol::Connection,
+        workers: u32,
+        reply: Reply<NodeId>,
+    },
+    Setup {
+        chain: protocol::ChainSpec,
+        handlers: Handlers,
+        reply: Reply,
+    },
+    WaitInput(Reply),
+    /// Waits until the items fed so far (at least `fed` of them) are all done.
+    WaitEmpty {
+        fed: u64,
+        reply: Reply,
+    },
+    Reset(Reply),
+    Pause(Reply),
+    Resume(Reply),
+    Counters(oneshot::Sender<Counters>),
+    Nodes(oneshot::Sender<Vec<std::net::SocketAddr>>),
+    Close(Reply),
+}
+
+/// Items fed together, with the first of their consecutive ids.
+pub(crate) struct Feed {
+    pub start: u64,
+    pub items: protocol::Packed,
+}
+
+/// Why the root cannot go on: no node for longer than the no-node timeout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stall {
+    pub pending: u64,
+    pub lost: String,
+}
+
+impl Stall {
+    pub fn error(&self) -> RootError {
+        RootError::NoNodes {
+            pending: self.pending,
+            lost: self.lost.clone(),
+        }
+    }
+}
+
+/// Running totals of a root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Items fed.
+    pub fed: u64,
+    /// Inputs completed (all their outputs delivered).
+    pub completed: u64,
+    /// Outputs handed to the output handler.
+    pub outputs: u64,
+    /// Failures handed to the failure handler.
+    pub failed: u64,
+    /// Inputs put back in the queue after their node was lost.
+    pub redispatched: u64,
+    /// Items queued in the root, not yet sent.
+    pub pending: u64,
+    /// Items sent and not yet completed.
+    pub in_flight: u64,
+    /// Nodes connected.
+    pub nodes: u32,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum WaitKind {
+    Setup,
+    Reset,
+    Pause,
+    Resume,
+}
+
+struct Waiter {
+    kind: WaitKind,
+    nodes: HashSet<NodeId>,
+    error: Option<RootError>,
+    reply: Reply,
+}
+
+pub(crate) struct Scheduler {
+    options: RootOptions,
+    session: SessionId,
+    chain: Option<protocol::ChainSpec>,
+    handlers: Option<Handlers>,
+    nodes: HashMap<NodeId, NodeConn>,
+    next_node: u32,
+    lost: Vec<String>,
+    queue: Queue,
+    /// Re-dispatched inputs: how often they were sent and when first.
+    attempts: HashMap<u64, Attempt>,
+    counters: Counters,
+    waiters: Vec<Waiter>,
+    wait_input: Vec<Reply>,
+    wait_empty: Vec<(u64, Reply)>,
+    paused: bool,
+    events_tx: mpsc::Sender<Event>,
+    frame: BytesMut,
+    /// Ordered delivery (with `keep_order`).
+    order: Option<Reorder<Delivery>>,
+    /// Highest id sent to a node so far.
+    sent_up_to: Option<u64>,
+    /// Since when no node has been connected while a chain is set up.
+    no_nodes_since: Option<Instant>,
+    stall: watch::Sender<Option<Stall>>,
+}
+
+pub(crate) async fn run(
+    options: RootOptions,
+    mut cmds: mpsc::Receiver<Cmd>,
+    mut feeds: mpsc::Receiver<Feed>,
+    stall: watch::Sender<Option<Stall>>,
+    session: SessionId,
+) {
+    let (events_tx, mut events) = mpsc::channel::<Event>(256);
+    let mut s = Scheduler {
+        order: options
+            .keep_order
+            .then(|| Reorder::new(0, options.reorder_items, options.reorder_bytes)),
+        options,
+        session,
+        chain: None,
+        handlers: None,
+        nodes: HashMap::new(),
+        next_node: 0,
+        lost: Vec::new(),
+        queue: Queue::default(),
+        attempts: HashMap::new(),
+        counters: Counters::default(),
+        waiters: Vec::new(),
+        wait_input: Vec::new(),
+        wait_empty: Vec::new(),
+        paused: false,
+        events_tx,
+        frame: BytesMut::with_capacity(1 << 20),
+        sent_up_to: None,
+        no_nodes_since: None,
+        stall,
+    };
+    let mut closing: Option<Reply> = None;
+    loop {
+        let room = s.queue.items() < s.options.queue_items as u64
+            && s.queue.bytes() < s.options.queue_bytes;
+        let stall_at = s
+            .no_nodes_since
+            .filter(|_| s.stall.borrow().is_none())
+            .map(|t| tokio::time::Instant::from_std(t + s.options.no_node_timeout));
+        tokio::select! {
+            biased;
+            e = events.recv() => match e {
+                Some(e) => s.on_event(e),
+                None => break,
+            },
+            c = cmds.recv() => match c {
+                Some(Cmd::Close(reply)) => { closing = Some(reply); break; }
+                Some(c) => s.on_cmd(c).await,
+                None => break,
+            },
+            f = feeds.recv(), if room => if let Some(f) = f {
+                s.on_feed(f);
+            },
+            () = sleep_until(stall_at), if stall_at.is_some() => s.stalled(),
+        }
+        s.dispatch().await;
+        s.check_waits();
+    }
+    // Tell every node we leave for good so they free themselves at once.
+    let mut bye = BytesMut::new();
+    let _ = protocol::codec::encode_frame(&Msg::Bye, &mut bye, 1024);
+    let bye = bye.freeze();
+    for n in s.nodes.values() {
+        let _ = n.tx.send(bye.clone()).await;
+    }
+    s.nodes.clear();
+    // Dropping the handlers lets them flush whatever they buffer before close() returns.
+    s.handlers = None;
+    if let Some(reply) = closing {
+        let _ = reply.send(Ok(()));
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    fn encode(&mut self, msg: &Msg) -> Result<Bytes, protocol::ProtocolError> {
+        self.frame.clear();
+        protocol::codec::encode_frame(msg, &mut self.frame, self.options.max_frame)?;
+        Ok(self.frame.split().freeze())
+    }
+
+    async fn send(&mut self, node: NodeId, msg: &Msg) {
+        let frame = match self.encode(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("cannot encode {}: {e}", msg.name());
+                return;
+            }
+        };
+        if let Some(n) = self.nodes.get(&node) {
+            let _ = n.tx.send(frame).await;
+        }
+    }
+
+    fn on_feed(&mut self, f: Feed) {
+        let n = f.items.len() as u64;
+        if n == 0 {
+            return;
+        }
+        self.counters.fed += n;
+        self.queue.push_back(Chunk::new(
+            protocol::Ids::Range {
+                start: f.start,
+                count: n as u32,
+            },
+            f.items,
+        ));
+    }
+
+    /// No node came back within the no-node timeout: every wait ends with an error.
+    fn stalled(&mut self) {
+        let stall = Stall {
+            pending: self.queue.items(),
+            lost: self.lost.join(", "),
+        };
+        tracing::warn!(
+            pending = stall.pending,
+            "no node for {:?}; giving up on waits",
+            self.options.no_node_timeout
+        );
+        for (_, r) in self.wait_empty.drain(..) {
+            let _ = r.send(Err(stall.error()));
+        }
+        for r in self.wait_input.drain(..) {
+            let _ = r.send(Err(stall.error()));
+        }
+        self.stall.send_replace(Some(stall));
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Gone(id, why) => self.node_lost(id, &why),
+            Event::Msg(id, msg) => {
+                let Some(addr) = self.nodes.get(&id).map(|n| n.addr) else {
+                    return;
+                };
+                match msg {
+                    Msg::Outputs(o) => self.on_outputs(id, o),
+                    Msg::Credit(c) => {
+                        if let Some(n) = self.nodes.get_mut(&id) {
+                            n.credit = c;
+                        }
+                    }
+                    Msg::SetupDone(done) => {
+                        if let Some(n) = self.nodes.get_mut(&id) {
+                            n.ready = true;
+                            n.credit = done.credit;
+                        }
+                        tracing::info!(node = %addr, compiled = done.compiled, cached = done.cached, "chain set up");
+                        self.answer(id, Some(WaitKind::Setup), None);
+                    }
+                    Msg::ResetDone => self.answer(id, Some(WaitKind::Reset), None),
+                    Msg::Paused => self.answer(id, Some(WaitKind::Pause), None),
+                    Msg::Resumed => self.answer(id, Some(WaitKind::Resume), None),
+                    Msg::Draining => {
+                        tracing::info!(node = %addr, "node is draining; sending it nothing more");
+                        if let Some(n) = self.nodes.get_mut(&id) {
+                            n.draining = true;
+                        }
+                    }
+                    Msg::Error(err) => {
+                        let addr_s = addr.to_string();
+                        let e = match err.kind {
+                            ErrorKind::Busy => RootError::Busy {
+                                addr: addr_s,
+                                holder: err
+                                    .message
+                                    .trim_start_matches("busy: set up by ")
+                                    .to_string(),
+                            },
+                            ErrorKind::Setup => RootError::Setup {
+                                addr: addr_s,
+                                message: err.message,
+                            },
+                            _ => RootError::Node {
+                                addr: addr_s,
+                                source: protocol::ProtocolError::Remote(err),
+                            },
+                        };
+                        self.answer(id, None, Some(e));
+                    }
+                    other => tracing::debug!(node = %addr, "unexpected {}", other.name()),
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, node: NodeId, kind: Option<WaitKind>, error: Option<RootError>) {
+        let Some(i) = self
+            .waiters
+            .iter()
+            .position(|w| w.nodes.contains(&node) && kind.is_none_or(|k| w.kind == k))
+        else {
+            if let Some(e) = error {
+                tracing::warn!("node {node}: {e}");
+            }
+            return;
+        };
+        let w = &mut self.waiters[i];
+        w.nodes.remove(&node);
+        if error.is_some() && w.error.is_none() {
+            w.error = error;
+        }
+    }
+
+    /// Hands a completed input's outputs over, in order when delivery is ordered.
+    fn deliver(&mut self, d: Delivery) {
+        let Some(h) = self.handlers.as_mut() else {
+            return;
+        };
+        match self.order.as_mut() {
+            None => h.deliver(d, &mut self.counters),
+            Some(order) => {
+                let bytes = d.bytes();
+                for d in order.complete(d.done.input.0, d, bytes) {
+                    h.deliver(d, &mut self.counters);
+                }
+            }
+        }
+    }
+
+    fn node_lost(&mut self, id: NodeId, why: &str) {
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        let addr = node.addr.to_string();
+        let requeue = inflight::requeue(node.batches, &mut self.attempts, self.options.max_redispatch);
+        let back = requeue.chunks.iter().map(|c| c.items.len() as u64).sum::<u64>();
+        for c in requeue.chunks {
+            self.queue.push_front(c);
+        }
+        self.counters.redispatched += back;
+        self.lost.push(addr.clone());
+        tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
+        for w in &mut self.waiters {
+            if w.nodes.remove(&id) && w.kind == WaitKind::Setup && w.error.is_none() {
+                w.error = Some(RootError::Setup {
+                    addr: addr.clone(),
+                    message: format!("node lost during setup: {why}"),
+                });
+            }
+        }
+        for p in requeue.poison {
+            let failure = ItemFailure {
+                input: p.id,
+                node: addr.clone(),
+                task: String::new(),
+                task_index: u32::MAX,
+                item_start: p.item[..p.item.len().min(200)].to_vec(),
+                input_item: p.item,
+                message: format!(
+                    "poison item: its node was lost {} times while holding it (last: {why})",
+                    p.attempts
+                ),
+            };
+            self.deliver(Delivery::failed(p.id, failure, p.attempts, p.elapsed));
+        }
+        if self.nodes.is_empty() && self.chain.is_some() {
+            self.no_nodes_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    async fn dispatch(&mut self) {
+        if self.paused || self.chain.is_none() {
+            return;
+        }
+        while self.queue.items() > 0 {
+            // The ready node with the most room.
+            let best = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.ready && !n.draining)
+                .map(|(id, n)| (*id, n.room()))
+                .max_by_key(|&(_, room)| room.items);
+            let Some((id, room)) = best else {
+                return;
+            };
+            let want = (self.options.batch_items as u64)
+                .min(u64::from(room.window) / 4)
+                .max(1);
+            if room.items == 0 || room.bytes == 0 || (room.items < want && self.queue.items() > room.items) {
+                return;
+            }
+            let below_id = self
+                .order
+                .as_ref()
+                .map_or(u64::MAX, |o| o.send_below(self.sent_up_to));
+            let cut = Cut {
+                items: room.items.min(self.options.batch_items as u64) as usize,
+                // Far below the frame limit, whatever the node grants.
+                bytes: room.bytes.min(self.options.max_frame as u64 / 2),
+                below_id,
+            };
+            let Some((ids, items)) = self.queue.take(cut) else {
+                return;
+            };
+            if let Some(last) = queue::max_id(&ids) {
+                self.sent_up_to = Some(self.sent_up_to.map_or(last, |s| s.max(last)));
+            }
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let seq = node.next_seq();
+            let msg = Msg::Items(Items { seq, ids, items });
+            let frame = self.encode(&msg);
+            let Msg::Items(Items { ids, items, .. }) = msg else {
+                unreachable!("built as Items above")
+            };
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    // Cannot happen within the cut's bounds; fail the items rather than
+                    // wait for outputs that will never come.
+                    tracing::error!("cannot encode a batch: {e}");
+                    let at = Instant::now();
+                    for (i, item) in items.iter().enumerate() {
+                        let Some(input) = ids.get(i) else { continue };
+                        let failure = ItemFailure {
+                            input,
+                            node: String::new(),
+                            task: String::new(),
+                            task_index: u32::MAX,
+                            item_start: item[..item.len().min(200)].to_vec(),
+                            input_item: item.to_vec(),
+                            message: format!("cannot send the item: {e}"),
+                        };
+                        self.deliver(Delivery::failed(input, failure, 1, at.elapsed()));
+                    }
+                    continue;
+                }
+            };
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            node.hold(seq, ids, items);
+            if node.tx.send(frame).await.is_err() {
+                // The writer is gone; the reader reports the loss and we requeue then.
+                return;
+            }
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.nodes.values().map(|n| n.in_items).sum()
+    }
+
+    fn check_waits(&mut self) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            if self.waiters[i].nodes.is_empty() {
+                let w = self.waiters.remove(i);
+                let _ = w.reply.send(match w.error {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+            } else {
+                i += 1;
+            }
+        }
+        let stalled = self.stall.borrow().clone();
+        if !self.wait_input.is_empty() {
+            if let Some(stall) = &stalled {
+                for r in self.wait_input.drain(..) {
+                    let _ = r.send(Err(stall.error()));
+                }
+            } else if self.queue.items() < (self.options.queue_items / 2) as u64
+                && self.queue.bytes() < self.options.queue_bytes / 2
+            {
+                for r in self.wait_input.drain(..) {
+                    let _ = r.send(Ok(()));
+                }
+            }
+        }
+        if !self.wait_empty.is_empty() {
+            if self.queue.items() == 0 && self.in_flight() == 0 {
+                let fed = self.counters.fed;
+                let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wait_empty)
+                    .into_iter()
+                    .partition(|(want, _)| *want <= fed);
+                self.wait_empty = waiting;
+                for (_, r) in done {
+                    let _ = r.send(Ok(()));
+                }
+            } else if let Some(stall) = &stalled {
+                for (_, r) in self.wait_empty.drain(..) {
+                    let _ = r.send(Err(stall.error()));
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the root to give up for lack of nodes, with the error to return then.
+pub(crate) async fn stalled(rx: &mut watch::Receiver<Option<Stall>>) -> RootError {
+    match rx.wait_for(Option::is_some).await {
+        Ok(s) => s.as_ref().map_or(RootError::Closed, Stall::error),
+        Err(_) => RootError::Closed,
+    }
+}

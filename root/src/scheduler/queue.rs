@@ -1,0 +1,237 @@
+//! The root's input queue: chunks of fed items in feed order, with re-dispatched items put
+//! back at the front, and the cut of a batch for a node out of its front.
+
+use std::collections::VecDeque;
+
+use protocol::{Ids, Packed};
+
+/// Items fed together (or put back together), sent from `pos` on.
+pub(crate) struct Chunk {
+    pub ids: Ids,
+    pub items: Packed,
+    /// Next item to send.
+    pos: usize,
+    /// Offset of item `pos` in `items.data`.
+    byte_pos: usize,
+}
+
+impl Chunk {
+    pub fn new(ids: Ids, items: Packed) -> Chunk {
+        Chunk {
+            ids,
+            items,
+            pos: 0,
+            byte_pos: 0,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.items.len() - self.pos
+    }
+
+    /// The id of the next item to send.
+    fn next_id(&self) -> Option<u64> {
+        self.ids.get(self.pos).map(|i| i.0)
+    }
+}
+
+/// Bounds of one cut.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cut {
+    /// Most items.
+    pub items: usize,
+    /// About this many bytes at most (a single item larger than this still goes alone).
+    pub bytes: u64,
+    /// Only items whose id is below this (ordered delivery: the reorder window).
+    pub below_id: u64,
+}
+
+/// The queue of items not yet sent, in items and bytes.
+#[derive(Default)]
+pub(crate) struct Queue {
+    chunks: VecDeque<Chunk>,
+    items: u64,
+    bytes: u64,
+}
+
+impl Queue {
+    /// Items queued.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Fed items, at the back.
+    pub fn push_back(&mut self, c: Chunk) {
+        self.count_in(&c);
+        self.chunks.push_back(c);
+    }
+
+    /// Items put back after their node was lost: they go first.
+    pub fn push_front(&mut self, c: Chunk) {
+        self.count_in(&c);
+        self.chunks.push_front(c);
+    }
+
+    fn count_in(&mut self, c: &Chunk) {
+        self.items += c.remaining() as u64;
+        self.bytes += (c.items.bytes() - c.byte_pos) as u64;
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.items = 0;
+        self.bytes = 0;
+    }
+
+    /// The id of the next item that would be sent.
+    #[cfg(test)]
+    pub fn front_id(&self) -> Option<u64> {
+        self.chunks.iter().find_map(Chunk::next_id)
+    }
+
+    /// Cuts a batch from the front; `None` when nothing may be sent.
+    pub fn take(&mut self, cut: Cut) -> Option<(Ids, Packed)> {
+        let front = self.chunks.front()?;
+        // A whole fresh chunk that fits goes as it is: no copy.
+        if front.pos == 0
+            && front.remaining() <= cut.items
+            && front.items.bytes() as u64 <= cut.bytes.max(1)
+            && last_id(front).is_some_and(|last| last < cut.below_id)
+        {
+            let c = self.chunks.pop_front()?;
+            self.items -= c.items.len() as u64;
+            self.bytes -= c.items.bytes() as u64;
+            return Some((c.ids, c.items));
+        }
+        let mut ids = Vec::with_capacity(cut.items.min(front.remaining()));
+        let mut items = Packed::new();
+        let mut contiguous = true;
+        while ids.len() < cut.items {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.pos >= front.items.len() {
+                self.chunks.pop_front();
+                continue;
+            }
+            let len = front.items.lens.0[front.pos] as usize;
+            if !ids.is_empty() && (items.bytes() + len) as u64 > cut.bytes {
+                break;
+            }
+            let Some(id) = front.next_id() else {
+                // Ids and items disagree: drop the rest of this chunk rather than loop.
+                self.items -= front.remaining() as u64;
+                self.bytes -= (front.items.bytes() - front.byte_pos) as u64;
+                self.chunks.pop_front();
+                continue;
+            };
+            if id >= cut.below_id {
+                break;
+            }
+            if let Some(&first) = ids.first() {
+                contiguous &= id == first + ids.len() as u64;
+            }
+            ids.push(id);
+            items.push(&front.items.data[front.byte_pos..front.byte_pos + len]);
+            front.pos += 1;
+            front.byte_pos += len;
+            self.items -= 1;
+            self.bytes -= len as u64;
+            if front.pos >= front.items.len() {
+                self.chunks.pop_front();
+            }
+        }
+        let first = *ids.first()?;
+        let ids = if contiguous {
+            Ids::Range {
+                start: first,
+                count: ids.len() as u32,
+            }
+        } else {
+            Ids::List(ids)
+        };
+        Some((ids, items))
+    }
+}
+
+fn last_id(c: &Chunk) -> Option<u64> {
+    max_id(&c.ids)
+}
+
+/// The highest id of a batch.
+pub(crate) fn max_id(ids: &Ids) -> Option<u64> {
+    match ids {
+        Ids::Range { start, count } => (*count > 0).then(|| start + u64::from(*count) - 1),
+        Ids::List(v) => v.iter().copied().max(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(items: &[&str]) -> Packed {
+        items.iter().collect()
+    }
+
+    const ALL: Cut = Cut {
+        items: usize::MAX,
+        bytes: u64::MAX,
+        below_id: u64::MAX,
+    };
+
+    #[test]
+    fn a_fitting_fresh_chunk_goes_whole() {
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(Ids::Range { start: 10, count: 2 }, packed(&["a", "bb"])));
+        assert_eq!((q.items(), q.bytes()), (2, 3));
+        let (ids, items) = q.take(ALL).unwrap();
+        assert_eq!(ids, Ids::Range { start: 10, count: 2 });
+        assert_eq!(items, packed(&["a", "bb"]));
+        assert_eq!((q.items(), q.bytes()), (0, 0));
+        assert!(q.take(ALL).is_none());
+    }
+
+    #[test]
+    fn cuts_respect_items_bytes_and_the_order_window() {
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(Ids::Range { start: 0, count: 4 }, packed(&["a", "b", "c", "d"])));
+        q.push_back(Chunk::new(Ids::Range { start: 4, count: 2 }, packed(&["e", "f"])));
+        let (ids, items) = q.take(Cut { items: 3, ..ALL }).unwrap();
+        assert_eq!((ids, items), (Ids::Range { start: 0, count: 3 }, packed(&["a", "b", "c"])));
+        let (ids, _) = q.take(Cut { bytes: 2, ..ALL }).unwrap();
+        assert_eq!(ids, Ids::Range { start: 3, count: 2 }, "spans chunks, stops at 2 bytes");
+        assert!(q.take(Cut { below_id: 5, ..ALL }).is_none(), "id 5 is outside the window");
+        assert_eq!(q.front_id(), Some(5));
+        let (ids, _) = q.take(Cut { below_id: 6, ..ALL }).unwrap();
+        assert_eq!(ids, Ids::Range { start: 5, count: 1 });
+        assert_eq!((q.items(), q.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn put_back_items_go_first_and_keep_their_ids() {
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(Ids::Range { start: 100, count: 1 }, packed(&["new"])));
+        q.push_front(Chunk::new(Ids::List(vec![7, 3]), packed(&["x", "y"])));
+        assert_eq!(q.front_id(), Some(7));
+        let (ids, items) = q.take(ALL).unwrap();
+        assert_eq!(ids, Ids::List(vec![7, 3]));
+        assert_eq!(items, packed(&["x", "y"]));
+        let (ids, _) = q.take(Cut { items: 1, ..ALL }).unwrap();
+        assert_eq!(ids, Ids::Range { start: 100, count: 1 });
+    }
+
+    #[test]
+    fn a_large_item_still_goes_alone() {
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(Ids::Range { start: 0, count: 2 }, packed(&["0123456789", "x"])));
+        let (ids, _) = q.take(Cut { bytes: 4, ..ALL }).unwrap();
+        assert_eq!(ids, Ids::Range { start: 0, count: 1 });
+    }
+}
