@@ -5,5 +5,6 @@
 mod cluster;
 mod common;
 mod e2e;
+mod lifecycle;
 mod logserver;
 mod reliability;
