@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use protocol::auth::Token;
 use protocol::handshake::{self, Role};
 use protocol::{
-    Connection, ErrorKind, Msg, NodeState, NodeStatus, SessionId, SetupDone, Welcome, WireError,
+    Connection, Holder, Msg, NodeState, NodeStatus, SessionId, SetupDone, Welcome, WireError,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::{ModuleCache, compile_chain};
-use crate::worker::{Batch, Pool, PoolShared};
+use crate::error::{RequestError, SetupError};
+use crate::worker::{Pool, PoolShared};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -80,7 +81,18 @@ struct Owner {
     conn: u64,
     root: String,
     session: SessionId,
+    /// When it claimed the node.
+    since: Instant,
     orphaned_since: Option<Instant>,
+}
+
+impl Owner {
+    fn holder(&self) -> Holder {
+        Holder {
+            root: self.root.clone(),
+            held_s: self.since.elapsed().as_secs(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -150,24 +162,25 @@ impl Node {
     }
 
     /// Who holds the node, unless it is `conn` or the session `resume` may take it over.
-    fn busy_with(&self, conn: u64, resume: Option<SessionId>) -> Option<String> {
+    fn busy_with(&self, conn: u64, resume: Option<SessionId>) -> Option<Holder> {
         let slot = self.slot();
         let owner = slot.owner.as_ref()?;
         let takeover = owner.orphaned_since.is_some_and(|since| {
             Some(owner.session) == resume || since.elapsed() >= self.config.orphan_grace
         });
-        (owner.conn != conn && !takeover).then(|| owner.root.clone())
+        (owner.conn != conn && !takeover).then(|| owner.holder())
     }
 
-    fn claim(&self, conn: u64, root: &str, session: SessionId) -> Result<(), String> {
+    fn claim(&self, conn: u64, root: &str, session: SessionId) -> Result<(), RequestError> {
         if let Some(holder) = self.busy_with(conn, Some(session)) {
-            return Err(format!("busy: set up by {holder}"));
+            return Err(RequestError::Busy { holder });
         }
         let mut slot = self.slot();
         slot.owner = Some(Owner {
             conn,
             root: root.to_string(),
             session,
+            since: Instant::now(),
             orphaned_since: None,
         });
         Ok(())
@@ -327,19 +340,14 @@ async fn serve_probe(
         let reply = match msg {
             Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),
             Ok(Some(Msg::Heartbeat)) => continue,
-            Ok(Some(other)) => Msg::Error(WireError::new(
-                ErrorKind::BadRequest,
-                format!("a status connection cannot send {}", other.name()),
-            )),
+            Ok(Some(other)) => reject(RequestError::Unexpected {
+                connection: "status",
+                message: other.name(),
+            }),
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(node = &*node.addr, %peer, "probe connection: {e}");
-                let _ = conn
-                    .write_message(&Msg::Error(WireError::new(
-                        ErrorKind::BadRequest,
-                        e.to_string(),
-                    )))
-                    .await;
+                let _ = conn.write_message(&reject(e.into())).await;
                 return;
             }
         };
@@ -349,8 +357,9 @@ async fn serve_probe(
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> Msg {
-    Msg::Error(WireError::new(kind, message))
+/// The answer refusing a request.
+fn reject(e: RequestError) -> Msg {
+    Msg::Error(WireError::from(&e))
 }
 
 async fn serve_root(
@@ -422,20 +431,17 @@ async fn serve_root(
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(node = &*node.addr, %peer, "closing root connection: {e}");
-                let _ = tx.send(error(ErrorKind::BadRequest, e.to_string())).await;
+                let _ = tx.send(reject(e.into())).await;
                 break;
             }
         };
         let reply = match msg {
             Msg::StatusRequest => Some(Msg::Status(Box::new(node.status()))),
             Msg::Heartbeat => None,
-            Msg::Setup(setup) if draining => {
-                let _ = setup;
-                Some(error(ErrorKind::ShuttingDown, "node is shutting down"))
-            }
+            Msg::Setup(_) if draining => Some(reject(RequestError::ShuttingDown)),
             Msg::Setup(setup) => {
                 if let Err(busy) = node.claim(conn_id, &root, setup.session) {
-                    Some(error(ErrorKind::Busy, busy))
+                    Some(reject(busy))
                 } else {
                     // Replace any earlier chain of this root.
                     pool = None;
@@ -466,48 +472,14 @@ async fn serve_root(
                         }
                         Err(e) => {
                             tracing::warn!(node = &*node.addr, "setup failed: {e}");
-                            Some(error(ErrorKind::Setup, e))
+                            Some(reject(e.into()))
                         }
                     }
                 }
             }
             Msg::Items(items) => match &pool {
-                None => Some(error(
-                    ErrorKind::NotSetUp,
-                    "items arrived before a chain was set up",
-                )),
-                Some(p) => {
-                    if let Err(e) = items.items.validate() {
-                        Some(error(ErrorKind::BadRequest, e))
-                    } else if items.ids.len() != items.items.len() {
-                        Some(error(
-                            ErrorKind::BadRequest,
-                            "batch has a different number of ids and items",
-                        ))
-                    } else if let Some(big) = items
-                        .items
-                        .lens
-                        .0
-                        .iter()
-                        .find(|&&l| u64::from(l) > p.shared.chain.limits.max_item_bytes)
-                    {
-                        Some(error(
-                            ErrorKind::TooLarge,
-                            format!(
-                                "item of {big} bytes exceeds the limit of {} bytes",
-                                p.shared.chain.limits.max_item_bytes
-                            ),
-                        ))
-                    } else {
-                        match p.submit(Batch {
-                            seq: items.seq,
-                            items: items.items,
-                        }) {
-                            Ok(()) => None,
-                            Err(e) => Some(error(ErrorKind::BadRequest, e)),
-                        }
-                    }
-                }
+                None => Some(reject(RequestError::NotSetUp)),
+                Some(p) => p.accept(items).err().map(reject),
             },
             Msg::Reset => {
                 pool = None;
@@ -530,10 +502,10 @@ async fn serve_root(
                 said_bye = true;
                 break;
             }
-            other => Some(error(
-                ErrorKind::BadRequest,
-                format!("a node does not accept {}", other.name()),
-            )),
+            other => Some(reject(RequestError::Unexpected {
+                connection: "root",
+                message: other.name(),
+            })),
         };
         if let Some(reply) = reply
             && tx.send(reply).await.is_err()
@@ -551,7 +523,7 @@ async fn setup_chain(
     node: &Arc<Node>,
     spec: protocol::ChainSpec,
     out: mpsc::Sender<Msg>,
-) -> Result<(Pool, u32, u32), String> {
+) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
         let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
@@ -564,5 +536,5 @@ async fn setup_chain(
         Ok((pool, compiled, cached))
     })
     .await
-    .map_err(|e| format!("setup task failed: {e}"))?
+    .map_err(|e| SetupError::Join(e.to_string()))?
 }

@@ -233,12 +233,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let embedded = args.nodes.is_empty() && args.scan.is_none();
         // An embedded cluster without a given token gets a fresh random one: only this
         // process can use its node and log server.
-        let token = args.token.token().or_else(|| {
-            embedded.then(|| {
-                let n = protocol::auth::nonce();
-                protocol::auth::Token::new(n.iter().map(|b| format!("{b:02x}")).collect::<String>())
-            })
-        });
+        let token = match args.token.token() {
+            None if embedded => {
+                let n = protocol::auth::nonce()?;
+                Some(protocol::auth::Token::new(
+                    n.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                ))
+            }
+            given => given,
+        };
         let local = if embedded {
             let workers = args.workers.unwrap_or_else(node::cores).max(1);
             Some(LocalCluster::start(args.log_file.clone(), 1, workers, token.clone()).await?)

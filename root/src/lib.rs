@@ -26,7 +26,7 @@ use protocol::{Msg, NodeStatus, Packed};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::RootError;
-pub use protocol::{ChainSpec, ItemId, Limits, TaskSpec};
+pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
 pub use scan::ScanReport;
 pub use scheduler::Counters;
 
@@ -89,8 +89,8 @@ pub struct ItemFailure {
     pub node: String,
     /// The failing task's function name (empty for a poison item).
     pub task: String,
-    /// The failing task's index (`u32::MAX` for a poison item).
-    pub task_index: u32,
+    /// The failing task's index (`None` for a poison item or outputs too large to send).
+    pub task_index: Option<TaskIndex>,
     /// The start of the failing item.
     pub item_start: Vec<u8>,
     /// What happened.
@@ -179,7 +179,8 @@ impl Root {
         if let Some(holder) = welcome.busy_with {
             return Err(RootError::Busy {
                 addr: addr.to_string(),
-                holder,
+                holder: holder.root,
+                held_s: holder.held_s,
             });
         }
         self.call(|reply| Cmd::Attach {

@@ -162,8 +162,10 @@ pub(crate) async fn run(
     mut feeds: mpsc::Receiver<Feed>,
 ) {
     let (events_tx, mut events) = mpsc::channel::<Event>(256);
+    // A session id only tells this root's sessions apart from others': when the OS random
+    // source fails, the handshake fails anyway, so any value does here.
     let session = SessionId(u64::from_le_bytes(
-        protocol::auth::nonce()[..8].try_into().unwrap_or([0; 8]),
+        protocol::auth::nonce().map_or([0; 8], |n| n[..8].try_into().unwrap_or([0; 8])),
     ));
     let mut s = Scheduler {
         options,
@@ -441,12 +443,10 @@ impl Scheduler {
                     Msg::Error(err) => {
                         let addr_s = addr.to_string();
                         let e = match err.kind {
-                            ErrorKind::Busy => RootError::Busy {
+                            ErrorKind::Busy(holder) => RootError::Busy {
                                 addr: addr_s,
-                                holder: err
-                                    .message
-                                    .trim_start_matches("busy: set up by ")
-                                    .to_string(),
+                                holder: holder.root,
+                                held_s: holder.held_s,
                             },
                             ErrorKind::Setup => RootError::Setup {
                                 addr: addr_s,
@@ -476,7 +476,10 @@ impl Scheduler {
         };
         let first = o.first as usize;
         let n = o.counts.0.len();
-        if first + n > batch.done.len() || o.items.validate().is_err() {
+        if first + n > batch.done.len()
+            || first + n > batch.ids.len()
+            || o.items.validate().is_err()
+        {
             tracing::warn!(node = %addr, seq = o.seq, "malformed outputs; ignored");
             return;
         }
@@ -503,7 +506,9 @@ impl Scheduler {
             let count = o.counts.0[i] as usize;
             let dup = batch.done[idx];
             fresh.push(!dup);
-            let id = batch.ids.get(idx).unwrap_or(ItemId(u64::MAX));
+            let Some(id) = batch.ids.get(idx) else {
+                break; // checked above: every index of the range has an id
+            };
             if !dup {
                 batch.done[idx] = true;
                 batch.remaining -= 1;
@@ -527,13 +532,19 @@ impl Scheduler {
             if idx < first || idx >= first + n || !fresh[idx - first] {
                 continue;
             }
-            let input = batch.ids.get(idx).unwrap_or(ItemId(u64::MAX));
+            let Some(input) = batch.ids.get(idx) else {
+                continue;
+            };
             self.counters.failed += 1;
+            let (task, task_index) = match f.task {
+                Some(t) => (t.name, Some(t.index)),
+                None => (String::new(), None),
+            };
             (handlers.failure)(ItemFailure {
                 input,
                 node: addr.to_string(),
-                task: f.task_name,
-                task_index: f.task,
+                task,
+                task_index,
                 item_start: f.item_start,
                 message: f.message,
             });
@@ -602,7 +613,7 @@ impl Scheduler {
                     input,
                     node: node.addr.to_string(),
                     task: String::new(),
-                    task_index: u32::MAX,
+                    task_index: None,
                     item_start,
                     message: format!(
                         "poison item: its node was lost {attempts} times while holding it (last: {why})"
