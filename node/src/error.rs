@@ -208,6 +208,9 @@ pub enum RequestError {
     /// The node is draining.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The node was released (`pcluster release`) while this root set its chain up.
+    #[error("the node was released while the chain was being set up")]
+    Released,
     /// The chain could not be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),
@@ -254,6 +257,7 @@ impl From<&RequestError> for WireError {
         let kind = match e {
             RequestError::Busy { holder } => ErrorKind::Busy(holder.clone()),
             RequestError::ShuttingDown => ErrorKind::ShuttingDown,
+            RequestError::Released => ErrorKind::Setup,
             RequestError::Setup(_) => ErrorKind::Setup,
             RequestError::NotSetUp => ErrorKind::NotSetUp,
             RequestError::ItemTooLarge { .. } => ErrorKind::TooLarge,
