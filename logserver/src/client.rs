@@ -331,7 +331,7 @@ pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<TcpStream, Ha
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let challenge = read_line(&stream)?;
         let server_nonce = handshake::parse_challenge(&challenge)?;
-        let client_nonce = nonce();
+        let client_nonce = nonce()?;
         (&stream).write_all(handshake::answer(token, &server_nonce, &client_nonce).as_bytes())?;
         let reply = read_line(&stream)?;
         handshake::check_reply(token, &client_nonce, &server_nonce, &reply)?;

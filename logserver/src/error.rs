@@ -59,4 +59,7 @@ pub enum HandshakeError {
     /// The socket failed.
     #[error("handshake I/O error")]
     Io(#[from] io::Error),
+    /// No fresh nonce: the OS random source failed.
+    #[error("no nonce: the operating system's random source failed: {0}")]
+    Random(#[from] protocol::auth::RandomUnavailable),
 }

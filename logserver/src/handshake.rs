@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn both_sides_accept_with_the_same_token() {
         let token = Token::new("s3cret");
-        let (sn, cn) = (nonce(), nonce());
+        let (sn, cn) = (nonce().unwrap(), nonce().unwrap());
         let got = parse_challenge(challenge(&sn).trim_end()).expect("challenge");
         assert_eq!(got, sn);
         let reply = answer(&token, &got, &cn);
@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn wrong_tokens_and_garbage_are_refused() {
-        let (sn, cn) = (nonce(), nonce());
+        let (sn, cn) = (nonce().unwrap(), nonce().unwrap());
         let reply = answer(&Token::new("wrong"), &sn, &cn);
         let right = Token::new("right");
         assert!(matches!(

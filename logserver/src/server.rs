@@ -316,7 +316,7 @@ async fn authenticate(
     lines: &mut Lines,
     write: &mut OwnedWriteHalf,
 ) -> Result<(), HandshakeError> {
-    let server_nonce = nonce();
+    let server_nonce = nonce()?;
     write
         .write_all(handshake::challenge(&server_nonce).as_bytes())
         .await?;

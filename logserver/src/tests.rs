@@ -215,7 +215,7 @@ async fn wrong_token_is_refused_and_writes_nothing() {
     let mut challenge = String::new();
     s.read_line(&mut challenge).await.expect("challenge");
     let server_nonce = handshake::parse_challenge(challenge.trim_end()).expect("challenge");
-    let answer = handshake::answer(&Token::new("wrong"), &server_nonce, &nonce());
+    let answer = handshake::answer(&Token::new("wrong"), &server_nonce, &nonce().unwrap());
     s.get_mut()
         .write_all(format!("{answer}sneaked in\n").as_bytes())
         .await
@@ -273,7 +273,7 @@ fn client_refuses_a_server_with_the_wrong_token() {
     let impostor = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
         let (mut s, _) = listener.accept().expect("accept");
-        let server_nonce = nonce();
+        let server_nonce = nonce().unwrap();
         s.write_all(handshake::challenge(&server_nonce).as_bytes())
             .expect("challenge");
         let mut answer = String::new();

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use protocol::{ChainSpec, Limits};
+use crate::error::{CallError, ExportError, SetupError, TaskProblem, TrapCause};
+use protocol::{ChainSpec, Limits, TaskIndex};
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter,
@@ -71,13 +72,13 @@ impl ModuleCache {
     ///
     /// # Errors
     /// When the bytes are not a valid module.
-    pub fn get_or_compile(&self, bytes: &[u8]) -> Result<(Module, bool), String> {
+    pub fn get_or_compile(&self, bytes: &[u8]) -> wasmtime::Result<(Module, bool)> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(m) = self.lock().get(&hash) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok((m.clone(), true));
         }
-        let module = Module::new(engine(), bytes).map_err(|e| format!("{e:#}"))?;
+        let module = Module::new(engine(), bytes)?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         let mut map = self.lock();
         // A node keeps a handful of chains; bound the cache anyway.
@@ -179,7 +180,7 @@ pub struct BatchState {
     data_mark: usize,
     failed_current: bool,
     /// Items of the batch that failed, by position in the batch.
-    pub failures: Vec<(usize, String)>,
+    pub failures: Vec<(usize, CallError)>,
 }
 
 impl BatchState {
@@ -190,10 +191,8 @@ impl BatchState {
         if !self.failed_current && emitted > 1 && !self.generator {
             out.entries.truncate(self.entry_mark);
             out.data.truncate(self.data_mark);
-            self.failures.push((
-                i,
-                format!("emitted {emitted} items but is not a generator (set `generator = true`)"),
-            ));
+            self.failures
+                .push((i, CallError::NotAGenerator { emitted }));
         }
     }
 }
@@ -257,9 +256,10 @@ impl HostState {
                 out.entries.truncate(batch.entry_mark);
                 out.data.truncate(batch.data_mark);
                 batch.failed_current = true;
-                batch
-                    .failures
-                    .push((index, String::from_utf8_lossy(bytes).into_owned()));
+                batch.failures.push((
+                    index,
+                    CallError::Failed(String::from_utf8_lossy(bytes).into_owned()),
+                ));
                 continue;
             }
             if n > *max_item {
@@ -322,7 +322,7 @@ fn check_func(
     name: &str,
     params: &[ValType],
     results: &[ValType],
-) -> Result<(), String> {
+) -> Result<(), ExportError> {
     match module.get_export(name) {
         Some(ExternType::Func(ft)) => {
             let p: Vec<ValType> = ft.params().collect();
@@ -333,13 +333,18 @@ fn check_func(
             if same(&p, params) && same(&r, results) {
                 Ok(())
             } else {
-                Err(format!(
-                    "export `{name}` has type ({p:?}) -> ({r:?}), expected ({params:?}) -> ({results:?})"
-                ))
+                Err(ExportError::WrongType {
+                    name: name.into(),
+                    found: format!("({p:?}) -> ({r:?})"),
+                    expected: format!("({params:?}) -> ({results:?})"),
+                })
             }
         }
-        Some(other) => Err(format!("export `{name}` is a {other:?}, not a function")),
-        None => Err(format!("module has no export named `{name}`")),
+        Some(other) => Err(ExportError::NotAFunction {
+            name: name.into(),
+            found: format!("{other:?}"),
+        }),
+        None => Err(ExportError::Missing { name: name.into() }),
     }
 }
 
@@ -461,20 +466,23 @@ fn linker() -> Linker<HostState> {
 /// Returns the chain and how many modules were compiled and found cached.
 ///
 /// # Errors
-/// A message naming the task or module and the reason.
+/// The first module that does not compile or task that cannot run, named.
 pub fn compile_chain(
     cache: &ModuleCache,
     spec: &ChainSpec,
-) -> Result<(CompiledChain, u32, u32), String> {
+) -> Result<(CompiledChain, u32, u32), SetupError> {
     if spec.tasks.is_empty() {
-        return Err("the chain has no tasks".into());
+        return Err(SetupError::NoTasks);
     }
     let mut modules = Vec::with_capacity(spec.modules.len());
     let (mut compiled, mut cached) = (0, 0);
     for (i, bytes) in spec.modules.iter().enumerate() {
         let (m, hit) = cache
             .get_or_compile(bytes)
-            .map_err(|e| format!("module {i} does not compile: {e}"))?;
+            .map_err(|e| SetupError::Compile {
+                module: i as u32,
+                reason: format!("{e:#}"),
+            })?;
         if hit {
             cached += 1;
         } else {
@@ -485,62 +493,21 @@ pub fn compile_chain(
     let linker = linker();
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for (i, t) in spec.tasks.iter().enumerate() {
-        let name = &t.function;
-        let ctx = |e: String| format!("task {i} `{name}`: {e}");
-        let module = modules
-            .get(t.module as usize)
-            .ok_or_else(|| ctx(format!("names module {} of {}", t.module, modules.len())))?;
-        match module.get_export("memory") {
-            Some(ExternType::Memory(_)) => {}
-            _ => return Err(ctx("module exports no memory named `memory`".into())),
-        }
-        check_func(module, "pcluster_abi_version", &[], &[ValType::I32])
-            .map_err(|e| ctx(format!("{e} (not a pcluster task module? see docs/ABI.md)")))?;
-        check_func(module, "pcluster_input", &[ValType::I32], &[ValType::I32]).map_err(ctx)?;
-        check_func(module, name, &[ValType::I32], &[ValType::I32]).map_err(ctx)?;
-        let init_name = format!("pcluster_init.{name}");
-        let init_export = match module.get_export(&init_name) {
-            Some(_) => {
-                check_func(module, &init_name, &[ValType::I32], &[ValType::I32]).map_err(ctx)?;
-                Some(init_name)
-            }
-            None => None,
+        let name: Arc<str> = t.function.as_str().into();
+        let index = TaskIndex(i as u32);
+        let ctx = |problem| SetupError::Task {
+            index,
+            task: name.clone(),
+            problem,
         };
-        let batch_name = format!("pcluster_batch.{name}");
-        let batch_export = match module.get_export(&batch_name) {
-            Some(_) => {
-                check_func(
-                    module,
-                    &batch_name,
-                    &[ValType::I32, ValType::I32],
-                    &[ValType::I32],
-                )
-                .map_err(ctx)?;
-                Some(batch_name)
-            }
-            None => None,
-        };
-        let has_start = match module.get_export("pcluster_start") {
-            Some(_) => {
-                check_func(module, "pcluster_start", &[], &[]).map_err(ctx)?;
-                true
-            }
-            None => false,
-        };
-        let pre = linker.instantiate_pre(module).map_err(|e| {
-            ctx(format!(
-                "{e:#} (tasks may import only `pcluster` functions)"
-            ))
+        let module = modules.get(t.module as usize).ok_or_else(|| {
+            ctx(TaskProblem::NoSuchModule {
+                module: t.module,
+                count: modules.len(),
+            })
         })?;
-        tasks.push(CompiledTask {
-            name: name.as_str().into(),
-            generator: t.generator,
-            args: t.args.clone(),
-            pre,
-            init_export,
-            batch_export,
-            has_start,
-        });
+        let task = compile_task(&linker, module, &name, t).map_err(ctx)?;
+        tasks.push(task);
     }
     Ok((
         CompiledChain {
@@ -552,6 +519,55 @@ pub fn compile_chain(
         compiled,
         cached,
     ))
+}
+
+/// Checks one task's exports against the ABI and prepares its instantiation.
+fn compile_task(
+    linker: &Linker<HostState>,
+    module: &Module,
+    name: &Arc<str>,
+    spec: &protocol::TaskSpec,
+) -> Result<CompiledTask, TaskProblem> {
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => {}
+        _ => return Err(TaskProblem::NoMemory),
+    }
+    check_func(module, "pcluster_abi_version", &[], &[ValType::I32])
+        .map_err(TaskProblem::NotATaskModule)?;
+    check_func(module, "pcluster_input", &[ValType::I32], &[ValType::I32])
+        .map_err(TaskProblem::Export)?;
+    check_func(module, name, &[ValType::I32], &[ValType::I32]).map_err(TaskProblem::Export)?;
+    let optional = |export: String, params: &[ValType], results: &[ValType]| match module
+        .get_export(&export)
+    {
+        Some(_) => check_func(module, &export, params, results)
+            .map(|()| Some(export))
+            .map_err(TaskProblem::Export),
+        None => Ok(None),
+    };
+    let init_export = optional(
+        format!("pcluster_init.{name}"),
+        &[ValType::I32],
+        &[ValType::I32],
+    )?;
+    let batch_export = optional(
+        format!("pcluster_batch.{name}"),
+        &[ValType::I32, ValType::I32],
+        &[ValType::I32],
+    )?;
+    let has_start = optional("pcluster_start".into(), &[], &[])?.is_some();
+    let pre = linker
+        .instantiate_pre(module)
+        .map_err(|e| TaskProblem::Link(format!("{e:#}")))?;
+    Ok(CompiledTask {
+        name: name.clone(),
+        generator: spec.generator,
+        args: spec.args.clone(),
+        pre,
+        init_export,
+        batch_export,
+        has_start,
+    })
 }
 
 /// One instance of one task on one worker.
@@ -570,21 +586,12 @@ pub struct TaskInstance {
     memory_mb: u64,
 }
 
-/// Why a call failed.
-#[derive(Debug)]
-pub enum CallFailure {
-    /// The task returned a non-zero status; the instance is intact.
-    Status(String),
-    /// The call trapped; the instance must be rebuilt.
-    Trap(String),
-}
-
 impl TaskInstance {
     /// Instantiates `task` and runs its start and init exports.
     ///
     /// # Errors
-    /// A message saying what failed (instantiation, start, or init with its message).
-    pub fn new(task: &CompiledTask, limits: &Limits, log: LogCtx) -> Result<Self, String> {
+    /// What failed: instantiation, start, or init (with the task's message).
+    pub fn new(task: &CompiledTask, limits: &Limits, log: LogCtx) -> Result<Self, TaskProblem> {
         let memory_bytes =
             usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let mut store = Store::new(
@@ -614,25 +621,23 @@ impl TaskInstance {
             + 1;
         // A new store's deadline is 0: set it before anything runs, start and init included.
         store.set_epoch_deadline(deadline_ticks);
-        let instance = task
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("instantiation failed: {e:#}"))?;
+        let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
+        let instance = task.pre.instantiate(&mut store).map_err(instantiate)?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or("module exports no memory")?;
+            .ok_or(TaskProblem::NoMemory)?;
         store.data_mut().memory = Some(memory);
         let func = instance
             .get_typed_func::<u32, u32>(&mut store, &task.name)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(instantiate)?;
         let input = instance
             .get_typed_func::<u32, u32>(&mut store, "pcluster_input")
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(instantiate)?;
         let batch = match &task.batch_export {
             Some(name) => Some(
                 instance
                     .get_typed_func::<(u32, u32), u32>(&mut store, name)
-                    .map_err(|e| format!("{e:#}"))?,
+                    .map_err(instantiate)?,
             ),
             None => None,
         };
@@ -652,29 +657,27 @@ impl TaskInstance {
         if task.has_start {
             let start = instance
                 .get_typed_func::<(), ()>(&mut this.store, "pcluster_start")
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(instantiate)?;
             this.store.set_epoch_deadline(deadline_ticks);
-            start
-                .call(&mut this.store, ())
-                .map_err(|e| format!("pcluster_start failed: {}", this.describe(&e)))?;
+            if let Err(e) = start.call(&mut this.store, ()) {
+                return Err(TaskProblem::Start(this.describe(&e)));
+            }
         }
         if let Some(init_name) = &task.init_export {
             let init = instance
                 .get_typed_func::<u32, u32>(&mut this.store, init_name)
-                .map_err(|e| format!("{e:#}"))?;
-            this.place(&task.args)
-                .map_err(|e| format!("init: {}", this.describe(&e)))?;
+                .map_err(instantiate)?;
+            if let Err(e) = this.place(&task.args) {
+                return Err(TaskProblem::InitTrap(this.describe(&e)));
+            }
             this.store.set_epoch_deadline(deadline_ticks);
             match init.call(&mut this.store, task.args.len() as u32) {
                 Ok(0) => {}
                 Ok(status) => {
-                    let msg = this.store.data_mut().fail.take();
-                    return Err(format!(
-                        "init failed (status {status}): {}",
-                        msg.unwrap_or_else(|| "no message".into())
-                    ));
+                    let message = this.store.data_mut().fail.take();
+                    return Err(TaskProblem::InitStatus { status, message });
                 }
-                Err(e) => return Err(format!("init failed: {}", this.describe(&e))),
+                Err(e) => return Err(TaskProblem::InitTrap(this.describe(&e))),
             }
         }
         Ok(this)
@@ -713,23 +716,27 @@ impl TaskInstance {
     /// Runs the task on one item; its emits land in `store.data().out`.
     ///
     /// # Errors
-    /// [`CallFailure::Status`] when the task reported an error, [`CallFailure::Trap`] when it
-    /// trapped (deadline, memory limit, panic, bad pointer); the caller rebuilds the instance.
+    /// [`CallError::Failed`] or [`CallError::Status`] when the task reported an error,
+    /// [`CallError::Trapped`] when it trapped (deadline, memory limit, panic, bad pointer);
+    /// the caller rebuilds the instance then.
     #[inline]
-    pub fn call(&mut self, item: &[u8]) -> Result<(), CallFailure> {
+    pub fn call(&mut self, item: &[u8]) -> Result<(), CallError> {
         if let Err(e) = self.place(item) {
-            return Err(CallFailure::Trap(self.describe(&e)));
+            return Err(self.describe(&e));
         }
         self.store.set_epoch_deadline(self.deadline_ticks);
         match self.func.call(&mut self.store, item.len() as u32) {
             Ok(0) => Ok(()),
-            Ok(status) => {
-                let msg = self.store.data_mut().fail.take();
-                Err(CallFailure::Status(msg.unwrap_or_else(|| {
-                    format!("task returned error status {status}")
-                })))
-            }
-            Err(e) => Err(CallFailure::Trap(self.describe(&e))),
+            Ok(status) => Err(self.failed(status)),
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    /// The error of a call that returned a non-zero `status`.
+    fn failed(&mut self, status: u32) -> CallError {
+        match self.store.data_mut().fail.take() {
+            Some(message) => CallError::Failed(message),
+            None => CallError::Status(status),
         }
     }
 
@@ -745,7 +752,7 @@ impl TaskInstance {
     /// # Errors
     /// When the call trapped or reported the batch itself as failed: nothing of the batch is
     /// kept, and the caller re-runs its items one by one (after rebuilding on a trap).
-    pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallFailure> {
+    pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallError> {
         self.block.clear();
         for (_, item) in items {
             self.block
@@ -759,7 +766,7 @@ impl TaskInstance {
         let len = block.len() as u32;
         self.block = block;
         if let Err(e) = placed {
-            return Err(CallFailure::Trap(self.describe(&e)));
+            return Err(self.describe(&e));
         }
         let st = self.store.data_mut();
         let (entry_start, data_start) = (st.out.entries.len(), st.out.data.len());
@@ -771,7 +778,8 @@ impl TaskInstance {
         st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
         self.store.set_epoch_deadline(self.deadline_ticks);
         let Some(batch) = &self.batch else {
-            return Err(CallFailure::Status("no batched export".into()));
+            // Callers check `has_batch` first; this is the item-by-item fallback's signal.
+            return Err(CallError::Status(0));
         };
         let result = batch.call(&mut self.store, (items.len() as u32, len));
         let st = self.store.data_mut();
@@ -782,12 +790,8 @@ impl TaskInstance {
         batch.failed_current = false;
         let failed = match result {
             Ok(0) => return Ok(()),
-            Ok(status) => CallFailure::Status(
-                st.fail
-                    .take()
-                    .unwrap_or_else(|| format!("batch returned status {status}")),
-            ),
-            Err(e) => CallFailure::Trap(self.describe(&e)),
+            Ok(status) => self.failed(status),
+            Err(e) => self.describe(&e),
         };
         let st = self.store.data_mut();
         st.out.entries.truncate(entry_start);
@@ -796,21 +800,22 @@ impl TaskInstance {
         Err(failed)
     }
 
-    /// A readable reason for a failed call.
-    fn describe(&mut self, err: &wasmtime::Error) -> String {
+    /// The error of a call that trapped, with what the guest and the limiter said.
+    fn describe(&mut self, err: &wasmtime::Error) -> CallError {
         let st = self.store.data_mut();
-        let msg = st.fail.take();
+        let message = st.fail.take();
         let denied = std::mem::take(&mut st.limiter.denied);
-        let base = match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("deadline of {} ms exceeded", self.deadline_ms),
-            Some(trap) => format!("trap: {trap}"),
-            None => format!("{err:#}"),
+        let cause = match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapCause::Deadline {
+                ms: self.deadline_ms,
+            },
+            Some(trap) => TrapCause::Wasm(*trap),
+            None => TrapCause::Host(format!("{err:#}")),
         };
-        match (denied, msg) {
-            (true, Some(m)) => format!("memory limit of {} MiB reached: {m}", self.memory_mb),
-            (true, None) => format!("memory limit of {} MiB reached ({base})", self.memory_mb),
-            (false, Some(m)) => format!("{m} ({base})"),
-            (false, None) => base,
+        CallError::Trapped {
+            cause,
+            message,
+            memory_limit_mb: denied.then_some(self.memory_mb),
         }
     }
 }

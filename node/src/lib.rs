@@ -4,9 +4,12 @@
 //! - [`server`]: the TCP server, sessions, and message handling.
 //! - [`worker`]: the worker pool and the per-unit chain execution.
 //! - [`engine`]: wasmtime: engine, module cache, task instances and host functions.
+//! - [`error`]: typed errors (setup, item, request) and their mapping to the wire.
 
 pub mod engine;
+pub mod error;
 pub mod server;
 pub mod worker;
 
+pub use error::{CallError, RequestError, SetupError, TaskProblem};
 pub use server::{NodeConfig, NodeError, cores, run};

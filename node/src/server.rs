@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use protocol::auth::Token;
 use protocol::handshake::{self, Role};
 use protocol::{
-    Connection, ErrorKind, Msg, NodeState, NodeStatus, SessionId, SetupDone, Welcome, WireError,
+    Connection, Holder, Msg, NodeState, NodeStatus, Released, SessionId, SetupDone, Welcome,
+    WireError,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::{ModuleCache, compile_chain};
-use crate::worker::{Batch, Pool, PoolShared};
+use crate::error::{RequestError, SetupError};
+use crate::worker::{Pool, PoolShared};
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -76,11 +78,33 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
+/// The root that holds the node: it set a chain up over connection `conn`.
 struct Owner {
     conn: u64,
     root: String,
     session: SessionId,
+    /// When it claimed the node.
+    since: Instant,
+    /// Set when its connection ended without a goodbye: the node is then free for any root
+    /// (status shows it orphaned until the grace period ends or a root takes it).
     orphaned_since: Option<Instant>,
+    /// Cancelled to end the owner's connection: a release, or its own session taken over
+    /// from a new connection.
+    kick: CancellationToken,
+}
+
+impl Owner {
+    fn holder(&self) -> Holder {
+        Holder {
+            root: self.root.clone(),
+            held_s: self.since.elapsed().as_secs(),
+        }
+    }
+
+    /// Whether its connection is alive, so that it keeps other roots out.
+    fn alive(&self) -> bool {
+        self.orphaned_since.is_none()
+    }
 }
 
 #[derive(Default)]
@@ -100,6 +124,16 @@ impl Slot {
         }
         self.chain = None;
     }
+
+    /// Refuses `conn` when another root holds the node over a live connection.
+    fn check_owner(&self, conn: u64) -> Result<(), RequestError> {
+        match &self.owner {
+            Some(o) if o.conn != conn && o.alive() => {
+                Err(RequestError::Busy { holder: o.holder() })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 struct Node {
@@ -107,6 +141,8 @@ struct Node {
     addr: Arc<str>,
     started: Instant,
     cache: ModuleCache,
+    /// Who holds the node and its chain. Every check-and-change of the owner happens under
+    /// this one lock, so two roots racing for the node cannot both claim it.
     slot: Mutex<Slot>,
     next_conn: AtomicU64,
     draining: CancellationToken,
@@ -124,7 +160,7 @@ impl Node {
         } else {
             match &slot.owner {
                 None => NodeState::Free,
-                Some(o) if o.orphaned_since.is_some() => NodeState::Orphaned,
+                Some(o) if !o.alive() => NodeState::Orphaned,
                 Some(_) => NodeState::Busy,
             }
         };
@@ -149,31 +185,91 @@ impl Node {
         }
     }
 
-    /// Who holds the node, unless it is `conn` or the session `resume` may take it over.
-    fn busy_with(&self, conn: u64, resume: Option<SessionId>) -> Option<String> {
+    /// The root holding the node over a live connection, unless that is `conn` itself or
+    /// the session `resume` (the same root on a new connection).
+    fn busy_with(&self, conn: u64, resume: Option<SessionId>) -> Option<Holder> {
         let slot = self.slot();
         let owner = slot.owner.as_ref()?;
-        let takeover = owner.orphaned_since.is_some_and(|since| {
-            Some(owner.session) == resume || since.elapsed() >= self.config.orphan_grace
-        });
-        (owner.conn != conn && !takeover).then(|| owner.root.clone())
+        (owner.conn != conn && owner.alive() && Some(owner.session) != resume)
+            .then(|| owner.holder())
     }
 
-    fn claim(&self, conn: u64, root: &str, session: SessionId) -> Result<(), String> {
-        if let Some(holder) = self.busy_with(conn, Some(session)) {
-            return Err(format!("busy: set up by {holder}"));
-        }
+    /// Makes `conn` the owner, atomically: refused while another root's connection holds
+    /// the node; an orphaned owner, or this root's own session on an older connection, is
+    /// taken over (its chain dropped, its connection closed).
+    fn claim(
+        &self,
+        conn: u64,
+        root: &str,
+        session: SessionId,
+        kick: &CancellationToken,
+    ) -> Result<(), RequestError> {
         let mut slot = self.slot();
+        let mut since = Instant::now();
+        if let Some(o) = &slot.owner {
+            if o.conn == conn {
+                since = o.since;
+            } else if o.alive() && o.session != session {
+                return Err(RequestError::Busy { holder: o.holder() });
+            } else {
+                tracing::info!(node = &*self.addr, old = %o.root, new = root,
+                    "a new root takes the node over from a session whose connection is gone");
+                o.kick.cancel();
+            }
+        }
+        slot.drop_chain();
         slot.owner = Some(Owner {
             conn,
             root: root.to_string(),
             session,
+            since,
             orphaned_since: None,
+            kick: kick.clone(),
         });
         Ok(())
     }
 
-    fn release(self: &Arc<Self>, conn: u64, said_bye: bool) {
+    /// Installs the chain `conn` set up, unless it lost the node meanwhile (released or
+    /// taken over while the chain compiled).
+    fn install(&self, conn: u64, pool: &Arc<PoolShared>) -> Result<(), RequestError> {
+        let mut slot = self.slot();
+        match &slot.owner {
+            Some(o) if o.conn == conn => {
+                slot.chain = Some((pool.chain.name.clone(), pool.chain.version.clone()));
+                slot.pool = Some(pool.clone());
+                Ok(())
+            }
+            Some(o) if o.alive() => Err(RequestError::Busy { holder: o.holder() }),
+            _ => Err(RequestError::Released),
+        }
+    }
+
+    /// Drops the chain of `conn`, if it holds the node; refused when another root does.
+    fn reset(&self, conn: u64) -> Result<(), RequestError> {
+        let mut slot = self.slot();
+        slot.check_owner(conn)?;
+        if slot.owner.as_ref().is_some_and(|o| o.conn == conn) {
+            slot.drop_chain();
+        }
+        Ok(())
+    }
+
+    /// Frees the node whoever holds it (`pcluster release`): drops the chain and closes the
+    /// holder's connection. Returns who held it.
+    fn release_by(&self, peer: SocketAddr) -> Option<Holder> {
+        let mut slot = self.slot();
+        slot.drop_chain();
+        let owner = slot.owner.take()?;
+        owner.kick.cancel();
+        let holder = owner.holder();
+        tracing::warn!(node = &*self.addr, %peer, root = %owner.root,
+            "released by {peer}, was held by {}", owner.root);
+        Some(holder)
+    }
+
+    /// `conn` ended: a goodbye frees the node; otherwise it is orphaned (free for any root
+    /// at once; status shows it orphaned for the grace period).
+    fn disconnected(self: &Arc<Self>, conn: u64, said_bye: bool) {
         let mut guard = self.slot();
         let slot = &mut *guard;
         let Some(owner) = slot.owner.as_mut() else {
@@ -193,7 +289,7 @@ impl Node {
         let since = Instant::now();
         owner.orphaned_since = Some(since);
         tracing::info!(node = &*self.addr, root = %owner.root, grace_s = self.config.orphan_grace.as_secs(),
-            "root disconnected; keeping its chain for the grace period");
+            "root disconnected; the node is free for any root, its chain shown for the grace period");
         let node = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(node.config.orphan_grace).await;
@@ -326,20 +422,18 @@ async fn serve_probe(
         };
         let reply = match msg {
             Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),
+            Ok(Some(Msg::Release)) => Msg::Released(Released {
+                was_held_by: node.release_by(peer),
+            }),
             Ok(Some(Msg::Heartbeat)) => continue,
-            Ok(Some(other)) => Msg::Error(WireError::new(
-                ErrorKind::BadRequest,
-                format!("a status connection cannot send {}", other.name()),
-            )),
+            Ok(Some(other)) => reject(RequestError::Unexpected {
+                connection: "status",
+                message: other.name(),
+            }),
             Ok(None) => return,
             Err(e) => {
                 tracing::debug!(node = &*node.addr, %peer, "probe connection: {e}");
-                let _ = conn
-                    .write_message(&Msg::Error(WireError::new(
-                        ErrorKind::BadRequest,
-                        e.to_string(),
-                    )))
-                    .await;
+                let _ = conn.write_message(&reject(e.into())).await;
                 return;
             }
         };
@@ -349,8 +443,9 @@ async fn serve_probe(
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> Msg {
-    Msg::Error(WireError::new(kind, message))
+/// The answer refusing a request.
+fn reject(e: RequestError) -> Msg {
+    Msg::Error(WireError::from(&e))
 }
 
 async fn serve_root(
@@ -388,6 +483,10 @@ async fn serve_root(
     });
 
     let mut pool: Option<Pool> = None;
+    // Cancelled when this connection loses the node it holds (a release, or its session
+    // taken over from a newer connection): the connection closes, so its root sees the node
+    // lost and re-dispatches what it held.
+    let kick = CancellationToken::new();
     let mut draining = false;
     let mut said_bye = false;
     let mut drain_check = tokio::time::interval(Duration::from_millis(10));
@@ -403,6 +502,10 @@ async fn serve_root(
                     break;
                 }
             },
+            _ = kick.cancelled() => {
+                tracing::warn!(node = &*node.addr, %peer, "this root no longer holds the node; closing its connection");
+                break;
+            }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 tracing::info!(node = &*node.addr, "draining: finishing the items in flight");
@@ -422,39 +525,34 @@ async fn serve_root(
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(node = &*node.addr, %peer, "closing root connection: {e}");
-                let _ = tx.send(error(ErrorKind::BadRequest, e.to_string())).await;
+                let _ = tx.send(reject(e.into())).await;
                 break;
             }
         };
         let reply = match msg {
             Msg::StatusRequest => Some(Msg::Status(Box::new(node.status()))),
             Msg::Heartbeat => None,
-            Msg::Setup(setup) if draining => {
-                let _ = setup;
-                Some(error(ErrorKind::ShuttingDown, "node is shutting down"))
-            }
+            Msg::Setup(_) if draining => Some(reject(RequestError::ShuttingDown)),
             Msg::Setup(setup) => {
-                if let Err(busy) = node.claim(conn_id, &root, setup.session) {
-                    Some(error(ErrorKind::Busy, busy))
+                if let Err(busy) = node.claim(conn_id, &root, setup.session, &kick) {
+                    Some(reject(busy))
                 } else {
-                    // Replace any earlier chain of this root.
+                    // The claim dropped any earlier chain of this root; stop its workers.
                     pool = None;
-                    node.slot().drop_chain();
                     let started = Instant::now();
-                    match setup_chain(&node, setup.chain, tx.clone()).await {
+                    let set_up = setup_chain(&node, setup.chain, tx.clone())
+                        .await
+                        .map_err(RequestError::from)
+                        .and_then(|(p, compiled, cached)| {
+                            node.install(conn_id, &p.shared)?;
+                            Ok((p, compiled, cached))
+                        });
+                    match set_up {
                         Ok((p, compiled, cached)) => {
                             let credit = p.shared.credit();
                             p.shared
                                 .announced
                                 .store(u64::from(credit.items), Ordering::Relaxed);
-                            {
-                                let mut slot = node.slot();
-                                slot.chain = Some((
-                                    p.shared.chain.name.clone(),
-                                    p.shared.chain.version.clone(),
-                                ));
-                                slot.pool = Some(p.shared.clone());
-                            }
                             tracing::info!(node = &*node.addr, chain = %p.shared.chain.name, compiled, cached,
                                 ms = started.elapsed().as_millis() as u64, "chain set up");
                             pool = Some(p);
@@ -466,74 +564,45 @@ async fn serve_root(
                         }
                         Err(e) => {
                             tracing::warn!(node = &*node.addr, "setup failed: {e}");
-                            Some(error(ErrorKind::Setup, e))
+                            Some(reject(e))
                         }
                     }
                 }
             }
             Msg::Items(items) => match &pool {
-                None => Some(error(
-                    ErrorKind::NotSetUp,
-                    "items arrived before a chain was set up",
-                )),
-                Some(p) => {
-                    if let Err(e) = items.items.validate() {
-                        Some(error(ErrorKind::BadRequest, e))
-                    } else if items.ids.len() != items.items.len() {
-                        Some(error(
-                            ErrorKind::BadRequest,
-                            "batch has a different number of ids and items",
-                        ))
-                    } else if let Some(big) = items
-                        .items
-                        .lens
-                        .0
-                        .iter()
-                        .find(|&&l| u64::from(l) > p.shared.chain.limits.max_item_bytes)
-                    {
-                        Some(error(
-                            ErrorKind::TooLarge,
-                            format!(
-                                "item of {big} bytes exceeds the limit of {} bytes",
-                                p.shared.chain.limits.max_item_bytes
-                            ),
-                        ))
-                    } else {
-                        match p.submit(Batch {
-                            seq: items.seq,
-                            items: items.items,
-                        }) {
-                            Ok(()) => None,
-                            Err(e) => Some(error(ErrorKind::BadRequest, e)),
-                        }
-                    }
-                }
+                None => Some(reject(RequestError::NotSetUp)),
+                Some(p) => p.accept(items).err().map(reject),
             },
-            Msg::Reset => {
-                pool = None;
-                node.slot().drop_chain();
-                Some(Msg::ResetDone)
-            }
-            Msg::Pause => {
-                if let Some(p) = &pool {
-                    p.shared.set_paused(true);
+            // Only the connection holding the node may reset, pause or resume it: another
+            // root's connection is told who holds it.
+            Msg::Reset => match node.reset(conn_id) {
+                Ok(()) => {
+                    pool = None;
+                    Some(Msg::ResetDone)
                 }
-                Some(Msg::Paused)
-            }
-            Msg::Resume => {
-                if let Some(p) = &pool {
-                    p.shared.set_paused(false);
+                Err(busy) => Some(reject(busy)),
+            },
+            Msg::Pause | Msg::Resume => {
+                let pause = matches!(msg, Msg::Pause);
+                match &pool {
+                    Some(p) => {
+                        p.shared.set_paused(pause);
+                        Some(if pause { Msg::Paused } else { Msg::Resumed })
+                    }
+                    None => match node.slot().check_owner(conn_id) {
+                        Ok(()) => Some(if pause { Msg::Paused } else { Msg::Resumed }),
+                        Err(busy) => Some(reject(busy)),
+                    },
                 }
-                Some(Msg::Resumed)
             }
             Msg::Bye => {
                 said_bye = true;
                 break;
             }
-            other => Some(error(
-                ErrorKind::BadRequest,
-                format!("a node does not accept {}", other.name()),
-            )),
+            other => Some(reject(RequestError::Unexpected {
+                connection: "root",
+                message: other.name(),
+            })),
         };
         if let Some(reply) = reply
             && tx.send(reply).await.is_err()
@@ -542,7 +611,7 @@ async fn serve_root(
         }
     }
     drop(pool);
-    node.release(conn_id, said_bye);
+    node.disconnected(conn_id, said_bye);
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
 }
@@ -551,7 +620,7 @@ async fn setup_chain(
     node: &Arc<Node>,
     spec: protocol::ChainSpec,
     out: mpsc::Sender<Msg>,
-) -> Result<(Pool, u32, u32), String> {
+) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
         let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
@@ -564,5 +633,5 @@ async fn setup_chain(
         Ok((pool, compiled, cached))
     })
     .await
-    .map_err(|e| format!("setup task failed: {e}"))?
+    .map_err(|e| SetupError::Join(e.to_string()))?
 }

@@ -11,10 +11,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use protocol::{Credit, Failure, Msg, Outputs, Packed, TaskCounters, U32s};
+use protocol::{Credit, FailedTask, Failure, Msg, Outputs, Packed, TaskCounters, TaskIndex, U32s};
 use tokio::sync::mpsc;
 
-use crate::engine::{CallFailure, CompiledChain, LogCtx, OutBuf, TaskInstance};
+use crate::engine::{CompiledChain, LogCtx, OutBuf, TaskInstance};
+use crate::error::{CallError, RequestError, SetupError, TaskProblem};
 
 /// How long one work unit should take; units are sized from the measured time per item.
 const UNIT_TARGET_NS: u64 = 2_000_000;
@@ -219,7 +220,7 @@ impl Pool {
         workers: u32,
         node: Arc<str>,
         out: mpsc::Sender<Msg>,
-    ) -> Result<Pool, String> {
+    ) -> Result<Pool, SetupError> {
         let hint = speed_hint(&chain);
         let shared = Arc::new(PoolShared {
             counters: chain.tasks.iter().map(|_| Counters::default()).collect(),
@@ -236,7 +237,7 @@ impl Pool {
             workers,
         });
         let (tx, rx) = crossbeam_channel::bounded::<Work>(1 << 16);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SetupError>>();
         let mut threads = Vec::with_capacity(workers as usize);
         for w in 0..workers {
             let shared = shared.clone();
@@ -263,7 +264,7 @@ impl Pool {
                 });
             match spawned {
                 Ok(h) => threads.push(h),
-                Err(e) => return Err(format!("cannot start worker thread: {e}")),
+                Err(e) => return Err(SetupError::Thread(e)),
             }
         }
         drop(ready_tx);
@@ -281,20 +282,46 @@ impl Pool {
                 }
                 Err(_) => {
                     pool.stop();
-                    return Err("a worker thread died during setup".into());
+                    return Err(SetupError::WorkerDied);
                 }
             }
         }
         Ok(pool)
     }
 
+    /// Checks a batch from the network against the chain's limits and queues it.
+    ///
+    /// # Errors
+    /// A malformed batch, an item over the limit, or as [`Pool::submit`].
+    pub fn accept(&self, items: protocol::Items) -> Result<(), RequestError> {
+        items.items.validate()?;
+        if items.ids.len() != items.items.len() {
+            return Err(RequestError::IdsMismatch {
+                ids: items.ids.len(),
+                items: items.items.len(),
+            });
+        }
+        let limit = self.shared.chain.limits.max_item_bytes;
+        if let Some(&big) = items.items.lens.0.iter().find(|&&l| u64::from(l) > limit) {
+            return Err(RequestError::ItemTooLarge {
+                size: u64::from(big),
+                limit,
+            });
+        }
+        self.submit(Batch {
+            seq: items.seq,
+            items: items.items,
+        })
+    }
+
     /// Splits a batch into work units and queues them.
     ///
     /// # Errors
     /// When the queue is full (the root ignored its credit) or the pool is stopped.
-    pub fn submit(&self, batch: Batch) -> Result<(), String> {
+    pub fn submit(&self, batch: Batch) -> Result<(), RequestError> {
         let Some(queue) = &self.queue else {
-            return Err("the pool is stopped".into());
+            // Only a reset stops a pool, and a reset drops it.
+            return Err(RequestError::NotSetUp);
         };
         let n = batch.items.len() as u32;
         self.shared
@@ -320,7 +347,7 @@ impl Pool {
                 self.shared
                     .in_flight
                     .fetch_sub(u64::from(n - first), Ordering::Relaxed);
-                return Err("work queue full: the root sent more than its credit".into());
+                return Err(RequestError::OverCredit);
             }
             first += count;
             byte_start += bytes;
@@ -360,7 +387,8 @@ struct Worker {
     shared: Arc<PoolShared>,
     index: u32,
     node: Arc<str>,
-    instances: Vec<Result<TaskInstance, String>>,
+    /// One instance per task; an `Err` when it could not be rebuilt after a trap.
+    instances: Vec<Result<TaskInstance, Arc<TaskProblem>>>,
     /// Recent nanoseconds per call of each task on this worker.
     task_ns: Vec<u64>,
     /// Fan-out parts the queue had no room for; this worker runs them itself.
@@ -370,7 +398,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(shared: Arc<PoolShared>, index: u32, node: Arc<str>) -> Result<Worker, String> {
+    fn new(shared: Arc<PoolShared>, index: u32, node: Arc<str>) -> Result<Worker, SetupError> {
         let mut instances = Vec::with_capacity(shared.chain.tasks.len());
         for (i, task) in shared.chain.tasks.iter().enumerate() {
             let ctx = LogCtx {
@@ -378,8 +406,13 @@ impl Worker {
                 worker: index,
                 task: task.name.clone(),
             };
-            let inst = TaskInstance::new(task, &shared.chain.limits, ctx)
-                .map_err(|e| format!("task {i} `{}`: {e}", task.name))?;
+            let inst = TaskInstance::new(task, &shared.chain.limits, ctx).map_err(|problem| {
+                SetupError::Task {
+                    index: TaskIndex(i as u32),
+                    task: task.name.clone(),
+                    problem,
+                }
+            })?;
             instances.push(Ok(inst));
         }
         Ok(Worker {
@@ -768,8 +801,7 @@ fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         if too_big {
             cur.failures.push(Failure {
                 index,
-                task: u32::MAX,
-                task_name: String::new(),
+                task: None,
                 item_start: Vec::new(),
                 message: format!(
                     "the outputs of this input ({own_bytes} bytes) exceed the {limit}-byte message limit"
@@ -810,7 +842,7 @@ struct StageCtx<'a> {
     k: usize,
     node: &'a Arc<str>,
     worker: u32,
-    slot: &'a mut Result<TaskInstance, String>,
+    slot: &'a mut Result<TaskInstance, Arc<TaskProblem>>,
     sink: FailureSink<'a>,
     calls: u64,
     /// Whether to use the task's batched export (its items are known to be fast).
@@ -853,30 +885,31 @@ impl StageCtx<'_> {
     /// Many items in one guest call; on any trouble with the batch as a whole, its items run
     /// one by one, so a trap or a deadline still fails only its own item.
     fn run_chunk(&mut self, chunk: &[(u32, &[u8])], stage: &mut OutBuf) {
-        let result = match self.slot {
-            Ok(inst) => inst.call_batch(chunk),
-            Err(_) => Err(CallFailure::Status(String::new())),
+        let Ok(inst) = self.slot else {
+            // No instance: the items fail one by one, each with why.
+            for &(input, item) in chunk {
+                self.call_one(input, item, stage);
+            }
+            return;
         };
+        let result = inst.call_batch(chunk);
         match result {
             Ok(()) => {
                 self.calls += chunk.len() as u64;
                 let Ok(inst) = self.slot else { return };
                 let failures = std::mem::take(&mut inst.store.data_mut().batch.failures);
                 let task = &self.chain.tasks[self.k];
-                for (i, message) in failures {
+                for (i, error) in failures {
                     let Some(&(input, item)) = chunk.get(i) else {
                         continue;
                     };
-                    self.sink.record(&task.name, input, item, message);
+                    self.sink.record(&task.name, input, item, error);
                 }
             }
-            Err(CallFailure::Status(_)) => {
-                for &(input, item) in chunk {
-                    self.call_one(input, item, stage);
+            Err(e) => {
+                if e.trapped() {
+                    self.rebuild(stage);
                 }
-            }
-            Err(CallFailure::Trap(_)) => {
-                self.rebuild(stage);
                 for &(input, item) in chunk {
                     self.call_one(input, item, stage);
                 }
@@ -889,10 +922,10 @@ impl StageCtx<'_> {
         self.calls += 1;
         let inst = match self.slot {
             Ok(inst) => inst,
-            Err(msg) => {
+            Err(problem) => {
                 // An instance that could not be rebuilt fails every item it is given.
-                let message = format!("task instance unavailable: {msg}");
-                self.sink.record(&task.name, input, item, message);
+                let error = CallError::Unavailable(problem.clone());
+                self.sink.record(&task.name, input, item, error);
                 return;
             }
         };
@@ -903,24 +936,19 @@ impl StageCtx<'_> {
         let result = inst.call(item);
         let st = inst.store.data_mut();
         let emitted = st.out.entries.len() - mark_e;
-        let (err, trapped) = match result {
-            Ok(()) if emitted > 1 && !task.generator => (
-                Some(format!(
-                    "emitted {emitted} items but is not a generator (set `generator = true`)"
-                )),
-                false,
-            ),
-            Ok(()) => (None, false),
-            Err(CallFailure::Status(m)) => (Some(m), false),
-            Err(CallFailure::Trap(m)) => (Some(m), true),
+        let err = match result {
+            Ok(()) if emitted > 1 && !task.generator => Some(CallError::NotAGenerator { emitted }),
+            Ok(()) => None,
+            Err(e) => Some(e),
         };
-        if let Some(message) = err {
+        if let Some(error) = err {
             st.out.entries.truncate(mark_e);
             st.out.data.truncate(mark_d);
-            self.sink.record(&task.name, input, item, message);
-        }
-        if trapped {
-            self.rebuild(stage);
+            let trapped = error.trapped();
+            self.sink.record(&task.name, input, item, error);
+            if trapped {
+                self.rebuild(stage);
+            }
         }
     }
 
@@ -937,7 +965,7 @@ impl StageCtx<'_> {
             worker: self.worker,
             task: task.name.clone(),
         };
-        *self.slot = TaskInstance::new(task, &self.chain.limits, ctx);
+        *self.slot = TaskInstance::new(task, &self.chain.limits, ctx).map_err(Arc::new);
         match self.slot {
             Ok(fresh) => std::mem::swap(&mut fresh.store.data_mut().out, &mut out),
             Err(e) => {
@@ -963,20 +991,25 @@ struct FailureSink<'a> {
 }
 
 impl FailureSink<'_> {
-    fn record(&mut self, task: &str, input: u32, item: &[u8], message: String) {
+    /// Turns one failed call into the failure the root gets: the task, the start of the
+    /// item and the error's message.
+    fn record(&mut self, task: &str, input: u32, item: &[u8], error: CallError) {
         self.failed += 1;
         tracing::debug!(
             node = self.node,
             worker = self.worker,
             task,
-            "item failed: {message}"
+            input,
+            "item failed: {error}"
         );
         self.failures.push(Failure {
             index: input,
-            task: self.k as u32,
-            task_name: task.to_string(),
+            task: Some(FailedTask {
+                index: TaskIndex(self.k as u32),
+                name: task.to_string(),
+            }),
             item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
-            message,
+            message: error.to_string(),
         });
     }
 }
@@ -1000,7 +1033,7 @@ impl LocalChain {
     ///
     /// # Errors
     /// As a node's setup would fail.
-    pub fn new(spec: &protocol::ChainSpec) -> Result<LocalChain, String> {
+    pub fn new(spec: &protocol::ChainSpec) -> Result<LocalChain, SetupError> {
         let cache = crate::engine::ModuleCache::default();
         let (chain, _, _) = crate::engine::compile_chain(&cache, spec)?;
         let shared = Arc::new(PoolShared {

@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::commands::{
-    log::LogArgs, new::NewArgs, node::NodeArgs, scan::ScanArgs, status::StatusArgs,
+    log::LogArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs, scan::ScanArgs,
+    status::StatusArgs,
 };
 use crate::run::RunArgs;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print the status of nodes.
     Status(StatusArgs),
+    /// Free nodes held by another root (a live but stuck one); each node logs who did it.
+    Release(ReleaseArgs),
     /// Write a new task crate with a chain file and an input, ready to run.
     New(NewArgs),
     /// Benchmark W1/W2 on a local cluster and print a table.
@@ -39,13 +42,14 @@ pub enum Command {
 
 /// Runs the subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    use crate::commands::{log, new, node, scan, status};
+    use crate::commands::{log, new, node, release, scan, status};
     match cli.command {
         Command::Log(a) => log::run(a),
         Command::Node(a) => node::run(a),
         Command::Run(a) => crate::run::run(*a),
         Command::Scan(a) => scan::run(a),
         Command::Status(a) => status::run(a),
+        Command::Release(a) => release::run(a),
         Command::New(a) => new::run(a),
         Command::Bench(a) => crate::bench::run(a),
     }

@@ -60,19 +60,20 @@ impl Token {
     }
 }
 
+/// The operating system's random source failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RandomUnavailable(getrandom::Error);
+
 /// A fresh random nonce from the operating system.
-pub fn nonce() -> Nonce {
+///
+/// # Errors
+/// When the OS random source fails. There is no fallback: a guessable nonce would let a
+/// recorded proof be replayed, so the handshake fails instead.
+pub fn nonce() -> Result<Nonce, RandomUnavailable> {
     let mut n = [0u8; NONCE_LEN];
-    // The OS RNG failing is not something a server can recover from meaningfully; fall back
-    // to time-derived bytes rather than panicking on a network path.
-    if getrandom::fill(&mut n).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        n[..16].copy_from_slice(&t.to_le_bytes());
-    }
-    n
+    getrandom::fill(&mut n).map_err(RandomUnavailable)?;
+    Ok(n)
 }
 
 /// Labels for each direction of each handshake.
@@ -93,8 +94,8 @@ mod tests {
 
     #[test]
     fn proofs_verify_only_with_the_same_token_label_and_order() {
-        let a = nonce();
-        let b = nonce();
+        let a = nonce().unwrap();
+        let b = nonce().unwrap();
         let t = Token::new("secret");
         let p = t.proof(label::ROOT, &a, &b);
         assert!(t.verify(label::ROOT, &a, &b, &p));

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::message::Holder;
+
 /// What went wrong on a connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,18 +45,24 @@ pub enum ProtocolError {
     /// The peer answered with an error.
     #[error("{0}")]
     Remote(WireError),
+    /// The operating system's random source failed, so no fresh nonce could be made; the
+    /// handshake fails rather than fall back to a guessable one.
+    #[error("no nonce: the operating system's random source failed: {0}")]
+    Random(#[from] crate::auth::RandomUnavailable),
     /// The peer sent a message that makes no sense here.
     #[error("unexpected message: {0}")]
     Unexpected(String),
 }
 
 /// The kind of an error sent over the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// The request was malformed or made no sense in this state.
     BadRequest,
-    /// The node serves another root.
-    Busy,
+    /// The node serves another root, whose connection is alive: who, and for how long.
+    /// Sent for a [`crate::Setup`] while another root holds the node, and for a
+    /// `Reset`/`Pause`/`Resume` from a connection that does not hold it.
+    Busy(Holder),
     /// Authentication is required or failed.
     Unauthorized,
     /// The chain could not be set up (module, export, init).
@@ -69,9 +77,25 @@ pub enum ErrorKind {
     ShuttingDown,
 }
 
+impl std::fmt::Display for ErrorKind {
+    /// The kind's name; a holder is in the message that goes with it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::BadRequest => "BadRequest",
+            ErrorKind::Busy(_) => "Busy",
+            ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::Setup => "Setup",
+            ErrorKind::NotSetUp => "NotSetUp",
+            ErrorKind::TooLarge => "TooLarge",
+            ErrorKind::Internal => "Internal",
+            ErrorKind::ShuttingDown => "ShuttingDown",
+        })
+    }
+}
+
 /// An error a peer reports; the connection may stay open unless said otherwise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{kind:?}: {message}")]
+#[error("{kind}: {message}")]
 pub struct WireError {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -86,13 +110,5 @@ impl WireError {
             kind,
             message: message.into(),
         }
-    }
-
-    /// Whether trying again (later, or on another node) may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::Busy | ErrorKind::Internal | ErrorKind::ShuttingDown
-        )
     }
 }

@@ -189,7 +189,7 @@ async fn accept_inner(
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
     let client_nonce = to_nonce(&hello.nonce)?;
-    let server_nonce = auth::nonce();
+    let server_nonce = auth::nonce()?;
     let proof = token.map(|t| {
         serde_bytes::ByteBuf::from(
             t.proof(auth::label::NODE, &client_nonce, &server_nonce)
@@ -303,7 +303,7 @@ async fn connect_inner(
         });
     }
 
-    let client_nonce = auth::nonce();
+    let client_nonce = auth::nonce()?;
     write_frame(
         &mut stream,
         &Msg::Hello(Hello {

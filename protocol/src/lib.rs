@@ -23,7 +23,7 @@ pub use error::{ErrorKind, ProtocolError, WireError};
 pub use handshake::{PROTOCOL_VERSION, Role};
 pub use ids::{ItemId, NodeId, SessionId, TaskIndex};
 pub use message::*;
-pub use packed::{Packed, U32s};
+pub use packed::{Packed, PackedError, U32s};
 
 /// Default port of a node.
 pub const DEFAULT_NODE_PORT: u16 = 6000;

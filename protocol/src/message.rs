@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::ids::{ItemId, SessionId};
+use crate::ids::{ItemId, SessionId, TaskIndex};
 use crate::packed::{Packed, U32s};
 
 /// Every message after the handshake.
@@ -40,6 +40,13 @@ pub enum Msg {
     /// The root leaves for good: the node frees itself at once, without grace period.
     Bye,
 
+    // --- requests from a probe (status connection) ---
+    /// Frees the node whoever holds it: the node drops the chain, closes the holder's
+    /// connection (its root sees the node lost) and answers [`Msg::Released`]. For a root
+    /// that is alive but stuck; a node with a token takes it only from peers that proved
+    /// they hold the token.
+    Release,
+
     // --- answers and events from a node ---
     /// The node's status.
     Status(Box<NodeStatus>),
@@ -57,6 +64,8 @@ pub enum Msg {
     Resumed,
     /// The node is shutting down: it takes no more items and will hand back what it holds.
     Draining,
+    /// Answer to [`Msg::Release`].
+    Released(Released),
 
     // --- both ways ---
     /// Liveness signal.
@@ -80,6 +89,7 @@ impl Msg {
             Msg::Pause => "Pause",
             Msg::Resume => "Resume",
             Msg::Bye => "Bye",
+            Msg::Release => "Release",
             Msg::Status(_) => "Status",
             Msg::SetupDone(_) => "SetupDone",
             Msg::Outputs(_) => "Outputs",
@@ -88,6 +98,7 @@ impl Msg {
             Msg::Paused => "Paused",
             Msg::Resumed => "Resumed",
             Msg::Draining => "Draining",
+            Msg::Released(_) => "Released",
             Msg::Heartbeat => "Heartbeat",
             Msg::Error(_) => "Error",
         }
@@ -123,13 +134,29 @@ pub struct Auth {
     pub proof: Option<serde_bytes::ByteBuf>,
 }
 
+/// The root that holds a node, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The holding root's address, as the node sees it.
+    pub root: String,
+    /// Seconds since it claimed the node (its setup).
+    pub held_s: u64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (for {} s)", self.root, self.held_s)
+    }
+}
+
 /// The server accepted the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The address the node listens on, as it sees it.
     pub node: String,
-    /// Whether another root holds the node.
-    pub busy_with: Option<String>,
+    /// Another root that holds the node over a live connection. A node whose root's
+    /// connection is gone (orphaned) is free: a new root's setup takes it over.
+    pub busy_with: Option<Holder>,
     /// Number of workers.
     pub workers: u32,
 }
@@ -264,15 +291,23 @@ pub struct Items {
     pub items: Packed,
 }
 
-/// An item that failed in a task.
+/// The task an item failed in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTask {
+    /// Its position in the chain.
+    pub index: TaskIndex,
+    /// Its function name.
+    pub name: String,
+}
+
+/// An item that failed, in a task or on its way out of the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// Index of the input within its batch.
     pub index: u32,
-    /// Index of the failing task in the chain.
-    pub task: u32,
-    /// The task's function name.
-    pub task_name: String,
+    /// The failing task; `None` when the input failed outside any task (its outputs did
+    /// not fit in a message).
+    pub task: Option<FailedTask>,
     /// The start of the failing item (at most a few hundred bytes).
     #[serde(with = "serde_bytes")]
     pub item_start: Vec<u8>,
@@ -296,6 +331,13 @@ pub struct Outputs {
     pub items: Packed,
     /// Items of the range that failed in some task.
     pub failures: Vec<Failure>,
+}
+
+/// Answer to [`Msg::Release`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The root that held the node (its connection alive or not), if any.
+    pub was_held_by: Option<Holder>,
 }
 
 /// State of a node as seen from outside.

@@ -37,6 +37,16 @@ impl<'de> Deserialize<'de> for U32s {
     }
 }
 
+/// A batch whose item lengths do not add up to its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("item lengths add up to {lengths} bytes but the batch holds {bytes}")]
+pub struct PackedError {
+    /// The sum of the lengths.
+    pub lengths: u64,
+    /// The bytes the batch holds.
+    pub bytes: usize,
+}
+
 /// Items packed into one buffer: item `i` is `data[offset_i .. offset_i + lens[i]]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packed {
@@ -98,15 +108,18 @@ impl Packed {
 
     /// Checks that the lengths add up to the data, so iteration cannot go out of bounds.
     /// Call it once on every batch that came from the network.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// When they do not.
+    pub fn validate(&self) -> Result<(), PackedError> {
         let total: u64 = self.lens.0.iter().map(|&l| u64::from(l)).sum();
         if total == self.data.len() as u64 {
             Ok(())
         } else {
-            Err(format!(
-                "item lengths add up to {total} bytes but the batch holds {}",
-                self.data.len()
-            ))
+            Err(PackedError {
+                lengths: total,
+                bytes: self.data.len(),
+            })
         }
     }
 
@@ -184,7 +197,13 @@ mod tests {
             lens: U32s(vec![2, 100]),
             data: b"abc".to_vec(),
         };
-        assert!(p.validate().is_err());
+        assert_eq!(
+            p.validate(),
+            Err(PackedError {
+                lengths: 102,
+                bytes: 3
+            })
+        );
         assert_eq!(p.iter().count(), 1);
     }
 }

@@ -38,7 +38,10 @@ fn every_message() -> Vec<Msg> {
         Msg::Auth(Auth { proof: None }),
         Msg::Welcome(Welcome {
             node: "127.0.0.1:6000".into(),
-            busy_with: Some("x".into()),
+            busy_with: Some(Holder {
+                root: "127.0.0.1:5000".into(),
+                held_s: 3,
+            }),
             workers: 2,
         }),
         Msg::StatusRequest,
@@ -106,8 +109,10 @@ fn every_message() -> Vec<Msg> {
             items,
             failures: vec![Failure {
                 index: 1,
-                task: 0,
-                task_name: "f".into(),
+                task: Some(FailedTask {
+                    index: TaskIndex(0),
+                    name: "f".into(),
+                }),
                 item_start: b"x".to_vec(),
                 message: "boom".into(),
             }],
@@ -118,7 +123,20 @@ fn every_message() -> Vec<Msg> {
         Msg::Resumed,
         Msg::Draining,
         Msg::Heartbeat,
-        Msg::Error(WireError::new(ErrorKind::Busy, "busy")),
+        Msg::Release,
+        Msg::Released(Released {
+            was_held_by: Some(Holder {
+                root: "r".into(),
+                held_s: 1,
+            }),
+        }),
+        Msg::Error(WireError::new(
+            ErrorKind::Busy(Holder {
+                root: "r".into(),
+                held_s: 1,
+            }),
+            "busy",
+        )),
     ]
 }
 

@@ -15,13 +15,15 @@ pub enum RootError {
         #[source]
         source: ProtocolError,
     },
-    /// A node is held by another root.
-    #[error("node {addr} is busy: set up by {holder}")]
+    /// A node is held by another root whose connection is alive.
+    #[error("node {addr} is busy: held by {holder} for {held_s} s")]
     Busy {
         /// The node.
         addr: String,
         /// The root holding it.
         holder: String,
+        /// Seconds it has held the node.
+        held_s: u64,
     },
     /// Setting the chain up failed on a node.
     #[error("setup failed on node {addr}: {message}")]

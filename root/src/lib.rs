@@ -26,7 +26,7 @@ use protocol::{Msg, NodeStatus, Packed};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 pub use error::RootError;
-pub use protocol::{ChainSpec, ItemId, Limits, TaskSpec};
+pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
 pub use scan::ScanReport;
 pub use scheduler::{Counters, Handler, Handlers, InputDone};
 
@@ -106,8 +106,8 @@ pub struct ItemFailure {
     pub node: String,
     /// The failing task's function name (empty for a poison item).
     pub task: String,
-    /// The failing task's index (`u32::MAX` for a poison item).
-    pub task_index: u32,
+    /// The failing task's index (`None` for a poison item or outputs too large to send).
+    pub task_index: Option<TaskIndex>,
     /// The start of the failing item.
     pub item_start: Vec<u8>,
     /// The whole input item it descends from, as fed (to feed it again).
@@ -179,15 +179,14 @@ pub struct Root {
 
 impl Root {
     /// A root with no nodes yet. Must be called within a tokio runtime.
-    ///
-    /// # Panics
-    /// When the OS random source fails (the session id must not be guessable).
     pub fn new(options: RootOptions) -> Root {
         let (cmds, cmd_rx) = mpsc::channel(64);
         let (feeds, feed_rx) = mpsc::channel(4);
         let (stall_tx, stall) = watch::channel(None);
+        // A session id only tells this root's sessions apart from others': when the OS
+        // random source fails, the handshake fails anyway, so any value does here.
         let session = protocol::SessionId(u64::from_le_bytes(
-            protocol::auth::nonce()[..8].try_into().unwrap_or([0; 8]),
+            protocol::auth::nonce().map_or([0; 8], |n| n[..8].try_into().unwrap_or([0; 8])),
         ));
         tokio::spawn(scheduler::run(options.clone(), cmd_rx, feed_rx, stall_tx, session));
         Root {
@@ -239,7 +238,8 @@ impl Root {
         if let Some(holder) = welcome.busy_with {
             return Err(RootError::Busy {
                 addr: addr.to_string(),
-                holder,
+                holder: holder.root,
+                held_s: holder.held_s,
             });
         }
         self.call(|reply| Cmd::Attach {
@@ -536,6 +536,36 @@ pub async fn node_status(addr: SocketAddr, options: &RootOptions) -> Result<Node
         .map_err(err)?;
     match answer {
         Msg::Status(s) => Ok(*s),
+        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
+        other => Err(err(protocol::ProtocolError::Unexpected(
+            other.name().into(),
+        ))),
+    }
+}
+
+/// Frees the node at `addr` whoever holds it, over a status-only connection: the node drops
+/// the chain and closes the holding root's connection (that root sees the node lost). For a
+/// root that is alive but stuck; with a token, only holders of the token may do it. Returns
+/// the root that held the node, if any.
+///
+/// # Errors
+/// Unreachable, not a node, authentication failed, or no answer.
+pub async fn release_node(
+    addr: SocketAddr,
+    options: &RootOptions,
+) -> Result<Option<protocol::Holder>, RootError> {
+    let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
+    let err = |source| RootError::Node {
+        addr: addr.to_string(),
+        source,
+    };
+    conn.write_message(&Msg::Release).await.map_err(err)?;
+    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
+        .await
+        .map_err(|_| RootError::Timeout("release"))?
+        .map_err(err)?;
+    match answer {
+        Msg::Released(r) => Ok(r.was_held_by),
         Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
         other => Err(err(protocol::ProtocolError::Unexpected(
             other.name().into(),

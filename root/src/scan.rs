@@ -21,7 +21,7 @@ pub struct ScanReport {
     /// Free pcluster nodes (after `search_nodes`: the ones added).
     pub free: Vec<SocketAddr>,
     /// Nodes held by another root, with that root.
-    pub busy: Vec<(SocketAddr, String)>,
+    pub busy: Vec<(SocketAddr, protocol::Holder)>,
     /// Nodes we could not authenticate (or that could not authenticate us), with why.
     pub unauthenticated: Vec<(SocketAddr, String)>,
     /// Nodes found but not added, with why.
@@ -32,7 +32,7 @@ pub struct ScanReport {
 
 enum Probe {
     Free,
-    Busy(String),
+    Busy(protocol::Holder),
     Unauthenticated(String),
     Other(String),
     Nothing,

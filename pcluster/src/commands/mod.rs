@@ -3,5 +3,6 @@
 pub mod log;
 pub mod new;
 pub mod node;
+pub mod release;
 pub mod scan;
 pub mod status;

@@ -317,12 +317,10 @@ impl Scheduler {
                     Msg::Error(err) => {
                         let addr_s = addr.to_string();
                         let e = match err.kind {
-                            ErrorKind::Busy => RootError::Busy {
+                            ErrorKind::Busy(holder) => RootError::Busy {
                                 addr: addr_s,
-                                holder: err
-                                    .message
-                                    .trim_start_matches("busy: set up by ")
-                                    .to_string(),
+                                holder: holder.root,
+                                held_s: holder.held_s,
                             },
                             ErrorKind::Setup => RootError::Setup {
                                 addr: addr_s,
@@ -401,7 +399,7 @@ impl Scheduler {
                 input: p.id,
                 node: addr.clone(),
                 task: String::new(),
-                task_index: u32::MAX,
+                task_index: None,
                 item_start: p.item[..p.item.len().min(200)].to_vec(),
                 input_item: p.item,
                 message: format!(
@@ -475,7 +473,7 @@ impl Scheduler {
                             input,
                             node: String::new(),
                             task: String::new(),
-                            task_index: u32::MAX,
+                            task_index: None,
                             item_start: item[..item.len().min(200)].to_vec(),
                             input_item: item.to_vec(),
                             message: format!("cannot send the item: {e}"),

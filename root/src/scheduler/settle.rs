@@ -69,11 +69,15 @@ impl Scheduler {
             while let Some(f) = failures.next_if(|f| f.index as usize <= idx) {
                 if f.index as usize == idx {
                     let whole = batch.items.iter().nth(idx).unwrap_or_default();
+                    let (task, task_index) = match f.task {
+                        Some(t) => (t.name, Some(t.index)),
+                        None => (String::new(), None),
+                    };
                     own_failures.push(ItemFailure {
                         input,
                         node: addr.to_string(),
-                        task: f.task_name,
-                        task_index: f.task,
+                        task,
+                        task_index,
                         item_start: f.item_start.into_iter().take(ITEM_QUOTE).collect(),
                         input_item: whole.to_vec(),
                         message: f.message,
