@@ -9,6 +9,37 @@
 //! - [`chain`]: chain files and building task crates to wasm.
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks).
+//!
+//! The README's example, as a user outside this workspace writes it (the package is
+//! `pcluster-root`, so the crate is `pcluster_root`):
+//!
+//! ```no_run
+//! use pcluster_root::{Root, RootOptions};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let cluster = Root::new(RootOptions::default());
+//!     cluster.search_nodes("127.0.0.0/24".parse()?, 6000).await?; // or add_node(addr)
+//!     let chain = pcluster_root::chain::load("examples/w1.toml".as_ref())?;
+//!     cluster
+//!         .setup_with(
+//!             chain,
+//!             |input, item| println!("{}: {}", input.0, String::from_utf8_lossy(item)),
+//!             |failure| eprintln!("{failure}"),
+//!         )
+//!         .await?;
+//!     let items: Vec<String> = (0..100_000).map(|i| format!("item-{i}")).collect();
+//!     for chunk in items.chunks(10_000) {
+//!         cluster.wait_input().await?; // returns while the root's queue has room
+//!         let ids = cluster.feed(chunk).await?; // backpressured; the ids name the inputs
+//!         assert_eq!(ids.count, chunk.len() as u64);
+//!     }
+//!     cluster.wait_empty().await?; // every item processed, every output handed over
+//!     cluster.reset().await?; // workers stopped; nodes ready for another setup
+//!     cluster.close().await?; // nodes are freed at once (dropping the root does too)
+//!     Ok(())
+//! }
+//! ```
 
 pub mod blocking;
 pub mod chain;

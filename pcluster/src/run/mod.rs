@@ -175,7 +175,9 @@ async fn run_on_cluster(
         (None, None) => None,
     };
     let tag = format!("root pid {}", std::process::id());
-    let log_client = init_tracing(Console::Stderr, log_addr.map(|a| (a, tag, token.clone())), "warn");
+    // The embedded node runs in this process: its tasks' log lines show here too.
+    let level = if embedded && !args.quiet { "warn,task=info" } else { "warn" };
+    let log_client = init_tracing(Console::Stderr, log_addr.map(|a| (a, tag, token.clone())), level);
     let options = root::RootOptions {
         token,
         keep_order: args.keep_order,
