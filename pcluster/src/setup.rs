@@ -211,8 +211,7 @@ pub async fn node_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr>
 /// The OS random source failed.
 pub fn fresh_token() -> anyhow::Result<Token> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
     Ok(Token::new(hex::encode(bytes)))
 }
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use protocol::Packed;
 
 use crate::{
-    ChainSpec, Counters, FedIds, ItemFailure, ItemId, NodeStatuses, Root, RootError,
-    RootOptions, ScanReport,
+    ChainSpec, Counters, FedIds, ItemFailure, ItemId, NodeStatuses, Root, RootError, RootOptions,
+    ScanReport,
 };
 
 /// A [`Root`] driven by blocking calls. Do not use it from inside an async runtime.

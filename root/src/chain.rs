@@ -259,4 +259,3 @@ fn ensure_wasm_target(dir: &Path) -> Result<(), String> {
         )),
     }
 }
-

@@ -9,6 +9,7 @@
 //! - [`chain`]: chain files and building task crates to wasm.
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks).
+//! - `options`: [`RootOptions`]; `probe`: [`node_status`] and [`release_node`].
 //!
 //! The README's example, as a user outside this workspace writes it (the package is
 //! `pcluster-root`, so the crate is `pcluster_root`):
@@ -45,85 +46,25 @@ pub mod blocking;
 pub mod chain;
 mod conn;
 pub mod error;
+mod options;
+mod probe;
 pub mod scan;
 pub mod scheduler;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use protocol::auth::Token;
 use protocol::handshake::Role;
-use protocol::{Msg, NodeStatus, Packed};
+use protocol::{NodeStatus, Packed};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 pub use error::RootError;
+pub use options::RootOptions;
+pub use probe::{node_status, release_node};
 pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
 pub use scan::ScanReport;
 pub use scheduler::{Counters, Handler, Handlers, InputDone};
 
 use scheduler::{Cmd, Feed, Stall};
-
-/// How a root behaves.
-#[derive(Clone, Debug)]
-pub struct RootOptions {
-    /// The cluster token (`None`: only nodes without a token are usable).
-    pub token: Option<Token>,
-    /// Connect timeout for each address (scans and `add_node`).
-    pub connect_timeout: Duration,
-    /// Deadline of the handshake.
-    pub handshake_timeout: Duration,
-    /// Connections a scan opens at once.
-    pub scan_concurrency: usize,
-    /// Most items per batch sent to a node.
-    pub batch_items: usize,
-    /// Items the root queues before `feed` waits.
-    pub queue_items: usize,
-    /// Bytes the root queues before `feed` waits.
-    pub queue_bytes: u64,
-    /// Largest input item.
-    pub max_item_bytes: u64,
-    /// Largest frame.
-    pub max_frame: usize,
-    /// Interval of heartbeats sent to nodes.
-    pub heartbeat: Duration,
-    /// A node silent this long is lost.
-    pub heartbeat_timeout: Duration,
-    /// How often an input whose node was lost is sent again before it is reported failed.
-    pub max_redispatch: u32,
-    /// How long the root waits for a node to join or come back when none is left; then
-    /// `feed`, `wait_input` and `wait_empty` end with [`RootError::NoNodes`].
-    pub no_node_timeout: Duration,
-    /// Hand outputs over in feed order (each input's outputs, failures and completion
-    /// before the next input's), holding back inputs that complete early.
-    pub keep_order: bool,
-    /// With `keep_order`: most inputs sent past the oldest incomplete one.
-    pub reorder_items: u64,
-    /// With `keep_order`: bytes of early outputs held before nothing new is sent.
-    pub reorder_bytes: u64,
-}
-
-impl Default for RootOptions {
-    fn default() -> Self {
-        RootOptions {
-            token: None,
-            connect_timeout: Duration::from_millis(300),
-            handshake_timeout: Duration::from_secs(5),
-            scan_concurrency: 1024,
-            batch_items: 4096,
-            queue_items: 1 << 18,
-            queue_bytes: 256 << 20,
-            max_item_bytes: 16 << 20,
-            max_frame: protocol::DEFAULT_MAX_FRAME,
-            heartbeat: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(10),
-            max_redispatch: 2,
-            no_node_timeout: Duration::from_secs(10),
-            keep_order: false,
-            reorder_items: 1 << 16,
-            reorder_bytes: 64 << 20,
-        }
-    }
-}
 
 /// Each node's status, or why it could not be had.
 pub type NodeStatuses = Vec<(SocketAddr, Result<NodeStatus, RootError>)>;
@@ -219,7 +160,13 @@ impl Root {
         let session = protocol::SessionId(u64::from_le_bytes(
             protocol::auth::nonce().map_or([0; 8], |n| n[..8].try_into().unwrap_or([0; 8])),
         ));
-        tokio::spawn(scheduler::run(options.clone(), cmd_rx, feed_rx, stall_tx, session));
+        tokio::spawn(scheduler::run(
+            options.clone(),
+            cmd_rx,
+            feed_rx,
+            stall_tx,
+            session,
+        ));
         Root {
             options,
             cmds,
@@ -547,59 +494,5 @@ impl Root {
     /// This root's session (nodes know their owner by it).
     pub fn session(&self) -> protocol::SessionId {
         self.session
-    }
-}
-
-/// The status of the node at `addr`, over a status-only connection.
-///
-/// # Errors
-/// Unreachable, not a node, authentication failed, or no answer.
-pub async fn node_status(addr: SocketAddr, options: &RootOptions) -> Result<NodeStatus, RootError> {
-    let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
-    let err = |source| RootError::Node {
-        addr: addr.to_string(),
-        source,
-    };
-    conn.write_message(&Msg::StatusRequest).await.map_err(err)?;
-    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
-        .await
-        .map_err(|_| RootError::Timeout("status"))?
-        .map_err(err)?;
-    match answer {
-        Msg::Status(s) => Ok(*s),
-        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
-        other => Err(err(protocol::ProtocolError::Unexpected(
-            other.name().into(),
-        ))),
-    }
-}
-
-/// Frees the node at `addr` whoever holds it, over a status-only connection: the node drops
-/// the chain and closes the holding root's connection (that root sees the node lost). For a
-/// root that is alive but stuck; with a token, only holders of the token may do it. Returns
-/// the root that held the node, if any.
-///
-/// # Errors
-/// Unreachable, not a node, authentication failed, or no answer.
-pub async fn release_node(
-    addr: SocketAddr,
-    options: &RootOptions,
-) -> Result<Option<protocol::Holder>, RootError> {
-    let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
-    let err = |source| RootError::Node {
-        addr: addr.to_string(),
-        source,
-    };
-    conn.write_message(&Msg::Release).await.map_err(err)?;
-    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
-        .await
-        .map_err(|_| RootError::Timeout("release"))?
-        .map_err(err)?;
-    match answer {
-        Msg::Released(r) => Ok(r.was_held_by),
-        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
-        other => Err(err(protocol::ProtocolError::Unexpected(
-            other.name().into(),
-        ))),
     }
 }

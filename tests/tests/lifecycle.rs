@@ -61,7 +61,12 @@ impl Cluster {
         cmd.arg("run")
             .arg(chain)
             .args(["-n", "127.0.0.2,127.0.0.3", "-p", &self.port.to_string()])
-            .args(["--log-host", "127.0.0.1", "--log-port", &self.log_port.to_string()])
+            .args([
+                "--log-host",
+                "127.0.0.1",
+                "--log-port",
+                &self.log_port.to_string(),
+            ])
             .args(["--rescan", "0"])
             .args(extra)
             .stdin(Stdio::null());
@@ -76,7 +81,9 @@ impl Cluster {
         }
         let mut text = format!("name = \"{name}\"\nversion = \"1\"\nmodule = \"tasks.wasm\"\n");
         for (f, generator, args) in tasks {
-            text += &format!("[[task]]\nfunction = \"{f}\"\ngenerator = {generator}\nargs = \"{args}\"\n");
+            text += &format!(
+                "[[task]]\nfunction = \"{f}\"\ngenerator = {generator}\nargs = \"{args}\"\n"
+            );
         }
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -86,7 +93,11 @@ impl Cluster {
     fn w1(&self) -> PathBuf {
         self.chain(
             "w1",
-            &[("w1_identity", false, ""), ("w1_duplicate", true, ""), ("w1_drop_odd", false, "")],
+            &[
+                ("w1_identity", false, ""),
+                ("w1_duplicate", true, ""),
+                ("w1_drop_odd", false, ""),
+            ],
         )
     }
 }
@@ -104,7 +115,11 @@ async fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, String) {
 
 fn lines_of(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a torn line", path.display());
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} ends in a torn line",
+        path.display()
+    );
     text.lines().map(str::to_string).collect()
 }
 
@@ -138,26 +153,48 @@ async fn sigint_keeps_whole_lines_of_completed_inputs_and_frees_the_nodes() {
     let input = c.dir.join("seeds.txt");
     write_lines(&input, &seeds);
     let (out, joblog) = (c.dir.join("out.txt"), c.dir.join("job.log"));
-    let mut cmd = c.run(&chain, &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let mut cmd = c.run(
+        &chain,
+        &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
     cmd.args(["--joblog", joblog.to_str().unwrap(), "--drain-timeout", "1"])
         .stderr(Stdio::piped());
     let run = Child::spawn(&mut cmd);
-    wait_until(LONG, "30 % of the inputs done", || joblog_entries(&joblog) >= 90).await;
+    wait_until(LONG, "30 % of the inputs done", || {
+        joblog_entries(&joblog) >= 90
+    })
+    .await;
     signal(run.id(), "-INT");
     let (code, err) = finish(run, LONG).await;
     assert_eq!(code, Some(130), "{err}");
     let done = lines_of(&out);
-    assert!(done.len() >= 90 && done.len() < 300, "{} outputs", done.len());
-    assert_eq!(done.len(), joblog_entries(&joblog), "one output per completed input");
+    assert!(
+        done.len() >= 90 && done.len() < 300,
+        "{} outputs",
+        done.len()
+    );
+    assert_eq!(
+        done.len(),
+        joblog_entries(&joblog),
+        "one output per completed input"
+    );
 
     // The nodes are free at once: a new run (resuming) finishes the rest.
     let options = RootOptions::default();
     for a in c.addrs() {
         let s = root::node_status(a, &options).await.expect("status");
-        assert_eq!(s.state, protocol::NodeState::Free, "{a} after the run's exit");
+        assert_eq!(
+            s.state,
+            protocol::NodeState::Free,
+            "{a} after the run's exit"
+        );
     }
-    let mut cmd = c.run(&chain, &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    cmd.args(["--joblog", joblog.to_str().unwrap(), "--resume", "-q"]).stderr(Stdio::piped());
+    let mut cmd = c.run(
+        &chain,
+        &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    cmd.args(["--joblog", joblog.to_str().unwrap(), "--resume", "-q"])
+        .stderr(Stdio::piped());
     let (code, err) = finish(Child::spawn(&mut cmd), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     let all = lines_of(&out);
@@ -175,7 +212,11 @@ async fn a_typo_in_input_fails_before_any_node_is_contacted() {
     let node = listener.local_addr().unwrap();
     let chain = dir.join("w1.toml");
     std::fs::write(&dir.join("tasks.wasm"), tasks_module()).unwrap();
-    std::fs::write(&chain, "name = \"w1\"\nmodule = \"tasks.wasm\"\n[[task]]\nfunction = \"w1_identity\"\n").unwrap();
+    std::fs::write(
+        &chain,
+        "name = \"w1\"\nmodule = \"tasks.wasm\"\n[[task]]\nfunction = \"w1_identity\"\n",
+    )
+    .unwrap();
     let out = Command::new(pcluster_bin())
         .arg("run")
         .arg(&chain)
@@ -185,7 +226,10 @@ async fn a_typo_in_input_fails_before_any_node_is_contacted() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot open --input") && err.contains("no-such-input.txt"), "{err}");
+    assert!(
+        err.contains("cannot open --input") && err.contains("no-such-input.txt"),
+        "{err}"
+    );
     let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
     assert!(accepted.is_err(), "the node was contacted");
 }
@@ -194,13 +238,20 @@ async fn a_typo_in_input_fails_before_any_node_is_contacted() {
 async fn losing_every_node_ends_the_run_within_its_timeout() {
     let mut c = Cluster::start("all-lost").await;
     let input = c.dir.join("in.txt");
-    write_lines(&input, &(0..600_000).map(|i| i.to_string()).collect::<Vec<_>>());
+    write_lines(
+        &input,
+        &(0..600_000).map(|i| i.to_string()).collect::<Vec<_>>(),
+    );
     let (out, joblog) = (c.dir.join("out.txt"), c.dir.join("job.log"));
     // A few microseconds per item keep the run going long enough to kill its nodes, and
     // 600,000 lines are more than the root's queue holds.
     let chain = c.chain("slowish", &[("w2_cpu", false, "2000")]);
-    let mut cmd = c.run(&chain, &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    cmd.args(["--joblog", joblog.to_str().unwrap()]).stderr(Stdio::piped());
+    let mut cmd = c.run(
+        &chain,
+        &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    cmd.args(["--joblog", joblog.to_str().unwrap()])
+        .stderr(Stdio::piped());
     let run = Child::spawn(&mut cmd);
     wait_until(LONG, "some inputs done", || joblog_entries(&joblog) > 1000).await;
     for n in &mut c.nodes {
@@ -208,11 +259,19 @@ async fn losing_every_node_ends_the_run_within_its_timeout() {
     }
     let killed = Instant::now();
     let (code, err) = finish(run, Duration::from_secs(60)).await;
-    assert!(killed.elapsed() < Duration::from_secs(20), "took {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        killed.elapsed()
+    );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("inputs not done"), "{err}");
     let done = lines_of(&out);
-    assert_eq!(done.len(), joblog_entries(&joblog), "finished outputs are kept");
+    assert_eq!(
+        done.len(),
+        joblog_entries(&joblog),
+        "finished outputs are kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +294,14 @@ async fn an_overlong_line_fails_alone_with_its_line_number() {
     let (out, failed) = (c.dir.join("out.txt"), c.dir.join("failed.txt"));
     let mut cmd = c.run(
         &c.w1(),
-        &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--failed", failed.to_str().unwrap()],
+        &[
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--failed",
+            failed.to_str().unwrap(),
+        ],
     );
     let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(2), "{err}");
@@ -270,7 +336,10 @@ async fn a_root_killed_at_any_moment_resumes_to_the_exact_output() {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let run = Child::spawn(c.run(&chain, &a).stderr(Stdio::null()));
         let want = (n as f64 * fraction) as usize;
-        wait_until(LONG, &format!("{want} inputs in the joblog"), || joblog_entries(&joblog) >= want).await;
+        wait_until(LONG, &format!("{want} inputs in the joblog"), || {
+            joblog_entries(&joblog) >= want
+        })
+        .await;
         signal(run.id(), "-KILL");
         let _ = finish(run, LONG).await;
     }
@@ -290,10 +359,22 @@ async fn keep_order_and_tag_follow_the_input() {
     write_lines(&input, &items);
     let chain = c.chain("identity", &[("w1_identity", false, "")]);
     let out = c.dir.join("out.txt");
-    let mut cmd = c.run(&chain, &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-k"]);
+    let mut cmd = c.run(
+        &chain,
+        &[
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-k",
+        ],
+    );
     let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(lines_of(&out) == items, "--keep-order output is not the input order");
+    assert!(
+        lines_of(&out) == items,
+        "--keep-order output is not the input order"
+    );
     let rss: f64 = err
         .split("peak RSS ")
         .nth(1)
@@ -304,7 +385,16 @@ async fn keep_order_and_tag_follow_the_input() {
 
     let small = c.dir.join("small.txt");
     write_lines(&small, &items[..1000]);
-    let mut cmd = c.run(&chain, &["-i", small.to_str().unwrap(), "-o", out.to_str().unwrap(), "--tag"]);
+    let mut cmd = c.run(
+        &chain,
+        &[
+            "-i",
+            small.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--tag",
+        ],
+    );
     let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     let tagged = lines_of(&out);
@@ -321,10 +411,17 @@ async fn a_node_restarted_mid_run_gets_items_again() {
     let mut c = Cluster::start("restart").await;
     let chain = c.chain("slow", &[("w2_cpu", false, "10000000")]);
     let input = c.dir.join("seeds.txt");
-    write_lines(&input, &(1..=400).map(|i| i.to_string()).collect::<Vec<_>>());
+    write_lines(
+        &input,
+        &(1..=400).map(|i| i.to_string()).collect::<Vec<_>>(),
+    );
     let (out, joblog) = (c.dir.join("out.txt"), c.dir.join("job.log"));
-    let mut cmd = c.run(&chain, &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    cmd.args(["--joblog", joblog.to_str().unwrap()]).stderr(Stdio::piped());
+    let mut cmd = c.run(
+        &chain,
+        &["-i", input.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    cmd.args(["--joblog", joblog.to_str().unwrap()])
+        .stderr(Stdio::piped());
     let run = Child::spawn(&mut cmd);
     wait_until(LONG, "some inputs done", || joblog_entries(&joblog) >= 20).await;
     let b = c.nodes.pop().unwrap();

@@ -45,7 +45,11 @@ fn crate_name(dir: &Path) -> anyhow::Result<String> {
 
 fn cargo_toml(name: &str, sdk: &Path) -> String {
     // A TOML basic string: escape what would end or break it.
-    let sdk = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let sdk = sdk
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     format!(
         r#"[package]
 name = "{name}"

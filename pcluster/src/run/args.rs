@@ -150,9 +150,24 @@ mod tests {
 
     #[test]
     fn halt_forms() {
-        assert_eq!("now,fail=3".parse::<Halt>().unwrap(), Halt { now: true, fail: 3 });
-        assert_eq!("soon,fail=1".parse::<Halt>().unwrap(), Halt { now: false, fail: 1 });
-        for bad in ["later,fail=1", "now", "now,fail=x", "now,fail=0", "now,done=1"] {
+        assert_eq!(
+            "now,fail=3".parse::<Halt>().unwrap(),
+            Halt { now: true, fail: 3 }
+        );
+        assert_eq!(
+            "soon,fail=1".parse::<Halt>().unwrap(),
+            Halt {
+                now: false,
+                fail: 1
+            }
+        );
+        for bad in [
+            "later,fail=1",
+            "now",
+            "now,fail=x",
+            "now,fail=0",
+            "now,done=1",
+        ] {
             assert!(bad.parse::<Halt>().is_err(), "{bad}");
         }
     }
@@ -161,15 +176,32 @@ mod tests {
     fn short_flags_parse() {
         use clap::Parser as _;
         let cli = crate::cli::Cli::try_parse_from([
-            "pcluster", "run", "c.toml", "-i", "in", "-o", "out", "-n", "127.0.0.2,127.0.0.3:7",
-            "-j", "2", "-q", "-p", "16000", "-0", "-k",
+            "pcluster",
+            "run",
+            "c.toml",
+            "-i",
+            "in",
+            "-o",
+            "out",
+            "-n",
+            "127.0.0.2,127.0.0.3:7",
+            "-j",
+            "2",
+            "-q",
+            "-p",
+            "16000",
+            "-0",
+            "-k",
         ])
         .unwrap();
         let crate::cli::Command::Run(a) = cli.command else {
             panic!("not run")
         };
         assert_eq!(a.nodes, ["127.0.0.2", "127.0.0.3:7"]);
-        assert_eq!((a.port, a.workers, a.quiet, a.null, a.keep_order), (16000, Some(2), true, true, true));
+        assert_eq!(
+            (a.port, a.workers, a.quiet, a.null, a.keep_order),
+            (16000, Some(2), true, true, true)
+        );
         assert_eq!(a.input.as_deref(), Some(std::path::Path::new("in")));
     }
 }

@@ -152,7 +152,11 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
                     r.line,
                     r.bytes,
                     d.root.options().max_item_bytes,
-                    if args.failed.is_some() { ", written to --failed" } else { "" }
+                    if args.failed.is_some() {
+                        ", written to --failed"
+                    } else {
+                        ""
+                    }
                 );
             }
             Read_::Error(e) => {
@@ -174,7 +178,9 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
         };
         let wait = async {
             match deadline {
-                Some(t) => tokio::time::timeout(t, progress.wait_empty(&d.root)).await.ok(),
+                Some(t) => tokio::time::timeout(t, progress.wait_empty(&d.root))
+                    .await
+                    .ok(),
                 None => Some(progress.wait_empty(&d.root).await),
             }
         };
@@ -228,7 +234,11 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     }
     match stop {
         Some(Stop::Signal(s) | Stop::Now(Some(s))) => return Ok(ExitCode::from(s.exit_code())),
-        Some(Stop::Now(None)) if d.state.broken_pipe.load(std::sync::atomic::Ordering::Relaxed) => {
+        Some(Stop::Now(None))
+            if d.state
+                .broken_pipe
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
             return Ok(ExitCode::SUCCESS);
         }
         Some(Stop::Now(None) | Stop::HaltSoon) => {

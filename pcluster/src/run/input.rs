@@ -85,12 +85,7 @@ struct Batcher<'a> {
 impl Batcher<'_> {
     /// Adds item `line`; false when the receiver is gone.
     fn push(&mut self, line: u64, item: &[u8]) -> bool {
-        if self
-            .cfg
-            .skip
-            .as_ref()
-            .is_some_and(|s| s.contains(line))
-        {
+        if self.cfg.skip.as_ref().is_some_and(|s| s.contains(line)) {
             return true;
         }
         let item = match self.cfg.framing {
@@ -221,7 +216,11 @@ fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
 mod tests {
     use super::*;
 
-    fn run(input: &'static [u8], framing: Framing, max: u64) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>) {
+    fn run(
+        input: &'static [u8],
+        framing: Framing,
+        max: u64,
+    ) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>) {
         let failed = Arc::new(Mutex::new(FailedOut::memory()));
         let cfg = ReaderConfig {
             framing,
@@ -255,7 +254,12 @@ mod tests {
         let (items, refused, _) = run(b"a\r\nb\n\nlast", Framing::Lines, 100);
         assert_eq!(
             items,
-            [(1, b"a".to_vec()), (2, b"b".to_vec()), (3, vec![]), (4, b"last".to_vec())]
+            [
+                (1, b"a".to_vec()),
+                (2, b"b".to_vec()),
+                (3, vec![]),
+                (4, b"last".to_vec())
+            ]
         );
         assert!(refused.is_empty());
     }

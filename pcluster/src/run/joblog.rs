@@ -76,7 +76,8 @@ pub fn chain_hash(chain: &protocol::ChainSpec) -> String {
 
 /// SHA-256 of the input file.
 pub fn file_hash(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -115,7 +116,12 @@ impl Entry<'_> {
             self.line, self.failed, self.attempts, self.seconds, self.output_bytes
         );
         // One line per entry, whatever the message holds.
-        out.extend(self.error.chars().take(300).map(|c| if c.is_control() { ' ' } else { c }));
+        out.extend(
+            self.error
+                .chars()
+                .take(300)
+                .map(|c| if c.is_control() { ' ' } else { c }),
+        );
         out.push('\n');
     }
 }
@@ -158,7 +164,9 @@ fn parse(mut r: impl std::io::BufRead, chain: &str, input: &str) -> anyhow::Resu
             break;
         }
         n += 1;
-        let text = std::str::from_utf8(&line).context("not UTF-8")?.trim_end_matches('\n');
+        let text = std::str::from_utf8(&line)
+            .context("not UTF-8")?
+            .trim_end_matches('\n');
         if n == 1 {
             ensure!(text == MAGIC, "not a pcluster joblog (first line `{text}`)");
         } else if let Some(h) = text.strip_prefix("# chain sha256 ") {
@@ -179,7 +187,9 @@ fn parse(mut r: impl std::io::BufRead, chain: &str, input: &str) -> anyhow::Resu
                 cols.next()
                     .with_context(|| format!("joblog line {n}: no {what}"))
             };
-            let l: u64 = next("line")?.parse().with_context(|| format!("joblog line {n}"))?;
+            let l: u64 = next("line")?
+                .parse()
+                .with_context(|| format!("joblog line {n}"))?;
             let status = next("status")?;
             let _failed = next("failed")?;
             let _attempts = next("attempts")?;
@@ -246,7 +256,9 @@ mod tests {
     #[test]
     fn another_chain_or_input_is_refused() {
         let text = log(&[entry(1, 0, 1)]);
-        let e = parse(text.as_bytes(), "other", "i").unwrap_err().to_string();
+        let e = parse(text.as_bytes(), "other", "i")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another chain"), "{e}");
         let e = parse(text.as_bytes(), "c", "x").unwrap_err().to_string();
         assert!(e.contains("another input"), "{e}");

@@ -98,6 +98,9 @@ mod tests {
         idx.add(0, &a);
         idx.add(2, &b);
         assert_eq!(idx.runs.lock().unwrap().len(), 2);
-        assert_eq!([idx.line(0), idx.line(1), idx.line(2), idx.line(3)], [1, 2, 3, 10]);
+        assert_eq!(
+            [idx.line(0), idx.line(1), idx.line(2), idx.line(3)],
+            [1, 2, 3, 10]
+        );
     }
 }

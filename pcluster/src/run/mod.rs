@@ -46,7 +46,8 @@ struct Files {
 fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Files> {
     let input: Box<dyn std::io::Read + Send> = match &args.input {
         Some(p) => Box::new(
-            std::fs::File::open(p).with_context(|| format!("cannot open --input {}", p.display()))?,
+            std::fs::File::open(p)
+                .with_context(|| format!("cannot open --input {}", p.display()))?,
         ),
         None => Box::new(std::io::stdin()),
     };
@@ -105,7 +106,8 @@ fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Fil
                 .with_context(|| format!("cannot open --output {}", p.display()))?,
         ),
         Some(p) => Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create --output {}", p.display()))?,
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create --output {}", p.display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };
@@ -176,8 +178,16 @@ async fn run_on_cluster(
     };
     let tag = format!("root pid {}", std::process::id());
     // The embedded node runs in this process: its tasks' log lines show here too.
-    let level = if embedded && !args.quiet { "warn,task=info" } else { "warn" };
-    let log_client = init_tracing(Console::Stderr, log_addr.map(|a| (a, tag, token.clone())), level);
+    let level = if embedded && !args.quiet {
+        "warn,task=info"
+    } else {
+        "warn"
+    };
+    let log_client = init_tracing(
+        Console::Stderr,
+        log_addr.map(|a| (a, tag, token.clone())),
+        level,
+    );
     let options = root::RootOptions {
         token,
         keep_order: args.keep_order,
@@ -242,7 +252,10 @@ async fn run_on_cluster(
     if let Some(l) = local {
         l.stop().await;
         if !args.quiet {
-            eprintln!("pcluster run: task and node logs are in {}", args.log_file.display());
+            eprintln!(
+                "pcluster run: task and node logs are in {}",
+                args.log_file.display()
+            );
         }
     }
     result

@@ -101,7 +101,10 @@ fn line(c: &root::Counters, total: u64, started: Instant) -> String {
     let mut s = if total > 0 {
         let pct = 100.0 * c.completed as f64 / total as f64;
         let eta = (total.saturating_sub(c.completed)) as f64 / rate.max(1e-9);
-        format!("done {}/{total} ({pct:.1}%)  {rate:.0} inputs/s  ETA {eta:.0} s", c.completed)
+        format!(
+            "done {}/{total} ({pct:.1}%)  {rate:.0} inputs/s  ETA {eta:.0} s",
+            c.completed
+        )
     } else {
         format!("done {}  {rate:.0} inputs/s", c.completed)
     };

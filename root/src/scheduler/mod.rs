@@ -26,8 +26,8 @@ use bytes::{Bytes, BytesMut};
 use protocol::{ErrorKind, Items, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use handlers::{Handler, Handlers, InputDone};
 pub(crate) use handlers::{Delivery, Reply};
+pub use handlers::{Handler, Handlers, InputDone};
 
 use crate::conn::Event;
 use crate::error::RootError;
@@ -378,8 +378,16 @@ impl Scheduler {
             return;
         };
         let addr = node.addr.to_string();
-        let requeue = inflight::requeue(node.batches, &mut self.attempts, self.options.max_redispatch);
-        let back = requeue.chunks.iter().map(|c| c.items.len() as u64).sum::<u64>();
+        let requeue = inflight::requeue(
+            node.batches,
+            &mut self.attempts,
+            self.options.max_redispatch,
+        );
+        let back = requeue
+            .chunks
+            .iter()
+            .map(|c| c.items.len() as u64)
+            .sum::<u64>();
         for c in requeue.chunks {
             self.queue.push_front(c);
         }
@@ -432,7 +440,10 @@ impl Scheduler {
             let want = (self.options.batch_items as u64)
                 .min(u64::from(room.window) / 4)
                 .max(1);
-            if room.items == 0 || room.bytes == 0 || (room.items < want && self.queue.items() > room.items) {
+            if room.items == 0
+                || room.bytes == 0
+                || (room.items < want && self.queue.items() > room.items)
+            {
                 return;
             }
             let below_id = self

@@ -114,7 +114,11 @@ mod tests {
         // Over the byte bound: nothing new past what was sent.
         assert!(r.complete(12, (), 100).is_empty());
         assert_eq!(r.send_below(Some(12)), 13);
-        assert_eq!(r.send_below(None), 11, "the awaited input itself may always go");
+        assert_eq!(
+            r.send_below(None),
+            11,
+            "the awaited input itself may always go"
+        );
         r.complete(10, (), 0);
         r.complete(11, (), 0);
         assert_eq!(r.send_below(Some(12)), 17);

@@ -189,10 +189,22 @@ mod tests {
     #[test]
     fn a_fitting_fresh_chunk_goes_whole() {
         let mut q = Queue::default();
-        q.push_back(Chunk::new(Ids::Range { start: 10, count: 2 }, packed(&["a", "bb"])));
+        q.push_back(Chunk::new(
+            Ids::Range {
+                start: 10,
+                count: 2,
+            },
+            packed(&["a", "bb"]),
+        ));
         assert_eq!((q.items(), q.bytes()), (2, 3));
         let (ids, items) = q.take(ALL).unwrap();
-        assert_eq!(ids, Ids::Range { start: 10, count: 2 });
+        assert_eq!(
+            ids,
+            Ids::Range {
+                start: 10,
+                count: 2
+            }
+        );
         assert_eq!(items, packed(&["a", "bb"]));
         assert_eq!((q.items(), q.bytes()), (0, 0));
         assert!(q.take(ALL).is_none());
@@ -201,13 +213,29 @@ mod tests {
     #[test]
     fn cuts_respect_items_bytes_and_the_order_window() {
         let mut q = Queue::default();
-        q.push_back(Chunk::new(Ids::Range { start: 0, count: 4 }, packed(&["a", "b", "c", "d"])));
-        q.push_back(Chunk::new(Ids::Range { start: 4, count: 2 }, packed(&["e", "f"])));
+        q.push_back(Chunk::new(
+            Ids::Range { start: 0, count: 4 },
+            packed(&["a", "b", "c", "d"]),
+        ));
+        q.push_back(Chunk::new(
+            Ids::Range { start: 4, count: 2 },
+            packed(&["e", "f"]),
+        ));
         let (ids, items) = q.take(Cut { items: 3, ..ALL }).unwrap();
-        assert_eq!((ids, items), (Ids::Range { start: 0, count: 3 }, packed(&["a", "b", "c"])));
+        assert_eq!(
+            (ids, items),
+            (Ids::Range { start: 0, count: 3 }, packed(&["a", "b", "c"]))
+        );
         let (ids, _) = q.take(Cut { bytes: 2, ..ALL }).unwrap();
-        assert_eq!(ids, Ids::Range { start: 3, count: 2 }, "spans chunks, stops at 2 bytes");
-        assert!(q.take(Cut { below_id: 5, ..ALL }).is_none(), "id 5 is outside the window");
+        assert_eq!(
+            ids,
+            Ids::Range { start: 3, count: 2 },
+            "spans chunks, stops at 2 bytes"
+        );
+        assert!(
+            q.take(Cut { below_id: 5, ..ALL }).is_none(),
+            "id 5 is outside the window"
+        );
         assert_eq!(q.front_id(), Some(5));
         let (ids, _) = q.take(Cut { below_id: 6, ..ALL }).unwrap();
         assert_eq!(ids, Ids::Range { start: 5, count: 1 });
@@ -217,20 +245,35 @@ mod tests {
     #[test]
     fn put_back_items_go_first_and_keep_their_ids() {
         let mut q = Queue::default();
-        q.push_back(Chunk::new(Ids::Range { start: 100, count: 1 }, packed(&["new"])));
+        q.push_back(Chunk::new(
+            Ids::Range {
+                start: 100,
+                count: 1,
+            },
+            packed(&["new"]),
+        ));
         q.push_front(Chunk::new(Ids::List(vec![7, 3]), packed(&["x", "y"])));
         assert_eq!(q.front_id(), Some(7));
         let (ids, items) = q.take(ALL).unwrap();
         assert_eq!(ids, Ids::List(vec![7, 3]));
         assert_eq!(items, packed(&["x", "y"]));
         let (ids, _) = q.take(Cut { items: 1, ..ALL }).unwrap();
-        assert_eq!(ids, Ids::Range { start: 100, count: 1 });
+        assert_eq!(
+            ids,
+            Ids::Range {
+                start: 100,
+                count: 1
+            }
+        );
     }
 
     #[test]
     fn a_large_item_still_goes_alone() {
         let mut q = Queue::default();
-        q.push_back(Chunk::new(Ids::Range { start: 0, count: 2 }, packed(&["0123456789", "x"])));
+        q.push_back(Chunk::new(
+            Ids::Range { start: 0, count: 2 },
+            packed(&["0123456789", "x"]),
+        ));
         let (ids, _) = q.take(Cut { bytes: 4, ..ALL }).unwrap();
         assert_eq!(ids, Ids::Range { start: 0, count: 1 });
     }
