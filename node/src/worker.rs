@@ -803,6 +803,7 @@ fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                 index,
                 task: None,
                 item_start: Vec::new(),
+                item: None,
                 message: format!(
                     "the outputs of this input ({own_bytes} bytes) exceed the {limit}-byte message limit"
                 ),
@@ -1009,6 +1010,7 @@ impl FailureSink<'_> {
                 name: task.to_string(),
             }),
             item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
+            item: None,
             message: error.to_string(),
         });
     }

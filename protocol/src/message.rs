@@ -218,6 +218,8 @@ pub struct Setup {
     pub session: SessionId,
     /// The chain.
     pub chain: ChainSpec,
+    /// Whether failures carry the whole failing item (so the root can try it again).
+    pub send_failed_items: bool,
 }
 
 /// The chain is ready.
@@ -289,6 +291,9 @@ pub struct Items {
     pub ids: Ids,
     /// The items.
     pub items: Packed,
+    /// The task the items enter the chain at: the first for fed inputs, the failing one for
+    /// an item tried again (`--retries`).
+    pub stage: TaskIndex,
 }
 
 /// The task an item failed in.
@@ -311,6 +316,8 @@ pub struct Failure {
     /// The start of the failing item (at most a few hundred bytes).
     #[serde(with = "serde_bytes")]
     pub item_start: Vec<u8>,
+    /// The whole failing item, when the setup asked for it.
+    pub item: Option<serde_bytes::ByteBuf>,
     /// What happened.
     pub message: String,
 }

@@ -59,6 +59,7 @@ fn every_message() -> Vec<Msg> {
                 }],
                 limits: Limits::default(),
             },
+            send_failed_items: true,
         })),
         Msg::Items(Items {
             seq: 3,
@@ -67,11 +68,13 @@ fn every_message() -> Vec<Msg> {
                 count: 3,
             },
             items: items.clone(),
+            stage: TaskIndex(0),
         }),
         Msg::Items(Items {
             seq: 4,
             ids: Ids::List(vec![1, 5, u64::MAX]),
             items: items.clone(),
+            stage: TaskIndex(2),
         }),
         Msg::Reset,
         Msg::Pause,
@@ -114,6 +117,7 @@ fn every_message() -> Vec<Msg> {
                     name: "f".into(),
                 }),
                 item_start: b"x".to_vec(),
+                item: Some(serde_bytes::ByteBuf::from(b"xyz".to_vec())),
                 message: "boom".into(),
             }],
         }),
@@ -226,6 +230,7 @@ fn length_fields_inside_a_small_frame_cannot_force_a_big_allocation() {
         seq: 1,
         ids: Ids::List(vec![]),
         items: Packed::new(),
+        stage: TaskIndex(0),
     }))[4..]
         .to_vec();
     // Find the empty list's length byte (0) after the variant tags and replace it with a

@@ -41,6 +41,9 @@ pub struct RootOptions {
     pub reorder_items: u64,
     /// With `keep_order`: bytes of early outputs held before nothing new is sent.
     pub reorder_bytes: u64,
+    /// How often an item that failed in a task is tried again, entering the chain at that
+    /// task (on another node where there is one); its input's other outputs are not repeated.
+    pub retries: u32,
 }
 
 impl Default for RootOptions {
@@ -62,6 +65,7 @@ impl Default for RootOptions {
             keep_order: false,
             reorder_items: 1 << 16,
             reorder_bytes: 64 << 20,
+            retries: 0,
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn setup(client: &mut Client, session: u64, chain: ChainSpec) -> Msg {
     let setup = protocol::Setup {
         session: SessionId(session),
         chain,
+        send_failed_items: false,
     };
     client
         .conn

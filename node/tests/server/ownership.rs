@@ -23,6 +23,7 @@ async fn one_item(client: &mut Client, seq: u64, item: &[u8]) -> Vec<Vec<u8>> {
         seq,
         ids: Ids::Range { start: 0, count: 1 },
         items: [item].into_iter().collect::<Packed>(),
+        stage: protocol::TaskIndex(0),
     };
     client
         .conn

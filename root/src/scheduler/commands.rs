@@ -37,6 +37,7 @@ impl Scheduler {
                     let msg = Msg::Setup(Box::new(Setup {
                         session: self.session,
                         chain,
+                        send_failed_items: self.options.retries > 0,
                     }));
                     self.send(id, &msg).await;
                 }
@@ -59,6 +60,7 @@ impl Scheduler {
                 let msg = Msg::Setup(Box::new(Setup {
                     session: self.session,
                     chain,
+                    send_failed_items: self.options.retries > 0,
                 }));
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in &ids {
@@ -87,6 +89,7 @@ impl Scheduler {
                 self.handlers = None;
                 self.queue.clear();
                 self.attempts.clear();
+                self.retries.clear();
                 self.no_nodes_since = None;
                 for n in self.nodes.values_mut() {
                     n.forget();

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::{Credit, Ids, ItemId, Packed};
+use protocol::{Credit, Ids, ItemId, Packed, TaskIndex};
 use tokio::sync::mpsc;
 
 use super::queue::Chunk;
+use super::retry::Retry;
 
 /// A batch sent to a node and not yet complete.
 pub(crate) struct InFlight {
@@ -19,6 +20,10 @@ pub(crate) struct InFlight {
     pub done: Vec<bool>,
     pub remaining: u32,
     pub sent: Instant,
+    /// The task the items entered at.
+    pub stage: TaskIndex,
+    /// For a batch of retries: which try each item is (its id is its input's).
+    pub tries: Option<Vec<u32>>,
 }
 
 /// A re-dispatched input: how often it was sent, and when first.
@@ -79,7 +84,7 @@ impl NodeConn {
     }
 
     /// Records a batch as sent.
-    pub fn hold(&mut self, seq: u64, ids: Ids, items: Packed) {
+    pub fn hold(&mut self, seq: u64, ids: Ids, items: Packed, stage: TaskIndex, tries: Option<Vec<u32>>) {
         let count = items.len();
         self.in_items += count as u64;
         self.in_bytes += items.bytes() as u64;
@@ -91,6 +96,8 @@ impl NodeConn {
                 done: vec![false; count],
                 remaining: count as u32,
                 sent: Instant::now(),
+                stage,
+                tries,
             },
         );
     }
@@ -116,6 +123,8 @@ pub(crate) struct Poison {
 pub(crate) struct Requeue {
     pub chunks: Vec<Chunk>,
     pub poison: Vec<Poison>,
+    /// Retries in flight, to try again elsewhere.
+    pub retries: Vec<Retry>,
 }
 
 /// Puts back every input of `batches` not yet complete, counting its attempts; an input sent
@@ -128,11 +137,26 @@ pub(crate) fn requeue(
     let mut out = Requeue {
         chunks: Vec::new(),
         poison: Vec::new(),
+        retries: Vec::new(),
     };
     // Oldest batches first, so the queue's front keeps the lowest ids.
     let mut batches: Vec<(u64, InFlight)> = batches.into_iter().collect();
     batches.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
     for (_, b) in batches {
+        if let Some(tries) = &b.tries {
+            for (i, item) in b.items.iter().enumerate() {
+                if let (false, Some(parent)) = (b.done[i], b.ids.get(i)) {
+                    out.retries.push(Retry {
+                        parent,
+                        stage: b.stage,
+                        item: item.to_vec(),
+                        attempt: tries[i],
+                        avoid: None,
+                    });
+                }
+            }
+            continue;
+        }
         let mut ids = Vec::new();
         let mut items = Packed::new();
         for (i, item) in b.items.iter().enumerate() {
@@ -181,6 +205,8 @@ mod tests {
             done,
             remaining,
             sent: Instant::now(),
+            stage: TaskIndex(0),
+            tries: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod handlers;
 mod inflight;
 mod order;
 mod queue;
+mod retry;
 mod settle;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,7 @@ use crate::{ItemFailure, RootOptions};
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Cut, Queue};
+use retry::Retries;
 
 pub(crate) enum Cmd {
     Attach {
@@ -145,6 +147,7 @@ pub(crate) struct Scheduler {
     /// Since when no node has been connected while a chain is set up.
     no_nodes_since: Option<Instant>,
     stall: watch::Sender<Option<Stall>>,
+    retries: Retries,
 }
 
 pub(crate) async fn run(
@@ -178,6 +181,7 @@ pub(crate) async fn run(
         sent_up_to: None,
         no_nodes_since: None,
         stall,
+        retries: Retries::default(),
     };
     let mut closing: Option<Reply> = None;
     loop {
@@ -391,6 +395,30 @@ impl Scheduler {
         for c in requeue.chunks {
             self.queue.push_front(c);
         }
+        for mut r in requeue.retries {
+            if r.attempt >= self.options.retries {
+                // Counted as a try: a retry that takes nodes down stops here.
+                let parent = r.parent;
+                let input_item = self
+                    .retries
+                    .parents
+                    .get(&parent.0)
+                    .map(|p| p.input_item.clone())
+                    .unwrap_or_default();
+                self.retry_failed(ItemFailure {
+                    input: parent,
+                    node: addr.clone(),
+                    task: String::new(),
+                    task_index: Some(r.stage),
+                    item_start: r.item[..r.item.len().min(200)].to_vec(),
+                    input_item,
+                    message: format!("its node was lost while trying the item again: {why}"),
+                });
+            } else {
+                r.attempt += 1;
+                self.retries.queue.push_front(r);
+            }
+        }
         self.counters.redispatched += back;
         self.lost.push(addr.clone());
         tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
@@ -426,6 +454,7 @@ impl Scheduler {
         if self.paused || self.chain.is_none() {
             return;
         }
+        self.dispatch_retries().await;
         while self.queue.items() > 0 {
             // The ready node with the most room.
             let best = self
@@ -466,7 +495,12 @@ impl Scheduler {
                 return;
             };
             let seq = node.next_seq();
-            let msg = Msg::Items(Items { seq, ids, items });
+            let msg = Msg::Items(Items {
+                seq,
+                ids,
+                items,
+                stage: protocol::TaskIndex(0),
+            });
             let frame = self.encode(&msg);
             let Msg::Items(Items { ids, items, .. }) = msg else {
                 unreachable!("built as Items above")
@@ -497,7 +531,7 @@ impl Scheduler {
             let Some(node) = self.nodes.get_mut(&id) else {
                 return;
             };
-            node.hold(seq, ids, items);
+            node.hold(seq, ids, items, protocol::TaskIndex(0), None);
             if node.tx.send(frame).await.is_err() {
                 // The writer is gone; the reader reports the loss and we requeue then.
                 return;
@@ -537,7 +571,7 @@ impl Scheduler {
             }
         }
         if !self.wait_empty.is_empty() {
-            if self.queue.items() == 0 && self.in_flight() == 0 {
+            if self.queue.items() == 0 && self.in_flight() == 0 && self.retries.is_idle() {
                 let fed = self.counters.fed;
                 let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wait_empty)
                     .into_iter()

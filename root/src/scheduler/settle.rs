@@ -1,11 +1,13 @@
-//! Settling a node's `Outputs`: each input it completes is marked done once, then its
-//! outputs, failures and completion are handed over (at once, or through the reorder
+//! Settling a node's `Outputs`: each input (or retry) it completes is marked done once, then
+//! its outputs, failures and completion are handed over (at once, or through the reorder
 //! buffer). A duplicate completion (possible only after a re-dispatch raced the original
-//! answer) is dropped whole.
+//! answer) is dropped whole. A failure that may be tried again becomes a retry instead, and
+//! its input completes when its last retry does.
 
 use protocol::{Failure, ItemId, NodeId, Outputs, Packed};
 
 use super::handlers::{Delivery, InputDone};
+use super::retry::{Parent, Retry};
 use super::{Counters, Scheduler};
 use crate::ItemFailure;
 
@@ -26,6 +28,7 @@ impl Scheduler {
         let n = o.counts.0.len();
         let total: u64 = o.counts.0.iter().map(|&c| u64::from(c)).sum();
         if first + n > batch.done.len()
+            || first + n > batch.ids.len()
             || o.items.validate().is_err()
             || total != o.items.len() as u64
         {
@@ -35,6 +38,7 @@ impl Scheduler {
         let Some(handlers) = self.handlers.as_mut() else {
             return;
         };
+        let retries_allowed = self.options.retries;
         // Failures by input, in input order.
         let mut failures: Vec<Failure> = o.failures;
         failures.sort_by_key(|f| f.index);
@@ -44,12 +48,15 @@ impl Scheduler {
         let mut c = Counters::default();
         let mut freed_bytes = 0u64;
         let mut settled = 0u64;
+        // Inputs whose last retry completed here.
+        let mut finished_parents = Vec::new();
         for i in 0..n {
             let idx = first + i;
             let count = o.counts.0[i] as usize;
-            let dup = batch.done[idx];
-            let input = batch.ids.get(idx).unwrap_or(ItemId(0));
-            if dup {
+            let Some(input) = batch.ids.get(idx) else {
+                break; // checked above: every index of the range has an id
+            };
+            if batch.done[idx] {
                 for _ in 0..count {
                     items.next();
                 }
@@ -60,41 +67,88 @@ impl Scheduler {
             batch.remaining -= 1;
             settled += 1;
             freed_bytes += u64::from(batch.items.lens.0[idx]);
-            let attempt = if self.attempts.is_empty() {
-                None
-            } else {
-                self.attempts.remove(&input.0)
+            // This item's try (0: the input itself).
+            let attempt = batch.tries.as_ref().map_or(0, |t| t[idx]);
+            let input_item = || {
+                batch
+                    .items
+                    .iter()
+                    .nth(idx)
+                    .unwrap_or_default()
+                    .to_vec()
             };
             let mut own_failures = Vec::new();
+            let mut new_retries = 0u32;
             while let Some(f) = failures.next_if(|f| f.index as usize <= idx) {
-                if f.index as usize == idx {
-                    let whole = batch.items.iter().nth(idx).unwrap_or_default();
-                    let (task, task_index) = match f.task {
-                        Some(t) => (t.name, Some(t.index)),
-                        None => (String::new(), None),
-                    };
-                    own_failures.push(ItemFailure {
-                        input,
-                        node: addr.to_string(),
-                        task,
-                        task_index,
-                        item_start: f.item_start.into_iter().take(ITEM_QUOTE).collect(),
-                        input_item: whole.to_vec(),
-                        message: f.message,
-                    });
+                if f.index as usize != idx {
+                    continue;
                 }
+                if let (Some(task), Some(item), true) =
+                    (&f.task, &f.item, attempt < retries_allowed)
+                {
+                    self.retries.queue.push_back(Retry {
+                        parent: input,
+                        stage: task.index,
+                        item: item.to_vec(),
+                        attempt: attempt + 1,
+                        avoid: Some(id),
+                    });
+                    new_retries += 1;
+                    continue;
+                }
+                let (task, task_index) = match f.task {
+                    Some(t) => (t.name, Some(t.index)),
+                    None => (String::new(), None),
+                };
+                let input_item = match self.retries.parents.get(&input.0) {
+                    Some(p) => p.input_item.clone(),
+                    None => input_item(),
+                };
+                own_failures.push(ItemFailure {
+                    input,
+                    node: addr.to_string(),
+                    task,
+                    task_index,
+                    item_start: f.item_start.into_iter().take(ITEM_QUOTE).collect(),
+                    input_item,
+                    message: f.message,
+                });
+            }
+            let is_retry = batch.tries.is_some();
+            if !is_retry && !self.attempts.is_empty() {
+                // Forget how often a re-dispatched input was sent once it is done.
+                self.attempts.remove(&input.0);
             }
             if !slow {
-                // The fast path: no completion handler, no ordering.
+                // The fast path: outputs and failures go at once; with retries outstanding
+                // only the input's completion waits.
                 for _ in 0..count {
                     let Some(item) = items.next() else { break };
                     handlers.output(input, item);
                 }
                 c.outputs += count as u64;
-                c.completed += 1;
                 c.failed += own_failures.len() as u64;
                 for f in own_failures {
                     handlers.failure(f);
+                }
+                if is_retry {
+                    if let Some(p) = self.retries.parents.get_mut(&input.0) {
+                        p.pending = p.pending - 1 + new_retries;
+                        if p.pending == 0 {
+                            finished_parents.push(input);
+                        }
+                    }
+                } else if new_retries > 0 {
+                    self.retries.parents.insert(
+                        input.0,
+                        Parent {
+                            pending: new_retries,
+                            held: None,
+                            input_item: input_item(),
+                        },
+                    );
+                } else {
+                    c.completed += 1;
                 }
                 continue;
             }
@@ -103,6 +157,28 @@ impl Scheduler {
                 let Some(item) = items.next() else { break };
                 outputs.push(item);
             }
+            if is_retry {
+                if let Some(p) = self.retries.parents.get_mut(&input.0) {
+                    if let Some(held) = p.held.as_mut() {
+                        for item in &outputs {
+                            held.outputs.push(item);
+                        }
+                        held.done.outputs += count as u32;
+                        held.done.failed += own_failures.len() as u32;
+                        held.failures.extend(own_failures);
+                    }
+                    p.pending = p.pending - 1 + new_retries;
+                    if p.pending == 0 {
+                        finished_parents.push(input);
+                    }
+                }
+                continue;
+            }
+            let attempt = if self.attempts.is_empty() {
+                None
+            } else {
+                self.attempts.remove(&input.0)
+            };
             let done = InputDone {
                 input,
                 outputs: count as u32,
@@ -115,6 +191,17 @@ impl Scheduler {
                 failures: own_failures,
                 done,
             };
+            if new_retries > 0 {
+                self.retries.parents.insert(
+                    input.0,
+                    Parent {
+                        pending: new_retries,
+                        held: Some(d),
+                        input_item: input_item(),
+                    },
+                );
+                continue;
+            }
             match self.order.as_mut() {
                 None => handlers.deliver(d, &mut c),
                 Some(order) => {
@@ -133,5 +220,19 @@ impl Scheduler {
         self.counters.outputs += c.outputs;
         self.counters.failed += c.failed;
         self.counters.completed += c.completed;
+        for input in finished_parents {
+            self.finish_parent(input);
+        }
+    }
+
+    /// An input's last retry completed: the input is complete.
+    pub(super) fn finish_parent(&mut self, input: ItemId) {
+        let Some(p) = self.retries.parents.remove(&input.0) else {
+            return;
+        };
+        match p.held {
+            Some(d) => self.deliver(d),
+            None => self.counters.completed += 1,
+        }
     }
 }

@@ -1,0 +1,235 @@
+//! Trying failed items again (`retries`): an item that failed in task `k` goes back to a
+//! node, another one where possible, entering the chain at task `k`. Its input is complete
+//! only when every retry it led to is: the input's other outputs are handed over once, never
+//! repeated, and the retried item's outputs join them.
+
+use std::collections::{HashMap, VecDeque};
+
+use protocol::{Ids, ItemId, Items, Msg, NodeId, Packed, TaskIndex};
+
+use super::Scheduler;
+use super::handlers::Delivery;
+use crate::ItemFailure;
+
+/// A failed item waiting to be tried again.
+#[derive(Debug, Clone)]
+pub(crate) struct Retry {
+    /// The input it descends from.
+    pub parent: ItemId,
+    /// The task it failed in: it enters the chain there.
+    pub stage: TaskIndex,
+    pub item: Vec<u8>,
+    /// Which try this is (1: the first retry).
+    pub attempt: u32,
+    /// The node it last failed on.
+    pub avoid: Option<NodeId>,
+}
+
+/// An input with retries outstanding.
+#[derive(Debug)]
+pub(crate) struct Parent {
+    /// Retries not yet complete.
+    pub pending: u32,
+    /// What it produced so far, when completions or order are wanted (otherwise outputs
+    /// are handed over as they come).
+    pub held: Option<Delivery>,
+    /// The input as fed, for the failure handler.
+    pub input_item: Vec<u8>,
+}
+
+/// Everything about retries.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    pub queue: VecDeque<Retry>,
+    pub parents: HashMap<u64, Parent>,
+}
+
+impl Retries {
+    /// Nothing outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.parents.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.parents.clear();
+    }
+
+    /// Takes up to `max` retries of one stage from the front (at most about `max_bytes`),
+    /// for a node other than `node` when `other_nodes` says one could take them.
+    pub fn take(
+        &mut self,
+        node: NodeId,
+        other_nodes: bool,
+        max: usize,
+        max_bytes: u64,
+    ) -> Option<(TaskIndex, Vec<Retry>)> {
+        let first = self.queue.front()?;
+        if other_nodes && first.avoid == Some(node) {
+            return None;
+        }
+        let stage = first.stage;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(r) = self.queue.front() {
+            if out.len() >= max
+                || r.stage != stage
+                || (!out.is_empty() && bytes + r.item.len() as u64 > max_bytes)
+                || (other_nodes && r.avoid == Some(node))
+            {
+                break;
+            }
+            bytes += r.item.len() as u64;
+            out.extend(self.queue.pop_front());
+        }
+        Some((stage, out))
+    }
+}
+
+/// Packs retries into a batch's items.
+pub(crate) fn pack(retries: &[Retry]) -> Packed {
+    retries.iter().map(|r| r.item.as_slice()).collect()
+}
+
+impl Scheduler {
+    /// Sends waiting retries, each to a node other than the one it failed on where one has
+    /// room.
+    pub(super) async fn dispatch_retries(&mut self) {
+        while !self.retries.queue.is_empty() {
+            let avoid = self.retries.queue.front().and_then(|r| r.avoid);
+            let ready: Vec<(NodeId, u64, u64)> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.ready && !n.draining)
+                .map(|(id, n)| (*id, n.room()))
+                .filter(|(_, r)| r.items > 0 && r.bytes > 0)
+                .map(|(id, r)| (id, r.items, r.bytes))
+                .collect();
+            let other = ready.iter().any(|(id, _, _)| Some(*id) != avoid);
+            let Some(&(id, items, bytes)) = ready
+                .iter()
+                .filter(|(id, _, _)| !other || Some(*id) != avoid)
+                .max_by_key(|(_, items, _)| *items)
+            else {
+                return;
+            };
+            let max = items.min(self.options.batch_items as u64) as usize;
+            let max_bytes = bytes.min(self.options.max_frame as u64 / 2);
+            let Some((stage, batch)) = self.retries.take(id, other, max, max_bytes) else {
+                return;
+            };
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let seq = node.next_seq();
+            let ids = Ids::List(batch.iter().map(|r| r.parent.0).collect());
+            let tries: Vec<u32> = batch.iter().map(|r| r.attempt).collect();
+            let msg = Msg::Items(Items {
+                seq,
+                ids,
+                items: pack(&batch),
+                stage,
+            });
+            let frame = match self.encode(&msg) {
+                Ok(f) => f,
+                Err(e) => {
+                    for r in batch {
+                        let input_item = self
+                            .retries
+                            .parents
+                            .get(&r.parent.0)
+                            .map(|p| p.input_item.clone())
+                            .unwrap_or_default();
+                        self.retry_failed(ItemFailure {
+                            input: r.parent,
+                            node: String::new(),
+                            task: String::new(),
+                            task_index: Some(r.stage),
+                            item_start: r.item[..r.item.len().min(200)].to_vec(),
+                            input_item,
+                            message: format!("cannot send the item again: {e}"),
+                        });
+                    }
+                    continue;
+                }
+            };
+            let Msg::Items(Items { ids, items, .. }) = msg else {
+                unreachable!("built as Items above")
+            };
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            node.hold(seq, ids, items, stage, Some(tries));
+            if node.tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A retried item failed for good: its input gets the failure, and is complete once no
+    /// other retry of it is outstanding.
+    pub(super) fn retry_failed(&mut self, f: ItemFailure) {
+        let input = f.input;
+        let Some(p) = self.retries.parents.get_mut(&input.0) else {
+            return;
+        };
+        match p.held.as_mut() {
+            Some(held) => {
+                held.done.failed += 1;
+                held.failures.push(f);
+            }
+            None => {
+                self.counters.failed += 1;
+                if let Some(h) = self.handlers.as_mut() {
+                    h.failure(f);
+                }
+            }
+        }
+        p.pending = p.pending.saturating_sub(1);
+        if p.pending == 0 {
+            self.finish_parent(input);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(parent: u64, stage: u32, avoid: Option<u32>) -> Retry {
+        Retry {
+            parent: ItemId(parent),
+            stage: TaskIndex(stage),
+            item: vec![b'x'; 10],
+            attempt: 1,
+            avoid: avoid.map(NodeId),
+        }
+    }
+
+    #[test]
+    fn takes_one_stage_at_a_time() {
+        let mut r = Retries::default();
+        r.queue.extend([retry(1, 2, None), retry(2, 2, None), retry(3, 1, None)]);
+        let (stage, got) = r.take(NodeId(0), false, 10, 1 << 20).unwrap();
+        assert_eq!((stage, got.len()), (TaskIndex(2), 2));
+        let (stage, got) = r.take(NodeId(0), false, 10, 1 << 20).unwrap();
+        assert_eq!((stage, got.len()), (TaskIndex(1), 1));
+        assert!(r.take(NodeId(0), false, 10, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn another_node_is_preferred_when_there_is_one() {
+        let mut r = Retries::default();
+        r.queue.push_back(retry(1, 0, Some(7)));
+        assert!(r.take(NodeId(7), true, 10, 1 << 20).is_none());
+        assert!(r.take(NodeId(7), false, 10, 1 << 20).is_some(), "no other node: same one");
+    }
+
+    #[test]
+    fn bytes_bound_a_batch_but_one_item_always_goes() {
+        let mut r = Retries::default();
+        r.queue.extend([retry(1, 0, None), retry(2, 0, None)]);
+        let (_, got) = r.take(NodeId(0), false, 10, 5).unwrap();
+        assert_eq!(got.len(), 1);
+    }
+}
