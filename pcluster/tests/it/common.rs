@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: find (or build) the `pcluster` binary, pick free
-//! loopback ports, wait on a condition with a deadline, and a child process guard.
+//! Helpers shared by the integration tests: the `pcluster` binary, free loopback ports,
+//! waits on a condition with a deadline, a child process guard, and cluster set-ups.
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
@@ -11,40 +11,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The `pcluster` executable of the same profile as this test binary, built first.
-///
-/// The tests package cannot depend on another package's binary, so `CARGO_BIN_EXE_pcluster`
-/// does not exist here; the binary sits next to the `deps/` directory that holds this test
-/// executable. Under cargo (`CARGO` set) it is always rebuilt once per test run, a no-op when
-/// it is fresh, because a stale binary fails tests in confusing ways; otherwise it is built
-/// only when missing.
+/// The `pcluster` executable that cargo built for this test binary.
 pub fn pcluster_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current test executable");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable is in target/<profile>/deps");
-        let bin = profile_dir.join(format!("pcluster{}", std::env::consts::EXE_SUFFIX));
-        let cargo = std::env::var("CARGO").ok();
-        if cargo.is_some() || !bin.exists() {
-            let mut build = Command::new(cargo.as_deref().unwrap_or("cargo"));
-            build.args(["build", "-p", "pcluster", "--bin", "pcluster"]);
-            if exe.to_string_lossy().contains("/release/") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build for pcluster");
-            assert!(status.success(), "building pcluster failed: {status}");
-            assert!(
-                bin.exists(),
-                "cargo build did not produce {}",
-                bin.display()
-            );
-        }
-        bin
-    })
-    .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_pcluster"))
 }
 
 /// A TCP port on `ip` that was free a moment ago.
