@@ -7,15 +7,15 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 
-use std::io::{BufRead as _, Write as _};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::io::BufRead as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
-use protocol::{ChainSpec, Limits, Packed, TaskSpec};
+use kit::{Process, W1Check, peak_rss_mib, w1_batches, w1_chain};
+use protocol::{Limits, Packed};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -45,146 +45,6 @@ pub struct BenchArgs {
     pub no_scan: bool,
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Peak resident memory of a process in MiB (`VmHWM`), Linux only.
-pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".into(),
-    };
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn native_w2(seed: u64, iterations: u64) -> u64 {
-    let mut x = seed;
-    for _ in 0..iterations {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x ^= x >> 33;
-    }
-    x
-}
-
-fn trailing_number(item: &[u8]) -> Option<u64> {
-    let digits = match item.iter().rposition(|&b| b == b'-') {
-        Some(i) => &item[i + 1..],
-        None => item,
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// W1 as plain Rust in one thread: the same work and the same output buffer shape.
-fn native_w1(items: &Packed) -> usize {
-    let mut out = Packed::with_capacity(items.len(), items.bytes());
-    for item in items {
-        let identity = std::hint::black_box(item);
-        for dup in [identity, identity] {
-            if trailing_number(dup).is_some_and(|n| n % 2 == 0) {
-                out.push(dup);
-            }
-        }
-    }
-    out.len()
-}
-
-fn chain(module: &[u8], name: &str, tasks: &[(&str, bool, &str)]) -> ChainSpec {
-    ChainSpec {
-        name: name.into(),
-        version: "bench".into(),
-        modules: vec![module.to_vec().into()],
-        tasks: tasks
-            .iter()
-            .map(|(f, g, a)| TaskSpec {
-                function: (*f).into(),
-                module: 0,
-                generator: *g,
-                args: a.as_bytes().to_vec(),
-            })
-            .collect(),
-        limits: Limits::default(),
-    }
-}
-
-fn w1_chain(module: &[u8]) -> ChainSpec {
-    chain(
-        module,
-        "w1",
-        &[
-            ("w1_identity", false, ""),
-            ("w1_duplicate", true, ""),
-            ("w1_drop_odd", false, ""),
-        ],
-    )
-}
-
-fn w1_batches(n: u64, batch: usize) -> Vec<Packed> {
-    let mut out = Vec::new();
-    let mut p = Packed::with_capacity(batch, batch * 12);
-    let mut buf = String::new();
-    for i in 0..n {
-        buf.clear();
-        use std::fmt::Write as _;
-        let _ = write!(buf, "item-{i}");
-        p.push(buf.as_bytes());
-        if p.len() == batch {
-            out.push(std::mem::replace(
-                &mut p,
-                Packed::with_capacity(batch, batch * 12),
-            ));
-        }
-    }
-    if !p.is_empty() {
-        out.push(p);
-    }
-    out
-}
-
-/// Counts W1 outputs per input index; verifies every even item twice, odd items never.
-struct W1Check {
-    counts: Vec<u8>,
-    bad: u64,
-}
-
-impl W1Check {
-    fn new(n: u64) -> Self {
-        W1Check {
-            counts: vec![0; n as usize],
-            bad: 0,
-        }
-    }
-
-    #[inline]
-    fn add(&mut self, item: &[u8]) {
-        match item
-            .strip_prefix(b"item-")
-            .and_then(trailing_number)
-            .and_then(|i| self.counts.get_mut(i as usize))
-        {
-            Some(c) => *c = c.saturating_add(1),
-            None => self.bad += 1,
-        }
-    }
-
-    fn verify(&self) -> anyhow::Result<()> {
-        ensure!(self.bad == 0, "{} outputs are not W1 items", self.bad);
-        for (i, &c) in self.counts.iter().enumerate() {
-            let want = if i % 2 == 0 { 2 } else { 0 };
-            ensure!(c == want, "item-{i} came out {c} times, expected {want}");
-        }
-        Ok(())
-    }
-}
-
 struct Row {
     name: String,
     items: u64,
@@ -192,32 +52,6 @@ struct Row {
     native_per_item: Option<f64>,
     wasm_per_item: Option<f64>,
     note: String,
-}
-
-struct Procs {
-    children: Vec<std::process::Child>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        ensure!(Instant::now() < end, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-fn free_port(ip: &str) -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -228,55 +62,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("pcluster-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let wasm_path =
-        root::chain::build_task_crate(&repo().join("tasks-example")).map_err(anyhow::Error::msg)?;
-    let module = std::fs::read(&wasm_path)?;
+    let pcluster = kit::Pcluster::new(&exe);
+    let dir = kit::temp_dir("bench")?;
+    let module = kit::tasks_example_wasm()?;
 
     // The cluster: a log server and node processes on 127.0.0.2, .3, …
-    let mut procs = Procs {
-        children: Vec::new(),
-    };
-    let log_port = free_port("127.0.0.1")?;
-    procs.children.push(
-        Command::new(&exe)
-            .args([
-                "log",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &log_port.to_string(),
-                "--outfile",
-            ])
-            .arg(dir.join("bench.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_listening(format!("127.0.0.1:{log_port}").parse()?).await?;
-    let port = free_port("127.0.0.2")?;
+    let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), &[]).await?;
+    let mut procs = vec![log];
+    let first: IpAddr = "127.0.0.2".parse()?;
+    let port = kit::free_port(first)?;
     let mut nodes = Vec::new();
     let mut node_pids = Vec::new();
     for i in 0..args.nodes {
-        let ip = format!("127.0.0.{}", 2 + i);
-        let child = Command::new(&exe)
-            .args(["node", "--host", &ip, "--port", &port.to_string()])
-            .args([
-                "--log-host",
-                "127.0.0.1",
-                "--log-port",
-                &log_port.to_string(),
-            ])
-            .args(["--workers", &args.workers.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let ip: IpAddr = format!("127.0.0.{}", 2 + i).parse()?;
+        let child = pcluster
+            .start_node(ip, port, log_port, args.workers, &[])
+            .await?;
         node_pids.push(child.id());
-        procs.children.push(child);
-        let addr: SocketAddr = format!("{ip}:{port}").parse()?;
-        wait_listening(addr).await?;
-        nodes.push(addr);
+        procs.push(child);
+        nodes.push(SocketAddr::new(ip, port));
     }
     let total_workers = u64::from(args.nodes * args.workers);
     let mut rows = Vec::new();
@@ -287,7 +91,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let mut kept = 0;
     for b in &w1_probe {
-        kept += native_w1(b);
+        let mut out = Packed::with_capacity(b.len(), b.bytes());
+        kit::native_w1(b, &mut out);
+        kept += out.len();
     }
     let native_w1_ns = t.elapsed().as_nanos() as f64 / probe_n as f64;
     ensure!(kept as u64 == probe_n, "native W1 kept {kept} of {probe_n}");
@@ -360,7 +166,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let got = Arc::new(Mutex::new(Vec::with_capacity(seeds as usize)));
         let g = got.clone();
         root.setup(
-            chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]),
+            kit::chain_spec(
+                name,
+                &module,
+                &[("w2_cpu", false, &iterations.to_string())],
+                Limits::default(),
+            ),
             move |_, item| {
                 if let Ok(mut g) = g.lock() {
                     g.push(String::from_utf8_lossy(item).into_owned());
@@ -375,7 +186,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         // Native, serially, for the expected values and the floor.
         let tn = Instant::now();
         let mut expected: Vec<String> = (0..seeds)
-            .map(|s| native_w2(s, iterations).to_string())
+            .map(|s| kit::native_w2(s, iterations).to_string())
             .collect();
         let native_secs = tn.elapsed().as_secs_f64();
         let mut got = got.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
@@ -389,7 +200,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         // The in-process wasm floor on a sample of seeds (the whole of W2-long would take
         // seconds more).
         let sample = seeds.min(100);
-        let spec = chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]);
+        let spec = kit::chain_spec(
+            name,
+            &module,
+            &[("w2_cpu", false, &iterations.to_string())],
+            Limits::default(),
+        );
         let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
         let items: Packed = (0..sample).map(|s| s.to_string()).collect();
         let tw = Instant::now();
@@ -413,7 +229,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let node_rss: Vec<f64> = node_pids
         .iter()
-        .filter_map(|p| peak_rss_mib(Some(*p)))
+        .filter_map(|p| peak_rss_mib(Process::Pid(*p)))
         .collect();
     root.close().await?;
 
@@ -431,18 +247,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let input = dir.join("w1-input.txt");
-        {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&input)?);
-            for i in 0..n {
-                writeln!(w, "item-{i}")?;
-            }
-            w.flush()?;
-        }
+        kit::write_w1_input(&input, n)?;
         let output = dir.join("w1-output.txt");
         let t = Instant::now();
-        let run = Command::new(&exe)
+        let run = pcluster
+            .command()
             .arg("run")
-            .arg(repo().join("examples/w1.toml"))
+            .arg(kit::repo().join("examples/w1.toml"))
             .args(["--nodes", &nodes_arg, "--quiet"])
             .arg("--input")
             .arg(&input)
@@ -545,7 +356,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "peak RSS: bench root {:.1} MiB; nodes {}",
-        peak_rss_mib(None).unwrap_or(0.0),
+        peak_rss_mib(Process::Current).unwrap_or(0.0),
         node_rss
             .iter()
             .map(|r| format!("{r:.1} MiB"))

@@ -370,7 +370,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             c.redispatched,
             secs,
             c.fed as f64 / secs.max(1e-9),
-            crate::bench::peak_rss_mib(None).unwrap_or(0.0)
+            kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
         );
         Ok(if failed.load(Ordering::Relaxed) > 0 {
             ExitCode::FAILURE
