@@ -21,7 +21,7 @@ async fn w1_over_a_scan_with_two_node_processes() {
 
     let n = 20_000u64;
     let input = dir.join("in.txt");
-    std::fs::write(&input, w1_inputs(n).join("\n") + "\n").unwrap();
+    kit::write_w1_input(&input, n).unwrap();
     let output = dir.join("out.txt");
     let run = pcluster_cmd()
         .arg("run")
