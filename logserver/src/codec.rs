@@ -2,6 +2,7 @@
 //! connection stays bounded whatever a client sends.
 
 use bytes::{Buf, BytesMut};
+use memchr::memchr;
 use tokio_util::codec::Decoder;
 
 /// One decoded line: its text (invalid UTF-8 replaced) and how many bytes were cut off it.
@@ -198,10 +199,6 @@ fn text_at_char_boundary(raw: &[u8]) -> (String, usize) {
         String::from_utf8_lossy(&raw[..end]).into_owned(),
         raw.len() - end,
     )
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

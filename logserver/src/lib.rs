@@ -8,12 +8,13 @@
 //! | --- | --- |
 //! | server: accept, per-connection readers, shutdown | `server.rs` |
 //! | line framing with bounded memory | `codec.rs` |
-//! | the single writer thread, record format | `writer.rs` |
+//! | the single writer thread, record format, flush interval | `writer.rs` |
 //! | token handshake messages | `handshake.rs` |
 //! | client: background sender with a bounded buffer | `client.rs` |
 //! | `tracing` layer that sends events through a client | `layer.rs` |
 //! | errors | `error.rs` |
 //! | round-trip tests on loopback | `tests.rs` |
+//! | the public API, by use | `../tests/api.rs` |
 
 pub mod client;
 pub mod codec;

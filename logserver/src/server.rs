@@ -20,10 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{Line, LineCodec};
 use crate::error::{Error, HandshakeError};
 use crate::handshake;
-use crate::writer::{self, Msg, Record};
-
-/// Records reach the disk at least this often, however quiet the clients are.
-pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+use crate::writer::{self, FLUSH_INTERVAL, Msg, Record};
 
 /// After shutdown starts, a connection keeps reading while data keeps coming this fast, so that
 /// lines already on their way (in socket buffers) are not cut off.

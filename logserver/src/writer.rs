@@ -5,14 +5,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::Line;
 use crate::error::Error;
-use crate::server::FLUSH_INTERVAL;
+
+/// Records reach the disk at least this often, however quiet the clients are: the writer
+/// flushes when it writes this long after its last flush, and the server's ticker asks it to
+/// when no record comes.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records in flight between readers and the writer. Small: each may be up to `max_line` bytes.
 pub(crate) const CHANNEL_CAPACITY: usize = 1024;

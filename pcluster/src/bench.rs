@@ -6,16 +6,23 @@
 //!   expected: every even item twice.
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
+//!
+//! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
+//! what they measured.
 
-use std::io::{BufRead as _, Write as _};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::io::BufRead as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use protocol::{ChainSpec, Limits, Packed, TaskSpec};
+use kit::{Child, Pcluster, Process, W1Check, peak_rss_mib, w1_batches, w1_chain};
+use protocol::{Limits, Packed};
+use root::{Root, RootOptions};
+
+use crate::table::{self, Style};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -45,179 +52,106 @@ pub struct BenchArgs {
     pub no_scan: bool,
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// W1 items measured for the floors (at most).
+const FLOOR_ITEMS: u64 = 1_000_000;
+/// W2 seeds run in-process for the wasm floor: the whole of W2-long would take seconds more.
+const W2_FLOOR_SEEDS: u64 = 100;
 
-/// Peak resident memory of a process in MiB (`VmHWM`), Linux only.
-pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".into(),
-    };
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn native_w2(seed: u64, iterations: u64) -> u64 {
-    let mut x = seed;
-    for _ in 0..iterations {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x ^= x >> 33;
-    }
-    x
-}
-
-fn trailing_number(item: &[u8]) -> Option<u64> {
-    let digits = match item.iter().rposition(|&b| b == b'-') {
-        Some(i) => &item[i + 1..],
-        None => item,
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// W1 as plain Rust in one thread: the same work and the same output buffer shape.
-fn native_w1(items: &Packed) -> usize {
-    let mut out = Packed::with_capacity(items.len(), items.bytes());
-    for item in items {
-        let identity = std::hint::black_box(item);
-        for dup in [identity, identity] {
-            if trailing_number(dup).is_some_and(|n| n % 2 == 0) {
-                out.push(dup);
-            }
-        }
-    }
-    out.len()
-}
-
-fn chain(module: &[u8], name: &str, tasks: &[(&str, bool, &str)]) -> ChainSpec {
-    ChainSpec {
-        name: name.into(),
-        version: "bench".into(),
-        modules: vec![module.to_vec().into()],
-        tasks: tasks
-            .iter()
-            .map(|(f, g, a)| TaskSpec {
-                function: (*f).into(),
-                module: 0,
-                generator: *g,
-                args: a.as_bytes().to_vec(),
-            })
-            .collect(),
-        limits: Limits::default(),
-    }
-}
-
-fn w1_chain(module: &[u8]) -> ChainSpec {
-    chain(
-        module,
-        "w1",
-        &[
-            ("w1_identity", false, ""),
-            ("w1_duplicate", true, ""),
-            ("w1_drop_odd", false, ""),
-        ],
-    )
-}
-
-fn w1_batches(n: u64, batch: usize) -> Vec<Packed> {
-    let mut out = Vec::new();
-    let mut p = Packed::with_capacity(batch, batch * 12);
-    let mut buf = String::new();
-    for i in 0..n {
-        buf.clear();
-        use std::fmt::Write as _;
-        let _ = write!(buf, "item-{i}");
-        p.push(buf.as_bytes());
-        if p.len() == batch {
-            out.push(std::mem::replace(
-                &mut p,
-                Packed::with_capacity(batch, batch * 12),
-            ));
-        }
-    }
-    if !p.is_empty() {
-        out.push(p);
-    }
-    out
-}
-
-/// Counts W1 outputs per input index; verifies every even item twice, odd items never.
-struct W1Check {
-    counts: Vec<u8>,
-    bad: u64,
-}
-
-impl W1Check {
-    fn new(n: u64) -> Self {
-        W1Check {
-            counts: vec![0; n as usize],
-            bad: 0,
-        }
-    }
-
-    #[inline]
-    fn add(&mut self, item: &[u8]) {
-        match item
-            .strip_prefix(b"item-")
-            .and_then(trailing_number)
-            .and_then(|i| self.counts.get_mut(i as usize))
-        {
-            Some(c) => *c = c.saturating_add(1),
-            None => self.bad += 1,
-        }
-    }
-
-    fn verify(&self) -> anyhow::Result<()> {
-        ensure!(self.bad == 0, "{} outputs are not W1 items", self.bad);
-        for (i, &c) in self.counts.iter().enumerate() {
-            let want = if i % 2 == 0 { 2 } else { 0 };
-            ensure!(c == want, "item-{i} came out {c} times, expected {want}");
-        }
-        Ok(())
-    }
-}
-
+/// One line of the table.
 struct Row {
     name: String,
     items: u64,
     secs: f64,
-    native_per_item: Option<f64>,
-    wasm_per_item: Option<f64>,
+    /// Nanoseconds per item natively and as in-process wasm, one thread.
+    floors: Floors,
     note: String,
 }
 
-struct Procs {
-    children: Vec<std::process::Child>,
+/// Nanoseconds per item, one thread, no network.
+#[derive(Clone, Copy)]
+struct Floors {
+    native_ns: f64,
+    wasm_ns: f64,
 }
 
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+/// How long setting W1 up took.
+struct SetupTimes {
+    /// The first setup: the nodes compile the module.
+    cold: Duration,
+    /// The same chain again: the module comes from the nodes' cache.
+    warm: Duration,
+}
+
+/// A scan of a loopback network.
+struct Scan {
+    net: &'static str,
+    took: Duration,
+    found: usize,
+    hosts: u64,
+}
+
+/// Everything the report prints.
+struct Report {
+    nodes: u32,
+    workers: u32,
+    rows: Vec<Row>,
+    w1_floors: Floors,
+    setup: SetupTimes,
+    node_rss_mib: Vec<f64>,
+    scans: Vec<Scan>,
+}
+
+/// The log server and node processes the bench runs on; killed when dropped.
+struct Cluster {
+    /// The log server first, then the nodes.
+    processes: Vec<Child>,
+    nodes: Vec<SocketAddr>,
+    /// The port every node listens on, each on an address of its own.
+    port: u16,
+}
+
+impl Cluster {
+    /// A log server on 127.0.0.1 and `nodes` node processes on 127.0.0.2, .3, …
+    async fn start(
+        pcluster: &Pcluster,
+        dir: &Path,
+        nodes: u32,
+        workers: u32,
+    ) -> anyhow::Result<Cluster> {
+        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), &[]).await?;
+        let mut processes = vec![log];
+        let port = kit::free_port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))?;
+        let mut addrs = Vec::new();
+        for i in 0..nodes {
+            let last = u8::try_from(2 + i).context("too many nodes for 127.0.0.0/24")?;
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
+            processes.push(
+                pcluster
+                    .start_node(ip, port, log_port, workers, &[])
+                    .await?,
+            );
+            addrs.push(SocketAddr::new(ip, port));
         }
+        Ok(Cluster {
+            processes,
+            nodes: addrs,
+            port,
+        })
     }
-}
 
-async fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        ensure!(Instant::now() < end, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    /// The peak RSS of each node process so far, in MiB.
+    fn node_rss_mib(&self) -> Vec<f64> {
+        self.processes[1..]
+            .iter()
+            .filter_map(|p| peak_rss_mib(Process::Pid(p.id())))
+            .collect()
     }
-    Ok(())
-}
 
-fn free_port(ip: &str) -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+    /// `--nodes` for `pcluster run`.
+    fn nodes_arg(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(ToString::to_string).collect();
+        addrs.join(",")
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -227,98 +161,96 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("pcluster-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let wasm_path =
-        root::chain::build_task_crate(&repo().join("tasks-example")).map_err(anyhow::Error::msg)?;
-    let module = std::fs::read(&wasm_path)?;
+    let pcluster = Pcluster::new(std::env::current_exe()?);
+    let dir = kit::temp_dir("bench")?;
+    let module = kit::tasks_example_wasm()?;
+    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers).await?;
+    let workers = u64::from(args.nodes * args.workers);
+    let w1_floors = w1_floors(&module, args.items.min(FLOOR_ITEMS))?;
 
-    // The cluster: a log server and node processes on 127.0.0.2, .3, …
-    let mut procs = Procs {
-        children: Vec::new(),
-    };
-    let log_port = free_port("127.0.0.1")?;
-    procs.children.push(
-        Command::new(&exe)
-            .args([
-                "log",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &log_port.to_string(),
-                "--outfile",
-            ])
-            .arg(dir.join("bench.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_listening(format!("127.0.0.1:{log_port}").parse()?).await?;
-    let port = free_port("127.0.0.2")?;
-    let mut nodes = Vec::new();
-    let mut node_pids = Vec::new();
-    for i in 0..args.nodes {
-        let ip = format!("127.0.0.{}", 2 + i);
-        let child = Command::new(&exe)
-            .args(["node", "--host", &ip, "--port", &port.to_string()])
-            .args([
-                "--log-host",
-                "127.0.0.1",
-                "--log-port",
-                &log_port.to_string(),
-            ])
-            .args(["--workers", &args.workers.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        node_pids.push(child.id());
-        procs.children.push(child);
-        let addr: SocketAddr = format!("{ip}:{port}").parse()?;
-        wait_listening(addr).await?;
-        nodes.push(addr);
+    let options = RootOptions::default();
+    let root = Root::with_nodes(options.clone(), &cluster.nodes).await?;
+    let check = Arc::new(Mutex::new(W1Check::new(args.items)));
+    let setup = w1_setups(&root, &module, &check).await?;
+    let mut rows = vec![w1_library(&root, args.items, &check, w1_floors).await?];
+    for (name, seeds, iterations) in [
+        ("W2", 200, 100_000),
+        ("W2-long", args.w2_long_seeds, args.w2_long_iterations),
+    ] {
+        root.reset().await?;
+        rows.push(w2(&root, &module, name, seeds, iterations, workers).await?);
     }
-    let total_workers = u64::from(args.nodes * args.workers);
-    let mut rows = Vec::new();
+    let node_rss_mib = cluster.node_rss_mib();
+    root.close().await?;
 
-    // Floors, measured now in this process, one thread.
-    let w1_probe = w1_batches(args.items.min(1_000_000), 4096);
-    let probe_n: u64 = w1_probe.iter().map(|b| b.len() as u64).sum();
+    for (name, n) in [
+        ("W1 `pcluster run` process", args.run_items),
+        ("W1 `pcluster run` (root RSS)", args.rss_items),
+    ] {
+        if n > 0 {
+            rows.push(w1_process(&pcluster, &cluster, &dir, name, n, w1_floors)?);
+        }
+    }
+    let scans = if args.no_scan {
+        Vec::new()
+    } else {
+        scans(cluster.port, &options).await?
+    };
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    print_report(&Report {
+        nodes: args.nodes,
+        workers: args.workers,
+        rows,
+        w1_floors,
+        setup,
+        node_rss_mib,
+        scans,
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// W1's floors over `n` items in this thread: natively through the example tasks' own
+/// functions, and as wasm through the node's chain code without network or threads.
+fn w1_floors(module: &[u8], n: u64) -> anyhow::Result<Floors> {
+    let probe = w1_batches(n, 4096);
+    let n = probe.iter().map(|b| b.len() as u64).sum::<u64>().max(1);
+
     let t = Instant::now();
     let mut kept = 0;
-    for b in &w1_probe {
-        kept += native_w1(b);
+    for b in &probe {
+        let mut out = Packed::with_capacity(b.len(), b.bytes());
+        kit::native_w1(b, &mut out);
+        kept += out.len() as u64;
     }
-    let native_w1_ns = t.elapsed().as_nanos() as f64 / probe_n as f64;
-    ensure!(kept as u64 == probe_n, "native W1 kept {kept} of {probe_n}");
-    let mut local =
-        node::worker::LocalChain::new(&w1_chain(&module)).map_err(anyhow::Error::msg)?;
-    let t = Instant::now();
-    let mut outs = 0usize;
-    for b in &w1_probe {
-        outs += local
-            .run(b.clone(), 4096)
-            .iter()
-            .map(|o| o.items.len())
-            .sum::<usize>();
-    }
-    let wasm_w1_ns = t.elapsed().as_nanos() as f64 / probe_n as f64;
-    ensure!(
-        outs as u64 == probe_n,
-        "in-process wasm W1 gave {outs} outputs for {probe_n}"
-    );
-    drop(local);
+    let native_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    ensure!(kept == n, "native W1 kept {kept} of {n}");
 
-    // Setup, cold then warm.
-    let options = root::RootOptions::default();
-    let root = root::Root::with_nodes(options.clone(), &nodes).await?;
-    let check = Arc::new(Mutex::new(W1Check::new(args.items)));
-    // Sets W1 up with a handler counting into `check`; returns how long the setup took.
+    let mut local = node::worker::LocalChain::new(&w1_chain(module)).map_err(anyhow::Error::msg)?;
+    let t = Instant::now();
+    let mut outs = 0;
+    for b in &probe {
+        let units = local.run(b.clone(), 4096);
+        outs += units.iter().map(|o| o.items.len() as u64).sum::<u64>();
+    }
+    let wasm_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    ensure!(outs == n, "in-process wasm W1 gave {outs} outputs for {n}");
+    Ok(Floors { native_ns, wasm_ns })
+}
+
+/// Sets W1 up twice, cold (the nodes compile) and after a reset warm (cached module), with a
+/// handler counting outputs into `check`; W1 stays set up.
+async fn w1_setups(
+    root: &Root,
+    module: &[u8],
+    check: &Arc<Mutex<W1Check>>,
+) -> anyhow::Result<SetupTimes> {
     let timed_setup = || async {
-        let c = check.clone();
+        let check = check.clone();
         let t = Instant::now();
-        root.setup(w1_chain(&module), move |_, item| {
-            if let Ok(mut c) = c.lock() {
+        root.setup(w1_chain(module), move |_, item| {
+            if let Ok(mut c) = check.lock() {
                 c.add(item);
             }
         })
@@ -328,9 +260,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cold = timed_setup().await?;
     root.reset().await?;
     let warm = timed_setup().await?;
+    Ok(SetupTimes { cold, warm })
+}
 
-    // W1 through the library root.
-    let batches = w1_batches(args.items, options.batch_items);
+/// W1 through the library root (set up by [`w1_setups`]), every output verified.
+async fn w1_library(
+    root: &Root,
+    items: u64,
+    check: &Mutex<W1Check>,
+    floors: Floors,
+) -> anyhow::Result<Row> {
+    let batches = w1_batches(items, root.options().batch_items);
     let t = Instant::now();
     for b in batches {
         root.feed_packed(b).await?;
@@ -339,224 +279,259 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let secs = t.elapsed().as_secs_f64();
     check
         .lock()
-        .map_err(|_| anyhow::anyhow!("check poisoned"))?
+        .map_err(|_| anyhow::anyhow!("the W1 check was poisoned"))?
         .verify()
         .context("W1 (library) outputs")?;
-    rows.push(Row {
+    Ok(Row {
         name: "W1 (library root)".into(),
-        items: args.items,
+        items,
         secs,
-        native_per_item: Some(native_w1_ns),
-        wasm_per_item: Some(wasm_w1_ns),
+        floors,
         note: "verified".into(),
-    });
+    })
+}
 
-    // W2 and W2-long.
-    for (name, seeds, iterations) in [
-        ("W2", 200u64, 100_000u64),
-        ("W2-long", args.w2_long_seeds, args.w2_long_iterations),
-    ] {
-        root.reset().await?;
-        let got = Arc::new(Mutex::new(Vec::with_capacity(seeds as usize)));
-        let g = got.clone();
-        root.setup(
-            chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]),
-            move |_, item| {
-                if let Ok(mut g) = g.lock() {
-                    g.push(String::from_utf8_lossy(item).into_owned());
-                }
-            },
-        )
-        .await?;
-        let t = Instant::now();
-        root.feed((0..seeds).map(|s| s.to_string())).await?;
-        root.wait_empty().await?;
-        let secs = t.elapsed().as_secs_f64();
-        // Native, serially, for the expected values and the floor.
-        let tn = Instant::now();
-        let mut expected: Vec<String> = (0..seeds)
-            .map(|s| native_w2(s, iterations).to_string())
-            .collect();
-        let native_secs = tn.elapsed().as_secs_f64();
-        let mut got = got.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-        got.sort();
-        expected.sort();
-        ensure!(
-            got == expected,
-            "{name}: outputs differ from the native values"
-        );
-        let ideal = native_secs / total_workers as f64;
-        // The in-process wasm floor on a sample of seeds (the whole of W2-long would take
-        // seconds more).
-        let sample = seeds.min(100);
-        let spec = chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]);
-        let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
-        let items: Packed = (0..sample).map(|s| s.to_string()).collect();
-        let tw = Instant::now();
-        let outs: usize = local.run(items, 1).iter().map(|o| o.items.len()).sum();
-        let wasm_ns = tw.elapsed().as_nanos() as f64 / sample as f64;
-        ensure!(
-            outs as u64 == sample,
-            "in-process wasm {name} gave {outs} outputs"
-        );
-        rows.push(Row {
-            name: name.into(),
-            items: seeds,
-            secs,
-            native_per_item: Some(native_secs * 1e9 / seeds as f64),
-            wasm_per_item: Some(wasm_ns),
-            note: format!(
-                "verified; native serial {native_secs:.3} s, ideal on {total_workers} workers {ideal:.3} s = {:.0}% of ideal",
-                100.0 * ideal / secs
-            ),
-        });
-    }
-    let node_rss: Vec<f64> = node_pids
-        .iter()
-        .filter_map(|p| peak_rss_mib(Some(*p)))
+/// `seeds` W2 seeds of `iterations` each through the cluster, checked against the native
+/// values, with the native and in-process wasm floors.
+async fn w2(
+    root: &Root,
+    module: &[u8],
+    name: &str,
+    seeds: u64,
+    iterations: u64,
+    workers: u64,
+) -> anyhow::Result<Row> {
+    let spec = kit::chain_spec(
+        name,
+        module,
+        &[("w2_cpu", false, &iterations.to_string())],
+        Limits::default(),
+    );
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    root.setup(spec.clone(), move |_, item| {
+        if let Ok(mut g) = g.lock() {
+            g.push(String::from_utf8_lossy(item).into_owned());
+        }
+    })
+    .await?;
+    let t = Instant::now();
+    root.feed((0..seeds).map(|s| s.to_string())).await?;
+    root.wait_empty().await?;
+    let secs = t.elapsed().as_secs_f64();
+
+    // Native, serially: the expected values and the floor.
+    let t = Instant::now();
+    let mut expected: Vec<String> = (0..seeds)
+        .map(|s| kit::native_w2(s, iterations).to_string())
         .collect();
-    root.close().await?;
+    let native_secs = t.elapsed().as_secs_f64();
+    let mut got = got
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the {name} outputs were poisoned"))?
+        .clone();
+    got.sort();
+    expected.sort();
+    ensure!(
+        got == expected,
+        "{name}: outputs differ from the native values"
+    );
 
-    // The headline: `pcluster run` as a whole process over a file.
-    let nodes_arg = nodes
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    for (name, n) in [
-        ("W1 `pcluster run` process", args.run_items),
-        ("W1 `pcluster run` (root RSS)", args.rss_items),
-    ] {
-        if n == 0 {
-            continue;
-        }
-        let input = dir.join("w1-input.txt");
-        {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&input)?);
-            for i in 0..n {
-                writeln!(w, "item-{i}")?;
-            }
-            w.flush()?;
-        }
-        let output = dir.join("w1-output.txt");
-        let t = Instant::now();
-        let run = Command::new(&exe)
-            .arg("run")
-            .arg(repo().join("examples/w1.toml"))
-            .args(["--nodes", &nodes_arg, "--quiet"])
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&output)
-            .stderr(Stdio::piped())
-            .output()?;
-        let secs = t.elapsed().as_secs_f64();
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        if !run.status.success() {
-            bail!("pcluster run failed: {stderr}");
-        }
-        let mut check = W1Check::new(n);
-        let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&output)?);
-        for line in f.split(b'\n') {
-            check.add(&line?);
-        }
-        check.verify().with_context(|| format!("{name} outputs"))?;
-        let rss = stderr
-            .lines()
-            .find_map(|l| l.split("peak RSS ").nth(1))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "?".into());
-        rows.push(Row {
-            name: name.into(),
-            items: n,
-            secs,
-            native_per_item: Some(native_w1_ns),
-            wasm_per_item: Some(wasm_w1_ns),
-            note: format!("verified; start-up and setup included; root peak RSS {rss}"),
-        });
-        let _ = std::fs::remove_file(&input);
-        let _ = std::fs::remove_file(&output);
+    let sample = seeds.clamp(1, W2_FLOOR_SEEDS);
+    let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
+    let items: Packed = (0..sample).map(|s| s.to_string()).collect();
+    let t = Instant::now();
+    let outs: usize = local.run(items, 1).iter().map(|o| o.items.len()).sum();
+    let wasm_ns = t.elapsed().as_nanos() as f64 / sample as f64;
+    ensure!(
+        outs as u64 == sample,
+        "in-process wasm {name} gave {outs} outputs"
+    );
+
+    let ideal = native_secs / workers as f64;
+    Ok(Row {
+        name: name.into(),
+        items: seeds,
+        secs,
+        floors: Floors {
+            native_ns: native_secs * 1e9 / seeds.max(1) as f64,
+            wasm_ns,
+        },
+        note: format!(
+            "verified; native serial {native_secs:.3} s, ideal on {workers} workers {ideal:.3} s = {:.0}% of ideal",
+            100.0 * ideal / secs
+        ),
+    })
+}
+
+/// W1 over `n` items through a whole `pcluster run` process on the cluster's nodes: start-up,
+/// setup, reading and writing files included; outputs verified, the root's peak RSS noted.
+fn w1_process(
+    pcluster: &Pcluster,
+    cluster: &Cluster,
+    dir: &Path,
+    name: &str,
+    n: u64,
+    floors: Floors,
+) -> anyhow::Result<Row> {
+    let input = dir.join("w1-input.txt");
+    let output = dir.join("w1-output.txt");
+    kit::write_w1_input(&input, n)?;
+    let t = Instant::now();
+    let run = pcluster
+        .command()
+        .arg("run")
+        .arg(kit::repo().join("examples/w1.toml"))
+        .args(["--nodes", &cluster.nodes_arg(), "--quiet"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() {
+        bail!("pcluster run failed: {stderr}");
     }
+    let mut check = W1Check::new(n);
+    let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&output)?);
+    for line in f.split(b'\n') {
+        check.add(&line?);
+    }
+    check.verify().with_context(|| format!("{name} outputs"))?;
+    let rss = stderr
+        .lines()
+        .find_map(|l| l.split("peak RSS ").nth(1))
+        .map_or_else(|| "?".into(), |s| s.trim().to_owned());
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+    Ok(Row {
+        name: name.into(),
+        items: n,
+        secs,
+        floors,
+        note: format!("verified; start-up and setup included; root peak RSS {rss}"),
+    })
+}
 
-    // Scans.
+/// Scans of 127.0.0.0/24 and 127.0.0.0/16 for the cluster's nodes on `port`.
+async fn scans(port: u16, options: &RootOptions) -> anyhow::Result<Vec<Scan>> {
     let mut scans = Vec::new();
-    if !args.no_scan {
-        for net in ["127.0.0.0/24", "127.0.0.0/16"] {
-            let t = Instant::now();
-            let report = root::scan::scan(net.parse()?, port, &options).await;
-            scans.push((net, t.elapsed(), report.free.len(), report.hosts));
-        }
+    for net in ["127.0.0.0/24", "127.0.0.0/16"] {
+        let t = Instant::now();
+        let report = root::scan::scan(net.parse()?, port, options).await;
+        scans.push(Scan {
+            net,
+            took: t.elapsed(),
+            found: report.free.len(),
+            hosts: report.hosts,
+        });
     }
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(scans)
+}
 
+/// The table: each workload's rate and its ratio to the floors' rate on all workers.
+fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
+    let mut t = table::new(
+        Style::Markdown,
+        &[
+            "workload",
+            "items",
+            "wall s",
+            "items/s",
+            "vs native",
+            "vs wasm",
+            "notes",
+        ],
+        &[1, 2, 3, 4, 5],
+    );
+    for r in rows {
+        let rate = r.items as f64 / r.secs;
+        let ratio = |ns: f64| format!("{:.0}%", 100.0 * rate / (1e9 / ns * workers as f64));
+        t.add_row([
+            r.name.clone(),
+            r.items.to_string(),
+            format!("{:.3}", r.secs),
+            format!("{rate:.0}"),
+            ratio(r.floors.native_ns),
+            ratio(r.floors.wasm_ns),
+            r.note.clone(),
+        ]);
+    }
+    t
+}
+
+fn print_report(r: &Report) {
     println!(
         "pcluster bench — {} node process(es) × {} worker(s) on loopback, {} cores",
-        args.nodes,
-        args.workers,
+        r.nodes,
+        r.workers,
         node::cores()
     );
     println!();
-    println!(
-        "| {:<30} | {:>10} | {:>8} | {:>12} | {:>9} | {:>9} | notes",
-        "workload", "items", "wall s", "items/s", "vs native", "vs wasm"
-    );
-    println!(
-        "|{}|{}|{}|{}|{}|{}|------",
-        "-".repeat(32),
-        "-".repeat(12),
-        "-".repeat(10),
-        "-".repeat(14),
-        "-".repeat(11),
-        "-".repeat(11)
-    );
-    for r in &rows {
-        let rate = r.items as f64 / r.secs;
-        // Ratio of our rate to the floor's rate on all workers.
-        let ratio = |per_item: Option<f64>| {
-            per_item
-                .map(|ns| format!("{:.0}%", 100.0 * rate / (1e9 / ns * total_workers as f64)))
-                .unwrap_or_else(|| "-".into())
-        };
-        println!(
-            "| {:<30} | {:>10} | {:>8.3} | {:>12.0} | {:>9} | {:>9} | {}",
-            r.name,
-            r.items,
-            r.secs,
-            rate,
-            ratio(r.native_per_item),
-            ratio(r.wasm_per_item),
-            r.note
-        );
-    }
+    table::print(&rows_table(&r.rows, u64::from(r.nodes * r.workers)));
     println!();
+    let f = r.w1_floors;
     println!(
         "floors (one thread, no network): native W1 {:.1} ns/item ({:.1} M items/s); in-process wasm W1 {:.1} ns/item ({:.1} M items/s)",
-        native_w1_ns,
-        1e3 / native_w1_ns,
-        wasm_w1_ns,
-        1e3 / wasm_w1_ns
+        f.native_ns,
+        1e3 / f.native_ns,
+        f.wasm_ns,
+        1e3 / f.wasm_ns
     );
     println!(
         "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compile), warm {:.1} ms (cached module)",
-        args.nodes,
-        cold.as_secs_f64() * 1e3,
-        warm.as_secs_f64() * 1e3
+        r.nodes,
+        r.setup.cold.as_secs_f64() * 1e3,
+        r.setup.warm.as_secs_f64() * 1e3
     );
+    let nodes: Vec<String> = r
+        .node_rss_mib
+        .iter()
+        .map(|m| format!("{m:.1} MiB"))
+        .collect();
     println!(
         "peak RSS: bench root {:.1} MiB; nodes {}",
-        peak_rss_mib(None).unwrap_or(0.0),
-        node_rss
-            .iter()
-            .map(|r| format!("{r:.1} MiB"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        peak_rss_mib(Process::Current).unwrap_or(0.0),
+        nodes.join(", ")
     );
-    for (net, took, found, hosts) in scans {
+    for s in &r.scans {
         println!(
-            "scan of {net}: {hosts} hosts in {:.1} ms, {found} nodes found",
-            took.as_secs_f64() * 1e3
+            "scan of {}: {} hosts in {:.1} ms, {} nodes found",
+            s.net,
+            s.hosts,
+            s.took.as_secs_f64() * 1e3,
+            s.found
         );
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_rates_and_ratios_to_the_floors() {
+        let rows = [Row {
+            name: "W1".into(),
+            items: 1_000_000,
+            secs: 0.5,
+            floors: Floors {
+                native_ns: 50.0,
+                wasm_ns: 250.0,
+            },
+            note: "verified".into(),
+        }];
+        // 2 M items/s on 2 workers against 20 M and 4 M items/s per worker.
+        let text = rows_table(&rows, 2).to_string();
+        let row = text.lines().nth(2).expect("a row under the header");
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(
+            cells,
+            [
+                "", "W1", "1000000", "0.500", "2000000", "5%", "25%", "verified", ""
+            ]
+        );
+    }
 }

@@ -62,6 +62,11 @@ pub trait Item {
 /// - `Vec<T>`, `[T; N]` of items, and [`Each`] over an iterator of items: each of them, in
 ///   order (a generator task; `Vec<u8>` is one item, not many).
 pub trait Output {
+    /// Whether this type can hold several items, which makes a task returning it a generator:
+    /// true for `Vec<T>`, arrays of more than one item and [`Each`]; what the inner type says
+    /// for `Option` and `Result`; false for a single item and `()`.
+    const GENERATOR: bool = false;
+
     /// Emits the outputs.
     ///
     /// # Errors
@@ -303,6 +308,8 @@ impl<T: Item> Output for T {
 }
 
 impl<O: Output> Output for Option<O> {
+    const GENERATOR: bool = O::GENERATOR;
+
     #[inline]
     fn emit_into(self, out: &mut Emitter) -> Result<(), String> {
         match self {
@@ -313,6 +320,8 @@ impl<O: Output> Output for Option<O> {
 }
 
 impl<O: Output, E: fmt::Display> Output for Result<O, E> {
+    const GENERATOR: bool = O::GENERATOR;
+
     #[inline]
     fn emit_into(self, out: &mut Emitter) -> Result<(), String> {
         match self {
@@ -323,6 +332,8 @@ impl<O: Output, E: fmt::Display> Output for Result<O, E> {
 }
 
 impl<T: Item> Output for Vec<T> {
+    const GENERATOR: bool = true;
+
     #[inline]
     fn emit_into(self, out: &mut Emitter) -> Result<(), String> {
         Each(self).emit_into(out)
@@ -330,6 +341,8 @@ impl<T: Item> Output for Vec<T> {
 }
 
 impl<T: Item, const N: usize> Output for [T; N] {
+    const GENERATOR: bool = N > 1;
+
     #[inline]
     fn emit_into(self, out: &mut Emitter) -> Result<(), String> {
         Each(self).emit_into(out)
@@ -341,6 +354,8 @@ where
     I: IntoIterator,
     I::Item: Item,
 {
+    const GENERATOR: bool = true;
+
     #[inline]
     fn emit_into(self, out: &mut Emitter) -> Result<(), String> {
         for item in self.0 {

@@ -6,16 +6,24 @@
 ///
 /// Two forms, the function's own name being the task's export name:
 /// - `fn name(item: In) -> Out`: `In` is any [`FromItem`](crate::FromItem) (`&[u8]`, `&str`,
-///   [`Json<T>`](crate::Json), numbers, ...) and `Out` any [`Output`](crate::Output)
-///   (`Option<T>`, `Vec<T>`, `Result<T, E>`, `()`, a single item, ...);
+///   `Vec<u8>`, `String`, [`Json<T>`](crate::Json), numbers, ...) and `Out` any
+///   [`Output`](crate::Output) (`Option<T>`, `Vec<T>`, `Result<T, E>`, `()`, a single item,
+///   ...); the return type may be left out (`()`);
 /// - `fn name(item: In, out: &mut Emitter) -> Out`: the task also emits through `out`, e.g.
 ///   a generator whose outputs are not worth collecting.
 ///
+/// The item parameter may be `mut` (`fn name(mut item: Vec<u8>) -> Vec<u8>`). Anything else
+/// (no parameter, more parameters, generics, `async`) is refused with a message saying so.
+///
 /// Besides the function, it makes a module of the same name (modules and functions do not
 /// clash) holding the glue: the `name` and `pcluster_init.name` exports on wasm32 (init keeps
-/// the args for [`args`](crate::args)) and `name::TASK` for [`testing`](crate::testing).
-/// Use it at module level: the glue reaches the function and the types of its signature
-/// through `super::*`.
+/// the args for [`args`](crate::args)), `name::TASK` for [`testing`](crate::testing), and
+/// `name::GENERATOR`, whether the task can emit several items per input: its return type can
+/// hold several ([`Output::GENERATOR`](crate::Output::GENERATOR): `Vec`, arrays, [`Each`](crate::Each))
+/// or it takes an [`Emitter`](crate::Emitter). Generators are listed in the module's
+/// `pcluster.generators` custom section, so a host can check a chain's `generator` flags at
+/// setup. Use it at module level: the glue reaches the function and the types of its
+/// signature through `super::*`.
 ///
 /// ```
 /// use pcluster_task::{Emitter, Json, task};
@@ -35,6 +43,14 @@
 /// }
 ///
 /// task! {
+///     /// Upper-cases the item in place.
+///     pub fn shout(mut item: String) -> String {
+///         item.make_ascii_uppercase();
+///         item
+///     }
+/// }
+///
+/// task! {
 ///     /// Emits each word of a JSON list of words.
 ///     pub fn words(list: Json<Vec<&str>>, out: &mut Emitter) {
 ///         for word in list.0 {
@@ -45,22 +61,83 @@
 ///
 /// # fn main() {
 /// assert_eq!(identity(b"abc"), b"abc");
+/// const { assert!(!identity::GENERATOR && words::GENERATOR) };
 /// let outcome = pcluster_task::testing::run(&words::TASK, br#"["a", "b"]"#);
 /// assert_eq!(outcome.texts(), ["a", "b"]);
 /// # }
+/// ```
+///
+/// A function of another shape is refused with the forms above as the message:
+///
+/// ```compile_fail
+/// use pcluster_task::task;
+///
+/// task! {
+///     pub fn join(a: &str, b: &str, c: &str) -> String {
+///         [a, b, c].concat()
+///     }
+/// }
 /// ```
 #[macro_export]
 macro_rules! task {
     (
         $(#[$attr:meta])*
+        $vis:vis fn $name:ident(mut $arg:ident : $ty:ty, $out:ident : $out_ty:ty $(,)?)
+            $(-> $ret:ty)? $body:block
+    ) => {
+        $crate::__task_fn! {
+            [$(#[$attr])*] [$vis] $name [mut $arg] [$ty] [$out : $out_ty] [$($ret)?] $body
+        }
+    };
+    (
+        $(#[$attr:meta])*
         $vis:vis fn $name:ident($arg:ident : $ty:ty, $out:ident : $out_ty:ty $(,)?)
             $(-> $ret:ty)? $body:block
     ) => {
+        $crate::__task_fn! {
+            [$(#[$attr])*] [$vis] $name [$arg] [$ty] [$out : $out_ty] [$($ret)?] $body
+        }
+    };
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident(mut $arg:ident : $ty:ty $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $crate::__task_fn! {
+            [$(#[$attr])*] [$vis] $name [mut $arg] [$ty] [] [$($ret)?] $body
+        }
+    };
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident($arg:ident : $ty:ty $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $crate::__task_fn! {
+            [$(#[$attr])*] [$vis] $name [$arg] [$ty] [] [$($ret)?] $body
+        }
+    };
+    ($($other:tt)*) => {
+        ::core::compile_error!(
+            "task! takes one function with one item parameter, optionally `mut`, and an \
+             optional emitter: `fn name(item: In) -> Out { .. }` or \
+             `fn name(item: In, out: &mut Emitter) -> Out { .. }`, where `In` is a FromItem \
+             (&[u8], &str, Vec<u8>, String, Json<T>, a number) and `Out` an Output (an item, \
+             Option, Result, Vec, an array, Each, or nothing); no generics, no async"
+        );
+    };
+}
+
+/// The function and glue of a [`task!`]: its arms normalized, with or without an emitter.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __task_fn {
+    (
+        [$(#[$attr:meta])*] [$vis:vis] $name:ident [$($arg:tt)+] [$ty:ty]
+            [$out:ident : $out_ty:ty] [$($ret:ty)?] $body:block
+    ) => {
         $(#[$attr])*
-        $vis fn $name($arg: $ty, $out: $out_ty) $(-> $ret)? $body
+        $vis fn $name($($arg)+ : $ty, $out: $out_ty) $(-> $ret)? $body
 
         $crate::__task_glue! {
-            $vis $name {
+            $vis $name, generator: true, {
                 #[inline]
                 fn init(args: &[u8]) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::init_args(args)
@@ -78,14 +155,14 @@ macro_rules! task {
         }
     };
     (
-        $(#[$attr:meta])*
-        $vis:vis fn $name:ident($arg:ident : $ty:ty $(,)?) $(-> $ret:ty)? $body:block
+        [$(#[$attr:meta])*] [$vis:vis] $name:ident [$($arg:tt)+] [$ty:ty] []
+            [$($ret:ty)?] $body:block
     ) => {
         $(#[$attr])*
-        $vis fn $name($arg: $ty) $(-> $ret)? $body
+        $vis fn $name($($arg)+ : $ty) $(-> $ret)? $body
 
         $crate::__task_glue! {
-            $vis $name {
+            $vis $name, generator: $crate::__private::returns_several(&super::$name), {
                 #[inline]
                 fn init(args: &[u8]) -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::init_args(args)
@@ -143,7 +220,7 @@ macro_rules! task {
 macro_rules! stateful_task {
     ($vis:vis $name:ident, $state:ty $(,)?) => {
         $crate::__task_glue! {
-            $vis $name {
+            $vis $name, generator: <$state as $crate::Stateful>::GENERATOR, {
                 ::std::thread_local! {
                     static STATE: ::core::cell::RefCell<::core::option::Option<$state>> =
                         const { ::core::cell::RefCell::new(::core::option::Option::None) };
@@ -165,11 +242,12 @@ macro_rules! stateful_task {
     };
 }
 
-/// The module both task macros make: `init` and `call` come from the caller.
+/// The module both task macros make: `init` and `call` come from the caller, and whether the
+/// task is a generator.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __task_glue {
-    ($vis:vis $name:ident { $($glue:item)* }) => {
+    ($vis:vis $name:ident, generator: $generator:expr, { $($glue:item)* }) => {
         #[doc(hidden)]
         #[allow(dead_code, unused_imports)]
         $vis mod $name {
@@ -177,9 +255,26 @@ macro_rules! __task_glue {
 
             $($glue)*
 
+            /// Whether the task can emit several items per input.
+            pub const GENERATOR: bool = $generator;
+
             /// The task's glue, for `pcluster_task::testing`.
-            pub const TASK: $crate::__private::Task =
-                $crate::__private::Task::__new(::core::stringify!($name), init, call);
+            pub const TASK: $crate::__private::Task = $crate::__private::Task::__new(
+                ::core::stringify!($name),
+                init,
+                call,
+                GENERATOR,
+            );
+
+            /// `name\n` in the `pcluster.generators` custom section when the task is a
+            /// generator, nothing otherwise: the linker concatenates the sections of every task.
+            #[cfg(target_arch = "wasm32")]
+            #[used]
+            #[unsafe(link_section = "pcluster.generators")]
+            static GENERATOR_ENTRY: [u8; $crate::__private::generator_entry_len(
+                ::core::stringify!($name),
+                GENERATOR,
+            )] = $crate::__private::generator_entry(::core::stringify!($name));
 
             #[cfg(target_arch = "wasm32")]
             #[unsafe(export_name = ::core::stringify!($name))]

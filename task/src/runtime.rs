@@ -162,6 +162,7 @@ pub struct Task {
     name: &'static str,
     pub(crate) init: fn(&[u8]) -> Result<(), String>,
     pub(crate) call: fn(&[u8]) -> Result<(), String>,
+    generator: bool,
 }
 
 impl Task {
@@ -171,14 +172,27 @@ impl Task {
         name: &'static str,
         init: fn(&[u8]) -> Result<(), String>,
         call: fn(&[u8]) -> Result<(), String>,
+        generator: bool,
     ) -> Self {
-        Task { name, init, call }
+        Task {
+            name,
+            init,
+            call,
+            generator,
+        }
     }
 
     /// The task's export name.
     #[must_use]
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Whether the task can emit several items per input, and so is listed in the module's
+    /// `pcluster.generators` custom section.
+    #[must_use]
+    pub const fn generator(&self) -> bool {
+        self.generator
     }
 }
 
@@ -189,7 +203,39 @@ pub mod __private {
     pub use super::run_batch;
     pub use super::{Task, args, run};
     pub use crate::logging::log_fmt;
-    use crate::{Emitter, Stateful};
+    use crate::{Emitter, Output, Stateful};
+
+    /// Whether the function `_f`'s return type can hold several items: a generator.
+    /// (Inferred from the function, so that a return type the macro cannot name, such as
+    /// `Each<impl Iterator<..>>`, works too.)
+    #[must_use]
+    pub const fn returns_several<F, A, R>(_f: &F) -> bool
+    where
+        F: Fn(A) -> R,
+        R: Output,
+    {
+        R::GENERATOR
+    }
+
+    /// The length of a task's entry in the `pcluster.generators` section: `name\n` for a
+    /// generator, nothing otherwise.
+    #[must_use]
+    pub const fn generator_entry_len(name: &str, generator: bool) -> usize {
+        if generator { name.len() + 1 } else { 0 }
+    }
+
+    /// The first `N` bytes of `name\n` (all of them when `N` is [`generator_entry_len`]).
+    #[must_use]
+    pub const fn generator_entry<const N: usize>(name: &str) -> [u8; N] {
+        let mut entry = [b'\n'; N];
+        let name = name.as_bytes();
+        let mut i = 0;
+        while i < N && i < name.len() {
+            entry[i] = name[i];
+            i += 1;
+        }
+        entry
+    }
 
     /// Init of a plain task: keep the args for [`args`].
     #[inline]
@@ -234,6 +280,16 @@ pub mod __private {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generator_entries_are_the_name_and_a_newline() {
+        use __private::{generator_entry, generator_entry_len};
+        const LEN: usize = generator_entry_len("fan_out", true);
+        const ENTRY: [u8; LEN] = generator_entry("fan_out");
+        assert_eq!(&ENTRY, b"fan_out\n");
+        assert_eq!(generator_entry_len("identity", false), 0);
+        assert_eq!(generator_entry::<0>("identity"), [0u8; 0]);
+    }
 
     #[test]
     fn input_buffer_only_grows() {

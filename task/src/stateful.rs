@@ -9,6 +9,12 @@ use crate::Emitter;
 /// A node runs each task of a chain in an instance of its own, so the state belongs to one
 /// task on one worker: items of the same chain on other workers see other states.
 pub trait Stateful: Sized + 'static {
+    /// Whether [`process`](Stateful::process) may emit several items for one input. The SDK
+    /// cannot tell from the signature (every `process` gets an [`Emitter`]), so a stateful task
+    /// that is a generator says so here, which lists it in the module's `pcluster.generators`
+    /// section; a host then knows it before the first item.
+    const GENERATOR: bool = false;
+
     /// Builds the state from the task's args (empty when the chain gives none).
     ///
     /// # Errors

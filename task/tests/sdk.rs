@@ -49,6 +49,29 @@ task! {
 }
 
 task! {
+    fn shout(mut item: Vec<u8>) -> Vec<u8> {
+        item.make_ascii_uppercase();
+        item
+    }
+}
+
+task! {
+    fn trimmed(mut item: &str) -> &str {
+        item = item.trim();
+        item
+    }
+}
+
+task! {
+    fn repeat(mut n: u32, out: &mut Emitter) {
+        while n > 0 {
+            out.emit(n);
+            n -= 1;
+        }
+    }
+}
+
+task! {
     fn owned(item: Vec<u8>) -> Cow<'static, str> {
         Cow::Owned(format!("{} bytes", item.len()))
     }
@@ -299,4 +322,43 @@ fn input_buffer_grows_and_shrinks_items() {
         ok_texts(&testing::run(&bytes_twice::TASK, b"y")),
         ["y", "y"]
     );
+}
+
+#[test]
+fn item_parameters_may_be_mut() {
+    assert_eq!(ok_texts(&testing::run(&shout::TASK, b"abc")), ["ABC"]);
+    assert_eq!(ok_texts(&testing::run(&trimmed::TASK, b"  a b ")), ["a b"]);
+    assert_eq!(
+        ok_texts(&testing::run(&repeat::TASK, b"3")),
+        ["3", "2", "1"]
+    );
+}
+
+#[test]
+fn generators_are_known_from_the_signature() {
+    // Return types that can hold several items, or an emitter parameter.
+    for task in [
+        bytes_twice::TASK,
+        split_words::TASK,
+        countdown::TASK,
+        fan::TASK,
+        bad_output::TASK,
+        repeat::TASK,
+    ] {
+        assert!(task.generator(), "{} is a generator", task.name());
+    }
+    // One item at most; a stateful task unless it says otherwise.
+    for task in [
+        echo::TASK,
+        keep_short::TASK,
+        checked_half::TASK,
+        nothing::TASK,
+        owned::TASK,
+        mirror::TASK,
+        shout::TASK,
+        tally::TASK,
+    ] {
+        assert!(!task.generator(), "{} is not a generator", task.name());
+    }
+    const { assert!(bytes_twice::GENERATOR && !echo::GENERATOR) };
 }

@@ -217,7 +217,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             c.redispatched,
             secs,
             c.completed as f64 / secs.max(1e-9),
-            crate::bench::peak_rss_mib(None).unwrap_or(0.0)
+            kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
         );
     }
     let not_done = c.fed - c.completed.min(c.fed);

@@ -9,8 +9,7 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,15 +27,6 @@ const LONG: Duration = Duration::from_secs(120);
 
 // ---- helpers -----------------------------------------------------------------------------
 
-/// Sends `signal` (e.g. `-KILL`) to `child` through `kill(1)`.
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} failed: {status}");
-}
-
 /// Waits until the root has completed at least `done` inputs.
 async fn wait_completed(root: &Root, done: u64) {
     poll_until(LONG, &format!("{done} inputs completed"), || async {
@@ -45,22 +35,13 @@ async fn wait_completed(root: &Root, done: u64) {
     .await;
 }
 
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// A figure of `/proc/<pid>/status` in KiB.
+fn proc_kib(pid: u32, field: Field) -> Option<u64> {
+    status_kib(Process::Pid(pid), field)
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("socket address")
-}
-
-/// The W1 item with id `i`.
-fn w1_item(i: u64, buf: &mut Vec<u8>) {
-    let _ = write!(buf, "item-{i}");
 }
 
 /// Feeds `n` items made by `item` (ids `0..n` in order) from a task of its own, so the test
@@ -89,47 +70,28 @@ fn feed_in_background(
     })
 }
 
-/// W1 outputs counted per input id and checked against the input's text as they arrive, so
-/// runs of millions of items cost a byte per input rather than a string per output.
+/// W1 outputs counted per input id and checked against the input's text as they arrive
+/// ([`W1Check`]), and the failures.
 #[derive(Clone)]
 struct Tally {
-    counts: Arc<Mutex<Vec<u8>>>,
-    /// Outputs whose text is not `item-<id of their input>`.
-    wrong: Arc<AtomicU64>,
+    check: Arc<Mutex<W1Check>>,
     failures: Arc<Mutex<Vec<ItemFailure>>>,
 }
 
 impl Tally {
     fn new(n: u64) -> Tally {
         Tally {
-            counts: Arc::new(Mutex::new(vec![0; n as usize])),
-            wrong: Arc::new(AtomicU64::new(0)),
+            check: Arc::new(Mutex::new(W1Check::new(n))),
             failures: Arc::default(),
         }
     }
 
     /// Sets `chain` up on `root` with handlers that count into this tally.
     async fn setup(&self, root: &Root, chain: ChainSpec) -> Result<(), RootError> {
-        let (counts, wrong, failures) = (
-            self.counts.clone(),
-            self.wrong.clone(),
-            self.failures.clone(),
-        );
+        let (check, failures) = (self.check.clone(), self.failures.clone());
         root.setup_with(
             chain,
-            move |id, item| {
-                let from_id = item
-                    .strip_prefix(b"item-")
-                    .and_then(|d| std::str::from_utf8(d).ok())
-                    .and_then(|d| d.parse::<u64>().ok());
-                let mut counts = counts.lock().unwrap();
-                match counts.get_mut(id.0 as usize) {
-                    Some(c) if from_id == Some(id.0) => *c = c.saturating_add(1),
-                    _ => {
-                        wrong.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            },
+            move |id, item| check.lock().unwrap().add_for(id.0, item),
             move |f| failures.lock().unwrap().push(f),
         )
         .await
@@ -139,39 +101,21 @@ impl Tally {
         self.failures.lock().unwrap().clone()
     }
 
-    /// Asserts W1's outputs exactly: every even input twice, every odd input never, except
-    /// inputs `failed(i)`, which have no output at all.
-    #[track_caller]
     /// No item failed, and the outputs are exactly W1's.
+    #[track_caller]
     fn assert_exact_without_failures(&self) {
         let failures = self.failures();
         assert!(failures.is_empty(), "{:?}", failures.first());
         self.assert_exact(|_| false);
     }
 
+    /// W1's outputs exactly: every even input twice, every odd input never, except inputs
+    /// `failed(i)`, which have no output at all.
+    #[track_caller]
     fn assert_exact(&self, failed: impl Fn(u64) -> bool) {
-        let counts = self.counts.lock().unwrap();
-        let (mut lost, mut duplicated) = (Vec::new(), Vec::new());
-        for (i, &c) in counts.iter().enumerate() {
-            let i = i as u64;
-            let want = if failed(i) || i % 2 == 1 { 0 } else { 2 };
-            if c < want {
-                lost.push(i);
-            } else if c > want {
-                duplicated.push(i);
-            }
+        if let Err(e) = self.check.lock().unwrap().verify_except(failed) {
+            panic!("{e}");
         }
-        assert!(
-            lost.is_empty() && duplicated.is_empty() && self.wrong.load(Ordering::Relaxed) == 0,
-            "outputs of {} inputs: {} inputs lost outputs (first {:?}), {} got extra outputs \
-             (first {:?}), {} outputs did not match their input",
-            counts.len(),
-            lost.len(),
-            &lost[..lost.len().min(5)],
-            duplicated.len(),
-            &duplicated[..duplicated.len().min(5)],
-            self.wrong.load(Ordering::Relaxed),
-        );
     }
 }
 
@@ -221,8 +165,8 @@ async fn killed_nodes_lose_and_duplicate_nothing() {
         )
         .await;
         let before = root.counters().await.unwrap();
-        signal(&nodes[k], "-KILL");
-        let status = nodes[k].wait_exit(LONG).await;
+        nodes[k].signal("-KILL").unwrap();
+        let status = nodes[k].wait_exit(LONG).await.unwrap();
         assert!(!status.success(), "SIGKILL ends the node: {status}");
         poll_until(LONG, "the root to notice the lost node", || async {
             root.counters().await.unwrap().nodes == before.nodes - 1
@@ -278,7 +222,7 @@ async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
     tally.setup(&root, w1()).await.unwrap();
     let feeder = feed_in_background(root.clone(), n, w1_item);
     wait_completed(&root, n / 5).await;
-    signal(&a, "-STOP");
+    a.signal("-STOP").unwrap();
     let stopped = Instant::now();
     poll_until(LONG, "the root to give up on the stopped node", || async {
         root.counters().await.unwrap().nodes == 1
@@ -289,15 +233,15 @@ async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
         stopped.elapsed() >= Duration::from_millis(1500),
         "lost by timeout, not earlier"
     );
-    signal(&a, "-CONT");
+    a.signal("-CONT").unwrap();
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
     let c = root.counters().await.unwrap();
     tally.assert_exact_without_failures();
     assert!(c.redispatched > 0, "{c:?}");
     // The woken node noticed its root left and shuts down cleanly.
-    a.terminate();
-    assert!(a.wait_exit(LONG).await.success());
+    a.terminate().unwrap();
+    assert!(a.wait_exit(LONG).await.unwrap().success());
 }
 
 /// An input whose node dies under it every time is sent again at most `max_redispatch`
@@ -334,8 +278,8 @@ async fn an_input_that_outlives_its_nodes_is_reported_as_poison() {
             "attempt {k}: the node holds the input after {:?}",
             t.elapsed()
         );
-        signal(&node, "-KILL");
-        node.wait_exit(LONG).await;
+        node.signal("-KILL").unwrap();
+        node.wait_exit(LONG).await.unwrap();
         poll_until(LONG, "the root to notice the lost node", || async {
             root.counters().await.unwrap().nodes == 0
         })
@@ -379,8 +323,8 @@ async fn a_terminated_node_drains_and_exits_cleanly() {
     tally.setup(&root, w1()).await.unwrap();
     let feeder = feed_in_background(root.clone(), n, w1_item);
     wait_completed(&root, n * 3 / 10).await;
-    a.terminate();
-    let status = a.wait_exit(LONG).await;
+    a.terminate().unwrap();
+    let status = a.wait_exit(LONG).await.unwrap();
     assert!(status.success(), "a draining node exits 0: {status}");
     let at_exit = root.counters().await.unwrap();
     eprintln!(
@@ -412,8 +356,8 @@ async fn losing_the_last_node_keeps_the_items_for_the_next_one() {
     tally.setup(&root, w1()).await.unwrap();
     let feeder = feed_in_background(root.clone(), n, w1_item);
     wait_completed(&root, n / 5).await;
-    signal(&a, "-KILL");
-    a.wait_exit(LONG).await;
+    a.signal("-KILL").unwrap();
+    a.wait_exit(LONG).await.unwrap();
     let err = tokio::time::timeout(LONG, root.wait_empty())
         .await
         .expect("wait_empty answers once the node is lost")
@@ -502,18 +446,7 @@ async fn failing_items_fail_alone_and_memory_stays_bounded() {
     // Memory: each `hog_task` call grows its instance to the cap and traps; the instance is
     // rebuilt and its memory returned. Sample the node's RSS the whole time.
     let pid = node.id();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                max = max.max(proc_kib(pid, "VmRSS").unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            max
-        })
-    };
+    let sampler = RssSampler::start(pid, Duration::from_millis(2));
     let limits = Limits {
         memory_mb: 64,
         ..Limits::default()
@@ -536,16 +469,15 @@ async fn failing_items_fail_alone_and_memory_stays_bounded() {
             assert!(f.message.contains("memory limit of 64 MiB"), "{f}");
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let max_rss = sampler.join().unwrap();
+    let max_rss = sampler.finish();
     eprintln!(
         "node RSS: at most {} MiB while hogging; high-water mark {} MiB",
         max_rss / 1024,
-        proc_kib(pid, "VmHWM").unwrap_or(0) / 1024
+        proc_kib(pid, Field::PeakRss).unwrap_or(0) / 1024
     );
     assert!(max_rss > 0, "could read /proc/{pid}/status");
     assert!(max_rss < 512 * 1024, "node RSS {} MiB", max_rss / 1024);
-    assert!(proc_kib(pid, "VmHWM").unwrap() < 512 * 1024);
+    assert!(proc_kib(pid, Field::PeakRss).unwrap() < 512 * 1024);
 
     // The node serves on.
     root.reset().await.unwrap();
@@ -576,8 +508,8 @@ async fn nodes_of_a_killed_root_are_free_for_a_new_root_at_once() {
     let input = dir.join("in.txt");
     let seeds: Vec<String> = (0..2_000_000u64).map(|i| i.to_string()).collect();
     std::fs::write(&input, seeds.join("\n") + "\n").unwrap();
-    let mut run = Child::spawn(
-        Command::new(pcluster_bin())
+    let mut run = spawn(
+        pcluster_cmd()
             .arg("run")
             .arg(&chain_file)
             .arg("--nodes")
@@ -604,8 +536,8 @@ async fn nodes_of_a_killed_root_are_free_for_a_new_root_at_once() {
         })
         .await;
     }
-    signal(&run, "-KILL");
-    run.wait_exit(LONG).await;
+    run.signal("-KILL").unwrap();
+    run.wait_exit(LONG).await.unwrap();
     let _ = std::fs::remove_file(&input);
 
     for node in nodes {
@@ -654,6 +586,7 @@ async fn a_silent_root_is_dropped_after_the_root_timeout() {
     let setup = protocol::Setup {
         session: protocol::SessionId(7),
         chain: w1(),
+        send_failed_items: false,
     };
     conn.write_message(&Msg::Setup(Box::new(setup)))
         .await
@@ -894,6 +827,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
                 seq: 0,
                 ids: protocol::Ids::Range { start: 0, count: 1 },
                 items,
+                stage: protocol::TaskIndex(0),
             });
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {
@@ -942,6 +876,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
             let msg = Msg::Setup(Box::new(protocol::Setup {
                 session: protocol::SessionId(i),
                 chain: spec,
+                send_failed_items: false,
             }));
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {
@@ -1077,49 +1012,24 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
     let dir = temp_dir("rel-bad");
     let log_file = dir.join("cluster.log");
     // Both servers' own output goes to files: should one die or panic, the test says why.
-    let spawn = |name: &str, args: &[&str]| {
-        Child::spawn(
-            Command::new(pcluster_bin())
-                .args(args)
-                .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
-                .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap()),
-        )
+    let start = |name: &str, mut command: std::process::Command, addr: SocketAddr| {
+        command
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
+        let mut child = spawn(&mut command);
+        async move {
+            if let Err(e) = child.wait_listening(addr, LONG).await {
+                panic!("{e}");
+            }
+            child
+        }
     };
     let log_port = free_port("127.0.0.1".parse().unwrap());
     let log_addr = addr("127.0.0.1", log_port);
-    let mut log = spawn(
-        "log",
-        &[
-            "log",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &log_port.to_string(),
-            "--outfile",
-        ]
-        .into_iter()
-        .chain([log_file.to_str().unwrap()])
-        .collect::<Vec<_>>(),
-    );
-    wait_listening(log_addr).await;
-    let port = free_port("127.0.17.2".parse().unwrap());
-    let mut node = spawn(
-        "node",
-        &[
-            "node",
-            "--host",
-            "127.0.17.2",
-            "--port",
-            &port.to_string(),
-            "--log-host",
-            "127.0.0.1",
-            "--log-port",
-            &log_port.to_string(),
-            "--workers",
-            "1",
-        ],
-    );
-    wait_listening(addr("127.0.17.2", port)).await;
+    let mut log = start("log", pcluster().log_command(log_port, &log_file), log_addr).await;
+    let node_addr = addr("127.0.17.2", free_port("127.0.17.2".parse().unwrap()));
+    let node_command = pcluster().node_command(node_addr.ip(), node_addr.port(), log_port, 1);
+    let mut node = start("node", node_command, node_addr).await;
     let stderr =
         |name: &str| std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
     let alive = |node: &mut Child, log: &mut Child, when: &str| {
@@ -1137,7 +1047,6 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
             );
         }
     };
-    let node_addr = addr("127.0.17.2", port);
     let started = Instant::now();
 
     let failures = flood(10_000, 64, |i| abuse_node(node_addr, i)).await;
@@ -1270,7 +1179,7 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
     // Both processes are alive, small, and serve a real run.
     alive(&mut node, &mut log, "after the flood");
     for (name, pid) in [("node", node.id()), ("log server", log.id())] {
-        let hwm = proc_kib(pid, "VmHWM").unwrap();
+        let hwm = proc_kib(pid, Field::PeakRss).unwrap();
         eprintln!("{name} peak RSS {} MiB", hwm / 1024);
         assert!(hwm < 512 * 1024, "{name} peak RSS {} MiB", hwm / 1024);
     }
@@ -1296,10 +1205,10 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
             })
     })
     .await;
-    node.terminate();
-    log.terminate();
-    assert!(node.wait_exit(LONG).await.success());
-    assert!(log.wait_exit(LONG).await.success());
+    node.terminate().unwrap();
+    log.terminate().unwrap();
+    assert!(node.wait_exit(LONG).await.unwrap().success());
+    assert!(log.wait_exit(LONG).await.unwrap().success());
     eprintln!("malformed input test in {:?}", started.elapsed());
 }
 
@@ -1395,7 +1304,7 @@ async fn only_holders_of_the_token_get_in() {
 
     // The command line: without the token a clear failure, with it (flag or environment) a table.
     let status_cmd = |token: Option<&str>, env: Option<&str>| {
-        let mut cmd = Command::new(pcluster_bin());
+        let mut cmd = pcluster_cmd();
         cmd.arg("status")
             .arg(secured.to_string())
             .env_remove("PCLUSTER_TOKEN");

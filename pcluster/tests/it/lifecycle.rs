@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use root::RootOptions;
@@ -14,13 +15,9 @@ use crate::common::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// Sends `signal` (e.g. `-KILL`) to a process through `kill(1)`.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} failed: {status}");
+/// Sends `signal` (e.g. `-KILL`) to a child.
+fn signal(child: &Child, signal: &str) {
+    child.signal(signal).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A log server and two node processes (1 worker each) on 127.0.0.2 and 127.0.0.3.
@@ -57,7 +54,7 @@ impl Cluster {
 
     /// `pcluster run CHAIN --nodes both` plus `extra`, stdout and stderr to files.
     fn run(&self, chain: &Path, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(pcluster_bin());
+        let mut cmd = pcluster_cmd();
         cmd.arg("run")
             .arg(chain)
             .args(["-n", "127.0.0.2,127.0.0.3", "-p", &self.port.to_string()])
@@ -104,7 +101,7 @@ impl Cluster {
 
 /// Waits for a child with a deadline; returns its exit code and stderr.
 async fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, String) {
-    let status = child.wait_exit(deadline).await;
+    let status = child.wait_exit(deadline).await.unwrap_or_else(|e| panic!("{e}"));
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read as _;
@@ -159,12 +156,12 @@ async fn sigint_keeps_whole_lines_of_completed_inputs_and_frees_the_nodes() {
     );
     cmd.args(["--joblog", joblog.to_str().unwrap(), "--drain-timeout", "1"])
         .stderr(Stdio::piped());
-    let run = Child::spawn(&mut cmd);
+    let run = spawn(&mut cmd);
     wait_until(LONG, "30 % of the inputs done", || {
         joblog_entries(&joblog) >= 90
     })
     .await;
-    signal(run.id(), "-INT");
+    signal(&run, "-INT");
     let (code, err) = finish(run, LONG).await;
     assert_eq!(code, Some(130), "{err}");
     let done = lines_of(&out);
@@ -195,7 +192,7 @@ async fn sigint_keeps_whole_lines_of_completed_inputs_and_frees_the_nodes() {
     );
     cmd.args(["--joblog", joblog.to_str().unwrap(), "--resume", "-q"])
         .stderr(Stdio::piped());
-    let (code, err) = finish(Child::spawn(&mut cmd), LONG).await;
+    let (code, err) = finish(spawn(&mut cmd), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     let all = lines_of(&out);
     assert_eq!(all.len(), 300);
@@ -217,7 +214,7 @@ async fn a_typo_in_input_fails_before_any_node_is_contacted() {
         "name = \"w1\"\nmodule = \"tasks.wasm\"\n[[task]]\nfunction = \"w1_identity\"\n",
     )
     .unwrap();
-    let out = Command::new(pcluster_bin())
+    let out = pcluster_cmd()
         .arg("run")
         .arg(&chain)
         .args(["-n", &node.to_string(), "-i"])
@@ -252,7 +249,7 @@ async fn losing_every_node_ends_the_run_within_its_timeout() {
     );
     cmd.args(["--joblog", joblog.to_str().unwrap()])
         .stderr(Stdio::piped());
-    let run = Child::spawn(&mut cmd);
+    let run = spawn(&mut cmd);
     wait_until(LONG, "some inputs done", || joblog_entries(&joblog) > 1000).await;
     for n in &mut c.nodes {
         let _ = n.kill();
@@ -303,7 +300,7 @@ async fn an_overlong_line_fails_alone_with_its_line_number() {
             failed.to_str().unwrap(),
         ],
     );
-    let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
+    let (code, err) = finish(spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&format!("line {bad_line}:")), "{err}");
     let raw = std::fs::read(&failed).unwrap();
@@ -334,18 +331,18 @@ async fn a_root_killed_at_any_moment_resumes_to_the_exact_output() {
     for (round, fraction) in [0.1, 0.4, 0.7].into_iter().enumerate() {
         let a = args(round > 0);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let run = Child::spawn(c.run(&chain, &a).stderr(Stdio::null()));
+        let run = spawn(c.run(&chain, &a).stderr(Stdio::null()));
         let want = (n as f64 * fraction) as usize;
         wait_until(LONG, &format!("{want} inputs in the joblog"), || {
             joblog_entries(&joblog) >= want
         })
         .await;
-        signal(run.id(), "-KILL");
+        signal(&run, "-KILL");
         let _ = finish(run, LONG).await;
     }
     let a = args(true);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let (code, err) = finish(Child::spawn(c.run(&chain, &a).stderr(Stdio::piped())), LONG).await;
+    let (code, err) = finish(spawn(c.run(&chain, &a).stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     assert_same(&sorted(lines_of(&out)), &sorted(w1_expected(n)));
 }
@@ -369,7 +366,7 @@ async fn keep_order_and_tag_follow_the_input() {
             "-k",
         ],
     );
-    let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
+    let (code, err) = finish(spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         lines_of(&out) == items,
@@ -395,7 +392,7 @@ async fn keep_order_and_tag_follow_the_input() {
             "--tag",
         ],
     );
-    let (code, err) = finish(Child::spawn(cmd.stderr(Stdio::piped())), LONG).await;
+    let (code, err) = finish(spawn(cmd.stderr(Stdio::piped())), LONG).await;
     assert_eq!(code, Some(0), "{err}");
     let tagged = lines_of(&out);
     assert_eq!(tagged.len(), 1000);
@@ -422,7 +419,7 @@ async fn a_node_restarted_mid_run_gets_items_again() {
     );
     cmd.args(["--joblog", joblog.to_str().unwrap()])
         .stderr(Stdio::piped());
-    let run = Child::spawn(&mut cmd);
+    let run = spawn(&mut cmd);
     wait_until(LONG, "some inputs done", || joblog_entries(&joblog) >= 20).await;
     let b = c.nodes.pop().unwrap();
     drop(b); // killed

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use logserver::LogClient;
@@ -15,7 +15,7 @@ use protocol::auth::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Child, free_port, pcluster_bin, temp_dir, wait_until};
+use crate::common::{Child, free_port, pcluster, spawn, temp_dir};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -34,11 +34,8 @@ struct LogServer {
 impl LogServer {
     async fn start(name: &str, port: u16, token: Option<&str>) -> LogServer {
         let dir = temp_dir(name);
-        let mut command = Command::new(pcluster_bin());
+        let mut command = pcluster().log_command(port, &dir.join("cluster.log"));
         command
-            .args(["log", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--outfile")
-            .arg(dir.join("cluster.log"))
             .env_remove("PCLUSTER_TOKEN")
             .stdin(Stdio::null())
             // Files, not pipes: 10,000 echoed records would fill a pipe nobody reads.
@@ -48,18 +45,14 @@ impl LogServer {
             command.args(["--token", token]);
         }
         let mut server = LogServer {
-            child: Child::spawn(&mut command),
+            child: spawn(&mut command),
             addr: SocketAddr::new(LOCALHOST, port),
             dir,
         };
-        let addr = server.addr;
-        wait_until(DEADLINE, "the log server to accept connections", || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("pcluster log exited early ({status}):\n{}", server.stderr());
-            }
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .await;
+        let listening = server.child.wait_listening(server.addr, DEADLINE).await;
+        if let Err(e) = listening {
+            panic!("{e}:\n{}", server.stderr());
+        }
         server
     }
 
@@ -69,8 +62,8 @@ impl LogServer {
 
     /// SIGTERM, wait for a clean exit, and return the output file's contents.
     async fn stop(mut self) -> String {
-        self.child.terminate();
-        let status = self.child.wait_exit(DEADLINE).await;
+        self.child.terminate().unwrap();
+        let status = self.child.wait_exit(DEADLINE).await.unwrap();
         assert!(
             status.success(),
             "pcluster log exited with {status}:\n{}",

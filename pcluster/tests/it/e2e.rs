@@ -1,7 +1,7 @@
 //! End to end with real processes: `pcluster log`, `pcluster node` on 127.0.0.2 and
 //! 127.0.0.3, and `pcluster run` over a scan, as a user would run them.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use root::RootOptions;
@@ -21,9 +21,9 @@ async fn w1_over_a_scan_with_two_node_processes() {
 
     let n = 20_000u64;
     let input = dir.join("in.txt");
-    std::fs::write(&input, w1_inputs(n).join("\n") + "\n").unwrap();
+    kit::write_w1_input(&input, n).unwrap();
     let output = dir.join("out.txt");
-    let run = Command::new(pcluster_bin())
+    let run = pcluster_cmd()
         .arg("run")
         .arg(repo().join("examples/w1.toml"))
         .args(["--scan", "127.0.0.0/24", "--port", &port.to_string()])
@@ -73,10 +73,10 @@ async fn w1_over_a_scan_with_two_node_processes() {
     })
     .await;
 
-    a.terminate();
-    b.terminate();
-    assert!(a.wait_exit(LONG).await.success());
-    assert!(b.wait_exit(LONG).await.success());
+    a.terminate().unwrap();
+    b.terminate().unwrap();
+    assert!(a.wait_exit(LONG).await.unwrap().success());
+    assert!(b.wait_exit(LONG).await.unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +114,7 @@ async fn the_readme_chain_logs_reach_the_log_server_tagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_cluster_runs_a_chain_with_no_setup() {
     let dir = temp_dir("e2e-embedded");
-    let run = Command::new(pcluster_bin())
+    let run = pcluster_cmd()
         .current_dir(&dir)
         .arg("run")
         .arg(repo().join("examples/w1.toml"))
@@ -140,7 +140,7 @@ async fn run_reports_failed_items_and_exits_non_zero() {
     let input = dir.join("in.txt");
     std::fs::write(&input, "a\nplease panic\nb\n").unwrap();
     let failed = dir.join("failed.txt");
-    let run = Command::new(pcluster_bin())
+    let run = pcluster_cmd()
         .current_dir(&dir)
         .arg("run")
         .arg(&chain_file)

@@ -1,0 +1,119 @@
+//! Test support shared by the integration tests (`pcluster/tests/`) and `pcluster bench`, so
+//! that both start clusters, wait, measure and check the same way.
+//!
+//! | concept | file |
+//! | --- | --- |
+//! | waits on a condition with a deadline, free ports, "is it listening" | `wait.rs` |
+//! | a child-process guard; starting `pcluster log` and `pcluster node` | `process.rs` |
+//! | resident memory from `/proc`: reading and sampling | `rss.rs` |
+//! | the example module, chain specs over its tasks, chain files | `chain.rs` |
+//! | W1: inputs, expected outputs, the exact check of outputs | `w1.rs` |
+//! | the native floors: W1 and W2 through tasks-example's own functions | `floors.rs` |
+//!
+//! Everything here returns typed errors ([`Error`]) rather than panicking: the bench is part
+//! of the shipped command. The integration tests wrap what they use in panicking helpers.
+
+mod chain;
+mod floors;
+mod process;
+mod rss;
+mod w1;
+mod wait;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use chain::{
+    TaskDef, W1_TASKS, chain_file_text, chain_spec, repo, tasks_example_dir, tasks_example_wasm,
+    w1_chain, write_chain_file,
+};
+pub use floors::{native_w1, native_w2};
+pub use process::{Child, LISTEN_DEADLINE, Pcluster};
+pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
+pub use w1::{W1Check, W1Mismatch, w1_batches, w1_expected, w1_inputs, w1_item, write_w1_input};
+pub use wait::{POLL_INTERVAL, free_port, poll, wait_listening};
+
+/// What can go wrong while setting up or watching a test cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A condition did not hold within its deadline.
+    #[error("timed out after {after:?} waiting for {what}")]
+    TimedOut {
+        /// What was awaited.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// A process could not be started.
+    #[error("cannot start {command}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server process exited while we waited for it to listen.
+    #[error("{command} exited ({status}) before it listened on {addr}")]
+    Exited {
+        /// The command line.
+        command: String,
+        /// Where it should have listened.
+        addr: SocketAddr,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Sending a signal through `kill(1)` failed.
+    #[error("kill {signal} {pid} failed ({status})")]
+    Signal {
+        /// The signal, e.g. `-TERM`.
+        signal: String,
+        /// The process.
+        pid: u32,
+        /// What `kill` said.
+        status: String,
+    },
+    /// The example tasks could not be built for wasm32.
+    #[error("cannot build the example tasks: {0}")]
+    BuildTasks(String),
+    /// A file or directory could not be read or written.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. `cannot write`.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, named after this process and `name`.
+///
+/// # Errors
+/// When it cannot be created.
+pub fn temp_dir(name: &str) -> Result<PathBuf, Error> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pcluster-{}-{n}-{name}", std::process::id()));
+    // A leftover of an earlier process with the same pid: start empty.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+    Ok(dir)
+}

@@ -1,0 +1,16 @@
+//! All integration tests, as one binary: real TCP on loopback, real wasm built from
+//! `tasks-example`, and the real `pcluster` executable (`CARGO_BIN_EXE_pcluster`) for end-to-end
+//! runs. Shared helpers live in `it/common.rs`; one module per concept.
+
+#[path = "it/cluster.rs"]
+mod cluster;
+#[path = "it/common.rs"]
+mod common;
+#[path = "it/e2e.rs"]
+mod e2e;
+#[path = "it/lifecycle.rs"]
+mod lifecycle;
+#[path = "it/logserver.rs"]
+mod logserver;
+#[path = "it/reliability.rs"]
+mod reliability;

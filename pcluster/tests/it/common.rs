@@ -1,0 +1,208 @@
+//! Helpers shared by the integration tests: the kit's helpers (`pcluster-kit`, shared with the
+//! bench) in panicking form, which is what a test wants, plus in-process nodes, roots with
+//! collecting handlers, and a readable comparison of long output lists.
+
+#![allow(dead_code)] // Not every test module uses every helper.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use kit::{
+    Child, Field, Process, RssSampler, TaskDef, W1Check, repo, status_kib, w1_expected, w1_inputs,
+    w1_item,
+};
+use root::{ChainSpec, ItemFailure, Limits, Root, RootOptions};
+use tokio_util::sync::CancellationToken;
+
+/// The `pcluster` executable that cargo built for this test binary.
+pub fn pcluster() -> kit::Pcluster {
+    kit::Pcluster::new(env!("CARGO_BIN_EXE_pcluster"))
+}
+
+/// A command running the `pcluster` executable.
+pub fn pcluster_cmd() -> std::process::Command {
+    pcluster().command()
+}
+
+/// A TCP port on `ip` that was free a moment ago.
+pub fn free_port(ip: IpAddr) -> u16 {
+    kit::free_port(ip).expect("a free port")
+}
+
+/// Polls `f` until it holds; panics naming `what` after `deadline`.
+pub async fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    if let Err(e) = kit::poll(deadline, what, || std::future::ready(f())).await {
+        panic!("{e}");
+    }
+}
+
+/// Like [`wait_until`] for a condition that must be awaited.
+pub async fn poll_until<F, Fut>(deadline: Duration, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if let Err(e) = kit::poll(deadline, what, f).await {
+        panic!("{e}");
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, named after `name`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    kit::temp_dir(name).expect("a temp dir")
+}
+
+/// Starts `command` with a guard that kills it when the test ends.
+pub fn spawn(command: &mut std::process::Command) -> Child {
+    Child::spawn(command).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `pcluster node` as a process on `ip:port`, logging to `log_port`.
+pub async fn node_process(
+    ip: &str,
+    port: u16,
+    log_port: u16,
+    workers: u32,
+    extra: &[&str],
+) -> Child {
+    let ip = ip.parse().expect("an IP address");
+    pcluster()
+        .start_node(ip, port, log_port, workers, extra)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `pcluster log` as a process on 127.0.0.1 writing to `file`; returns it and its port.
+pub async fn log_process(file: &Path, extra: &[&str]) -> (Child, u16) {
+    pcluster()
+        .start_log(file, extra)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The bytes of `tasks_example.wasm`, built from `tasks-example` when out of date.
+pub fn tasks_module() -> Vec<u8> {
+    kit::tasks_example_wasm().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A chain of example tasks.
+pub fn chain(name: &str, tasks: &[TaskDef<'_>]) -> ChainSpec {
+    chain_with(name, tasks, Limits::default())
+}
+
+/// Like [`chain`] with limits.
+pub fn chain_with(name: &str, tasks: &[TaskDef<'_>], limits: Limits) -> ChainSpec {
+    kit::chain_spec(name, &tasks_module(), tasks, limits)
+}
+
+/// pipeline-cluster's README chain: log, duplicate, drop with a message.
+pub fn hello() -> ChainSpec {
+    chain(
+        "hello",
+        &[
+            ("simple_task", false, ""),
+            ("generator_task", true, ""),
+            ("drop_item", false, "item dropped"),
+        ],
+    )
+}
+
+/// The W1 chain.
+pub fn w1() -> ChainSpec {
+    kit::w1_chain(&tasks_module())
+}
+
+/// Writes `<dir>/<name>.toml`, a one-task chain file over the example task crate.
+pub fn chain_file(dir: &Path, name: &str, function: &str, args: &str) -> PathBuf {
+    kit::write_chain_file(dir, name, &[(function, false, args)]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A node running in this process on `ip` (port 0 unless given), with `workers` workers.
+pub async fn local_node(
+    ip: &str,
+    port: u16,
+    workers: u32,
+    token: Option<&str>,
+) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind node");
+    let addr = listener.local_addr().expect("node addr");
+    let shutdown = CancellationToken::new();
+    let config = node::NodeConfig {
+        workers,
+        token: token.map(protocol::auth::Token::new),
+        ..Default::default()
+    };
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        node::run(listener, config, s).await.expect("node runs");
+    });
+    (addr, shutdown)
+}
+
+/// What the handlers of a root received.
+#[derive(Clone, Default)]
+pub struct Collected {
+    pub outputs: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub failures: Arc<Mutex<Vec<ItemFailure>>>,
+}
+
+impl Collected {
+    pub fn texts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| String::from_utf8_lossy(o).into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn failures(&self) -> Vec<ItemFailure> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+/// Sets `chain` up with handlers collecting outputs and failures.
+pub async fn setup_collect(root: &Root, chain: ChainSpec) -> Result<Collected, root::RootError> {
+    let c = Collected::default();
+    let (o, f) = (c.outputs.clone(), c.failures.clone());
+    root.setup_with(
+        chain,
+        move |_, item| o.lock().unwrap().push(item.to_vec()),
+        move |fail| f.lock().unwrap().push(fail),
+    )
+    .await?;
+    Ok(c)
+}
+
+/// A root with default options and these nodes.
+pub async fn root_with(nodes: &[SocketAddr]) -> Root {
+    Root::with_nodes(RootOptions::default(), nodes)
+        .await
+        .expect("add nodes")
+}
+
+/// Asserts two sorted lists are equal, reporting sizes and the first difference rather than
+/// printing thousands of items.
+#[track_caller]
+pub fn assert_same(actual: &[String], expected: &[String]) {
+    if actual == expected {
+        return;
+    }
+    let first = actual.iter().zip(expected).position(|(a, e)| a != e);
+    panic!(
+        "outputs differ: {} outputs, {} expected; first difference at {:?}: {:?} vs {:?}",
+        actual.len(),
+        expected.len(),
+        first,
+        first.and_then(|i| actual.get(i)),
+        first.and_then(|i| expected.get(i)),
+    );
+}
