@@ -183,12 +183,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
 
-    for (name, n) in [
-        ("W1 `pcluster run` process", args.run_items),
-        ("W1 `pcluster run` (root RSS)", args.rss_items),
+    for (name, n, joblog) in [
+        ("W1 `pcluster run` process", args.run_items, false),
+        ("W1 `pcluster run --joblog`", args.run_items, true),
+        ("W1 `pcluster run` (root RSS)", args.rss_items, false),
     ] {
         if n > 0 {
-            rows.push(w1_process(&pcluster, &cluster, &dir, name, n, w1_floors)?);
+            rows.push(w1_process(
+                &pcluster, &cluster, &dir, name, n, w1_floors, joblog,
+            )?);
         }
     }
     let scans = if args.no_scan {
@@ -366,6 +369,7 @@ async fn w2(
 
 /// W1 over `n` items through a whole `pcluster run` process on the cluster's nodes: start-up,
 /// setup, reading and writing files included; outputs verified, the root's peak RSS noted.
+/// With `joblog`, the run also writes a joblog (one line per input).
 fn w1_process(
     pcluster: &Pcluster,
     cluster: &Cluster,
@@ -373,22 +377,26 @@ fn w1_process(
     name: &str,
     n: u64,
     floors: Floors,
+    joblog: bool,
 ) -> anyhow::Result<Row> {
     let input = dir.join("w1-input.txt");
     let output = dir.join("w1-output.txt");
+    let journal = dir.join("w1-joblog.txt");
     kit::write_w1_input(&input, n)?;
     let t = Instant::now();
-    let run = pcluster
-        .command()
-        .arg("run")
+    let mut cmd = pcluster.command();
+    cmd.arg("run")
         .arg(kit::repo().join("examples/w1.toml"))
         .args(["--nodes", &cluster.nodes_arg(), "--quiet"])
         .arg("--input")
         .arg(&input)
         .arg("--output")
         .arg(&output)
-        .stderr(Stdio::piped())
-        .output()?;
+        .stderr(Stdio::piped());
+    if joblog {
+        cmd.arg("--joblog").arg(&journal);
+    }
+    let run = cmd.output()?;
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&run.stderr);
     if !run.status.success() {
@@ -406,6 +414,7 @@ fn w1_process(
         .map_or_else(|| "?".into(), |s| s.trim().to_owned());
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
+    let _ = std::fs::remove_file(&journal);
     Ok(Row {
         name: name.into(),
         items: n,

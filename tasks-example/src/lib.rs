@@ -54,6 +54,29 @@ impl Stateful for DropItem {
 
 stateful_task!(pub drop_item, DropItem);
 
+/// `fail_first`: passes every item on, except that an item starting with `retry:` fails the
+/// first time this instance sees it (a flaky step, for the tests of `--retries`).
+#[derive(Debug, Default)]
+pub struct FailFirst {
+    seen: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Stateful for FailFirst {
+    fn init(_args: &[u8]) -> Result<Self, String> {
+        Ok(FailFirst::default())
+    }
+
+    fn process(&mut self, item: &[u8], out: &mut Emitter) -> Result<(), String> {
+        if item.starts_with(b"retry:") && self.seen.insert(item.to_vec()) {
+            return Err("failing the first time".into());
+        }
+        out.emit(item);
+        Ok(())
+    }
+}
+
+stateful_task!(pub fail_first, FailFirst);
+
 task! {
     /// Emits the item as it is, straight from the input buffer.
     pub fn w1_identity(item: &[u8]) -> &[u8] {

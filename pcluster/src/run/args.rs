@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// same --input, same --output as the first run).
     #[arg(long)]
     pub resume: bool,
+    /// Try an item that failed in a task up to N more times, from that task on (on another
+    /// node where there is one); its input's other outputs are not repeated.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
     /// Stop when N items have failed: `now,fail=N` at once, `soon,fail=N` after the inputs
     /// in flight.
     #[arg(long)]

@@ -206,7 +206,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let c = d.root.counters().await.unwrap_or_default();
     let failed = d.state.failed();
     let secs = d.started.elapsed().as_secs_f64();
-    if !args.quiet || failed > 0 || stop.is_some() {
+    {
         eprintln!(
             "pcluster run: {} inputs done of {} read, {} outputs, {} failed ({} refused), {} re-dispatched, {:.2} s ({:.0} inputs/s), peak RSS {:.1} MiB",
             c.completed,

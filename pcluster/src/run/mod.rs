@@ -191,6 +191,7 @@ async fn run_on_cluster(
     let options = root::RootOptions {
         token,
         keep_order: args.keep_order,
+        retries: args.retries,
         no_node_timeout: Duration::from_secs_f64(args.no_node_timeout),
         ..Default::default()
     };

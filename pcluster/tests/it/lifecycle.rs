@@ -101,7 +101,10 @@ impl Cluster {
 
 /// Waits for a child with a deadline; returns its exit code and stderr.
 async fn finish(mut child: Child, deadline: Duration) -> (Option<i32>, String) {
-    let status = child.wait_exit(deadline).await.unwrap_or_else(|e| panic!("{e}"));
+    let status = child
+        .wait_exit(deadline)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read as _;
@@ -436,4 +439,60 @@ async fn a_node_restarted_mid_run_gets_items_again() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(lines_of(&out).len(), 400);
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_rerun_a_failed_item_from_its_task_without_repeating_other_outputs() {
+    let c = Cluster::start("retries").await;
+    // `retry:b` is duplicated; `fail_first` fails the first copy each instance sees. The
+    // first retry goes to the other node (a fresh instance: fails again), the second back to
+    // the first node (seen: passes).
+    let chain = c.chain(
+        "flaky",
+        &[("w1_duplicate", true, ""), ("fail_first", false, "")],
+    );
+    let input = c.dir.join("in.txt");
+    write_lines(&input, &["a".into(), "retry:b".into(), "c".into()]);
+    let (out, failed) = (c.dir.join("out.txt"), c.dir.join("failed.txt"));
+    let args = |retries: &str| {
+        [
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--failed",
+            failed.to_str().unwrap(),
+            "--retries",
+            retries,
+        ]
+        .map(String::from)
+    };
+    let a = args("2");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, err) = finish(spawn(c.run(&chain, &a).stderr(Stdio::piped())), LONG).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        sorted(lines_of(&out)),
+        ["a", "a", "c", "c", "retry:b", "retry:b"]
+    );
+    assert_eq!(std::fs::read(&failed).unwrap(), b"");
+
+    let a = args("1");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, err) = finish(spawn(c.run(&chain, &a).stderr(Stdio::piped())), LONG).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        sorted(lines_of(&out)),
+        ["a", "a", "c", "c", "retry:b"],
+        "the input's other output once, the failed copy not at all"
+    );
+    assert_eq!(
+        std::fs::read(&failed).unwrap(),
+        b"retry:b\n",
+        "the input, raw"
+    );
+    assert!(
+        err.contains("line 2:") && err.contains("failing the first time"),
+        "{err}"
+    );
 }

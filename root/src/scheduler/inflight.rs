@@ -84,7 +84,14 @@ impl NodeConn {
     }
 
     /// Records a batch as sent.
-    pub fn hold(&mut self, seq: u64, ids: Ids, items: Packed, stage: TaskIndex, tries: Option<Vec<u32>>) {
+    pub fn hold(
+        &mut self,
+        seq: u64,
+        ids: Ids,
+        items: Packed,
+        stage: TaskIndex,
+        tries: Option<Vec<u32>>,
+    ) {
         let count = items.len();
         self.in_items += count as u64;
         self.in_bytes += items.bytes() as u64;

@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn takes_one_stage_at_a_time() {
         let mut r = Retries::default();
-        r.queue.extend([retry(1, 2, None), retry(2, 2, None), retry(3, 1, None)]);
+        r.queue
+            .extend([retry(1, 2, None), retry(2, 2, None), retry(3, 1, None)]);
         let (stage, got) = r.take(NodeId(0), false, 10, 1 << 20).unwrap();
         assert_eq!((stage, got.len()), (TaskIndex(2), 2));
         let (stage, got) = r.take(NodeId(0), false, 10, 1 << 20).unwrap();
@@ -222,7 +223,10 @@ mod tests {
         let mut r = Retries::default();
         r.queue.push_back(retry(1, 0, Some(7)));
         assert!(r.take(NodeId(7), true, 10, 1 << 20).is_none());
-        assert!(r.take(NodeId(7), false, 10, 1 << 20).is_some(), "no other node: same one");
+        assert!(
+            r.take(NodeId(7), false, 10, 1 << 20).is_some(),
+            "no other node: same one"
+        );
     }
 
     #[test]

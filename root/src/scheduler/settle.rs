@@ -69,14 +69,7 @@ impl Scheduler {
             freed_bytes += u64::from(batch.items.lens.0[idx]);
             // This item's try (0: the input itself).
             let attempt = batch.tries.as_ref().map_or(0, |t| t[idx]);
-            let input_item = || {
-                batch
-                    .items
-                    .iter()
-                    .nth(idx)
-                    .unwrap_or_default()
-                    .to_vec()
-            };
+            let input_item = || batch.items.iter().nth(idx).unwrap_or_default().to_vec();
             let mut own_failures = Vec::new();
             let mut new_retries = 0u32;
             while let Some(f) = failures.next_if(|f| f.index as usize <= idx) {
