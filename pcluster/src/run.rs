@@ -236,9 +236,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let token = match args.token.token() {
             None if embedded => {
                 let n = protocol::auth::nonce()?;
-                Some(protocol::auth::Token::new(
-                    n.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                ))
+                Some(protocol::auth::Token::new(hex::encode(n)))
             }
             given => given,
         };

@@ -1,6 +1,8 @@
 //! Frames and their encoding: a 4-byte big-endian length, then the bincode of one [`Msg`].
 //!
-//! This is the only file that names bincode, so the encoding can be swapped here alone.
+//! The one framer of the protocol: handshake and messages alike go through
+//! [`MessageCodec`]. This is the only file that names bincode, so the encoding can be
+//! swapped here alone.
 
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::Decoder;
@@ -83,6 +85,11 @@ impl MessageCodec {
     /// A codec refusing frames over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         MessageCodec { max_frame }
+    }
+
+    /// Changes the limit (after authentication).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 }
 
