@@ -291,8 +291,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let native_w1_ns = t.elapsed().as_nanos() as f64 / probe_n as f64;
     ensure!(kept as u64 == probe_n, "native W1 kept {kept} of {probe_n}");
-    let mut local =
-        node::worker::LocalChain::new(&w1_chain(&module)).map_err(anyhow::Error::msg)?;
+    let mut local = node::LocalChain::new(&w1_chain(&module)).map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     let mut outs = 0usize;
     for b in &w1_probe {
@@ -390,7 +389,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         // seconds more).
         let sample = seeds.min(100);
         let spec = chain(&module, name, &[("w2_cpu", false, &iterations.to_string())]);
-        let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
+        let mut local = node::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
         let items: Packed = (0..sample).map(|s| s.to_string()).collect();
         let tw = Instant::now();
         let outs: usize = local.run(items, 1).iter().map(|o| o.items.len()).sum();
