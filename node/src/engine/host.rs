@@ -99,6 +99,9 @@ pub struct BatchState {
     pub(super) failed_current: bool,
     /// Items of the batch that failed, by position in the batch.
     pub failures: Vec<(usize, CallError)>,
+    /// Items of the batch that emitted something and did not fail; the others that did not
+    /// fail were dropped.
+    pub with_output: usize,
 }
 
 impl BatchState {
@@ -106,11 +109,16 @@ impl BatchState {
     pub(super) fn close_item(&mut self, out: &mut OutBuf) {
         let Some(i) = self.cur else { return };
         let emitted = out.entries.len() - self.entry_mark;
-        if !self.failed_current && emitted > 1 && !self.generator {
+        if self.failed_current || emitted == 0 {
+            return;
+        }
+        if emitted > 1 && !self.generator {
             out.entries.truncate(self.entry_mark);
             out.data.truncate(self.data_mark);
             self.failures
                 .push((i, CallError::NotAGenerator { emitted }));
+        } else {
+            self.with_output += 1;
         }
     }
 }

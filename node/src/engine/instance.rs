@@ -214,6 +214,7 @@ impl TaskInstance {
         st.batch.cur = None;
         st.batch.failed_current = false;
         st.batch.failures.clear();
+        st.batch.with_output = 0;
         st.batch.inputs.clear();
         st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
         self.store.set_epoch_deadline(self.deadline_ticks);

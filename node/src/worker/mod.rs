@@ -22,6 +22,8 @@ mod frames;
 mod local;
 mod pool;
 mod stage;
+#[cfg(test)]
+mod tests;
 mod thread;
 
 use std::sync::{Arc, Mutex};

@@ -55,7 +55,7 @@ pub struct PoolShared {
     /// The chain.
     pub chain: Arc<CompiledChain>,
     /// One per task.
-    pub counters: Vec<Counters>,
+    pub(super) counters: Vec<Counters>,
     /// Workers not running a unit.
     pub idle: AtomicU32,
     /// Inputs received and not yet answered.
@@ -93,14 +93,7 @@ impl PoolShared {
             .tasks
             .iter()
             .zip(&self.counters)
-            .map(|(t, c)| TaskCounters {
-                name: t.name.to_string(),
-                items_in: c.items_in.load(Ordering::Relaxed),
-                items_out: c.items_out.load(Ordering::Relaxed),
-                dropped: c.dropped.load(Ordering::Relaxed),
-                failed: c.failed.load(Ordering::Relaxed),
-                busy_ns: c.busy_ns.load(Ordering::Relaxed),
-            })
+            .map(|(t, c)| c.snapshot(&t.name))
             .collect()
     }
 

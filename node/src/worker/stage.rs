@@ -25,6 +25,8 @@ pub(super) struct StageCtx<'a> {
     pub(super) slot: &'a mut Result<TaskInstance, Arc<TaskProblem>>,
     pub(super) sink: FailureSink<'a>,
     pub(super) calls: u64,
+    /// Calls that emitted nothing and did not fail.
+    pub(super) dropped: u64,
     /// Whether to use the task's batched export (its items are known to be fast).
     pub(super) batch: bool,
 }
@@ -81,7 +83,10 @@ impl StageCtx<'_> {
             Ok(()) => {
                 self.calls += chunk.len() as u64;
                 let Ok(inst) = self.slot else { return };
-                let failures = std::mem::take(&mut inst.store.data_mut().batch.failures);
+                let batch = &mut inst.store.data_mut().batch;
+                let failures = std::mem::take(&mut batch.failures);
+                let done = failures.len() + batch.with_output;
+                self.dropped += chunk.len().saturating_sub(done) as u64;
                 let task = &self.chain.tasks[self.k];
                 for (i, error) in failures {
                     let Some(&(input, item)) = chunk.get(i) else {
@@ -122,7 +127,12 @@ impl StageCtx<'_> {
         let emitted = st.out.entries.len() - mark_e;
         let err = match result {
             Ok(()) if emitted > 1 && !task.generator => Some(CallError::NotAGenerator { emitted }),
-            Ok(()) => None,
+            Ok(()) => {
+                if emitted == 0 {
+                    self.dropped += 1;
+                }
+                None
+            }
             Err(e) => Some(e),
         };
         if let Some(error) = err {

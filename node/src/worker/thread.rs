@@ -9,7 +9,7 @@ use std::time::Instant;
 use protocol::{Failure, Msg, Outputs, Packed, TaskIndex, U32s};
 use tokio::sync::mpsc;
 
-use super::counters::count_inputs_with_output;
+use super::counters::StageCounts;
 use super::frames::fit_in_frames;
 use super::pool::PoolShared;
 use super::stage::{FailureSink, StageCtx};
@@ -265,6 +265,7 @@ impl Worker {
                     failed: 0,
                 },
                 calls: 0,
+                dropped: 0,
                 batch: self.task_ns[k] < BATCH_BELOW_NS,
             };
             match unit {
@@ -288,19 +289,15 @@ impl Worker {
                     );
                 }
             }
-            let (calls, failed) = (ctx.calls, ctx.sink.failed);
-            let c = &self.shared.counters[k];
-            c.items_in.fetch_add(calls, Ordering::Relaxed);
-            c.items_out
-                .fetch_add(stage.entries.len() as u64, Ordering::Relaxed);
-            c.failed.fetch_add(failed, Ordering::Relaxed);
-            let produced_by = count_inputs_with_output(&stage);
-            c.dropped.fetch_add(
-                calls.saturating_sub(failed).saturating_sub(produced_by),
-                Ordering::Relaxed,
-            );
+            let calls = ctx.calls;
             let busy = started.elapsed().as_nanos() as u64;
-            c.busy_ns.fetch_add(busy, Ordering::Relaxed);
+            self.shared.counters[k].add(StageCounts {
+                calls,
+                outputs: stage.entries.len() as u64,
+                failed: ctx.sink.failed,
+                dropped: ctx.dropped,
+                busy_ns: busy,
+            });
             if let Some(per_call) = busy.checked_div(calls) {
                 self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
             }

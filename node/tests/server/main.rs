@@ -2,4 +2,5 @@
 //! protocol, running WAT and real (tasks-example) wasm.
 
 mod common;
+mod counters;
 mod ownership;
