@@ -320,6 +320,14 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    /// A message over the handshake's frame limit.
+    fn big() -> Msg {
+        Msg::Error(WireError::new(
+            ErrorKind::Internal,
+            "x".repeat(4 * HANDSHAKE_MAX_FRAME),
+        ))
+    }
+
     /// A server accepting one connection with `token`, and a client connecting with `ours`.
     async fn pair(
         token: Option<&str>,
@@ -341,8 +349,10 @@ mod tests {
                     workers: 1,
                 });
                 a.conn.write_message(&welcome).await.unwrap();
-                // Something right behind the Welcome must reach the client's connection.
+                // Something right behind the Welcome must reach the client's connection, and
+                // after authentication frames may exceed the handshake's limit.
                 a.conn.write_message(&Msg::Heartbeat).await.unwrap();
+                a.conn.write_message(&big()).await.unwrap();
             }
             accepted
         });
@@ -360,6 +370,7 @@ mod tests {
             let (mut conn, welcome) = client.unwrap();
             assert_eq!(welcome.workers, 1);
             assert_eq!(conn.expect_message().await.unwrap(), Msg::Heartbeat);
+            assert_eq!(conn.expect_message().await.unwrap(), big());
         }
     }
 

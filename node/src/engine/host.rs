@@ -321,3 +321,112 @@ pub(super) fn linker() -> Linker<HostState> {
     }
     linker
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host state in a batched call over items from inputs 5, 6 and 7.
+    fn in_batch(generator: bool) -> HostState {
+        HostState {
+            batch: BatchState {
+                active: true,
+                generator,
+                inputs: vec![5, 6, 7],
+                ..BatchState::default()
+            },
+            out: OutBuf::default(),
+            cur_input: 0,
+            memory: None,
+            fail: None,
+            limiter: MemLimiter {
+                max_bytes: 1 << 20,
+                denied: false,
+            },
+            log: LogCtx {
+                node: "n".into(),
+                worker: 0,
+                task: "t".into(),
+            },
+            max_item: 8,
+        }
+    }
+
+    fn record(index: u32, failure: bool, bytes: &[u8]) -> Vec<u8> {
+        let mut r = index.to_le_bytes().to_vec();
+        let len = bytes.len() as u32 | if failure { 1 << 31 } else { 0 };
+        r.extend_from_slice(&len.to_le_bytes());
+        r.extend_from_slice(bytes);
+        r
+    }
+
+    fn outputs(st: &HostState) -> Vec<(u32, &[u8])> {
+        st.out
+            .entries
+            .iter()
+            .map(|e| (e.input, st.out.item(e)))
+            .collect()
+    }
+
+    #[test]
+    fn records_become_outputs_of_their_inputs_and_failures_of_their_items() {
+        let mut st = in_batch(true);
+        let block = [
+            record(0, false, b"a"),
+            record(0, false, b"b"),
+            record(1, false, b"dropped"),
+            record(1, true, b"bad item"),
+            record(1, false, b"ignored"),
+            record(2, false, b"c"),
+        ]
+        .concat();
+        st.take_records(&block).unwrap();
+        st.batch.close_item(&mut st.out);
+        assert_eq!(outputs(&st), [(5, &b"a"[..]), (5, b"b"), (7, b"c")]);
+        assert_eq!(st.batch.failures.len(), 1);
+        assert_eq!(st.batch.failures[0].0, 1);
+        assert_eq!(st.batch.failures[0].1.to_string(), "bad item");
+        assert_eq!(st.batch.with_output, 2, "items 0 and 2");
+    }
+
+    #[test]
+    fn a_non_generator_emitting_twice_fails_that_item_only() {
+        let mut st = in_batch(false);
+        let block = [
+            record(0, false, b"a"),
+            record(0, false, b"b"),
+            record(2, false, b"c"),
+        ]
+        .concat();
+        st.take_records(&block).unwrap();
+        st.batch.close_item(&mut st.out);
+        assert_eq!(outputs(&st), [(7, &b"c"[..])]);
+        assert!(matches!(
+            st.batch.failures[..],
+            [(0, CallError::NotAGenerator { emitted: 2 })]
+        ));
+        assert_eq!(st.batch.with_output, 1);
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("truncated record header", vec![0, 0, 0]),
+            ("overruns the block", {
+                let mut r = record(0, false, b"abc");
+                r.truncate(10);
+                r
+            }),
+            ("not in the batch", record(3, false, b"a")),
+            (
+                "went back",
+                [record(1, false, b"a"), record(0, false, b"b")].concat(),
+            ),
+            ("exceeds the item limit", record(0, false, b"123456789")),
+        ];
+        for (why, block) in cases {
+            let err = in_batch(true).take_records(&block).unwrap_err();
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
+    }
+}

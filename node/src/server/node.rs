@@ -239,3 +239,85 @@ impl Node {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Arc<Node> {
+        Arc::new(Node {
+            config: NodeConfig::default(),
+            addr: "127.0.0.1:6000".into(),
+            started: Instant::now(),
+            cache: ModuleCache::default(),
+            slot: Mutex::new(Slot::default()),
+            next_conn: AtomicU64::new(1),
+            draining: CancellationToken::new(),
+        })
+    }
+
+    fn busy(r: Result<(), RequestError>) -> Option<String> {
+        match r {
+            Err(RequestError::Busy { holder }) => Some(holder.root),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_owner_keeps_others_out_and_an_orphan_does_not() {
+        let n = node();
+        let (k1, k2) = (CancellationToken::new(), CancellationToken::new());
+        n.claim(1, "root-1", SessionId(1), &k1).unwrap();
+        assert_eq!(n.busy_with(2, None).map(|h| h.root), Some("root-1".into()));
+        assert_eq!(n.busy_with(1, None), None, "not busy for itself");
+        assert_eq!(n.busy_with(2, Some(SessionId(1))), None, "nor its session");
+        assert_eq!(
+            busy(n.claim(2, "root-2", SessionId(2), &k2)),
+            Some("root-1".into())
+        );
+        assert_eq!(busy(n.reset(2)), Some("root-1".into()));
+        assert_eq!(n.status().state, NodeState::Busy);
+
+        n.slot().chain = Some(("c".into(), "1".into()));
+        n.disconnected(1, false);
+        assert_eq!(n.status().state, NodeState::Orphaned);
+        assert_eq!(n.busy_with(2, None), None, "orphaned means free");
+        n.claim(2, "root-2", SessionId(2), &k2).unwrap();
+        let s = n.status();
+        assert_eq!(
+            (s.state, s.root, s.chain),
+            (NodeState::Busy, Some("root-2".into()), None)
+        );
+        assert!(k1.is_cancelled() && !k2.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_release_ends_the_owner_and_a_goodbye_frees_at_once() {
+        let n = node();
+        let k = CancellationToken::new();
+        n.claim(1, "root-1", SessionId(1), &k).unwrap();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(n.release_by(peer).map(|h| h.root), Some("root-1".into()));
+        assert!(k.is_cancelled(), "the owner's connection is told to close");
+        assert_eq!(n.status().state, NodeState::Free);
+        assert_eq!(n.release_by(peer), None);
+        // The released connection ending later changes nothing.
+        n.disconnected(1, false);
+        assert_eq!(n.status().state, NodeState::Free);
+
+        n.claim(2, "root-2", SessionId(2), &k).unwrap();
+        n.slot().chain = Some(("c".into(), "1".into()));
+        n.disconnected(2, true);
+        assert_eq!(n.status().state, NodeState::Free);
+    }
+
+    #[tokio::test]
+    async fn a_second_setup_on_the_same_connection_keeps_the_holding_time() {
+        let n = node();
+        let k = CancellationToken::new();
+        n.claim(1, "root-1", SessionId(1), &k).unwrap();
+        let first = n.slot().owner.as_ref().map(|o| o.since);
+        n.claim(1, "root-1", SessionId(1), &k).unwrap();
+        assert_eq!(n.slot().owner.as_ref().map(|o| o.since), first);
+    }
+}

@@ -210,3 +210,33 @@ fn a_task_that_is_no_generator_fails_items_it_emits_twice_for() {
         );
     }
 }
+
+#[test]
+fn units_and_credit_follow_the_measured_speed_within_bounds() {
+    let spec = ChainSpec {
+        name: "c".into(),
+        version: "1".into(),
+        modules: vec![w1_module(false).into()],
+        tasks: vec![TaskSpec {
+            function: "identity".into(),
+            module: 0,
+            generator: false,
+            args: Vec::new(),
+        }],
+        limits: Limits::default(),
+    };
+    let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec).expect("compiles");
+    let chain = Arc::new(chain);
+    // (ns per item) -> (unit size, credit items) for two workers.
+    for (avg, unit, items) in [
+        (1_000, 2_000, 40_000),
+        (1, 4_096, 2 * 128 * 1024),
+        (1_000_000_000, 1, 4),
+    ] {
+        let shared = PoolShared::new(chain.clone(), 2, avg);
+        assert_eq!(shared.unit_size(), unit, "{avg} ns");
+        let credit = shared.credit();
+        assert_eq!(credit.items, items, "{avg} ns");
+        assert_eq!(credit.bytes, 256 << 20);
+    }
+}
