@@ -1,7 +1,12 @@
 //! A chain compiled for this node: every module compiled (or found in the cache), every
 //! task's exports checked against the ABI, and an `InstancePre` per task ready to
 //! instantiate on each worker.
+//!
+//! A module may say which of its tasks are generators, in a custom section the SDK writes
+//! ([`GENERATORS_SECTION`]): a task listed there whose chain entry lacks `generator = true`
+//! fails the setup, instead of failing every item that emits twice at run time.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use protocol::{ChainSpec, Limits, TaskIndex};
@@ -77,6 +82,30 @@ fn check_func(
     }
 }
 
+/// The custom section listing the task functions of a module that may emit several items:
+/// UTF-8 names, one per line.
+pub const GENERATORS_SECTION: &str = "pcluster.generators";
+
+/// The tasks `module` declares generators, or `None` when it has no such section (then only
+/// the run-time check applies). Several sections of the name add up, as a linker may leave
+/// one per object file.
+fn declared_generators(module: &[u8]) -> Option<HashSet<String>> {
+    let mut names: Option<HashSet<String>> = None;
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        // The module compiled already, so it parses; stop at anything odd all the same.
+        let Ok(payload) = payload else { break };
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == GENERATORS_SECTION
+        {
+            let text = String::from_utf8_lossy(section.data());
+            names
+                .get_or_insert_with(HashSet::new)
+                .extend(text.lines().filter(|l| !l.is_empty()).map(String::from));
+        }
+    }
+    names
+}
+
 /// Compiles (or finds in the cache) every module of `spec` and checks every task's exports.
 /// Returns the chain and how many modules were compiled and found cached.
 ///
@@ -103,7 +132,7 @@ pub fn compile_chain(
         } else {
             compiled += 1;
         }
-        modules.push(m);
+        modules.push((m, declared_generators(bytes)));
     }
     let linker = linker();
     let mut tasks = Vec::with_capacity(spec.tasks.len());
@@ -115,13 +144,16 @@ pub fn compile_chain(
             task: name.clone(),
             problem,
         };
-        let module = modules.get(t.module as usize).ok_or_else(|| {
+        let (module, generators) = modules.get(t.module as usize).ok_or_else(|| {
             ctx(TaskProblem::NoSuchModule {
                 module: t.module,
                 count: modules.len(),
             })
         })?;
         let task = compile_task(&linker, module, &name, t).map_err(ctx)?;
+        if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
+            return Err(SetupError::UndeclaredGenerator { index, task: name });
+        }
         tasks.push(task);
     }
     Ok((
@@ -183,4 +215,26 @@ fn compile_task(
         batch_export,
         has_start,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generators_are_read_from_every_section_of_the_name() {
+        let module = wat::parse_str(
+            r#"(module
+                 (@custom "pcluster.generators" "twice\nsplit\r\n")
+                 (@custom "other" "ignored\n")
+                 (@custom "pcluster.generators" "fan_out"))"#,
+        )
+        .unwrap();
+        let names = declared_generators(&module).expect("declared");
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["fan_out", "split", "twice"]);
+        let silent = wat::parse_str("(module (@custom \"other\" \"twice\"))").unwrap();
+        assert_eq!(declared_generators(&silent), None);
+    }
 }

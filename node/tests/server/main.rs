@@ -3,4 +3,5 @@
 
 mod common;
 mod counters;
+mod generators;
 mod ownership;
