@@ -236,6 +236,14 @@ pub enum RequestError {
         /// Items.
         items: usize,
     },
+    /// A batch entering the chain at a task it does not have.
+    #[error("batch enters at task {stage} of a chain of {tasks} tasks")]
+    BadStage {
+        /// The task it names.
+        stage: u32,
+        /// Tasks in the chain.
+        tasks: usize,
+    },
     /// The work queue is full: the root sent more than its credit.
     #[error("work queue full: the root sent more than its credit")]
     OverCredit,
@@ -264,6 +272,7 @@ impl From<&RequestError> for WireError {
             RequestError::Protocol(ProtocolError::FrameTooLarge { .. }) => ErrorKind::TooLarge,
             RequestError::BadBatch(_)
             | RequestError::IdsMismatch { .. }
+            | RequestError::BadStage { .. }
             | RequestError::OverCredit
             | RequestError::Unexpected { .. }
             | RequestError::Protocol(_) => ErrorKind::BadRequest,

@@ -230,7 +230,7 @@ fn w1_floors(module: &[u8], n: u64) -> anyhow::Result<Floors> {
     let native_ns = t.elapsed().as_nanos() as f64 / n as f64;
     ensure!(kept == n, "native W1 kept {kept} of {n}");
 
-    let mut local = node::worker::LocalChain::new(&w1_chain(module)).map_err(anyhow::Error::msg)?;
+    let mut local = node::LocalChain::new(&w1_chain(module))?;
     let t = Instant::now();
     let mut outs = 0;
     for b in &probe {
@@ -341,7 +341,7 @@ async fn w2(
     );
 
     let sample = seeds.clamp(1, W2_FLOOR_SEEDS);
-    let mut local = node::worker::LocalChain::new(&spec).map_err(anyhow::Error::msg)?;
+    let mut local = node::LocalChain::new(&spec)?;
     let items: Packed = (0..sample).map(|s| s.to_string()).collect();
     let t = Instant::now();
     let outs: usize = local.run(items, 1).iter().map(|o| o.items.len()).sum();

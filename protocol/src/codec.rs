@@ -1,6 +1,8 @@
 //! Frames and their encoding: a 4-byte big-endian length, then the bincode of one [`Msg`].
 //!
-//! This is the only file that names bincode, so the encoding can be swapped here alone.
+//! The one framer of the protocol: handshake and messages alike go through
+//! [`MessageCodec`]. This is the only file that names bincode, so the encoding can be
+//! swapped here alone.
 
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::Decoder;
@@ -84,6 +86,11 @@ impl MessageCodec {
     pub fn new(max_frame: usize) -> Self {
         MessageCodec { max_frame }
     }
+
+    /// Changes the limit (after authentication).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
 }
 
 impl Decoder for MessageCodec {
@@ -115,6 +122,7 @@ impl Decoder for MessageCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::*;
 
     #[test]
     fn a_frame_round_trips() {
@@ -134,12 +142,64 @@ mod tests {
             Err(ProtocolError::FrameTooLarge { .. })
         ));
     }
-}
 
-#[cfg(test)]
-mod more_tests {
-    use super::*;
-    use crate::message::*;
+    #[test]
+    fn a_big_announced_frame_reserves_at_most_a_mebibyte_ahead() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(32u32 << 20).to_be_bytes());
+        buf.extend_from_slice(&[0; 100]);
+        let mut codec = MessageCodec::new(64 << 20);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() <= 104 + (1 << 20), "{}", buf.capacity());
+    }
+
+    #[test]
+    fn frames_arriving_in_pieces_decode_once_whole_and_in_order() {
+        let mut wire = BytesMut::new();
+        encode_frame(&Msg::Pause, &mut wire, 1024).unwrap();
+        encode_frame(&Msg::Resume, &mut wire, 1024).unwrap();
+        let mut codec = MessageCodec::new(1024);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in wire.iter() {
+            buf.extend_from_slice(&[*byte]);
+            while let Some(msg) = codec.decode(&mut buf).unwrap() {
+                got.push(msg);
+            }
+        }
+        assert_eq!(got, [Msg::Pause, Msg::Resume]);
+    }
+
+    #[test]
+    fn the_limit_applies_to_encoding_and_can_be_raised() {
+        let big = Msg::Error(crate::WireError::new(
+            crate::ErrorKind::Internal,
+            "x".repeat(2000),
+        ));
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            encode_frame(&big, &mut buf, 1024),
+            Err(ProtocolError::FrameTooLarge { limit: 1024, .. })
+        ));
+        assert!(buf.is_empty(), "a refused frame leaves nothing behind");
+        encode_frame(&big, &mut buf, 4096).unwrap();
+        let mut codec = MessageCodec::new(1024);
+        assert!(codec.decode(&mut buf.clone()).is_err());
+        codec.set_max_frame(4096);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(big));
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_malformed() {
+        let mut buf = BytesMut::new();
+        encode_frame(&Msg::Reset, &mut buf, 1024).unwrap();
+        let mut payload = buf[4..].to_vec();
+        payload.push(0);
+        assert!(matches!(
+            decode_payload(&payload),
+            Err(ProtocolError::Malformed(m)) if m.contains("trailing")
+        ));
+    }
 
     #[test]
     fn setup_round_trips_through_a_frame() {
@@ -152,6 +212,7 @@ mod more_tests {
                 tasks: vec![],
                 limits: Limits::default(),
             },
+            send_failed_items: false,
         }));
         let mut buf = BytesMut::new();
         encode_frame(&msg, &mut buf, 64 << 20).unwrap();
@@ -159,5 +220,30 @@ mod more_tests {
         assert_eq!(len + 4, buf.len());
         let mut codec = MessageCodec::new(64 << 20);
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(msg));
+    }
+
+    #[test]
+    fn lists_of_u32_travel_as_bytes_and_must_be_whole() {
+        let outputs = |counts: Vec<u32>| {
+            Msg::Outputs(Outputs {
+                seq: 1,
+                first: 0,
+                counts: crate::U32s(counts),
+                items: crate::Packed::new(),
+                failures: vec![],
+            })
+        };
+        let msg = outputs(vec![0, 1, u32::MAX]);
+        let mut buf = BytesMut::new();
+        encode_frame(&msg, &mut buf, 1024).unwrap();
+        assert_eq!(decode_payload(&buf[4..]).unwrap(), msg);
+        // The same message with a 3-byte list: not a whole number of u32s.
+        let mut buf = BytesMut::new();
+        encode_frame(&outputs(vec![]), &mut buf, 1024).unwrap();
+        let mut payload = buf[4..].to_vec();
+        let at = payload.len() - 3; // counts (empty: one length byte), items (2), failures (1)
+        assert_eq!(payload[at - 1], 0, "the empty list's length");
+        payload.splice(at - 1..at, [3, 1, 2, 3]);
+        assert!(decode_payload(&payload).is_err());
     }
 }

@@ -125,9 +125,41 @@ pub struct Connection {
     peer: SocketAddr,
 }
 
+/// Read buffer of an authenticated connection: room for many frames per read call.
+const READ_CAPACITY: usize = 256 << 10;
+/// Write buffer of an authenticated connection.
+const WRITE_CAPACITY: usize = 64 << 10;
+/// Buffers of a connection still in its handshake, whose frames are tiny: a peer that has
+/// not authenticated costs little memory.
+const HANDSHAKE_CAPACITY: usize = 1 << 10;
+
 impl Connection {
     /// Wraps a stream whose preamble has been exchanged.
     pub fn new(stream: TcpStream, max_frame: usize) -> Self {
+        Self::with_buffers(stream, max_frame, READ_CAPACITY, WRITE_CAPACITY)
+    }
+
+    /// A connection for the authentication frames: small buffers and the handshake's frame
+    /// limit, until [`Connection::authenticated`].
+    pub(crate) fn for_handshake(stream: TcpStream) -> Self {
+        Self::with_buffers(
+            stream,
+            crate::handshake::HANDSHAKE_MAX_FRAME,
+            HANDSHAKE_CAPACITY,
+            HANDSHAKE_CAPACITY,
+        )
+    }
+
+    /// Lifts the handshake's limits once the peer has proven itself: frames up to
+    /// `max_frame`, full-size buffers. Bytes already buffered stay.
+    pub(crate) fn authenticated(&mut self, max_frame: usize) {
+        self.reader.inner.decoder_mut().set_max_frame(max_frame);
+        self.reader.inner.read_buffer_mut().reserve(READ_CAPACITY);
+        self.writer.max_frame = max_frame;
+        self.writer.buf.reserve(WRITE_CAPACITY);
+    }
+
+    fn with_buffers(stream: TcpStream, max_frame: usize, read: usize, write: usize) -> Self {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -135,11 +167,11 @@ impl Connection {
         let (r, w) = stream.into_split();
         Connection {
             reader: MessageReader {
-                inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), 256 << 10),
+                inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), read),
             },
             writer: MessageWriter {
                 inner: w,
-                buf: BytesMut::with_capacity(64 << 10),
+                buf: BytesMut::with_capacity(write),
                 max_frame,
             },
             peer,

@@ -112,3 +112,26 @@ impl WireError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wire_error_reads_as_its_kind_and_message() {
+        let busy = WireError::new(
+            ErrorKind::Busy(Holder {
+                root: "r".into(),
+                held_s: 1,
+            }),
+            "node is busy: held by r (for 1 s)",
+        );
+        assert_eq!(busy.to_string(), "Busy: node is busy: held by r (for 1 s)");
+        let setup = WireError::new(ErrorKind::Setup, "module 0 does not compile");
+        assert_eq!(setup.to_string(), "Setup: module 0 does not compile");
+        assert_eq!(
+            ProtocolError::Remote(setup).to_string(),
+            "Setup: module 0 does not compile"
+        );
+    }
+}

@@ -6,19 +6,17 @@
 //! `PCLUSTER` + its version + a status byte (0 = accepted), then on refusal a u16-length
 //! UTF-8 reason, and the server closes.
 //!
-//! The authentication messages that follow are frames read and written straight on the
-//! socket, each at most [`HANDSHAKE_MAX_FRAME`] bytes: a peer that has not proven it holds
-//! the token cannot make the other side buffer a full-size frame. Only then does a
-//! [`Connection`] with the caller's frame limit take over.
+//! The authentication messages that follow are ordinary frames on a [`Connection`] whose
+//! frame limit is [`HANDSHAKE_MAX_FRAME`]: a peer that has not proven it holds the token
+//! cannot make the other side buffer a full-size frame. Once both sides are satisfied the
+//! same connection (and whatever it already buffered) gets the caller's frame limit.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{self, NONCE_LEN, Nonce, Token};
-use crate::codec::{decode_payload, encode_frame};
 use crate::connection::Connection;
 use crate::error::{ErrorKind, ProtocolError, WireError};
 use crate::ids::SessionId;
@@ -72,44 +70,6 @@ pub struct Accepted {
     pub role: Role,
     /// The session a reconnecting root wants to resume.
     pub resume: Option<SessionId>,
-}
-
-/// Reads one handshake frame straight from the socket: exactly its bytes, so nothing that
-/// follows is consumed before the [`Connection`] takes over, and at most
-/// [`HANDSHAKE_MAX_FRAME`] bytes whatever the length prefix claims.
-async fn read_frame(stream: &mut TcpStream) -> Result<Msg, ProtocolError> {
-    let mut len = [0u8; 4];
-    if let Err(e) = stream.read_exact(&mut len).await {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Closed
-        } else {
-            ProtocolError::Io(e)
-        });
-    }
-    let size = u32::from_be_bytes(len) as usize;
-    if size > HANDSHAKE_MAX_FRAME {
-        return Err(ProtocolError::FrameTooLarge {
-            size,
-            limit: HANDSHAKE_MAX_FRAME,
-        });
-    }
-    let mut payload = vec![0u8; size];
-    if let Err(e) = stream.read_exact(&mut payload).await {
-        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Malformed("connection closed in the middle of a frame".into())
-        } else {
-            ProtocolError::Io(e)
-        });
-    }
-    decode_payload(&payload)
-}
-
-/// Writes one handshake frame straight to the socket.
-async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), ProtocolError> {
-    let mut buf = BytesMut::new();
-    encode_frame(msg, &mut buf, HANDSHAKE_MAX_FRAME)?;
-    stream.write_all(&buf).await?;
-    Ok(())
 }
 
 fn to_nonce(bytes: &[u8]) -> Result<Nonce, ProtocolError> {
@@ -184,7 +144,8 @@ async fn accept_inner(
     stream.write_all(&answer).await?;
     let role = role.unwrap_or(Role::Probe);
 
-    let hello = match read_frame(&mut stream).await? {
+    let mut conn = Connection::for_handshake(stream);
+    let hello = match conn.expect_message().await? {
         Msg::Hello(h) => h,
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
@@ -196,16 +157,13 @@ async fn accept_inner(
                 .to_vec(),
         )
     });
-    write_frame(
-        &mut stream,
-        &Msg::Challenge(Challenge {
-            nonce: server_nonce.to_vec(),
-            auth_required: token.is_some(),
-            proof,
-        }),
-    )
+    conn.write_message(&Msg::Challenge(Challenge {
+        nonce: server_nonce.to_vec(),
+        auth_required: token.is_some(),
+        proof,
+    }))
     .await?;
-    let answer = match read_frame(&mut stream).await? {
+    let answer = match conn.expect_message().await? {
         Msg::Auth(a) => a,
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
@@ -220,16 +178,15 @@ async fn accept_inner(
             } else {
                 "wrong cluster token"
             };
-            let _ = write_frame(
-                &mut stream,
-                &Msg::Error(WireError::new(ErrorKind::Unauthorized, why)),
-            )
-            .await;
+            let _ = conn
+                .write_message(&Msg::Error(WireError::new(ErrorKind::Unauthorized, why)))
+                .await;
             return Err(ProtocolError::Auth(why.into()));
         }
     }
+    conn.authenticated(max_frame);
     Ok(Accepted {
-        conn: Connection::new(stream, max_frame),
+        conn,
         role,
         resume: hello.resume,
     })
@@ -304,15 +261,13 @@ async fn connect_inner(
     }
 
     let client_nonce = auth::nonce()?;
-    write_frame(
-        &mut stream,
-        &Msg::Hello(Hello {
-            nonce: client_nonce.to_vec(),
-            resume,
-        }),
-    )
+    let mut conn = Connection::for_handshake(stream);
+    conn.write_message(&Msg::Hello(Hello {
+        nonce: client_nonce.to_vec(),
+        resume,
+    }))
     .await?;
-    let challenge = match read_frame(&mut stream).await? {
+    let challenge = match conn.expect_message().await? {
         Msg::Challenge(c) => c,
         Msg::Error(e) => return Err(ProtocolError::Remote(e)),
         other => return Err(ProtocolError::Unexpected(other.name().into())),
@@ -338,9 +293,12 @@ async fn connect_inner(
         }
         None => None,
     };
-    write_frame(&mut stream, &Msg::Auth(Auth { proof })).await?;
-    match read_frame(&mut stream).await {
-        Ok(Msg::Welcome(w)) => Ok((Connection::new(stream, max_frame), w)),
+    conn.write_message(&Msg::Auth(Auth { proof })).await?;
+    match conn.expect_message().await {
+        Ok(Msg::Welcome(w)) => {
+            conn.authenticated(max_frame);
+            Ok((conn, w))
+        }
         Ok(Msg::Error(e)) if e.kind == ErrorKind::Unauthorized => {
             Err(ProtocolError::Auth(e.message))
         }
@@ -361,6 +319,14 @@ mod tests {
     use tokio::net::TcpListener;
 
     const T: Duration = Duration::from_secs(5);
+
+    /// A message over the handshake's frame limit.
+    fn big() -> Msg {
+        Msg::Error(WireError::new(
+            ErrorKind::Internal,
+            "x".repeat(4 * HANDSHAKE_MAX_FRAME),
+        ))
+    }
 
     /// A server accepting one connection with `token`, and a client connecting with `ours`.
     async fn pair(
@@ -383,8 +349,10 @@ mod tests {
                     workers: 1,
                 });
                 a.conn.write_message(&welcome).await.unwrap();
-                // Something right behind the Welcome must reach the client's connection.
+                // Something right behind the Welcome must reach the client's connection, and
+                // after authentication frames may exceed the handshake's limit.
                 a.conn.write_message(&Msg::Heartbeat).await.unwrap();
+                a.conn.write_message(&big()).await.unwrap();
             }
             accepted
         });
@@ -402,6 +370,7 @@ mod tests {
             let (mut conn, welcome) = client.unwrap();
             assert_eq!(welcome.workers, 1);
             assert_eq!(conn.expect_message().await.unwrap(), Msg::Heartbeat);
+            assert_eq!(conn.expect_message().await.unwrap(), big());
         }
     }
 

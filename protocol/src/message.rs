@@ -204,8 +204,10 @@ pub struct ChainSpec {
     /// The chain's version.
     pub version: String,
     /// Distinct wasm modules, each sent once however many tasks use it.
+    #[serde(deserialize_with = "bounded::seq")]
     pub modules: Vec<serde_bytes::ByteBuf>,
     /// The tasks, in order.
+    #[serde(deserialize_with = "bounded::seq")]
     pub tasks: Vec<TaskSpec>,
     /// Limits for every call.
     pub limits: Limits,
@@ -254,7 +256,7 @@ pub enum Ids {
         count: u32,
     },
     /// Any ids (re-dispatched items).
-    List(Vec<u64>),
+    List(#[serde(deserialize_with = "bounded::seq")] Vec<u64>),
 }
 
 impl Ids {
@@ -317,7 +319,8 @@ pub struct Failure {
     #[serde(with = "serde_bytes")]
     pub item_start: Vec<u8>,
     /// The whole failing item, when the setup asked for it.
-    pub item: Option<serde_bytes::ByteBuf>,
+    #[serde(with = "serde_bytes")]
+    pub item: Option<Vec<u8>>,
     /// What happened.
     pub message: String,
 }
@@ -337,6 +340,7 @@ pub struct Outputs {
     /// All outputs of the range in input order.
     pub items: Packed,
     /// Items of the range that failed in some task.
+    #[serde(deserialize_with = "bounded::seq")]
     pub failures: Vec<Failure>,
 }
 
@@ -401,5 +405,87 @@ pub struct NodeStatus {
     /// Setups served from the compiled-module cache.
     pub module_cache_hits: u64,
     /// Per-task counters of the current chain.
+    #[serde(deserialize_with = "bounded::seq")]
     pub tasks: Vec<TaskCounters>,
+}
+
+/// Lists decoded without trusting their announced length.
+mod bounded {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+    /// Bytes' worth of elements reserved up front, whatever length the list announces.
+    const RESERVE_BYTES: usize = 4096;
+
+    /// A list that reserves room for what a few KiB could hold and grows with the elements
+    /// that actually decode, each of which took bytes of the frame: serde's own cap is 1 MiB
+    /// per list, so a 4 KiB frame announcing long lists could reserve mebibytes.
+    pub(super) fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct Bounded<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let fit = RESERVE_BYTES / size_of::<T>().max(1);
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(fit));
+                while let Some(x) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(v)
+            }
+        }
+
+        d.deserialize_seq(Bounded(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_a_range_and_of_a_list() {
+        let range = Ids::Range {
+            start: 10,
+            count: 3,
+        };
+        assert_eq!((range.len(), range.is_empty()), (3, false));
+        assert_eq!(range.get(0), Some(ItemId(10)));
+        assert_eq!(range.get(2), Some(ItemId(12)));
+        assert_eq!(range.get(3), None);
+        let list = Ids::List(vec![7, 3]);
+        assert_eq!(list.get(1), Some(ItemId(3)));
+        assert_eq!(list.get(2), None);
+        assert!(Ids::List(vec![]).is_empty());
+    }
+
+    #[test]
+    fn a_holder_reads_as_who_and_for_how_long() {
+        let h = Holder {
+            root: "10.0.0.2:41000".into(),
+            held_s: 12,
+        };
+        assert_eq!(h.to_string(), "10.0.0.2:41000 (for 12 s)");
+    }
+
+    #[test]
+    fn message_names_match_their_variants() {
+        assert_eq!(Msg::Release.name(), "Release");
+        assert_eq!(
+            Msg::Released(Released { was_held_by: None }).name(),
+            "Released"
+        );
+        assert_eq!(Msg::Heartbeat.name(), "Heartbeat");
+        assert_eq!(Msg::Bye.name(), "Bye");
+    }
 }

@@ -1,11 +1,64 @@
 //! Property tests of the decoder: random bytes, truncated and mutated frames, huge length
-//! prefixes. Each must give an error or a message — never a panic, never a huge allocation —
-//! and every message must round-trip. Seeded, so a failure is reproducible.
+//! fields. Each must give an error or a message that encodes back to itself, never a panic,
+//! and a small frame must never make the decoder allocate much, whatever length it claims
+//! inside (measured by a counting allocator in this test binary). Seeded, so a failure is
+//! reproducible.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 
 use bytes::BytesMut;
 use pcluster_protocol::codec::{MessageCodec, decode_payload, encode_frame};
 use pcluster_protocol::*;
 use tokio_util::codec::Decoder;
+
+/// The system allocator, noting the largest single request of each thread.
+struct Counting;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // `try_with`: allocations during thread teardown find no thread-local.
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+// SAFETY: every call goes to the system allocator unchanged; only sizes are noted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: as the caller promised for `layout`.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: as the caller promised for `layout`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: as the caller promised for `ptr`, `layout` and `new_size`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as the caller promised for `ptr` and `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result with the largest single allocation it made.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|l| l.set(0));
+    let out = f();
+    (out, LARGEST.with(Cell::get))
+}
 
 /// xorshift64*: small, deterministic, good enough to shake a decoder.
 struct Rng(u64);
@@ -117,7 +170,7 @@ fn every_message() -> Vec<Msg> {
                     name: "f".into(),
                 }),
                 item_start: b"x".to_vec(),
-                item: Some(serde_bytes::ByteBuf::from(b"xyz".to_vec())),
+                item: Some(b"xyz".to_vec()),
                 message: "boom".into(),
             }],
         }),
@@ -161,28 +214,42 @@ fn every_message_round_trips() {
 }
 
 #[test]
-fn truncated_frames_wait_or_fail_and_never_panic() {
+fn truncated_frames_wait_and_truncated_payloads_fail() {
     for msg in every_message() {
         let full = frame(&msg);
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
             let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME);
-            // Incomplete: the codec waits for more.
+            // Incomplete: the codec waits for more, consuming nothing.
             assert!(
                 matches!(codec.decode(&mut buf), Ok(None)),
                 "cut at {cut} of {}",
                 msg.name()
             );
-            // A payload cut short inside a well-formed length is an error, not a panic.
-            let _ = decode_payload(&full[4..cut.max(4)]);
+            assert_eq!(buf.len(), cut);
+            // A payload cut short is never taken for a (different) message.
+            if cut >= 4 {
+                assert!(
+                    matches!(
+                        decode_payload(&full[4..cut]),
+                        Err(ProtocolError::Malformed(_))
+                    ),
+                    "{} cut at {cut} decoded",
+                    msg.name()
+                );
+            }
         }
     }
 }
 
+/// Random payloads and valid frames with a few bytes changed: the decoder either refuses
+/// them as malformed or yields a message that encodes and decodes back to itself (so what
+/// the node acts on is exactly what it would send), and the codec takes exactly the frame.
 #[test]
-fn random_and_mutated_bytes_give_errors_not_panics() {
+fn random_and_mutated_bytes_are_refused_or_decode_to_a_stable_message() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let messages = every_message();
+    let (mut refused, mut decoded) = (0, 0);
     for round in 0..20_000 {
         let payload = if round % 2 == 0 {
             let n = (rng.next() % 300) as usize;
@@ -199,15 +266,31 @@ fn random_and_mutated_bytes_give_errors_not_panics() {
             }
             p
         };
-        let _ = decode_payload(&payload);
+        let direct = decode_payload(&payload);
         let mut framed = BytesMut::new();
         framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         framed.extend_from_slice(&payload);
+        framed.extend_from_slice(b"next");
         let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME);
-        let _ = codec.decode(&mut framed);
+        let via_codec = codec.decode(&mut framed);
+        match (direct, via_codec) {
+            (Err(ProtocolError::Malformed(_)), Err(ProtocolError::Malformed(_))) => refused += 1,
+            (Ok(msg), Ok(Some(same))) => {
+                assert_eq!(msg, same);
+                assert_eq!(&framed[..], b"next", "the codec took exactly one frame");
+                let again = frame(&msg);
+                assert_eq!(decode_payload(&again[4..]).unwrap(), msg, "round {round}");
+                decoded += 1;
+            }
+            (d, c) => panic!("round {round}: decode_payload {d:?} but the codec {c:?}"),
+        }
     }
+    // Both outcomes happen: the test exercises the decoder rather than one early exit.
+    assert!(
+        refused > 1_000 && decoded > 100,
+        "{refused} refused, {decoded} decoded"
+    );
 }
-
 #[test]
 fn a_4_gib_length_prefix_is_refused_at_once() {
     let mut codec = MessageCodec::new(DEFAULT_MAX_FRAME);
@@ -223,22 +306,46 @@ fn a_4_gib_length_prefix_is_refused_at_once() {
     assert!(buf.capacity() < 1 << 20);
 }
 
+/// A small frame whose inner length fields claim up to 256 MiB (a byte string, an id list,
+/// a string, a list of failures): decoding fails without any allocation near the claimed
+/// size. This is the bound in `codec::decode_limited`; with a loose limit the claimed
+/// 256 MiB byte string is allocated before the decoder finds the bytes missing.
 #[test]
 fn length_fields_inside_a_small_frame_cannot_force_a_big_allocation() {
-    // An Items message whose id list claims 2^40 elements in a few bytes of payload.
-    let mut payload = frame(&Msg::Items(Items {
-        seq: 1,
-        ids: Ids::List(vec![]),
-        items: Packed::new(),
-        stage: TaskIndex(0),
-    }))[4..]
-        .to_vec();
-    // Find the empty list's length byte (0) after the variant tags and replace it with a
-    // huge varint; whatever position we hit, decoding must fail cleanly.
-    for i in 0..payload.len() {
-        let mut p = payload.clone();
-        p.splice(i..=i, [253u8, 0, 0, 0, 0, 0, 1, 0, 0]);
-        let _ = decode_payload(&p);
+    let samples = [
+        Msg::Items(Items {
+            seq: 1,
+            ids: Ids::List(vec![1, 2]),
+            items: ["a", "b"].into_iter().collect(),
+            stage: TaskIndex(0),
+        }),
+        every_message().remove(5), // a Setup: modules, tasks, names, args
+        Msg::Outputs(Outputs {
+            seq: 1,
+            first: 0,
+            counts: U32s(vec![1]),
+            items: ["x"].into_iter().collect(),
+            failures: vec![],
+        }),
+    ];
+    // Varints of 2^20, 2^24 and 2^28 (bincode: 252 then a little-endian u32).
+    let claims: [[u8; 5]; 3] = [[252, 0, 0, 16, 0], [252, 0, 0, 0, 1], [252, 0, 0, 0, 16]];
+    let mut largest = 0;
+    for msg in &samples {
+        let payload = frame(msg)[4..].to_vec();
+        assert!(payload.len() < 4096, "small frames only");
+        for i in 0..payload.len() {
+            for claim in &claims {
+                let mut p = payload.clone();
+                p.splice(i..=i, claim.iter().copied());
+                // Mostly refused; a claim in place of a plain integer field may decode.
+                let (_, size) = largest_allocation(|| decode_payload(&p));
+                largest = largest.max(size);
+            }
+        }
     }
-    payload.clear();
+    assert!(
+        largest <= 64 << 10,
+        "decoding a frame of under 4 KiB allocated {largest} bytes at once"
+    );
 }

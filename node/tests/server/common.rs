@@ -204,3 +204,40 @@ pub fn chain_of(module: Vec<u8>, tasks: &[(&str, bool)]) -> ChainSpec {
 pub fn identity_chain() -> ChainSpec {
     chain_of(wat_module(IDENTITY), &[("identity", false)])
 }
+
+/// The bytes of the real example tasks (`tasks-example`, built for wasm32 with cargo when
+/// out of date; a no-op when fresh). Needs the `wasm32-unknown-unknown` target.
+pub fn tasks_example_wasm() -> Vec<u8> {
+    static WASM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks-example");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+            .current_dir(&crate_dir)
+            // The example tasks are a workspace of their own, with their own target dir.
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("run cargo for tasks-example");
+        assert!(
+            status.success(),
+            "building tasks-example failed ({status}); is the wasm32-unknown-unknown target \
+             installed? (rustup target add wasm32-unknown-unknown)"
+        );
+        let wasm = crate_dir.join("target/wasm32-unknown-unknown/release/tasks_example.wasm");
+        std::fs::read(&wasm).expect("read tasks_example.wasm")
+    })
+    .clone()
+}
+
+/// W1 as in the README: `w1_identity → w1_duplicate (generator) → w1_drop_odd`.
+pub fn w1_chain() -> ChainSpec {
+    chain_of(
+        tasks_example_wasm(),
+        &[
+            ("w1_identity", false),
+            ("w1_duplicate", true),
+            ("w1_drop_odd", false),
+        ],
+    )
+}

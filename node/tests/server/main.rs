@@ -2,4 +2,6 @@
 //! protocol, running WAT and real (tasks-example) wasm.
 
 mod common;
+mod counters;
+mod generators;
 mod ownership;

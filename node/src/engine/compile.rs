@@ -1,0 +1,240 @@
+//! A chain compiled for this node: every module compiled (or found in the cache), every
+//! task's exports checked against the ABI, and an `InstancePre` per task ready to
+//! instantiate on each worker.
+//!
+//! A module may say which of its tasks are generators, in a custom section the SDK writes
+//! ([`GENERATORS_SECTION`]): a task listed there whose chain entry lacks `generator = true`
+//! fails the setup, instead of failing every item that emits twice at run time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use protocol::{ChainSpec, Limits, TaskIndex};
+use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
+
+use super::cache::ModuleCache;
+use super::host::{HostState, linker};
+use crate::error::{ExportError, SetupError, TaskProblem};
+
+/// One task of a compiled chain.
+pub struct CompiledTask {
+    /// Function name.
+    pub name: Arc<str>,
+    /// Whether it may emit several items per input.
+    pub generator: bool,
+    pub(super) args: Vec<u8>,
+    pub(super) pre: InstancePre<HostState>,
+    pub(super) init_export: Option<String>,
+    pub(super) batch_export: Option<String>,
+    pub(super) has_start: bool,
+}
+
+/// A chain ready to instantiate on workers.
+pub struct CompiledChain {
+    /// Chain name.
+    pub name: String,
+    /// Chain version.
+    pub version: String,
+    /// Tasks in order.
+    pub tasks: Vec<CompiledTask>,
+    /// Limits of every call.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for CompiledChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledChain")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+fn check_func(
+    module: &Module,
+    name: &str,
+    params: &[ValType],
+    results: &[ValType],
+) -> Result<(), ExportError> {
+    match module.get_export(name) {
+        Some(ExternType::Func(ft)) => {
+            let p: Vec<ValType> = ft.params().collect();
+            let r: Vec<ValType> = ft.results().collect();
+            let same = |a: &[ValType], b: &[ValType]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| ValType::eq(x, y))
+            };
+            if same(&p, params) && same(&r, results) {
+                Ok(())
+            } else {
+                Err(ExportError::WrongType {
+                    name: name.into(),
+                    found: format!("({p:?}) -> ({r:?})"),
+                    expected: format!("({params:?}) -> ({results:?})"),
+                })
+            }
+        }
+        Some(other) => Err(ExportError::NotAFunction {
+            name: name.into(),
+            found: format!("{other:?}"),
+        }),
+        None => Err(ExportError::Missing { name: name.into() }),
+    }
+}
+
+/// The custom section listing the task functions of a module that may emit several items:
+/// UTF-8 names, one per line.
+pub const GENERATORS_SECTION: &str = "pcluster.generators";
+
+/// The tasks `module` declares generators, or `None` when it has no such section (then only
+/// the run-time check applies). Several sections of the name add up, as a linker may leave
+/// one per object file.
+fn declared_generators(module: &[u8]) -> Option<HashSet<String>> {
+    let mut names: Option<HashSet<String>> = None;
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        // The module compiled already, so it parses; stop at anything odd all the same.
+        let Ok(payload) = payload else { break };
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == GENERATORS_SECTION
+        {
+            let text = String::from_utf8_lossy(section.data());
+            names
+                .get_or_insert_with(HashSet::new)
+                .extend(text.lines().filter(|l| !l.is_empty()).map(String::from));
+        }
+    }
+    names
+}
+
+/// Compiles (or finds in the cache) every module of `spec` and checks every task's exports.
+/// Returns the chain and how many modules were compiled and found cached.
+///
+/// # Errors
+/// The first module that does not compile or task that cannot run, named.
+pub fn compile_chain(
+    cache: &ModuleCache,
+    spec: &ChainSpec,
+) -> Result<(CompiledChain, u32, u32), SetupError> {
+    if spec.tasks.is_empty() {
+        return Err(SetupError::NoTasks);
+    }
+    let mut modules = Vec::with_capacity(spec.modules.len());
+    let (mut compiled, mut cached) = (0, 0);
+    for (i, bytes) in spec.modules.iter().enumerate() {
+        let (m, hit) = cache
+            .get_or_compile(bytes)
+            .map_err(|e| SetupError::Compile {
+                module: i as u32,
+                reason: format!("{e:#}"),
+            })?;
+        if hit {
+            cached += 1;
+        } else {
+            compiled += 1;
+        }
+        modules.push((m, declared_generators(bytes)));
+    }
+    let linker = linker();
+    let mut tasks = Vec::with_capacity(spec.tasks.len());
+    for (i, t) in spec.tasks.iter().enumerate() {
+        let name: Arc<str> = t.function.as_str().into();
+        let index = TaskIndex(i as u32);
+        let ctx = |problem| SetupError::Task {
+            index,
+            task: name.clone(),
+            problem,
+        };
+        let (module, generators) = modules.get(t.module as usize).ok_or_else(|| {
+            ctx(TaskProblem::NoSuchModule {
+                module: t.module,
+                count: modules.len(),
+            })
+        })?;
+        let task = compile_task(&linker, module, &name, t).map_err(ctx)?;
+        if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
+            return Err(SetupError::UndeclaredGenerator { index, task: name });
+        }
+        tasks.push(task);
+    }
+    Ok((
+        CompiledChain {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            tasks,
+            limits: spec.limits.clone(),
+        },
+        compiled,
+        cached,
+    ))
+}
+
+/// Checks one task's exports against the ABI and prepares its instantiation.
+fn compile_task(
+    linker: &Linker<HostState>,
+    module: &Module,
+    name: &Arc<str>,
+    spec: &protocol::TaskSpec,
+) -> Result<CompiledTask, TaskProblem> {
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => {}
+        _ => return Err(TaskProblem::NoMemory),
+    }
+    check_func(module, "pcluster_abi_version", &[], &[ValType::I32])
+        .map_err(TaskProblem::NotATaskModule)?;
+    check_func(module, "pcluster_input", &[ValType::I32], &[ValType::I32])
+        .map_err(TaskProblem::Export)?;
+    check_func(module, name, &[ValType::I32], &[ValType::I32]).map_err(TaskProblem::Export)?;
+    let optional = |export: String, params: &[ValType], results: &[ValType]| match module
+        .get_export(&export)
+    {
+        Some(_) => check_func(module, &export, params, results)
+            .map(|()| Some(export))
+            .map_err(TaskProblem::Export),
+        None => Ok(None),
+    };
+    let init_export = optional(
+        format!("pcluster_init.{name}"),
+        &[ValType::I32],
+        &[ValType::I32],
+    )?;
+    let batch_export = optional(
+        format!("pcluster_batch.{name}"),
+        &[ValType::I32, ValType::I32],
+        &[ValType::I32],
+    )?;
+    let has_start = optional("pcluster_start".into(), &[], &[])?.is_some();
+    let pre = linker
+        .instantiate_pre(module)
+        .map_err(|e| TaskProblem::Link(format!("{e:#}")))?;
+    Ok(CompiledTask {
+        name: name.clone(),
+        generator: spec.generator,
+        args: spec.args.clone(),
+        pre,
+        init_export,
+        batch_export,
+        has_start,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generators_are_read_from_every_section_of_the_name() {
+        let module = wat::parse_str(
+            r#"(module
+                 (@custom "pcluster.generators" "twice\nsplit\r\n")
+                 (@custom "other" "ignored\n")
+                 (@custom "pcluster.generators" "fan_out"))"#,
+        )
+        .unwrap();
+        let names = declared_generators(&module).expect("declared");
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["fan_out", "split", "twice"]);
+        let silent = wat::parse_str("(module (@custom \"other\" \"twice\"))").unwrap();
+        assert_eq!(declared_generators(&silent), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! [`TaskInstance`]: one instance of one task on one worker, with its store, its input
+//! buffer in guest memory, and its per-call deadline (epoch ticks) and memory cap. Every
+//! failure comes back as a typed [`CallError`].
+
+use wasmtime::{Memory, Store, Trap, TypedFunc};
+
+use super::compile::CompiledTask;
+use super::host::{BatchState, HostState, LogCtx, MemLimiter, OutBuf};
+use super::{EPOCH_TICK, engine};
+use crate::error::{CallError, TaskProblem, TrapCause};
+use protocol::Limits;
+
+/// One instance of one task on one worker.
+pub struct TaskInstance {
+    /// The store; its data holds the stage output buffer.
+    pub store: Store<HostState>,
+    func: TypedFunc<u32, u32>,
+    batch: Option<TypedFunc<(u32, u32), u32>>,
+    block: Vec<u8>,
+    input: TypedFunc<u32, u32>,
+    memory: Memory,
+    buf_ptr: usize,
+    buf_cap: usize,
+    deadline_ticks: u64,
+    deadline_ms: u64,
+    memory_mb: u64,
+}
+
+impl TaskInstance {
+    /// Instantiates `task` and runs its start and init exports.
+    ///
+    /// # Errors
+    /// What failed: instantiation, start, or init (with the task's message).
+    pub fn new(task: &CompiledTask, limits: &Limits, log: LogCtx) -> Result<Self, TaskProblem> {
+        let memory_bytes =
+            usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let mut store = Store::new(
+            engine(),
+            HostState {
+                out: OutBuf::default(),
+                batch: BatchState {
+                    generator: task.generator,
+                    ..BatchState::default()
+                },
+                cur_input: 0,
+                memory: None,
+                fail: None,
+                limiter: MemLimiter {
+                    max_bytes: memory_bytes,
+                    denied: false,
+                },
+                log,
+                max_item: usize::try_from(limits.max_item_bytes).unwrap_or(usize::MAX),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let deadline_ticks = limits
+            .deadline_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64)
+            .max(1)
+            + 1;
+        // A new store's deadline is 0: set it before anything runs, start and init included.
+        store.set_epoch_deadline(deadline_ticks);
+        let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
+        let instance = task.pre.instantiate(&mut store).map_err(instantiate)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or(TaskProblem::NoMemory)?;
+        store.data_mut().memory = Some(memory);
+        let func = instance
+            .get_typed_func::<u32, u32>(&mut store, &task.name)
+            .map_err(instantiate)?;
+        let input = instance
+            .get_typed_func::<u32, u32>(&mut store, "pcluster_input")
+            .map_err(instantiate)?;
+        let batch = match &task.batch_export {
+            Some(name) => Some(
+                instance
+                    .get_typed_func::<(u32, u32), u32>(&mut store, name)
+                    .map_err(instantiate)?,
+            ),
+            None => None,
+        };
+        let mut this = TaskInstance {
+            store,
+            func,
+            batch,
+            block: Vec::new(),
+            input,
+            memory,
+            buf_ptr: 0,
+            buf_cap: 0,
+            deadline_ticks,
+            deadline_ms: limits.deadline_ms,
+            memory_mb: limits.memory_mb,
+        };
+        if task.has_start {
+            let start = instance
+                .get_typed_func::<(), ()>(&mut this.store, "pcluster_start")
+                .map_err(instantiate)?;
+            this.store.set_epoch_deadline(deadline_ticks);
+            if let Err(e) = start.call(&mut this.store, ()) {
+                return Err(TaskProblem::Start(this.describe(&e)));
+            }
+        }
+        if let Some(init_name) = &task.init_export {
+            let init = instance
+                .get_typed_func::<u32, u32>(&mut this.store, init_name)
+                .map_err(instantiate)?;
+            if let Err(e) = this.place(&task.args) {
+                return Err(TaskProblem::InitTrap(this.describe(&e)));
+            }
+            this.store.set_epoch_deadline(deadline_ticks);
+            match init.call(&mut this.store, task.args.len() as u32) {
+                Ok(0) => {}
+                Ok(status) => {
+                    let message = this.store.data_mut().fail.take();
+                    return Err(TaskProblem::InitStatus { status, message });
+                }
+                Err(e) => return Err(TaskProblem::InitTrap(this.describe(&e))),
+            }
+        }
+        Ok(this)
+    }
+
+    /// Copies `item` into the guest's input buffer, asking for a larger one when needed.
+    #[inline]
+    fn place(&mut self, item: &[u8]) -> wasmtime::Result<()> {
+        let len = item.len();
+        if len > self.buf_cap || self.buf_cap == 0 {
+            self.store.set_epoch_deadline(self.deadline_ticks);
+            let want = len.max(4096);
+            let ptr = self.input.call(&mut self.store, want as u32)? as usize;
+            if ptr
+                .checked_add(want)
+                .is_none_or(|end| end > self.memory.data_size(&self.store))
+            {
+                wasmtime::bail!(
+                    "pcluster_input returned a buffer at {ptr}+{want} outside guest memory"
+                );
+            }
+            self.buf_ptr = ptr;
+            self.buf_cap = want;
+        }
+        let Some(dst) = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(self.buf_ptr..self.buf_ptr + len)
+        else {
+            wasmtime::bail!("input buffer outside guest memory");
+        };
+        dst.copy_from_slice(item);
+        Ok(())
+    }
+
+    /// Runs the task on one item; its emits land in `store.data().out`.
+    ///
+    /// # Errors
+    /// [`CallError::Failed`] or [`CallError::Status`] when the task reported an error,
+    /// [`CallError::Trapped`] when it trapped (deadline, memory limit, panic, bad pointer);
+    /// the caller rebuilds the instance then.
+    #[inline]
+    pub fn call(&mut self, item: &[u8]) -> Result<(), CallError> {
+        if let Err(e) = self.place(item) {
+            return Err(self.describe(&e));
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match self.func.call(&mut self.store, item.len() as u32) {
+            Ok(0) => Ok(()),
+            Ok(status) => Err(self.failed(status)),
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    /// The error of a call that returned a non-zero `status`.
+    fn failed(&mut self, status: u32) -> CallError {
+        match self.store.data_mut().fail.take() {
+            Some(message) => CallError::Failed(message),
+            None => CallError::Status(status),
+        }
+    }
+
+    /// Whether the task has a batched export.
+    pub fn has_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Runs the task on many items in one guest call; their emits land in
+    /// `store.data().out` tagged with each item's input index, and item failures in
+    /// `store.data().batch.failures` (by position in `items`).
+    ///
+    /// # Errors
+    /// When the call trapped or reported the batch itself as failed: nothing of the batch is
+    /// kept, and the caller re-runs its items one by one (after rebuilding on a trap).
+    pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallError> {
+        self.block.clear();
+        for (_, item) in items {
+            self.block
+                .extend_from_slice(&(item.len() as u32).to_le_bytes());
+        }
+        for (_, item) in items {
+            self.block.extend_from_slice(item);
+        }
+        let block = std::mem::take(&mut self.block);
+        let placed = self.place(&block);
+        let len = block.len() as u32;
+        self.block = block;
+        if let Err(e) = placed {
+            return Err(self.describe(&e));
+        }
+        let st = self.store.data_mut();
+        let (entry_start, data_start) = (st.out.entries.len(), st.out.data.len());
+        st.batch.active = true;
+        st.batch.cur = None;
+        st.batch.failed_current = false;
+        st.batch.failures.clear();
+        st.batch.with_output = 0;
+        st.batch.inputs.clear();
+        st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let Some(batch) = &self.batch else {
+            // Callers check `has_batch` first; this is the item-by-item fallback's signal.
+            return Err(CallError::Status(0));
+        };
+        let result = batch.call(&mut self.store, (items.len() as u32, len));
+        let st = self.store.data_mut();
+        let HostState { batch, out, .. } = st;
+        batch.close_item(out);
+        batch.active = false;
+        batch.cur = None;
+        batch.failed_current = false;
+        let failed = match result {
+            Ok(0) => return Ok(()),
+            Ok(status) => self.failed(status),
+            Err(e) => self.describe(&e),
+        };
+        let st = self.store.data_mut();
+        st.out.entries.truncate(entry_start);
+        st.out.data.truncate(data_start);
+        st.batch.failures.clear();
+        Err(failed)
+    }
+
+    /// The error of a call that trapped, with what the guest and the limiter said.
+    fn describe(&mut self, err: &wasmtime::Error) -> CallError {
+        let st = self.store.data_mut();
+        let message = st.fail.take();
+        let denied = std::mem::take(&mut st.limiter.denied);
+        let cause = match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapCause::Deadline {
+                ms: self.deadline_ms,
+            },
+            Some(trap) => TrapCause::Wasm(*trap),
+            None => TrapCause::Host(format!("{err:#}")),
+        };
+        CallError::Trapped {
+            cause,
+            message,
+            memory_limit_mb: denied.then_some(self.memory_mb),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The WebAssembly side of a node: the process-wide `Engine` and its epoch ticker.
+//!
+//! - [`cache`]: compiled modules by content hash.
+//! - [`compile`]: a chain's modules compiled and every task checked against the ABI.
+//! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
+//!   `emit_batch`) of docs/ABI.md.
+//! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
+//!   memory.
+
+mod cache;
+mod compile;
+mod host;
+mod instance;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine};
+
+pub use cache::ModuleCache;
+pub use compile::{CompiledChain, compile_chain};
+pub use host::{Entry, LogCtx, OutBuf};
+pub use instance::TaskInstance;
+
+/// How often the epoch advances; per-item deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The process's one engine, with a thread ticking its epoch.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = match Engine::new(&config) {
+            Ok(e) => e,
+            Err(e) => panic!("cannot create the wasmtime engine: {e}"),
+        };
+        let ticker = engine.clone();
+        // A detached thread for the life of the process: the engine lives as long.
+        std::thread::Builder::new()
+            .name("pcluster-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch ticker thread");
+        engine
+    })
+}

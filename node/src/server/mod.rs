@@ -1,0 +1,229 @@
+//! The node's TCP server: accepts connections (bounded), runs the handshake, serves status
+//! probes, and serves the one root that holds the node: setup, item batches, reset,
+//! pause/resume, and draining on shutdown.
+
+//!
+//! - [`node`]: the node's shared state: who holds it (claims, orphans, releases) and its
+//!   chain, all under one lock; its status.
+//! - [`root`]: serving the root that holds the node.
+
+mod node;
+mod root;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::auth::Token;
+use protocol::handshake::{self, Role};
+use protocol::{Connection, Msg, Released, Welcome, WireError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::ModuleCache;
+use crate::error::RequestError;
+use node::{Node, Slot};
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Worker threads (default: the number of cores).
+    pub workers: u32,
+    /// The cluster token; `None` lets anyone who reaches the port use the node.
+    pub token: Option<Token>,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Deadline for a new connection's handshake.
+    pub handshake_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// How long a chain is kept for a root that disconnected without saying goodbye.
+    pub orphan_grace: Duration,
+    /// Interval of heartbeats to the root.
+    pub heartbeat: Duration,
+    /// How long a shutdown waits for items in flight to finish.
+    pub drain_timeout: Duration,
+    /// Idle time after which a status-only connection is closed.
+    pub probe_idle_timeout: Duration,
+    /// A root silent this long (no message, no heartbeat) is treated as gone: its
+    /// connection is closed and the node is orphaned, as if the root had disconnected.
+    pub root_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            workers: cores(),
+            token: None,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+            orphan_grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(60),
+            probe_idle_timeout: Duration::from_secs(60),
+            root_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Number of cores of this machine.
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains: it stops taking
+/// items, finishes what it holds (or hands it back by closing), and returns.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let local = listener.local_addr()?;
+    if config.token.is_none() {
+        tracing::warn!(node = %local, "no cluster token set: anyone who can reach {local} can run code on this node (set --token or PCLUSTER_TOKEN)");
+    }
+    // Compile-ready before the first root arrives.
+    let _ = crate::engine::engine();
+    let node = Arc::new(Node {
+        addr: local.to_string().into(),
+        started: Instant::now(),
+        cache: ModuleCache::default(),
+        slot: Mutex::new(Slot::default()),
+        next_conn: AtomicU64::new(1),
+        draining: shutdown.clone(),
+        config,
+    });
+    let limit = Arc::new(Semaphore::new(node.config.max_connections));
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        node = &*node.addr,
+        workers = node.config.workers,
+        "node listening"
+    );
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(node = &*node.addr, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve(node, stream, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let deadline = node.config.drain_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            node = &*node.addr,
+            "drain deadline passed; closing with items in flight (the root re-dispatches them)"
+        );
+    }
+    tracing::info!(node = &*node.addr, "node stopped");
+    Ok(())
+}
+
+async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    let accepted = match handshake::accept(
+        stream,
+        node.config.token.as_ref(),
+        node.config.max_frame,
+        node.config.handshake_timeout,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(node = &*node.addr, %peer, "handshake failed: {e}");
+            return;
+        }
+    };
+    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut conn = accepted.conn;
+    let welcome = Welcome {
+        node: node.addr.to_string(),
+        busy_with: node.busy_with(conn_id, accepted.resume),
+        workers: node.config.workers,
+    };
+    if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
+        return;
+    }
+    match accepted.role {
+        Role::Probe => serve_probe(&node, conn, peer, shutdown).await,
+        Role::Root => root::serve_root(node, conn, conn_id, peer, shutdown).await,
+    }
+}
+
+async fn serve_probe(
+    node: &Node,
+    mut conn: Connection,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(node.config.probe_idle_timeout, conn.read_message()) => match m {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let reply = match msg {
+            Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),
+            Ok(Some(Msg::Release)) => Msg::Released(Released {
+                was_held_by: node.release_by(peer),
+            }),
+            Ok(Some(Msg::Heartbeat)) => continue,
+            Ok(Some(other)) => reject(RequestError::Unexpected {
+                connection: "status",
+                message: other.name(),
+            }),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(node = &*node.addr, %peer, "probe connection: {e}");
+                let _ = conn.write_message(&reject(e.into())).await;
+                return;
+            }
+        };
+        if conn.write_message(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The answer refusing a request.
+fn reject(e: RequestError) -> Msg {
+    Msg::Error(WireError::from(&e))
+}

@@ -1,0 +1,209 @@
+//! Serving the root that holds the node: setup (claiming the node), item batches, reset,
+//! pause/resume, release by another peer, heartbeats both ways, and draining on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use protocol::{Connection, Msg, SetupDone};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::node::Node;
+use super::reject;
+use crate::engine::compile_chain;
+use crate::error::{RequestError, SetupError};
+use crate::worker::Pool;
+
+pub(super) async fn serve_root(
+    node: Arc<Node>,
+    conn: Connection,
+    conn_id: u64,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, mut writer) = conn.split();
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let heartbeat = node.config.heartbeat;
+    let writer_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else { break };
+                    if writer.feed(&m).is_err() { break; }
+                    // Write whatever else is ready in one go.
+                    while writer.buffered() < (1 << 20) {
+                        match rx.try_recv() {
+                            Ok(m) => if writer.feed(&m).is_err() { break },
+                            Err(_) => break,
+                        }
+                    }
+                    if writer.flush().await.is_err() { break; }
+                }
+                _ = tick.tick() => {
+                    if writer.write_message(&Msg::Heartbeat).await.is_err() { break; }
+                }
+            }
+        }
+        writer.shutdown().await;
+    });
+
+    let mut pool: Option<Pool> = None;
+    // Cancelled when this connection loses the node it holds (a release, or its session
+    // taken over from a newer connection): the connection closes, so its root sees the node
+    // lost and re-dispatches what it held.
+    let kick = CancellationToken::new();
+    let mut draining = false;
+    let mut said_bye = false;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(10));
+    let drain_started = Instant::now();
+    let root = peer.to_string();
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(node.config.root_timeout, reader.read_message()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    tracing::warn!(node = &*node.addr, %peer, timeout_s = node.config.root_timeout.as_secs(),
+                        "root sent nothing, not even a heartbeat; treating it as gone");
+                    break;
+                }
+            },
+            _ = kick.cancelled() => {
+                tracing::warn!(node = &*node.addr, %peer, "this root no longer holds the node; closing its connection");
+                break;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                tracing::info!(node = &*node.addr, "draining: finishing the items in flight");
+                let _ = tx.send(Msg::Draining).await;
+                continue;
+            }
+            _ = drain_check.tick(), if draining => {
+                let idle = pool.as_ref().is_none_or(|p| p.shared.in_flight.load(Ordering::Relaxed) == 0);
+                if idle || drain_started.elapsed() > node.config.drain_timeout {
+                    break;
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(node = &*node.addr, %peer, "closing root connection: {e}");
+                let _ = tx.send(reject(e.into())).await;
+                break;
+            }
+        };
+        let reply = match msg {
+            Msg::StatusRequest => Some(Msg::Status(Box::new(node.status()))),
+            Msg::Heartbeat => None,
+            Msg::Setup(_) if draining => Some(reject(RequestError::ShuttingDown)),
+            Msg::Setup(setup) => {
+                if let Err(busy) = node.claim(conn_id, &root, setup.session, &kick) {
+                    Some(reject(busy))
+                } else {
+                    // The claim dropped any earlier chain of this root; stop its workers.
+                    pool = None;
+                    let started = Instant::now();
+                    let whole_items = setup.send_failed_items;
+                    let set_up = setup_chain(&node, setup.chain, tx.clone())
+                        .await
+                        .map_err(RequestError::from)
+                        .and_then(|(p, compiled, cached)| {
+                            node.install(conn_id, &p.shared)?;
+                            Ok((p, compiled, cached))
+                        });
+                    match set_up {
+                        Ok((p, compiled, cached)) => {
+                            p.shared
+                                .send_failed_items
+                                .store(whole_items, Ordering::Relaxed);
+                            let credit = p.shared.credit();
+                            p.shared
+                                .announced
+                                .store(u64::from(credit.items), Ordering::Relaxed);
+                            tracing::info!(node = &*node.addr, chain = %p.shared.chain.name, compiled, cached,
+                                ms = started.elapsed().as_millis() as u64, "chain set up");
+                            pool = Some(p);
+                            Some(Msg::SetupDone(SetupDone {
+                                compiled,
+                                cached,
+                                credit,
+                            }))
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = &*node.addr, "setup failed: {e}");
+                            Some(reject(e))
+                        }
+                    }
+                }
+            }
+            Msg::Items(items) => match &pool {
+                None => Some(reject(RequestError::NotSetUp)),
+                Some(p) => p.accept(items).err().map(reject),
+            },
+            // Only the connection holding the node may reset, pause or resume it: another
+            // root's connection is told who holds it.
+            Msg::Reset => match node.reset(conn_id) {
+                Ok(()) => {
+                    pool = None;
+                    Some(Msg::ResetDone)
+                }
+                Err(busy) => Some(reject(busy)),
+            },
+            Msg::Pause | Msg::Resume => {
+                let pause = matches!(msg, Msg::Pause);
+                match &pool {
+                    Some(p) => {
+                        p.shared.set_paused(pause);
+                        Some(if pause { Msg::Paused } else { Msg::Resumed })
+                    }
+                    None => match node.slot().check_owner(conn_id) {
+                        Ok(()) => Some(if pause { Msg::Paused } else { Msg::Resumed }),
+                        Err(busy) => Some(reject(busy)),
+                    },
+                }
+            }
+            Msg::Bye => {
+                said_bye = true;
+                break;
+            }
+            other => Some(reject(RequestError::Unexpected {
+                connection: "root",
+                message: other.name(),
+            })),
+        };
+        if let Some(reply) = reply
+            && tx.send(reply).await.is_err()
+        {
+            break;
+        }
+    }
+    drop(pool);
+    node.disconnected(conn_id, said_bye);
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+async fn setup_chain(
+    node: &Arc<Node>,
+    spec: protocol::ChainSpec,
+    out: mpsc::Sender<Msg>,
+) -> Result<(Pool, u32, u32), SetupError> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
+        let pool = Pool::start(
+            Arc::new(chain),
+            node.config.workers.max(1),
+            node.addr.clone(),
+            out,
+        )?;
+        Ok((pool, compiled, cached))
+    })
+    .await
+    .map_err(|e| SetupError::Join(e.to_string()))?
+}

@@ -1,0 +1,102 @@
+//! The worker pool: threads apart from the I/O runtime, each with its own instance of every
+//! task, taking work units (runs of one batch) from a shared bounded queue and running them
+//! through the chain stage by stage.
+//!
+//! Stage-by-stage (every item of the unit through task 0, then every output through task 1…)
+//! keeps one instance hot at a time and needs no allocation per item: each stage writes into
+//! a reused `OutBuf` that is swapped into the task's store for the duration of the stage.
+
+//!
+//! - [`pool`]: [`Pool`], the threads of one chain, and the state they share with the
+//!   connection (credit, pause, counters).
+//! - [`thread`]: one worker thread: units and fan-out parts through the chain.
+//! - [`stage`]: one task over the items of one stage, batched or item by item, with
+//!   failures recorded per item.
+//! - [`counters`]: per-task counters.
+//! - [`frames`]: outputs split into messages that fit in a frame.
+//! - `local` (feature `local-chain`): the chain in the calling thread, for the benchmark.
+
+mod counters;
+mod frames;
+#[cfg(feature = "local-chain")]
+mod local;
+mod pool;
+mod stage;
+#[cfg(test)]
+mod tests;
+mod thread;
+
+use std::sync::{Arc, Mutex};
+
+use protocol::{Failure, Packed};
+
+use crate::engine::OutBuf;
+
+#[cfg(feature = "local-chain")]
+pub use local::LocalChain;
+pub use pool::{Pool, PoolShared};
+
+/// Most inputs in one work unit.
+const MAX_UNIT: u32 = 4096;
+/// A generator stage emitting at least this many items in one unit spreads them over the
+/// node's workers.
+const FAN_OUT_SPLIT: usize = 8192;
+/// Largest outputs message a node sends (below the 64 MiB frame limit).
+const MAX_OUTPUT_MESSAGE: usize = 48 << 20;
+
+/// A run of inputs of one batch.
+#[derive(Debug)]
+pub struct Unit {
+    /// The batch.
+    pub batch: Arc<Batch>,
+    /// Index of the first input in the batch.
+    pub first: u32,
+    /// Number of inputs.
+    pub count: u32,
+    /// Offset of the first input's bytes in the batch data.
+    pub byte_start: usize,
+}
+
+/// A batch as received.
+#[derive(Debug)]
+pub struct Batch {
+    /// Its sequence number on the connection.
+    pub seq: u64,
+    /// Its items.
+    pub items: Packed,
+    /// The task its items enter the chain at (0, or a failed item's task on a retry).
+    pub stage: usize,
+}
+
+/// What a worker takes from the queue.
+#[derive(Debug)]
+pub enum Work {
+    /// A run of inputs of a batch.
+    Unit(Unit),
+    /// A share of a large fan-out, to run from a later task on.
+    Part(Part),
+}
+
+/// A share of the items a generator produced in one unit: another worker runs the rest of the
+/// chain on it, so a large fan-out spreads over the node's workers.
+#[derive(Debug)]
+pub struct Part {
+    group: Arc<Group>,
+    index: usize,
+    start_task: usize,
+    items: OutBuf,
+}
+
+/// One worker's finished share of a group: its outputs and failures.
+type Share = (OutBuf, Vec<Failure>);
+
+/// The unit a fan-out was split from; its outputs leave the node in one message, assembled by
+/// whichever worker finishes the last part.
+#[derive(Debug)]
+struct Group {
+    seq: u64,
+    first: u32,
+    count: u32,
+    parts: Mutex<Vec<Option<Share>>>,
+    pending: std::sync::atomic::AtomicUsize,
+}

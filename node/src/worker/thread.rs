@@ -1,0 +1,385 @@
+//! One worker thread: takes work (units of a batch, or shares of a large fan-out) from the
+//! pool's queue, runs it through the chain stage by stage, and sends the outputs of each
+//! unit in messages that fit a frame, with credit updates when its speed changed.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use protocol::{Failure, Msg, Outputs, Packed, TaskIndex, U32s};
+use tokio::sync::mpsc;
+
+use super::counters::StageCounts;
+use super::frames::fit_in_frames;
+use super::pool::PoolShared;
+use super::stage::{FailureSink, StageCtx};
+use super::{FAN_OUT_SPLIT, Group, MAX_OUTPUT_MESSAGE, Part, Unit, Work};
+use crate::engine::{LogCtx, OutBuf, TaskInstance};
+use crate::error::{SetupError, TaskProblem};
+
+/// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
+const BATCH_BELOW_NS: u64 = 20_000;
+
+pub(super) struct Worker {
+    shared: Arc<PoolShared>,
+    index: u32,
+    node: Arc<str>,
+    /// One instance per task; an `Err` when it could not be rebuilt after a trap.
+    instances: Vec<Result<TaskInstance, Arc<TaskProblem>>>,
+    /// Recent nanoseconds per call of each task on this worker.
+    task_ns: Vec<u64>,
+    /// Fan-out parts the queue had no room for; this worker runs them itself.
+    deferred: Vec<Part>,
+    cur: OutBuf,
+    spare: OutBuf,
+}
+
+impl Worker {
+    pub(super) fn new(
+        shared: Arc<PoolShared>,
+        index: u32,
+        node: Arc<str>,
+    ) -> Result<Worker, SetupError> {
+        let mut instances = Vec::with_capacity(shared.chain.tasks.len());
+        for (i, task) in shared.chain.tasks.iter().enumerate() {
+            let ctx = LogCtx {
+                node: node.clone(),
+                worker: index,
+                task: task.name.clone(),
+            };
+            let inst = TaskInstance::new(task, &shared.chain.limits, ctx).map_err(|problem| {
+                SetupError::Task {
+                    index: TaskIndex(i as u32),
+                    task: task.name.clone(),
+                    problem,
+                }
+            })?;
+            instances.push(Ok(inst));
+        }
+        Ok(Worker {
+            task_ns: vec![0; shared.chain.tasks.len()],
+            deferred: Vec::new(),
+            shared,
+            index,
+            node,
+            instances,
+            cur: OutBuf::default(),
+            spare: OutBuf::default(),
+        })
+    }
+
+    pub(super) fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<Work>,
+        tx: crossbeam_channel::Sender<Work>,
+        out: mpsc::Sender<Msg>,
+    ) {
+        loop {
+            self.shared.wait_unpaused();
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            // Workers hold a sender for fan-out parts, so the channel never closes: poll the
+            // stop flag instead.
+            let work = match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(w) => w,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            };
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            self.shared.idle.fetch_sub(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let done = match work {
+                Work::Unit(unit) => {
+                    let r = self.run_unit(&unit, &tx);
+                    let ns = started.elapsed().as_nanos() as u64 / u64::from(unit.count.max(1));
+                    let old = self.shared.avg_item_ns.load(Ordering::Relaxed);
+                    // Weigh by unit size so one tiny unit cannot swing the estimate far.
+                    let w = u64::from(unit.count.clamp(1, 64));
+                    let avg = (old * (128 - w) + ns.max(1) * w) / 128;
+                    self.shared.avg_item_ns.store(avg.max(1), Ordering::Relaxed);
+                    r
+                }
+                Work::Part(part) => self.run_part(part, &tx),
+            };
+            let mut done = done;
+            while done.is_none() {
+                let Some(part) = self.deferred.pop() else {
+                    break;
+                };
+                done = self.run_part(part, &tx);
+            }
+            self.shared.idle.fetch_add(1, Ordering::Relaxed);
+            let Some(outputs) = done else { continue };
+            self.shared
+                .in_flight
+                .fetch_sub(outputs.counts.0.len() as u64, Ordering::Relaxed);
+            let mut gone = false;
+            for part in fit_in_frames(outputs, MAX_OUTPUT_MESSAGE) {
+                if out.blocking_send(Msg::Outputs(part)).is_err() {
+                    // The root's connection is gone; it re-dispatches what it did not get.
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
+                continue;
+            }
+            let credit = self.shared.credit();
+            let last = self.shared.announced.load(Ordering::Relaxed);
+            let now = u64::from(credit.items);
+            if (now > last + last / 4 || now < last - last / 4)
+                && self
+                    .shared
+                    .announced
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let _ = out.blocking_send(Msg::Credit(credit));
+            }
+        }
+    }
+
+    /// Runs a unit; `None` when it was split into parts and others finish it.
+    pub(super) fn run_unit(
+        &mut self,
+        unit: &Unit,
+        tx: &crossbeam_channel::Sender<Work>,
+    ) -> Option<Outputs> {
+        let mut failures = Vec::new();
+        let split = self.run_stages(
+            Some(unit),
+            unit.batch.stage,
+            &mut failures,
+            tx,
+            unit.batch.seq,
+            unit.first,
+            unit.count,
+        );
+        match split {
+            None => Some(self.outputs(unit.batch.seq, unit.first, unit.count, failures)),
+            Some(group) => self.deposit(&group, 0, failures),
+        }
+    }
+
+    fn run_part(&mut self, part: Part, tx: &crossbeam_channel::Sender<Work>) -> Option<Outputs> {
+        self.cur = part.items;
+        let mut failures = Vec::new();
+        let g = &part.group;
+        // A part never splits again: it is already a share of one.
+        let _ = self.run_stages(None, part.start_task, &mut failures, tx, g.seq, g.first, 0);
+        self.deposit(&part.group, part.index, failures)
+    }
+
+    /// Hands this worker's share of a group in; the last one assembles the outputs.
+    fn deposit(
+        &mut self,
+        group: &Arc<Group>,
+        index: usize,
+        failures: Vec<Failure>,
+    ) -> Option<Outputs> {
+        let share = std::mem::take(&mut self.cur);
+        {
+            let mut parts = group.parts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = parts.get_mut(index) {
+                *slot = Some((share, failures));
+            }
+        }
+        if group.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        let parts = std::mem::take(&mut *group.parts.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut all = Vec::new();
+        self.cur.clear();
+        for (buf, f) in parts.into_iter().flatten() {
+            let base = self.cur.data.len();
+            self.cur.data.extend_from_slice(&buf.data);
+            self.cur
+                .entries
+                .extend(buf.entries.iter().map(|e| crate::engine::Entry {
+                    input: e.input,
+                    len: e.len,
+                    start: e.start + base,
+                }));
+            all.extend(f);
+        }
+        Some(self.outputs(group.seq, group.first, group.count, all))
+    }
+
+    fn outputs(&mut self, seq: u64, first: u32, count: u32, mut failures: Vec<Failure>) -> Outputs {
+        let mut counts = vec![0u32; count as usize];
+        for e in &self.cur.entries {
+            if let Some(c) = counts.get_mut(e.input as usize) {
+                *c += 1;
+            }
+        }
+        let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
+        packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
+        packed.data.extend_from_slice(&self.cur.data);
+        for f in &mut failures {
+            f.index += first;
+        }
+        Outputs {
+            seq,
+            first,
+            counts: U32s(counts),
+            items: packed,
+            failures,
+        }
+    }
+
+    /// Runs tasks `from..` on the unit's items (from the batch when `unit` is given and
+    /// `from` is 0, else from `self.cur`), leaving the outputs in `self.cur`. After a
+    /// generator stage that produced many items, splits them into parts for other workers
+    /// and returns the group this worker's share belongs to.
+    #[allow(clippy::too_many_arguments)]
+    fn run_stages(
+        &mut self,
+        unit: Option<&Unit>,
+        from: usize,
+        failures: &mut Vec<Failure>,
+        tx: &crossbeam_channel::Sender<Work>,
+        seq: u64,
+        first: u32,
+        count: u32,
+    ) -> Option<Arc<Group>> {
+        let chain = self.shared.chain.clone();
+        let mut group = None;
+        for k in from..chain.tasks.len() {
+            let started = Instant::now();
+            let mut stage = std::mem::take(&mut self.spare);
+            stage.clear();
+            let mut ctx = StageCtx {
+                chain: &chain,
+                k,
+                node: &self.node,
+                worker: self.index,
+                slot: &mut self.instances[k],
+                sink: FailureSink {
+                    failures,
+                    node: &self.node,
+                    worker: self.index,
+                    k,
+                    failed: 0,
+                    whole_items: self.shared.send_failed_items.load(Ordering::Relaxed),
+                },
+                calls: 0,
+                dropped: 0,
+                batch: self.task_ns[k] < BATCH_BELOW_NS,
+            };
+            match unit {
+                Some(unit) if k == from => {
+                    let batch = &unit.batch;
+                    let first = unit.first as usize;
+                    let lens = &batch.items.lens.0[first..first + unit.count as usize];
+                    let mut offset = unit.byte_start;
+                    let items = lens.iter().enumerate().map(|(i, &l)| {
+                        let item = &batch.items.data[offset..offset + l as usize];
+                        offset += l as usize;
+                        (i as u32, item)
+                    });
+                    ctx.run(items, &mut stage);
+                }
+                _ => {
+                    let prev = &self.cur;
+                    ctx.run(
+                        prev.entries.iter().map(|e| (e.input, prev.item(e))),
+                        &mut stage,
+                    );
+                }
+            }
+            let calls = ctx.calls;
+            let busy = started.elapsed().as_nanos() as u64;
+            self.shared.counters[k].add(StageCounts {
+                calls,
+                outputs: stage.entries.len() as u64,
+                failed: ctx.sink.failed,
+                dropped: ctx.dropped,
+                busy_ns: busy,
+            });
+            if let Some(per_call) = busy.checked_div(calls) {
+                self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
+            }
+            self.spare = std::mem::replace(&mut self.cur, stage);
+            let fan_out = chain.tasks[k].generator
+                && k + 1 < chain.tasks.len()
+                && unit.is_some()
+                && group.is_none()
+                && self.shared.workers > 1
+                && self.cur.entries.len() >= FAN_OUT_SPLIT;
+            if fan_out {
+                group = Some(self.split(k + 1, tx, seq, first, count));
+            }
+        }
+        group
+    }
+
+    /// Keeps the first share of `self.cur` and queues the others as parts.
+    fn split(
+        &mut self,
+        start_task: usize,
+        tx: &crossbeam_channel::Sender<Work>,
+        seq: u64,
+        first: u32,
+        count: u32,
+    ) -> Arc<Group> {
+        let shares = self.shared.workers as usize;
+        let n = self.cur.entries.len();
+        tracing::debug!(
+            node = &*self.node,
+            worker = self.index,
+            items = n,
+            shares,
+            "spreading a fan-out over the workers"
+        );
+        let per = n.div_ceil(shares);
+        let group = Arc::new(Group {
+            seq,
+            first,
+            count,
+            parts: Mutex::new((0..shares).map(|_| None).collect()),
+            pending: std::sync::atomic::AtomicUsize::new(shares),
+        });
+        let mut parts = Vec::with_capacity(shares - 1);
+        for index in 1..shares {
+            let lo = (index * per).min(n);
+            let hi = ((index + 1) * per).min(n);
+            let mut items = OutBuf::default();
+            for e in &self.cur.entries[lo..hi] {
+                let start = items.data.len();
+                items.data.extend_from_slice(self.cur.item(e));
+                items.entries.push(crate::engine::Entry {
+                    input: e.input,
+                    len: e.len,
+                    start,
+                });
+            }
+            parts.push(Part {
+                group: group.clone(),
+                index,
+                start_task,
+                items,
+            });
+        }
+        // This worker keeps the first share.
+        let keep = per.min(n);
+        let keep_bytes = self
+            .cur
+            .entries
+            .get(keep)
+            .map_or(self.cur.data.len(), |e| e.start);
+        self.cur.entries.truncate(keep);
+        self.cur.data.truncate(keep_bytes);
+        for part in parts {
+            if let Err(e) = tx.try_send(Work::Part(part)) {
+                // Queue full: this worker runs the part itself, after its own share.
+                if let Work::Part(p) = e.into_inner() {
+                    self.deferred.push(p);
+                }
+            }
+        }
+        group
+    }
+}
