@@ -216,11 +216,10 @@ fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
 mod tests {
     use super::*;
 
-    fn run(
-        input: &'static [u8],
-        framing: Framing,
-        max: u64,
-    ) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>) {
+    /// Items with their lines, refusals `(line, bytes)`, and what went to --failed.
+    type Outcome = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>);
+
+    fn run(input: &'static [u8], framing: Framing, max: u64) -> Outcome {
         let failed = Arc::new(Mutex::new(FailedOut::memory()));
         let cfg = ReaderConfig {
             framing,

@@ -211,7 +211,7 @@ async fn a_typo_in_input_fails_before_any_node_is_contacted() {
     let listener = tokio::net::TcpListener::bind("127.0.0.4:0").await.unwrap();
     let node = listener.local_addr().unwrap();
     let chain = dir.join("w1.toml");
-    std::fs::write(&dir.join("tasks.wasm"), tasks_module()).unwrap();
+    std::fs::write(dir.join("tasks.wasm"), tasks_module()).unwrap();
     std::fs::write(
         &chain,
         "name = \"w1\"\nmodule = \"tasks.wasm\"\n[[task]]\nfunction = \"w1_identity\"\n",
