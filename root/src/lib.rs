@@ -403,6 +403,15 @@ impl Root {
         self.call(|reply| Cmd::WaitEmpty { fed, reply }).await
     }
 
+    /// Returns once a node is attached: at once when one is, else when one joins or comes
+    /// back, or with [`RootError::NoNodes`] once none has been there for `no_node_timeout`.
+    ///
+    /// # Errors
+    /// No node for longer than `no_node_timeout`, or shut down.
+    pub async fn wait_for_node(&self) -> Result<(), RootError> {
+        self.call(Cmd::WaitNode).await
+    }
+
     /// Stops the workers everywhere and drops the chain and every queued item; the nodes
     /// stay connected, ready for another setup.
     ///

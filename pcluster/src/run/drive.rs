@@ -186,6 +186,17 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
         };
         match int.until(wait).await {
             Ok(Some(Ok(()))) => break,
+            Ok(Some(Err(root::RootError::NoNodes { .. }))) => {
+                // No node: wait for one to come back or join, up to --no-node-timeout.
+                match int.until(d.root.wait_for_node()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => {
+                        wait_error = Some(e);
+                        break;
+                    }
+                    Err(s) => stop = Some(s),
+                }
+            }
             Ok(Some(Err(e))) => {
                 wait_error = Some(e);
                 break;

@@ -150,7 +150,12 @@ async fn run_reports_failed_items_and_exits_non_zero() {
         .arg(&failed)
         .output()
         .unwrap();
-    assert!(!run.status.success(), "a failed item makes the run fail");
+    assert_eq!(run.status.code(), Some(2), "failed items: exit 2");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("line 2:") && stderr.contains("panic_task"),
+        "stderr names the line and the task: {stderr}"
+    );
     let mut lines: Vec<String> = String::from_utf8(run.stdout)
         .unwrap()
         .lines()
@@ -158,10 +163,7 @@ async fn run_reports_failed_items_and_exits_non_zero() {
         .collect();
     lines.sort();
     assert_eq!(lines, ["a", "b"]);
+    // --failed holds the failed input, raw, ready to be fed again.
     let failed = std::fs::read_to_string(&failed).unwrap();
-    assert_eq!(failed.lines().count(), 1, "{failed}");
-    assert!(
-        failed.contains("panic_task") && failed.contains("please panic"),
-        "{failed}"
-    );
+    assert_eq!(failed, "please panic\n");
 }

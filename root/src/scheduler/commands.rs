@@ -77,6 +77,19 @@ impl Scheduler {
                 });
             }
             Cmd::WaitInput(reply) => self.wait_input.push(reply),
+            Cmd::WaitNode(reply) => match self.stall.borrow().as_ref() {
+                Some(stall) if self.nodes.is_empty() => {
+                    let _ = reply.send(Err(stall.error()));
+                }
+                _ => {
+                    if self.nodes.is_empty() {
+                        // The clock of the no-node timeout runs from now at the latest.
+                        self.no_nodes_since
+                            .get_or_insert_with(std::time::Instant::now);
+                    }
+                    self.wait_node.push(reply);
+                }
+            },
             Cmd::WaitEmpty { fed, reply } => {
                 if self.chain.is_none() && (self.queue.items() > 0 || fed > self.counters.fed) {
                     let _ = reply.send(Err(RootError::NotSetUp));

@@ -51,6 +51,8 @@ pub(crate) enum Cmd {
         reply: Reply,
     },
     WaitInput(Reply),
+    /// Waits until a node is attached, or the no-node timeout passed.
+    WaitNode(Reply),
     /// Waits until the items fed so far (at least `fed` of them) are all done.
     WaitEmpty {
         fed: u64,
@@ -137,6 +139,7 @@ pub(crate) struct Scheduler {
     waiters: Vec<Waiter>,
     wait_input: Vec<Reply>,
     wait_empty: Vec<(u64, Reply)>,
+    wait_node: Vec<Reply>,
     paused: bool,
     events_tx: mpsc::Sender<Event>,
     frame: BytesMut,
@@ -175,6 +178,7 @@ pub(crate) async fn run(
         waiters: Vec::new(),
         wait_input: Vec::new(),
         wait_empty: Vec::new(),
+        wait_node: Vec::new(),
         paused: false,
         events_tx,
         frame: BytesMut::with_capacity(1 << 20),
@@ -281,7 +285,7 @@ impl Scheduler {
         for (_, r) in self.wait_empty.drain(..) {
             let _ = r.send(Err(stall.error()));
         }
-        for r in self.wait_input.drain(..) {
+        for r in self.wait_input.drain(..).chain(self.wait_node.drain(..)) {
             let _ = r.send(Err(stall.error()));
         }
         self.stall.send_replace(Some(stall));
@@ -580,10 +584,19 @@ impl Scheduler {
                 for (_, r) in done {
                     let _ = r.send(Ok(()));
                 }
-            } else if let Some(stall) = &stalled {
+            } else if self.nodes.is_empty() {
+                // Never a hang: with no node, say so at once (the items stay queued).
                 for (_, r) in self.wait_empty.drain(..) {
-                    let _ = r.send(Err(stall.error()));
+                    let _ = r.send(Err(RootError::NoNodes {
+                        pending: self.queue.items(),
+                        lost: self.lost.join(", "),
+                    }));
                 }
+            }
+        }
+        if !self.wait_node.is_empty() && !self.nodes.is_empty() {
+            for r in self.wait_node.drain(..) {
+                let _ = r.send(Ok(()));
             }
         }
     }
