@@ -551,3 +551,64 @@ fn the_blocking_root_runs_a_chain_without_async() {
     root.close().unwrap();
     stop.cancel();
 }
+
+/// A root dropped without `close` (and a `BlockingRoot` dropped the same way) frees its node
+/// at once; `feed` gives each item an id that the output handler names; with `keep_order`
+/// the handler sees inputs in feed order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_roots_free_their_nodes_and_ids_name_inputs_in_order() {
+    let (node, stop) = local_node("127.0.0.1", 0, 2, None).await;
+    let options = RootOptions {
+        keep_order: true,
+        ..Default::default()
+    };
+    let root = Root::with_nodes(options, &[node]).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    root.setup(
+        chain("ids", &[("w1_identity", false, "")]),
+        move |id, item| {
+            s.lock()
+                .unwrap()
+                .push((id.0, String::from_utf8_lossy(item).into_owned()));
+        },
+    )
+    .await
+    .unwrap();
+    let first = root.feed(["a", "b"]).await.unwrap();
+    let second = root.feed(w1_inputs(20_000)).await.unwrap();
+    assert_eq!((first.first.0, first.count), (0, 2));
+    assert_eq!((second.first.0, second.count), (2, 20_000));
+    root.wait_empty().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let want: Vec<(u64, String)> = ["a".to_string(), "b".to_string()]
+        .into_iter()
+        .chain(w1_inputs(20_000))
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    assert!(seen == want, "outputs in feed order, named by their ids");
+    let free = || async {
+        root::node_status(node, &RootOptions::default())
+            .await
+            .is_ok_and(|s| s.state == protocol::NodeState::Free)
+    };
+    assert!(!free().await, "held while the root lives");
+    drop(root);
+    poll_until(Duration::from_secs(2), "the node to be free", free).await;
+
+    let blocking = tokio::task::spawn_blocking(move || {
+        let b = root::blocking::BlockingRoot::new(RootOptions::default()).unwrap();
+        b.add_node(node).unwrap();
+        b.setup_with(
+            chain("ids", &[("w1_identity", false, "")]),
+            |_, _| {},
+            |_| {},
+        )
+        .unwrap();
+        drop(b);
+    });
+    blocking.await.unwrap();
+    poll_until(Duration::from_secs(2), "the node to be free again", free).await;
+    stop.cancel();
+}

@@ -167,3 +167,39 @@ async fn run_reports_failed_items_and_exits_non_zero() {
     let failed = std::fs::read_to_string(&failed).unwrap();
     assert_eq!(failed, "please panic\n");
 }
+
+/// A newcomer's first task: `pcluster new demo` writes a crate that builds as it is, and
+/// `pcluster run demo/chain.toml -i demo/input.txt` runs it on an embedded cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_task_crate_runs_as_written() {
+    let dir = temp_dir("new-demo");
+    let new = pcluster_cmd()
+        .current_dir(&dir)
+        .args(["new", "demo"])
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let run = pcluster_cmd()
+        .current_dir(&dir)
+        .args(["run", "demo/chain.toml", "-i", "demo/input.txt", "-q"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    let mut words: Vec<String> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    words.sort();
+    let mut want: Vec<String> = "HELLO WORLD THE QUICK BROWN FOX PCLUSTER RUNS TASKCHAINS"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    want.sort();
+    assert_eq!(words, want);
+}
