@@ -7,12 +7,13 @@
 //! handed over, and is re-dispatched only if its node is lost before that message arrived,
 //! so each output reaches the handler exactly once.
 //!
-//! - `queue`: the queue of items not yet sent and the cut of batches;
-//! - `inflight`: what each node holds, and settling its answers;
+//! - `queue`: the queue of items not yet sent and the cut of batches; `dispatch`: sending;
+//! - `inflight`: what each node holds; `settle`: its answers; `retry`: trying items again;
 //! - `order`: the reorder buffer of ordered delivery;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …).
 
 mod commands;
+mod dispatch;
 mod handlers;
 mod inflight;
 mod order;
@@ -24,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use protocol::{ErrorKind, Items, Msg, NodeId, SessionId};
+use protocol::{ErrorKind, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use handlers::{Delivery, Reply};
@@ -35,7 +36,7 @@ use crate::error::RootError;
 use crate::{ItemFailure, RootOptions};
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
-use queue::{Chunk, Cut, Queue};
+use queue::{Chunk, Queue};
 use retry::Retries;
 
 pub(crate) enum Cmd {
@@ -451,95 +452,6 @@ impl Scheduler {
         }
         if self.nodes.is_empty() && self.chain.is_some() {
             self.no_nodes_since.get_or_insert_with(Instant::now);
-        }
-    }
-
-    async fn dispatch(&mut self) {
-        if self.paused || self.chain.is_none() {
-            return;
-        }
-        self.dispatch_retries().await;
-        while self.queue.items() > 0 {
-            // The ready node with the most room.
-            let best = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.ready && !n.draining)
-                .map(|(id, n)| (*id, n.room()))
-                .max_by_key(|&(_, room)| room.items);
-            let Some((id, room)) = best else {
-                return;
-            };
-            let want = (self.options.batch_items as u64)
-                .min(u64::from(room.window) / 4)
-                .max(1);
-            if room.items == 0
-                || room.bytes == 0
-                || (room.items < want && self.queue.items() > room.items)
-            {
-                return;
-            }
-            let below_id = self
-                .order
-                .as_ref()
-                .map_or(u64::MAX, |o| o.send_below(self.sent_up_to));
-            let cut = Cut {
-                items: room.items.min(self.options.batch_items as u64) as usize,
-                // Far below the frame limit, whatever the node grants.
-                bytes: room.bytes.min(self.options.max_frame as u64 / 2),
-                below_id,
-            };
-            let Some((ids, items)) = self.queue.take(cut) else {
-                return;
-            };
-            if let Some(last) = queue::max_id(&ids) {
-                self.sent_up_to = Some(self.sent_up_to.map_or(last, |s| s.max(last)));
-            }
-            let Some(node) = self.nodes.get_mut(&id) else {
-                return;
-            };
-            let seq = node.next_seq();
-            let msg = Msg::Items(Items {
-                seq,
-                ids,
-                items,
-                stage: protocol::TaskIndex(0),
-            });
-            let frame = self.encode(&msg);
-            let Msg::Items(Items { ids, items, .. }) = msg else {
-                unreachable!("built as Items above")
-            };
-            let frame = match frame {
-                Ok(f) => f,
-                Err(e) => {
-                    // Cannot happen within the cut's bounds; fail the items rather than
-                    // wait for outputs that will never come.
-                    tracing::error!("cannot encode a batch: {e}");
-                    let at = Instant::now();
-                    for (i, item) in items.iter().enumerate() {
-                        let Some(input) = ids.get(i) else { continue };
-                        let failure = ItemFailure {
-                            input,
-                            node: String::new(),
-                            task: String::new(),
-                            task_index: None,
-                            item_start: item[..item.len().min(200)].to_vec(),
-                            input_item: item.to_vec(),
-                            message: format!("cannot send the item: {e}"),
-                        };
-                        self.deliver(Delivery::failed(input, failure, 1, at.elapsed()));
-                    }
-                    continue;
-                }
-            };
-            let Some(node) = self.nodes.get_mut(&id) else {
-                return;
-            };
-            node.hold(seq, ids, items, protocol::TaskIndex(0), None);
-            if node.tx.send(frame).await.is_err() {
-                // The writer is gone; the reader reports the loss and we requeue then.
-                return;
-            }
         }
     }
 
