@@ -395,4 +395,6 @@ pub struct NodeStatus {
     pub module_cache_hits: u64,
     /// Per-task counters of the current chain.
     pub tasks: Vec<TaskCounters>,
+    /// Resident memory of the node process, in bytes (`None` where the OS does not say).
+    pub rss_bytes: Option<u64>,
 }

@@ -9,6 +9,8 @@
 //! - [`chain`]: chain files and building task crates to wasm.
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks).
+//! - [`dashboard`] (feature `dashboard`): a live web page of a run or of nodes, and the
+//!   monitor behind it and behind `pcluster top`.
 //!
 //! The README's example, as a user outside this workspace writes it (the package is
 //! `pcluster-root`, so the crate is `pcluster_root`):
@@ -44,6 +46,8 @@
 pub mod blocking;
 pub mod chain;
 mod conn;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod error;
 pub mod scan;
 pub mod scheduler;
@@ -206,6 +210,8 @@ pub struct Root {
     /// since feeds and commands travel on different channels.
     submitted: std::sync::atomic::AtomicU64,
     session: protocol::SessionId,
+    /// Inputs the caller expects to feed in all, when it knows (the dashboard's total).
+    expected_total: watch::Sender<Option<u64>>,
 }
 
 impl Root {
@@ -230,6 +236,7 @@ impl Root {
             stall,
             submitted: std::sync::atomic::AtomicU64::new(0),
             session,
+            expected_total: watch::Sender::new(None),
         }
     }
 
@@ -544,6 +551,12 @@ impl Root {
         self.call(Cmd::Close).await
     }
 
+    /// Tells how many inputs will be fed in all (e.g. the lines of an input file), so that
+    /// progress can show done / total and an ETA. Only shown, never enforced.
+    pub fn set_expected_total(&self, total: u64) {
+        self.expected_total.send_replace(Some(total));
+    }
+
     /// This root's session (nodes know their owner by it).
     pub fn session(&self) -> protocol::SessionId {
         self.session
@@ -556,22 +569,7 @@ impl Root {
 /// Unreachable, not a node, authentication failed, or no answer.
 pub async fn node_status(addr: SocketAddr, options: &RootOptions) -> Result<NodeStatus, RootError> {
     let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
-    let err = |source| RootError::Node {
-        addr: addr.to_string(),
-        source,
-    };
-    conn.write_message(&Msg::StatusRequest).await.map_err(err)?;
-    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
-        .await
-        .map_err(|_| RootError::Timeout("status"))?
-        .map_err(err)?;
-    match answer {
-        Msg::Status(s) => Ok(*s),
-        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
-        other => Err(err(protocol::ProtocolError::Unexpected(
-            other.name().into(),
-        ))),
-    }
+    conn::request_status(&mut conn, addr, options).await
 }
 
 /// Frees the node at `addr` whoever holds it, over a status-only connection: the node drops

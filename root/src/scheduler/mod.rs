@@ -10,11 +10,13 @@
 //! - `queue`: the queue of items not yet sent and the cut of batches;
 //! - `inflight`: what each node holds, and settling its answers;
 //! - `order`: the reorder buffer of ordered delivery;
-//! - `commands`: the user's calls (attach, setup, reset, pause, …).
+//! - `commands`: the user's calls (attach, setup, reset, pause, …);
+//! - `observer`: the hook through which the dashboard sees failures and node losses.
 
 mod commands;
 mod handlers;
 mod inflight;
+mod observer;
 mod order;
 mod queue;
 mod settle;
@@ -28,6 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use handlers::{Handler, Handlers, InputDone};
 pub(crate) use handlers::{Delivery, Reply};
+#[cfg(feature = "dashboard")]
+pub(crate) use observer::Observer;
+pub(crate) use observer::SharedObserver;
 
 use crate::conn::Event;
 use crate::error::RootError;
@@ -59,6 +64,10 @@ pub(crate) enum Cmd {
     Resume(Reply),
     Counters(oneshot::Sender<Counters>),
     Nodes(oneshot::Sender<Vec<std::net::SocketAddr>>),
+    /// From now on `observer` sees failures and node losses (the nodes lost and attached so
+    /// far are replayed to it first).
+    #[cfg(feature = "dashboard")]
+    Observe(SharedObserver),
     Close(Reply),
 }
 
@@ -145,6 +154,8 @@ pub(crate) struct Scheduler {
     /// Since when no node has been connected while a chain is set up.
     no_nodes_since: Option<Instant>,
     stall: watch::Sender<Option<Stall>>,
+    /// Sees failures and node losses (the dashboard), when one watches.
+    observer: Option<SharedObserver>,
 }
 
 pub(crate) async fn run(
@@ -178,6 +189,7 @@ pub(crate) async fn run(
         sent_up_to: None,
         no_nodes_since: None,
         stall,
+        observer: None,
     };
     let mut closing: Option<Reply> = None;
     loop {
@@ -385,6 +397,9 @@ impl Scheduler {
         }
         self.counters.redispatched += back;
         self.lost.push(addr.clone());
+        if let Some(o) = &self.observer {
+            o.node_lost(node.addr);
+        }
         tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
         for w in &mut self.waiters {
             if w.nodes.remove(&id) && w.kind == WaitKind::Setup && w.error.is_none() {
