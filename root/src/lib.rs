@@ -211,6 +211,7 @@ pub struct Root {
     submitted: std::sync::atomic::AtomicU64,
     session: protocol::SessionId,
     /// Inputs the caller expects to feed in all, when it knows (the dashboard's total).
+    #[cfg(feature = "dashboard")]
     expected_total: watch::Sender<Option<u64>>,
 }
 
@@ -236,6 +237,7 @@ impl Root {
             stall,
             submitted: std::sync::atomic::AtomicU64::new(0),
             session,
+            #[cfg(feature = "dashboard")]
             expected_total: watch::Sender::new(None),
         }
     }
@@ -549,12 +551,6 @@ impl Root {
     /// Already shut down.
     pub async fn close_shared(&self) -> Result<(), RootError> {
         self.call(Cmd::Close).await
-    }
-
-    /// Tells how many inputs will be fed in all (e.g. the lines of an input file), so that
-    /// progress can show done / total and an ETA. Only shown, never enforced.
-    pub fn set_expected_total(&self, total: u64) {
-        self.expected_total.send_replace(Some(total));
     }
 
     /// This root's session (nodes know their owner by it).

@@ -33,6 +33,12 @@ pub use snapshot::{
 use crate::{Root, RootError};
 
 impl Root {
+    /// Tells how many inputs will be fed in all (e.g. the lines of an input file), so that
+    /// progress can show done / total and an ETA. Only shown, never enforced.
+    pub fn set_expected_total(&self, total: u64) {
+        self.expected_total.send_replace(Some(total));
+    }
+
     /// Serves a live dashboard of this root's run on `addr` (port 0: any free port) until
     /// the root closes; returns the address bound. The page shows the run's progress (see
     /// [`Root::set_expected_total`] for done / total and an ETA), every node, every task,
