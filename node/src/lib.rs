@@ -17,3 +17,23 @@ pub use error::{CallError, RequestError, SetupError, TaskProblem};
 pub use server::{NodeConfig, NodeError, cores, run};
 #[cfg(feature = "local-chain")]
 pub use worker::LocalChain;
+
+/// Resident memory of this process in bytes, from `/proc/self/status` (`VmRSS`, in kB, so no
+/// page size is needed); `None` where there is no procfs.
+pub fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let rss = super::rss_bytes().expect("VmRSS in /proc/self/status");
+            assert!(rss > 1 << 20, "{rss}");
+        }
+    }
+}

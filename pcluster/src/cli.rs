@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::commands::{
-    log::LogArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs, scan::ScanArgs,
-    status::StatusArgs,
+    dashboard::DashboardArgs, log::LogArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs,
+    scan::ScanArgs, status::StatusArgs, top::TopArgs,
 };
 use crate::run::RunArgs;
 
@@ -32,6 +32,10 @@ pub enum Command {
     Scan(ScanArgs),
     /// Print the status of nodes.
     Status(StatusArgs),
+    /// Serve a live web page of nodes (status probes only: it claims no node).
+    Dashboard(DashboardArgs),
+    /// Show nodes and tasks in the terminal, refreshed every second until Ctrl-C.
+    Top(TopArgs),
     /// Free nodes held by another root (a live but stuck one); each node logs who did it.
     Release(ReleaseArgs),
     /// Write a new task crate with a chain file and an input, ready to run.
@@ -42,13 +46,15 @@ pub enum Command {
 
 /// Runs the subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    use crate::commands::{log, new, node, release, scan, status};
+    use crate::commands::{dashboard, log, new, node, release, scan, status, top};
     match cli.command {
         Command::Log(a) => log::run(a),
         Command::Node(a) => node::run(a),
         Command::Run(a) => crate::run::run(*a),
         Command::Scan(a) => scan::run(a),
         Command::Status(a) => status::run(a),
+        Command::Dashboard(a) => dashboard::run(a),
+        Command::Top(a) => top::run(a),
         Command::Release(a) => release::run(a),
         Command::New(a) => new::run(a),
         Command::Bench(a) => crate::bench::run(a),

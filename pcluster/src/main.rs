@@ -1,6 +1,6 @@
 //! `pcluster`: the command line. It only parses arguments, sets up logging, binds, and calls
-//! the libraries: `log` → logserver, `node` → node, `run`/`scan`/`status`/`release` → root,
-//! `new` writes a task crate, `bench` runs the benchmark.
+//! the libraries: `log` → logserver, `node` → node, `run`/`scan`/`status`/`release` and
+//! `dashboard`/`top` → root, `new` writes a task crate, `bench` runs the benchmark.
 
 mod bench;
 mod cli;

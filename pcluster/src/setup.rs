@@ -77,9 +77,11 @@ pub fn init_tracing(
         }
         None => (None, None),
     };
+    // The dashboard lists this process's last warnings (WARN and above only).
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(remote)
+        .with(root::dashboard::log_layer())
         .try_init();
     client
 }

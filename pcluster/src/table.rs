@@ -182,6 +182,7 @@ mod tests {
                 failed: 0,
                 busy_ns: 1_500_000_000,
             }],
+            rss_bytes: Some(30 << 20),
         }
     }
 

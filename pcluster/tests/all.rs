@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "it/common.rs"]
 mod common;
+#[path = "it/dashboard.rs"]
+mod dashboard;
 #[path = "it/e2e.rs"]
 mod e2e;
 #[path = "it/lifecycle.rs"]

@@ -407,6 +407,8 @@ pub struct NodeStatus {
     /// Per-task counters of the current chain.
     #[serde(deserialize_with = "bounded::seq")]
     pub tasks: Vec<TaskCounters>,
+    /// Resident memory of the node process, in bytes (`None` where the OS does not say).
+    pub rss_bytes: Option<u64>,
 }
 
 /// Lists decoded without trusting their announced length.

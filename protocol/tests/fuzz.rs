@@ -149,6 +149,7 @@ fn every_message() -> Vec<Msg> {
                 items_in: 1,
                 ..Default::default()
             }],
+            rss_bytes: Some(1 << 20),
         })),
         Msg::SetupDone(SetupDone {
             compiled: 1,

@@ -1,13 +1,13 @@
 //! One node connection of a root: connect + handshake, then a reader task forwarding every
 //! message (or the connection's end) to the scheduler, and a writer task sending frames and
-//! heartbeats.
+//! heartbeats; and the status request of a status connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::handshake::{self, Role};
-use protocol::{Connection, Msg, NodeId, SessionId, Welcome};
+use protocol::{Connection, Msg, NodeId, NodeStatus, SessionId, Welcome};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -109,4 +109,28 @@ pub(crate) fn spawn(
         let _ = events.send(Event::Gone(id, why)).await;
     });
     tx
+}
+
+/// Asks for a node's status over an open status connection (which may serve many).
+pub(crate) async fn request_status(
+    conn: &mut Connection,
+    addr: SocketAddr,
+    options: &RootOptions,
+) -> Result<NodeStatus, RootError> {
+    let err = |source| RootError::Node {
+        addr: addr.to_string(),
+        source,
+    };
+    conn.write_message(&Msg::StatusRequest).await.map_err(err)?;
+    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
+        .await
+        .map_err(|_| RootError::Timeout("status"))?
+        .map_err(err)?;
+    match answer {
+        Msg::Status(s) => Ok(*s),
+        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
+        other => Err(err(protocol::ProtocolError::Unexpected(
+            other.name().into(),
+        ))),
+    }
 }

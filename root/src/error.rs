@@ -66,4 +66,23 @@ pub enum RootError {
     /// A wait passed its deadline.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// The dashboard was asked to listen beyond loopback without saying it is meant.
+    #[error(
+        "dashboard address {addr} is not a loopback address: serving beyond this machine must \
+         be asked for (`pcluster run --dashboard-public`, `pcluster dashboard --public`), as \
+         the page shows the start of failed items to whoever reaches it"
+    )]
+    DashboardNotLoopback {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+    },
+    /// The dashboard could not listen.
+    #[error("dashboard cannot listen on {addr}: {source}")]
+    DashboardBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

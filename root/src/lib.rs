@@ -10,6 +10,8 @@
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks).
 //! - `options`: [`RootOptions`]; `probe`: [`node_status`] and [`release_node`].
+//! - [`dashboard`] (feature `dashboard`): a live web page of a run or of nodes, and the
+//!   monitor behind it and behind `pcluster top`.
 //!
 //! The README's example, as a user outside this workspace writes it (the package is
 //! `pcluster-root`, so the crate is `pcluster_root`):
@@ -45,6 +47,8 @@
 pub mod blocking;
 pub mod chain;
 mod conn;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod error;
 mod options;
 mod probe;
@@ -147,6 +151,9 @@ pub struct Root {
     /// since feeds and commands travel on different channels.
     submitted: std::sync::atomic::AtomicU64,
     session: protocol::SessionId,
+    /// Inputs the caller expects to feed in all, when it knows (the dashboard's total).
+    #[cfg(feature = "dashboard")]
+    expected_total: watch::Sender<Option<u64>>,
 }
 
 impl Root {
@@ -177,6 +184,8 @@ impl Root {
             stall,
             submitted: std::sync::atomic::AtomicU64::new(0),
             session,
+            #[cfg(feature = "dashboard")]
+            expected_total: watch::Sender::new(None),
         }
     }
 

@@ -14,22 +14,7 @@ use crate::{RootError, RootOptions, conn};
 /// Unreachable, not a node, authentication failed, or no answer.
 pub async fn node_status(addr: SocketAddr, options: &RootOptions) -> Result<NodeStatus, RootError> {
     let (mut conn, _) = conn::connect(addr, Role::Probe, options, None).await?;
-    let err = |source| RootError::Node {
-        addr: addr.to_string(),
-        source,
-    };
-    conn.write_message(&Msg::StatusRequest).await.map_err(err)?;
-    let answer = tokio::time::timeout(options.handshake_timeout, conn.expect_message())
-        .await
-        .map_err(|_| RootError::Timeout("status"))?
-        .map_err(err)?;
-    match answer {
-        Msg::Status(s) => Ok(*s),
-        Msg::Error(e) => Err(err(protocol::ProtocolError::Remote(e))),
-        other => Err(err(protocol::ProtocolError::Unexpected(
-            other.name().into(),
-        ))),
-    }
+    conn::request_status(&mut conn, addr, options).await
 }
 
 /// Frees the node at `addr` whoever holds it, over a status-only connection: the node drops

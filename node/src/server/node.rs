@@ -119,6 +119,7 @@ impl Node {
                 .pool
                 .as_ref()
                 .map_or_else(|| slot.last_tasks.clone(), |p| p.task_counters()),
+            rss_bytes: crate::rss_bytes(),
         }
     }
 

@@ -1,8 +1,10 @@
 //! One module per small subcommand; `run` and `bench` have modules of their own.
 
+pub mod dashboard;
 pub mod log;
 pub mod new;
 pub mod node;
 pub mod release;
 pub mod scan;
 pub mod status;
+pub mod top;

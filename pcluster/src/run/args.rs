@@ -84,6 +84,14 @@ pub struct RunArgs {
     /// No progress bar, no notes on stderr beyond errors and failures.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Serve a live dashboard of the run at ADDR (`IP:PORT`, or a port on 127.0.0.1):
+    /// progress, nodes, tasks, the last failures and warnings. Read-only, no token.
+    #[arg(long, value_name = "ADDR", value_parser = crate::commands::dashboard::parse_addr)]
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// Allow --dashboard on a non-loopback address: anyone who reaches it sees the run,
+    /// including the start of failed items.
+    #[arg(long, requires = "dashboard")]
+    pub dashboard_public: bool,
     #[command(flatten)]
     pub token: TokenArg,
 }

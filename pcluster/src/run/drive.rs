@@ -85,6 +85,7 @@ impl Interrupts<'_> {
 
 pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let args = d.args;
+    let skipped = d.skip.as_ref().map_or(0, |s| s.len());
     let (tx, mut rx) = mpsc::channel(8);
     input::spawn(
         d.input,
@@ -112,7 +113,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
         halt_now: args.halt.is_some_and(|h| h.now),
         signalled: None,
     };
-    let progress = super::progress::Progress::new(args, d.started);
+    let progress = super::progress::Progress::new(args, d.started, &d.root, skipped);
     let mut next_id = 0u64;
     let mut refused = 0u64;
     let mut read_error = None;

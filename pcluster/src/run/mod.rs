@@ -228,6 +228,10 @@ async fn run_on_cluster(
         };
         root.setup_handlers(chain, root::Handlers::from_handler(sink))
             .await?;
+        if let Some(addr) = args.dashboard {
+            let bound = root.serve_dashboard(addr, args.dashboard_public).await?;
+            eprintln!("pcluster run: dashboard on http://{bound}/");
+        }
         let skip = files.resume.map(|r| Arc::new(r.done));
         drive::drive(drive::Drive {
             root: root.clone(),

@@ -1,5 +1,6 @@
 //! The progress bar of `pcluster run` (on a terminal only): inputs done of the total (the
-//! input file's items, counted on a thread of its own), %, rate and ETA.
+//! input file's items, counted on a thread of its own, and told to the root for its
+//! dashboard), %, rate and ETA.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +17,19 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(args: &RunArgs, started: Instant) -> Progress {
+    /// `skipped`: inputs a resumed run skips (done before), left out of the total.
+    pub fn new(args: &RunArgs, started: Instant, root: &Arc<root::Root>, skipped: u64) -> Progress {
         let show = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let total = Arc::new(AtomicU64::new(0));
-        if show && let Some(path) = args.input.clone() {
-            let (t, sep) = (total.clone(), args.framing().separator());
+        if (show || args.dashboard.is_some())
+            && let Some(path) = args.input.clone()
+        {
+            let (t, sep, root) = (total.clone(), args.framing().separator(), root.clone());
             std::thread::spawn(move || {
                 if let Ok(n) = count_items(&path, sep) {
+                    let n = n.saturating_sub(skipped);
                     t.store(n, Ordering::Relaxed);
+                    root.set_expected_total(n);
                 }
             });
         }

@@ -32,6 +32,9 @@ impl Scheduler {
                 self.no_nodes_since = None;
                 self.stall.send_replace(None);
                 tracing::info!(node = %addr, workers, "node added");
+                if let Some(o) = &self.observer {
+                    o.node_added(addr);
+                }
                 if let Some(chain) = self.chain.clone() {
                     // A node joining a running cluster gets the current chain.
                     let msg = Msg::Setup(Box::new(Setup {
@@ -45,7 +48,7 @@ impl Scheduler {
             }
             Cmd::Setup {
                 chain,
-                handlers,
+                mut handlers,
                 reply,
             } => {
                 if self.nodes.is_empty() {
@@ -55,6 +58,7 @@ impl Scheduler {
                     }));
                     return;
                 }
+                handlers.observer = self.observer.clone();
                 self.handlers = Some(handlers);
                 self.chain = Some(chain.clone());
                 let msg = Msg::Setup(Box::new(Setup {
@@ -129,6 +133,21 @@ impl Scheduler {
             }
             Cmd::Nodes(reply) => {
                 let _ = reply.send(self.nodes.values().map(|n| n.addr).collect());
+            }
+            #[cfg(feature = "dashboard")]
+            Cmd::Observe(o) => {
+                for addr in &self.lost {
+                    if let Ok(a) = addr.parse() {
+                        o.node_lost(a);
+                    }
+                }
+                for n in self.nodes.values() {
+                    o.node_added(n.addr);
+                }
+                if let Some(h) = self.handlers.as_mut() {
+                    h.observer = Some(o.clone());
+                }
+                self.observer = Some(o);
             }
             Cmd::Close(_) => {}
         }

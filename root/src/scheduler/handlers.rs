@@ -7,6 +7,7 @@ use protocol::{ItemId, Packed};
 use tokio::sync::oneshot;
 
 use super::Counters;
+use super::observer::SharedObserver;
 use crate::ItemFailure;
 use crate::error::RootError;
 
@@ -86,6 +87,8 @@ impl Handler for Closures {
 /// one [`Handler`].
 pub struct Handlers {
     inner: HandlersInner,
+    /// Sees failures first (the dashboard), when one watches.
+    pub(super) observer: Option<SharedObserver>,
 }
 
 enum HandlersInner {
@@ -110,6 +113,7 @@ impl Handlers {
                 failure: Box::new(|f| tracing::warn!("{f}")),
                 done: None,
             }),
+            observer: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl Handlers {
     pub fn from_handler(handler: impl Handler + 'static) -> Handlers {
         Handlers {
             inner: HandlersInner::Handler(Box::new(handler)),
+            observer: None,
         }
     }
 
@@ -155,6 +160,9 @@ impl Handlers {
     }
 
     pub(crate) fn failure(&mut self, f: ItemFailure) {
+        if let Some(o) = &self.observer {
+            o.failure(&f);
+        }
         self.get().failure(f);
     }
 

@@ -10,12 +10,14 @@
 //! - `queue`: the queue of items not yet sent and the cut of batches; `dispatch`: sending;
 //! - `inflight`: what each node holds; `settle`: its answers; `retry`: trying items again;
 //! - `order`: the reorder buffer of ordered delivery;
-//! - `commands`: the user's calls (attach, setup, reset, pause, …).
+//! - `commands`: the user's calls (attach, setup, reset, pause, …);
+//! - `observer`: the hook through which the dashboard sees failures and node losses.
 
 mod commands;
 mod dispatch;
 mod handlers;
 mod inflight;
+mod observer;
 mod order;
 mod queue;
 mod retry;
@@ -30,6 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use handlers::{Delivery, Reply};
 pub use handlers::{Handler, Handlers, InputDone};
+#[cfg(feature = "dashboard")]
+pub(crate) use observer::Observer;
+pub(crate) use observer::SharedObserver;
 
 use crate::conn::Event;
 use crate::error::RootError;
@@ -64,6 +69,10 @@ pub(crate) enum Cmd {
     Resume(Reply),
     Counters(oneshot::Sender<Counters>),
     Nodes(oneshot::Sender<Vec<std::net::SocketAddr>>),
+    /// From now on `observer` sees failures and node losses (the nodes lost and attached so
+    /// far are replayed to it first).
+    #[cfg(feature = "dashboard")]
+    Observe(SharedObserver),
     Close(Reply),
 }
 
@@ -152,6 +161,8 @@ pub(crate) struct Scheduler {
     no_nodes_since: Option<Instant>,
     stall: watch::Sender<Option<Stall>>,
     retries: Retries,
+    /// Sees failures and node losses (the dashboard), when one watches.
+    observer: Option<SharedObserver>,
 }
 
 pub(crate) async fn run(
@@ -187,6 +198,7 @@ pub(crate) async fn run(
         no_nodes_since: None,
         stall,
         retries: Retries::default(),
+        observer: None,
     };
     let mut closing: Option<Reply> = None;
     loop {
@@ -426,6 +438,9 @@ impl Scheduler {
         }
         self.counters.redispatched += back;
         self.lost.push(addr.clone());
+        if let Some(o) = &self.observer {
+            o.node_lost(node.addr);
+        }
         tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
         for w in &mut self.waiters {
             if w.nodes.remove(&id) && w.kind == WaitKind::Setup && w.error.is_none() {
