@@ -183,14 +183,25 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
 
-    for (name, n, joblog) in [
-        ("W1 `pcluster run` process", args.run_items, false),
-        ("W1 `pcluster run --joblog`", args.run_items, true),
-        ("W1 `pcluster run` (root RSS)", args.rss_items, false),
+    let joblog = dir.join("w1-joblog.txt");
+    let joblog = [
+        "--joblog".to_string(),
+        joblog.to_string_lossy().into_owned(),
+    ];
+    let dashboard = ["--dashboard", "127.0.0.1:0"].map(String::from);
+    for (name, n, extra) in [
+        ("W1 `pcluster run` process", args.run_items, &[][..]),
+        ("W1 `pcluster run --joblog`", args.run_items, &joblog[..]),
+        (
+            "W1 `pcluster run --dashboard`",
+            args.run_items,
+            &dashboard[..],
+        ),
+        ("W1 `pcluster run` (root RSS)", args.rss_items, &[][..]),
     ] {
         if n > 0 {
             rows.push(w1_process(
-                &pcluster, &cluster, &dir, name, n, w1_floors, joblog,
+                &pcluster, &cluster, &dir, name, n, w1_floors, extra,
             )?);
         }
     }
@@ -369,7 +380,7 @@ async fn w2(
 
 /// W1 over `n` items through a whole `pcluster run` process on the cluster's nodes: start-up,
 /// setup, reading and writing files included; outputs verified, the root's peak RSS noted.
-/// With `joblog`, the run also writes a joblog (one line per input).
+/// `extra` options go to `pcluster run` (a joblog, a dashboard).
 fn w1_process(
     pcluster: &Pcluster,
     cluster: &Cluster,
@@ -377,7 +388,7 @@ fn w1_process(
     name: &str,
     n: u64,
     floors: Floors,
-    joblog: bool,
+    extra: &[String],
 ) -> anyhow::Result<Row> {
     let input = dir.join("w1-input.txt");
     let output = dir.join("w1-output.txt");
@@ -393,9 +404,7 @@ fn w1_process(
         .arg("--output")
         .arg(&output)
         .stderr(Stdio::piped());
-    if joblog {
-        cmd.arg("--joblog").arg(&journal);
-    }
+    cmd.args(extra);
     let run = cmd.output()?;
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&run.stderr);
