@@ -207,6 +207,31 @@ pub async fn node_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr>
     resolve(&host, port).await
 }
 
+/// Nodes named on the command line, with the port of entries that name none.
+#[derive(clap::Args, Debug)]
+pub struct NodeList {
+    /// Node addresses (`host[:port]`, `[v6]:port`).
+    #[arg(required = true)]
+    pub nodes: Vec<String>,
+    /// Port of entries that name none.
+    #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
+    pub port: u16,
+}
+
+impl NodeList {
+    /// Each entry, resolved.
+    ///
+    /// # Errors
+    /// As [`node_addr`].
+    pub async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            out.push(node_addr(n, self.port).await?);
+        }
+        Ok(out)
+    }
+}
+
 /// A fresh random token (hex), for an embedded cluster only this process may use.
 ///
 /// # Errors

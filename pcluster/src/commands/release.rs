@@ -3,16 +3,12 @@
 
 use std::process::ExitCode;
 
-use crate::setup::{Console, TokenArg, init_tracing, node_addr, runtime};
+use crate::setup::{Console, NodeList, TokenArg, init_tracing, runtime};
 
 #[derive(clap::Args, Debug)]
 pub struct ReleaseArgs {
-    /// Node addresses (`host[:port]`, `[v6]:port`).
-    #[arg(required = true)]
-    pub nodes: Vec<String>,
-    /// Port of entries that name none.
-    #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
-    pub port: u16,
+    #[command(flatten)]
+    pub nodes: NodeList,
     #[command(flatten)]
     pub token: TokenArg,
 }
@@ -25,8 +21,7 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let mut failed = false;
-        for n in &args.nodes {
-            let addr = node_addr(n, args.port).await?;
+        for addr in args.nodes.resolve().await? {
             match root::release_node(addr, &options).await {
                 Ok(Some(holder)) => println!("{addr}: released; it was held by {holder}"),
                 Ok(None) => println!("{addr}: was free"),

@@ -2,17 +2,13 @@
 
 use std::process::ExitCode;
 
-use crate::setup::{Console, TokenArg, init_tracing, node_addr, runtime};
+use crate::setup::{Console, NodeList, TokenArg, init_tracing, runtime};
 use crate::table;
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// Node addresses (`host[:port]`, `[v6]:port`).
-    #[arg(required = true)]
-    pub nodes: Vec<String>,
-    /// Port of entries that name none.
-    #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
-    pub port: u16,
+    #[command(flatten)]
+    pub nodes: NodeList,
     #[command(flatten)]
     pub token: TokenArg,
 }
@@ -26,8 +22,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         };
         let mut rows = Vec::new();
         let mut failed = false;
-        for n in &args.nodes {
-            let addr = node_addr(n, args.port).await?;
+        for addr in args.nodes.resolve().await? {
             let st = root::node_status(addr, &options).await;
             failed |= st.is_err();
             rows.push(table::status_row(addr, st));

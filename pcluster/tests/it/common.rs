@@ -206,3 +206,38 @@ pub fn assert_same(actual: &[String], expected: &[String]) {
         first.and_then(|i| expected.get(i)),
     );
 }
+
+/// A log server and two node processes (one worker each) on 127.0.0.2 and 127.0.0.3, as the
+/// end-to-end tests of `pcluster run` use them; each test module adds its own helpers.
+pub struct Cluster {
+    pub log: Child,
+    pub log_port: u16,
+    pub port: u16,
+    pub nodes: Vec<Child>,
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start(name: &str) -> Cluster {
+        let dir = temp_dir(name);
+        let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+        let port = free_port("127.0.0.2".parse().unwrap());
+        let a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
+        let b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+        Cluster {
+            log,
+            log_port,
+            port,
+            nodes: vec![a, b],
+            dir,
+        }
+    }
+
+    /// The nodes' addresses, `ip:port`.
+    pub fn addrs(&self) -> Vec<String> {
+        ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|ip| format!("{ip}:{}", self.port))
+            .collect()
+    }
+}

@@ -23,38 +23,7 @@ const ITERATIONS: &str = "4000000";
 const BAD_EVERY: u64 = 700;
 const TASKS: [&str; 3] = ["w1_identity", "w2_cpu", "w1_drop_odd"];
 
-/// A log server and two node processes (one worker each) on 127.0.0.2 and 127.0.0.3.
-struct Cluster {
-    _log: Child,
-    log_port: u16,
-    port: u16,
-    _nodes: Vec<Child>,
-    dir: PathBuf,
-}
-
 impl Cluster {
-    async fn start(name: &str) -> Cluster {
-        let dir = temp_dir(name);
-        let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-        let port = free_port("127.0.0.2".parse().unwrap());
-        let a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-        let b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
-        Cluster {
-            _log: log,
-            log_port,
-            port,
-            _nodes: vec![a, b],
-            dir,
-        }
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        ["127.0.0.2", "127.0.0.3"]
-            .iter()
-            .map(|ip| format!("{ip}:{}", self.port))
-            .collect()
-    }
-
     fn pcluster(&self, sub: &str) -> Command {
         let mut cmd = pcluster_cmd();
         cmd.arg(sub).stdin(Stdio::null());
@@ -144,20 +113,28 @@ fn pcluster_status(c: &Cluster) -> Table {
         "pcluster status: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut table: Table = Vec::new();
-    for line in text.lines().skip(1) {
+    // Two tables: one row per node, a blank line, then one row per node and task
+    // (`NODE TASK IN OUT DROPPED FAILED BUSY`).
+    let (nodes, tasks) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut table: Table = nodes
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|node| (node.to_string(), Vec::new()))
+        .collect();
+    for line in tasks.lines().skip(1) {
         let w: Vec<&str> = line.split_whitespace().collect();
-        if !line.starts_with(' ') {
-            table.push((w[0].to_string(), Vec::new()));
-            continue;
-        }
-        // `name in N out N dropped N failed N busy Ns`
         let n = |i: usize| {
             w[i].parse::<u64>()
                 .unwrap_or_else(|_| panic!("a number in {line:?}"))
         };
-        let row = (w[0].to_string(), [n(2), n(4), n(6), n(8)]);
-        table.last_mut().expect("a node row first").1.push(row);
+        let row = (w[1].to_string(), [n(2), n(3), n(4), n(5)]);
+        table
+            .iter_mut()
+            .find(|(node, _)| node == w[0])
+            .unwrap_or_else(|| panic!("task row of an unknown node: {line:?}"))
+            .1
+            .push(row);
     }
     table
 }

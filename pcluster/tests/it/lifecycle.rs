@@ -20,38 +20,7 @@ fn signal(child: &Child, signal: &str) {
     child.signal(signal).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// A log server and two node processes (1 worker each) on 127.0.0.2 and 127.0.0.3.
-struct Cluster {
-    _log: Child,
-    log_port: u16,
-    port: u16,
-    nodes: Vec<Child>,
-    dir: PathBuf,
-}
-
 impl Cluster {
-    async fn start(name: &str) -> Cluster {
-        let dir = temp_dir(name);
-        let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-        let port = free_port("127.0.0.2".parse().unwrap());
-        let a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-        let b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
-        Cluster {
-            _log: log,
-            log_port,
-            port,
-            nodes: vec![a, b],
-            dir,
-        }
-    }
-
-    fn addrs(&self) -> Vec<SocketAddr> {
-        ["127.0.0.2", "127.0.0.3"]
-            .iter()
-            .map(|ip| format!("{ip}:{}", self.port).parse().unwrap())
-            .collect()
-    }
-
     /// `pcluster run CHAIN --nodes both` plus `extra`, stdout and stderr to files.
     fn run(&self, chain: &Path, extra: &[&str]) -> Command {
         let mut cmd = pcluster_cmd();
@@ -182,7 +151,9 @@ async fn sigint_keeps_whole_lines_of_completed_inputs_and_frees_the_nodes() {
     // The nodes are free at once: a new run (resuming) finishes the rest.
     let options = RootOptions::default();
     for a in c.addrs() {
-        let s = root::node_status(a, &options).await.expect("status");
+        let s = root::node_status(a.parse().unwrap(), &options)
+            .await
+            .expect("status");
         assert_eq!(
             s.state,
             protocol::NodeState::Free,
