@@ -225,6 +225,7 @@ async fn run_on_cluster(
             last_failed: None,
             first_error: None,
             quiet_failures: false,
+            stopped: false,
         };
         root.setup_handlers(chain, root::Handlers::from_handler(sink))
             .await?;

@@ -133,10 +133,14 @@ pub struct Sink {
     /// The first error of the input being completed.
     pub first_error: Option<(ItemId, String)>,
     pub quiet_failures: bool,
+    /// The output failed: nothing more is written. Only this sink stops the output, so a
+    /// plain flag does (a `CancellationToken` check takes a lock: too dear per output).
+    pub stopped: bool,
 }
 
 impl Sink {
     fn fail(&mut self, e: std::io::Error) {
+        self.stopped = true;
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             self.state.broken_pipe.store(true, Ordering::Relaxed);
         } else if let Ok(mut slot) = self.state.error.lock() {
@@ -172,7 +176,7 @@ impl Sink {
 impl Handler for Sink {
     #[inline]
     fn output(&mut self, input: ItemId, item: &[u8]) {
-        if self.state.stop.is_cancelled() {
+        if self.stopped {
             return;
         }
         let mut r = Ok(());
@@ -245,7 +249,7 @@ impl Handler for Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        if self.state.stop.is_cancelled() && self.state.broken_pipe.load(Ordering::Relaxed) {
+        if self.stopped && self.state.broken_pipe.load(Ordering::Relaxed) {
             return;
         }
         if let Err(e) = self.out.flush() {

@@ -38,6 +38,46 @@ impl Scheduler {
         let Some(handlers) = self.handlers.as_mut() else {
             return;
         };
+        if o.failures.is_empty()
+            && batch.tries.is_none()
+            && self.attempts.is_empty()
+            && !handlers.wants_done()
+            && self.order.is_none()
+        {
+            // The common case (W1): nothing failed, nothing to track or hold back. Each fresh
+            // input is marked done, then its outputs go straight to the handler.
+            let mut items = o.items.iter();
+            let (mut outputs, mut settled, mut freed_bytes) = (0u64, 0u64, 0u64);
+            for (i, &count) in o.counts.0.iter().enumerate() {
+                let idx = first + i;
+                if batch.done[idx] {
+                    for _ in 0..count {
+                        items.next();
+                    }
+                    continue;
+                }
+                let Some(input) = batch.ids.get(idx) else {
+                    break; // checked above: every index of the range has an id
+                };
+                batch.done[idx] = true;
+                settled += 1;
+                freed_bytes += u64::from(batch.items.lens.0[idx]);
+                for _ in 0..count {
+                    let Some(item) = items.next() else { break };
+                    handlers.output(input, item);
+                }
+                outputs += u64::from(count);
+            }
+            batch.remaining -= settled as u32;
+            if batch.remaining == 0 {
+                node.batches.remove(&o.seq);
+            }
+            node.in_items -= settled;
+            node.in_bytes = node.in_bytes.saturating_sub(freed_bytes);
+            self.counters.outputs += outputs;
+            self.counters.completed += settled;
+            return;
+        }
         let retries_allowed = self.options.retries;
         // Failures by input, in input order.
         let mut failures: Vec<Failure> = o.failures;
