@@ -13,6 +13,80 @@ use serde::Deserialize;
 
 use crate::error::RootError;
 
+/// What is wrong with a chain file or one of its modules.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TOML file is invalid.
+    #[error("{path}: {message}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The chain lists no task.
+    #[error("the chain has no [[task]]")]
+    NoTasks,
+    /// A task names no module, and neither does the chain.
+    #[error("task `{task}` has no module (set `module`)")]
+    NoModule {
+        /// The task's function.
+        task: String,
+    },
+    /// A module path that is neither a file nor a directory.
+    #[error("module {0} does not exist")]
+    MissingModule(PathBuf),
+    /// A task crate's manifest names no package.
+    #[error("{0}: no package name")]
+    NoPackageName(PathBuf),
+    /// cargo could not be started.
+    #[error("cannot run cargo to build {dir}: {source}")]
+    Cargo {
+        /// The crate.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The build of a task crate failed (cargo printed why).
+    #[error("building task crate {dir} failed ({status})")]
+    BuildFailed {
+        /// The crate.
+        dir: PathBuf,
+        /// cargo's exit status.
+        status: std::process::ExitStatus,
+    },
+    /// The build left no `.wasm` where expected.
+    #[error("build of {dir} produced no {wasm}")]
+    NoWasm {
+        /// The crate.
+        dir: PathBuf,
+        /// The expected file.
+        wasm: PathBuf,
+    },
+    /// The toolchain lacks the wasm target and it could not be added.
+    #[error(
+        "the Rust toolchain at {sysroot} lacks the wasm32-unknown-unknown target: {why} \
+         (run `rustup target add wasm32-unknown-unknown`)"
+    )]
+    WasmTarget {
+        /// The toolchain.
+        sysroot: PathBuf,
+        /// What happened when adding it.
+        why: String,
+    },
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChainFile {
@@ -54,32 +128,45 @@ struct LimitsFile {
 /// # Errors
 /// When the file is unreadable or invalid, or a module cannot be built or read.
 pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
-    let err = |message: String| RootError::Chain {
+    let err = |source: ChainError| RootError::Chain {
         path: path.display().to_string(),
-        message,
+        source,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: ChainFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        err(ChainError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let file: ChainFile = toml::from_str(&text).map_err(|e| {
+        err(ChainError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     if file.tasks.is_empty() {
-        return Err(err("the chain has no [[task]]".into()));
+        return Err(err(ChainError::NoTasks));
     }
     let mut module_paths: Vec<String> = Vec::new();
     let mut modules = Vec::new();
     let mut tasks = Vec::new();
     for t in file.tasks {
         let m = t.module.or_else(|| file.module.clone()).ok_or_else(|| {
-            err(format!(
-                "task `{}` has no module (set `module`)",
-                t.function
-            ))
+            err(ChainError::NoModule {
+                task: t.function.clone(),
+            })
         })?;
         let index = match module_paths.iter().position(|p| *p == m) {
             Some(i) => i,
             None => {
                 let wasm = resolve_module(&base.join(&m)).map_err(&err)?;
-                let bytes = std::fs::read(&wasm)
-                    .map_err(|e| err(format!("cannot read module {}: {e}", wasm.display())))?;
+                let bytes = std::fs::read(&wasm).map_err(|source| {
+                    err(ChainError::Read {
+                        path: wasm.clone(),
+                        source,
+                    })
+                })?;
                 modules.push(serde_bytes::ByteBuf::from(bytes));
                 module_paths.push(m);
                 module_paths.len() - 1
@@ -111,13 +198,13 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
 ///
 /// # Errors
 /// When the path is neither, or the build fails.
-pub fn resolve_module(path: &Path) -> Result<PathBuf, String> {
+pub fn resolve_module(path: &Path) -> Result<PathBuf, ChainError> {
     if path.is_dir() {
         build_task_crate(path)
     } else if path.is_file() {
         Ok(path.to_path_buf())
     } else {
-        Err(format!("module {} does not exist", path.display()))
+        Err(ChainError::MissingModule(path.to_path_buf()))
     }
 }
 
@@ -150,18 +237,22 @@ fn newest_source(dir: &Path) -> SystemTime {
 ///
 /// # Errors
 /// When the directory is not a crate, cargo is missing, or the build fails.
-pub fn build_task_crate(dir: &Path) -> Result<PathBuf, String> {
+pub fn build_task_crate(dir: &Path) -> Result<PathBuf, ChainError> {
     let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .map_err(|e| format!("{} is not a task crate: {e}", dir.display()))?;
-    let value: toml::Value =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let text = std::fs::read_to_string(&manifest).map_err(|source| ChainError::Read {
+        path: manifest.clone(),
+        source,
+    })?;
+    let value: toml::Value = toml::from_str(&text).map_err(|e| ChainError::Toml {
+        path: manifest.clone(),
+        message: e.to_string(),
+    })?;
     let name = value
         .get("lib")
         .and_then(|l| l.get("name"))
         .or_else(|| value.get("package").and_then(|p| p.get("name")))
         .and_then(|n| n.as_str())
-        .ok_or_else(|| format!("{}: no package name", manifest.display()))?
+        .ok_or_else(|| ChainError::NoPackageName(manifest.clone()))?
         .replace('-', "_");
     let wasm = dir
         .join("target/wasm32-unknown-unknown/release")
@@ -195,19 +286,21 @@ pub fn build_task_crate(dir: &Path) -> Result<PathBuf, String> {
         .env_remove("CARGO_MAKEFLAGS")
         .stdout(std::process::Stdio::null())
         .status()
-        .map_err(|e| format!("cannot run cargo to build {}: {e}", dir.display()))?;
+        .map_err(|source| ChainError::Cargo {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     if !status.success() {
-        return Err(format!(
-            "building task crate {} failed ({status})",
-            dir.display()
-        ));
+        return Err(ChainError::BuildFailed {
+            dir: dir.to_path_buf(),
+            status,
+        });
     }
     if !wasm.is_file() {
-        return Err(format!(
-            "build of {} produced no {}",
-            dir.display(),
-            wasm.display()
-        ));
+        return Err(ChainError::NoWasm {
+            dir: dir.to_path_buf(),
+            wasm,
+        });
     }
     // cargo leaves the file untouched when nothing changed; touch it so the check above
     // does not rebuild every time.
@@ -224,7 +317,7 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Makes sure the toolchain that builds the crate in `dir` has the wasm target: rustup does
 /// not add the targets of `rust-toolchain.toml` to a toolchain that is already installed.
 /// With rustup it adds the target; without, the error names the command that fixes it.
-fn ensure_wasm_target(dir: &Path) -> Result<(), String> {
+fn ensure_wasm_target(dir: &Path) -> Result<(), ChainError> {
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .current_dir(dir)
@@ -249,13 +342,77 @@ fn ensure_wasm_target(dir: &Path) -> Result<(), String> {
         .status()
     {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!(
-            "the Rust toolchain lacks the {WASM_TARGET} target and `{fix}` failed ({s}); run it by hand"
-        )),
-        Err(_) => Err(format!(
-            "the Rust toolchain at {} lacks the {WASM_TARGET} target and rustup is not installed: \
-             install the target for this toolchain (with rustup: `{fix}`)",
-            sysroot.display()
-        )),
+        Ok(s) => Err(ChainError::WasmTarget {
+            sysroot,
+            why: format!("`{fix}` failed ({s})"),
+        }),
+        Err(_) => Err(ChainError::WasmTarget {
+            sysroot,
+            why: "rustup is not installed to add it".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_file(name: &str, text: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pcluster-chain-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("chain.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn source(e: RootError) -> ChainError {
+        match e {
+            RootError::Chain { source, .. } => source,
+            other => panic!("not a chain error: {other}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let missing = std::env::temp_dir().join("pcluster-no-such-chain.toml");
+        assert!(matches!(
+            source(load(&missing).unwrap_err()),
+            ChainError::Read { .. }
+        ));
+        let p = chain_file("empty", "name = \"x\"\n");
+        assert!(matches!(source(load(&p).unwrap_err()), ChainError::NoTasks));
+        let p = chain_file("nomodule", "name = \"x\"\n[[task]]\nfunction = \"f\"\n");
+        let e = source(load(&p).unwrap_err());
+        assert_eq!(e.to_string(), "task `f` has no module (set `module`)");
+        let p = chain_file(
+            "gone",
+            "name = \"x\"\nmodule = \"gone.wasm\"\n[[task]]\nfunction = \"f\"\n",
+        );
+        assert!(matches!(
+            source(load(&p).unwrap_err()),
+            ChainError::MissingModule(_)
+        ));
+        let p = chain_file(
+            "typo",
+            "name = \"x\"\n[[task]]\nfunction = \"f\"\ngenerater = true\n",
+        );
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("generater"), "{e}");
+    }
+
+    #[test]
+    fn a_wasm_file_loads_as_it_is() {
+        let p = chain_file(
+            "ok",
+            "name = \"x\"\nmodule = \"m.wasm\"\n[[task]]\nfunction = \"f\"\nargs = \"a\"\n",
+        );
+        std::fs::write(p.with_file_name("m.wasm"), b"\0asm").unwrap();
+        let c = load(&p).unwrap();
+        assert_eq!(
+            (c.modules.len(), c.tasks[0].args.as_slice()),
+            (1, &b"a"[..])
+        );
+        assert_eq!(c.limits, Limits::default());
     }
 }

@@ -52,13 +52,14 @@ pub enum RootError {
         /// The limit.
         limit: u64,
     },
-    /// The chain file is wrong.
-    #[error("chain file {path}: {message}")]
+    /// The chain file is wrong, or one of its modules cannot be had.
+    #[error("chain file {path}: {source}")]
     Chain {
         /// The file.
         path: String,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: crate::chain::ChainError,
     },
     /// The root's background task is gone.
     #[error("the root has shut down")]
