@@ -117,6 +117,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let mut next_id = 0u64;
     let mut refused = 0u64;
     let mut read_error = None;
+    let mut feed_error: Option<root::RootError> = None;
     // Feed until the input ends or something stops the run.
     let mut stop: Option<Stop> = None;
     loop {
@@ -134,9 +135,15 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
                 // Ids are consecutive in feed order and this loop is the only feeder.
                 d.lines.add(next_id, &b.lines);
                 match int.until(d.root.feed_packed(b.items)).await {
-                    Ok(fed) => {
-                        debug_assert_eq!(fed?.first.0, next_id);
+                    Ok(Ok(fed)) => {
+                        debug_assert_eq!(fed.first.0, next_id);
                         next_id += n;
+                    }
+                    Ok(Err(e)) => {
+                        // No node for too long (or the root is gone): the run failed, but
+                        // what completed is kept and the nodes are freed all the same.
+                        feed_error = Some(e);
+                        break;
                     }
                     Err(s) => {
                         stop = Some(s);
@@ -166,9 +173,9 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    // Wait for what is in flight, unless told to stop at once.
-    let mut wait_error = None;
-    loop {
+    // Wait for what is in flight, unless told to stop at once or feeding already failed.
+    let mut wait_error = feed_error;
+    while wait_error.is_none() {
         let deadline = match stop {
             Some(Stop::Now(_)) => break,
             Some(Stop::Signal(s)) => {
