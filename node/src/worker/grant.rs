@@ -22,8 +22,8 @@ pub(crate) const MAX_WINDOW_PER_WORKER: u64 = 128 * 1024;
 pub(crate) const FIRST_WINDOW_PER_WORKER: u64 = 2;
 /// Items of a fan-out a worker keeps when the cost of what follows is not measured yet.
 pub(crate) const KEEP_UNKNOWN: usize = 4;
-/// Time of work that fully replaces the estimate: a unit this long (or longer) counts alone.
-const ESTIMATE_SPAN_NS: u64 = 10_000_000;
+/// Items at least this slow move the estimate halfway whatever the unit's size.
+const SLOW_ITEM_NS: u64 = 1_000_000;
 
 /// Inputs per work unit for items that take `item_ns` (`None`: not measured yet).
 pub(crate) fn unit_size(item_ns: Option<u64>) -> u32 {
@@ -44,14 +44,18 @@ pub(crate) fn window_items(item_ns: Option<u64>, workers: u32) -> u32 {
 }
 
 /// The new per-item estimate after a unit of `count` inputs took `unit_ns`. The first
-/// measurement replaces the guess; later ones weigh by how much work they cover, so a
-/// single slow item moves the estimate at once while a tiny unit of cheap items barely does.
+/// measurement replaces the guess; later ones move it at most halfway, by how many items
+/// they cover, except that slow items (a millisecond or more) always move it halfway: one
+/// 300 ms item after cheap ones must shrink the window at once, while one cheap unit delayed
+/// by the scheduler must not.
 pub(crate) fn blend(old: Option<u64>, unit_ns: u64, count: u32) -> u64 {
     let ns = (unit_ns / u64::from(count.max(1))).max(1);
     let Some(old) = old else { return ns };
-    let weight = (u64::from(count) * 2)
-        .max(unit_ns.saturating_mul(128) / ESTIMATE_SPAN_NS)
-        .clamp(1, 128);
+    let weight = if ns >= SLOW_ITEM_NS {
+        64
+    } else {
+        (u64::from(count) * 2).clamp(1, 64)
+    };
     ((u128::from(old) * u128::from(128 - weight) + u128::from(ns) * u128::from(weight)) / 128)
         .max(1) as u64
 }
@@ -142,15 +146,16 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_unit_replaces_the_estimate_and_a_tiny_one_barely_moves_it() {
+    fn slow_items_move_the_estimate_at_once_and_a_tiny_cheap_unit_barely() {
         assert_eq!(blend(None, 3_000, 3), 1_000);
-        // One 300 ms item after a 1 ms estimate: the estimate is the new item's time.
-        assert_eq!(blend(Some(1_000_000), 300_000_000, 1), 300_000_000);
+        // One 300 ms item after a 1 ms estimate: halfway at once, so the window shrinks.
+        assert_eq!(blend(Some(1_000_000), 300_000_000, 1), 150_500_000);
+        assert_eq!(window_items(Some(150_500_000), 1), 1);
         // One 100 ns item after a 50 ns estimate: barely moves.
         let e = blend(Some(50), 100, 1);
         assert!((50..52).contains(&e), "{e}");
-        // A unit of thousands counts fully.
-        assert_eq!(blend(Some(50), 4096 * 80, 4096), 80);
+        // A unit of thousands moves it halfway, however long it took (a delayed unit).
+        assert_eq!(blend(Some(50), 4096 * 150, 4096), 100);
     }
 
     #[test]

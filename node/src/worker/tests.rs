@@ -122,7 +122,8 @@ fn run_ten_on(batched: bool, tasks: &[(&str, bool)], pool: bool) -> (Outputs, Ve
         limits: Limits::default(),
     };
     let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec).expect("compiles");
-    let mut shared = PoolShared::new(Arc::new(chain), 1, Some(1));
+    // In a pool, nothing measured yet (so the cost of what follows a generator is unknown).
+    let mut shared = PoolShared::new(Arc::new(chain), 1, if pool { None } else { Some(1) });
     shared.hand_back = pool;
     // The worker running the unit is busy: no other is idle.
     shared.idle.store(0, std::sync::atomic::Ordering::Relaxed);
