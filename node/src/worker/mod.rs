@@ -32,6 +32,7 @@ use protocol::{Failure, Packed};
 
 use crate::engine::OutBuf;
 
+pub(crate) use frames::undeliverable;
 #[cfg(feature = "local-chain")]
 pub use local::LocalChain;
 pub use pool::{Pool, PoolShared};

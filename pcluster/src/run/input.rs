@@ -56,6 +56,8 @@ pub enum Read_ {
 pub struct ReaderConfig {
     pub framing: Framing,
     pub batch_items: usize,
+    /// A batch is sent once it holds this many bytes (checked per item: one compare).
+    pub batch_bytes: usize,
     pub max_item_bytes: u64,
     /// Lines (1-based) already done by the run being resumed.
     pub skip: Option<Arc<super::joblog::LineSet>>,
@@ -94,7 +96,7 @@ impl Batcher<'_> {
         };
         self.lines.push(self.items.len() as u32, line);
         self.items.push(item);
-        if self.items.len() >= self.cfg.batch_items {
+        if self.items.len() >= self.cfg.batch_items || self.items.bytes() >= self.cfg.batch_bytes {
             return self.flush();
         }
         true
@@ -105,7 +107,13 @@ impl Batcher<'_> {
             return true;
         }
         let cap = self.cfg.batch_items;
-        let items = std::mem::replace(&mut self.items, Packed::with_capacity(cap, cap * 16));
+        // Sized like the batch just sent, so big items are not copied again and again as the
+        // buffer doubles.
+        let bytes = self.items.bytes();
+        let items = std::mem::replace(
+            &mut self.items,
+            Packed::with_capacity(cap, (bytes + bytes / 8).max(cap * 16)),
+        );
         let lines = std::mem::take(&mut self.lines);
         self.tx
             .blocking_send(Read_::Batch(ReadBatch { items, lines }))
@@ -224,6 +232,7 @@ mod tests {
         let cfg = ReaderConfig {
             framing,
             batch_items: 2,
+            batch_bytes: 1 << 20,
             max_item_bytes: max,
             skip: None,
             failed: failed.clone(),
