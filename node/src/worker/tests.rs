@@ -123,6 +123,7 @@ fn run_ten(batched: bool, tasks: &[(&str, bool)]) -> (Outputs, Vec<TaskCounters>
             seq: 0,
             items,
             stage: 0,
+            held: Default::default(),
         }),
         first: 0,
         count: 10,
@@ -241,6 +242,6 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         assert_eq!(shared.unit_size(), unit, "{avg} ns");
         let credit = shared.credit();
         assert_eq!(credit.items, items, "{avg} ns");
-        assert_eq!(credit.bytes, 256 << 20);
+        assert_eq!(credit.bytes, 32 << 20);
     }
 }
