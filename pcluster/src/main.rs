@@ -9,6 +9,7 @@ mod embedded;
 mod run;
 mod setup;
 mod table;
+mod w4;
 
 use std::process::ExitCode;
 

@@ -68,6 +68,7 @@ pub struct Batch {
     /// The task its items enter the chain at (0, or a failed item's task on a retry).
     pub stage: usize,
     /// Its bytes, counted in the pool's bytes in flight until the batch is dropped.
+    #[allow(dead_code)] // A guard: only its drop matters.
     pub held: Held,
 }
 
