@@ -138,7 +138,11 @@ mod tests {
         v
     }
 
-    fn run(input: Vec<u8>, max: u64) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>, bool) {
+    /// Items with their record numbers, refusals `(record, bytes)`, what went to --failed,
+    /// and whether the read ended without error.
+    type Outcome = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>, bool);
+
+    fn run(input: Vec<u8>, max: u64) -> Outcome {
         let failed = Arc::new(Mutex::new(FailedOut::memory()));
         let cfg = ReaderConfig {
             framing: Framing::Binary,
