@@ -3,7 +3,7 @@
 //! whole items) count towards the size, and a message that still cannot be encoded turns
 //! into failures of its inputs rather than vanishing.
 
-use protocol::{Failure, Outputs, Packed, U32s};
+use protocol::{Continuation, Failure, Outputs, Packed, U32s};
 
 /// Encoded bytes of a message holding `bytes` bytes of `items` outputs, beyond its failures.
 fn size(bytes: usize, items: usize) -> usize {
@@ -15,13 +15,20 @@ fn failure_size(f: &Failure) -> usize {
     f.item_start.len() + f.item.as_ref().map_or(0, Vec::len) + f.message.len() + 96
 }
 
+/// Encoded bytes of items handed back to the root for another node, at most.
+fn continuation_size(c: &Continuation) -> usize {
+    size(c.items.data.len(), c.items.len()) + 16
+}
+
 /// Splits outputs into messages that fit in a frame, by runs of whole inputs. An input whose
 /// own outputs exceed the limit is reported failed instead: outputs travel with their input's
-/// completion, so one input's outputs must fit in one message. Whole failed items that do
+/// completion, so one input's outputs must fit in one message (its failures and the items
+/// it hands back for other nodes travel with them too). Whole failed items that do
 /// not fit are left out of their failure (its start and message stay).
 pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
     // The common case, checked per message: everything fits at once.
-    let failed_bytes: usize = o.failures.iter().map(failure_size).sum();
+    let failed_bytes: usize = o.failures.iter().map(failure_size).sum::<usize>()
+        + o.continuations.iter().map(continuation_size).sum::<usize>();
     if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() + failed_bytes <= limit {
         return vec![o];
     }
@@ -31,6 +38,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         counts,
         items,
         mut failures,
+        mut continuations,
     } = o;
     // Failures by input, in index order, each small enough to travel.
     failures.sort_by_key(|f| f.index);
@@ -40,12 +48,15 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         }
     }
     let mut failures = failures.into_iter().peekable();
+    continuations.sort_by_key(|c| c.index);
+    let mut continuations = continuations.into_iter().peekable();
     let empty = |first| Outputs {
         seq,
         first,
         counts: U32s(Vec::new()),
         items: Packed::new(),
         failures: Vec::new(),
+        continuations: Vec::new(),
     };
     let mut parts: Vec<Outputs> = Vec::new();
     let mut cur = empty(first);
@@ -61,7 +72,14 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                 own_failures.push(f);
             }
         }
-        let own_failed: usize = own_failures.iter().map(failure_size).sum();
+        let mut own_conts = Vec::new();
+        while let Some(c) = continuations.next_if(|c| c.index <= index) {
+            if c.index == index {
+                own_conts.push(c);
+            }
+        }
+        let own_failed: usize = own_failures.iter().map(failure_size).sum::<usize>()
+            + own_conts.iter().map(continuation_size).sum::<usize>();
         let (own, too_big) = if size(own_bytes, own.len()) + own_failed > limit {
             (Vec::new(), true)
         } else {
@@ -85,6 +103,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         }
         if too_big {
             own_failures.clear();
+            own_conts.clear();
             cur.failures.push(Failure {
                 index,
                 task: None,
@@ -95,8 +114,10 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                 ),
             });
         }
-        cur_failed += own_failures.iter().map(failure_size).sum::<usize>();
+        cur_failed += own_failures.iter().map(failure_size).sum::<usize>()
+            + own_conts.iter().map(continuation_size).sum::<usize>();
         cur.failures.extend(own_failures);
+        cur.continuations.extend(own_conts);
     }
     parts.push(cur);
     parts
@@ -120,6 +141,7 @@ pub(crate) fn undeliverable(o: &Outputs, error: &str) -> Outputs {
                 message: format!("the node could not send this input's outputs: {error}"),
             })
             .collect(),
+        continuations: Vec::new(),
     }
 }
 
@@ -142,6 +164,7 @@ mod tests {
             counts: U32s(counts),
             items,
             failures: vec![],
+            continuations: vec![],
         }
     }
 
