@@ -13,6 +13,7 @@
 //! what they measured.
 
 mod skew;
+mod w4;
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -115,7 +116,7 @@ struct Report {
     node_rss_mib: Vec<f64>,
     scans: Vec<Scan>,
     /// W4 and the loopback limit (MB/s) measured with it.
-    w4: Option<(crate::w4::W4Report, f64)>,
+    w4: Option<(w4::W4Report, f64)>,
 }
 
 /// The log server and node processes the bench runs on; killed when dropped.
@@ -226,14 +227,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let w4 = if args.w4_items > 0 {
-        let options = crate::w4::W4Options {
+        let options = w4::W4Options {
             items: args.w4_items,
             runs: args.w4_runs,
             ..Default::default()
         };
         let pids: Vec<u32> = cluster.processes[1..].iter().map(|p| p.id()).collect();
-        let report = crate::w4::w4(&pcluster, &cluster.nodes_arg(), &pids, &dir, &options)?;
-        let loopback = crate::w4::loopback_mb_per_s(options.items * options.item_bytes as u64)?;
+        let report = w4::w4(&pcluster, &cluster.nodes_arg(), &pids, &dir, &options)?;
+        let loopback = w4::loopback_mb_per_s(options.items * options.item_bytes as u64)?;
         Some((report, loopback))
     } else {
         None
@@ -562,7 +563,7 @@ fn print_report(r: &Report) {
         nodes.join(", ")
     );
     if let Some((w4, loopback)) = &r.w4 {
-        for line in crate::w4::lines(w4, *loopback) {
+        for line in w4::lines(w4, *loopback) {
             println!("{line}");
         }
     }

@@ -9,7 +9,6 @@ mod embedded;
 mod run;
 mod setup;
 mod table;
-mod w4;
 
 use std::process::ExitCode;
 
