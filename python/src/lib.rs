@@ -33,8 +33,8 @@ fn log(py: Python<'_>, message: &str, addr: &str) {
 /// The module entries of a chain file (chain-level and per task), resolved against its
 /// directory.
 fn chain_modules(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value: toml::Table =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));

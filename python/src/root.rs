@@ -108,9 +108,9 @@ impl Root {
         let old = self.current()?;
         let nodes = self.wait(py, old.nodes())?;
         self.wait(py, old.close_shared())?;
-        let new = self.rt.block_on(async {
-            Arc::new(root::Root::new(options(self.token.as_deref(), tagged)))
-        });
+        let new = self
+            .rt
+            .block_on(async { Arc::new(root::Root::new(options(self.token.as_deref(), tagged))) });
         *self.root.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&new));
         *current = tagged;
         for node in nodes {
@@ -156,7 +156,8 @@ impl Root {
             .enable_all()
             .build()
             .map_err(|e| PclusterError::new_err(format!("cannot start the root's runtime: {e}")))?;
-        let root = rt.block_on(async { Arc::new(root::Root::new(options(token.as_deref(), false))) });
+        let root =
+            rt.block_on(async { Arc::new(root::Root::new(options(token.as_deref(), false))) });
         Ok(Root {
             rt,
             root: Mutex::new(Some(root)),
@@ -328,8 +329,9 @@ impl Root {
             .take();
         if let Some(root) = root {
             py.detach(|| {
-                self.rt
-                    .block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, root.close_shared()).await })
+                self.rt.block_on(async {
+                    tokio::time::timeout(CLOSE_TIMEOUT, root.close_shared()).await
+                })
             })
             .map_err(|_| PclusterError::new_err("the nodes did not answer the goodbye in time"))?
             .map_err(error)?;
