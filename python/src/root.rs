@@ -188,6 +188,8 @@ impl Root {
     /// file's). `on_output(bytes)` gets every output; `on_failure(input, node, task,
     /// item_start, input_item, message)` every failed item.
     #[pyo3(signature = (path, name, version, on_output, on_failure, tagged))]
+    // One argument per keyword of the Python call; a struct would only move them.
+    #[allow(clippy::too_many_arguments)]
     fn setup(
         &self,
         py: Python<'_>,
