@@ -69,6 +69,12 @@ impl Root {
         F: Future<Output = Result<T, RootError>> + Send,
         T: Send,
     {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // The handlers run on the root's runtime, which cannot wait on itself.
+            return Err(PclusterError::new_err(
+                "a Root's methods cannot be called from inside its output or failure handler",
+            ));
+        }
         let mut fut = std::pin::pin!(fut);
         loop {
             let step = py.detach(|| {
@@ -120,12 +126,18 @@ impl Root {
     }
 }
 
-/// `host:port` (or a name that resolves) to one socket address.
-fn resolve(addr: &str) -> PyResult<SocketAddr> {
-    addr.to_socket_addrs()
+/// `host:port` (or a name that resolves) to its socket addresses.
+fn resolve(addr: &str) -> PyResult<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
         .map_err(|e| PyValueError::new_err(format!("bad node address {addr:?}: {e}")))?
-        .next()
-        .ok_or_else(|| PyValueError::new_err(format!("node address {addr:?} resolves to nothing")))
+        .collect();
+    if addrs.is_empty() {
+        return Err(PyValueError::new_err(format!(
+            "node address {addr:?} resolves to nothing"
+        )));
+    }
+    Ok(addrs)
 }
 
 /// Calls a Python handler with the GIL; keeps its first exception.
@@ -167,11 +179,19 @@ impl Root {
         })
     }
 
-    /// Connects to the node at `addr` (`host:port`) and adds it.
+    /// Connects to the node at `addr` (`host:port`) and adds it; a name that resolves to
+    /// several addresses (`localhost`: ::1 and 127.0.0.1) uses the first that answers.
     fn add_node(&self, py: Python<'_>, addr: &str) -> PyResult<()> {
-        let addr = resolve(addr)?;
         let root = self.current()?;
-        self.wait(py, root.add_node(addr))
+        let mut last = None;
+        for a in resolve(addr)? {
+            match self.wait(py, root.add_node(a)) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_instance_of::<PclusterError>(py) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| PclusterError::new_err(format!("no address for {addr}"))))
     }
 
     /// Scans `network` on `port`, adds the free nodes found; returns how many were added.

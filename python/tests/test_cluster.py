@@ -206,3 +206,18 @@ def test_errors_are_exceptions_with_clear_messages(root: pcluster.Root, tmp_path
         root.setup("x", "1", str(chain), codec="yaml")
     with pytest.raises(pcluster.PclusterError, match="127.0.0.1:1"):
         pcluster.Root(["127.0.0.1:1"])
+
+
+def test_a_handler_cannot_call_its_root(root: pcluster.Root, tmp_path: Path) -> None:
+    chain = chain_file(tmp_path, "identity", ['function = "w1_identity"'])
+    root.setup("identity", "1", str(chain), output_handler=lambda item: root.wait_empty())
+    root.feed("x")
+    with pytest.raises(pcluster.PclusterError, match="inside its output or failure handler"):
+        root.wait_empty()
+    root.reset()
+
+
+def test_nodes_by_name_and_tuple(cluster: Cluster) -> None:
+    host, port = cluster.node_hosts[0], cluster.node_port
+    with pcluster.Root([(host, port)]) as r:
+        assert r.nodes() == [f"{host}:{port}"]
