@@ -20,3 +20,10 @@ class DropItem:
     def __call__(self, item):
         pcluster.log(self.drop_message)
         return None
+
+
+def w1_python(item):
+    """W1 in one Python task: every even ``item-i`` twice, odd ones dropped."""
+    if int(item.rsplit("-", 1)[1]) % 2:
+        return None
+    return (item, item)
