@@ -248,3 +248,15 @@ def test_nodes_by_name_and_tuple(cluster: Cluster) -> None:
     host, port = cluster.node_hosts[0], cluster.node_port
     with pcluster.Root([(host, port)]) as r:
         assert r.nodes() == [f"{host}:{port}"]
+
+
+def test_log_reaches_the_log_server(cluster: Cluster) -> None:
+    pcluster.log("hello world!", addr=("127.0.0.1", cluster.log_port))
+    pcluster.set_default_log_address(("127.0.0.1", cluster.log_port))
+    pcluster.log("to the default address")
+    wait_until(
+        "both lines in the log file",
+        lambda: "hello world!" in cluster.log_text() and "to the default address" in cluster.log_text(),
+    )
+    with pytest.raises(ValueError, match="neither"):
+        pcluster.log("x", addr=("127.0.0.1",))
