@@ -31,9 +31,12 @@ impl Scheduler {
                 let mut node = NodeConn::new(addr, tx);
                 node.labels = labels;
                 self.nodes.insert(id, node);
-                // A node is back: waits for one end, and the root may go on.
-                self.no_nodes_since = None;
-                self.stall.send_replace(None);
+                // A node is back: waits for one end, and the root may go on (once every task
+                // has a node that can run it).
+                if self.placeable() {
+                    self.no_nodes_since = None;
+                    self.stall.send_replace(None);
+                }
                 tracing::info!(node = %addr, workers, "node added");
                 if let Some(o) = &self.observer {
                     o.node_added(addr);

@@ -498,9 +498,25 @@ impl Scheduler {
             };
             self.deliver(Delivery::failed(p.id, failure, p.attempts, p.elapsed));
         }
-        if self.nodes.is_empty() && self.chain.is_some() {
+        // No node left, or none left that can run some task (labels): items wait, for
+        // up to the no-node timeout.
+        if self.chain.is_some() && !self.placeable() {
             self.no_nodes_since.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Whether every task of the chain has a connected node that can run it (true without
+    /// a chain; false without nodes).
+    fn placeable(&self) -> bool {
+        let Some(chain) = &self.chain else {
+            return true;
+        };
+        let nodes: Vec<&[String]> = self.nodes.values().map(|n| n.labels.as_slice()).collect();
+        let tasks = chain
+            .tasks
+            .iter()
+            .map(|t| (t.function.as_str(), t.labels.as_slice()));
+        placement::unplaceable(tasks, &nodes).is_none()
     }
 
     fn in_flight(&self) -> u64 {
