@@ -13,6 +13,7 @@
 //! what they measured.
 
 mod skew;
+mod w4;
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -51,6 +52,12 @@ pub struct BenchArgs {
     /// W2-long iterations per seed.
     #[arg(long, default_value_t = 1_000_000)]
     pub w2_long_iterations: u64,
+    /// W4 items of 100 KB through a `pcluster run` process (0: skip).
+    #[arg(long, default_value_t = 5_000)]
+    pub w4_items: u64,
+    /// W4 runs in a row on the same nodes.
+    #[arg(long, default_value_t = 3)]
+    pub w4_runs: u32,
     /// Skip the scans of 127.0.0.0/24 and 127.0.0.0/16.
     #[arg(long)]
     pub no_scan: bool,
@@ -108,6 +115,8 @@ struct Report {
     setup: SetupTimes,
     node_rss_mib: Vec<f64>,
     scans: Vec<Scan>,
+    /// W4 and the loopback limit (MB/s) measured with it.
+    w4: Option<(w4::W4Report, f64)>,
 }
 
 /// The log server and node processes the bench runs on; killed when dropped.
@@ -217,6 +226,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             )?);
         }
     }
+    let w4 = if args.w4_items > 0 {
+        let options = w4::W4Options {
+            items: args.w4_items,
+            runs: args.w4_runs,
+            ..Default::default()
+        };
+        let pids: Vec<u32> = cluster.processes[1..].iter().map(|p| p.id()).collect();
+        let report = w4::w4(&pcluster, &cluster.nodes_arg(), &pids, &dir, &options)?;
+        let loopback = w4::loopback_mb_per_s(options.items * options.item_bytes as u64)?;
+        Some((report, loopback))
+    } else {
+        None
+    };
     let scans = if args.no_scan {
         Vec::new()
     } else {
@@ -236,6 +258,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         setup,
         node_rss_mib,
         scans,
+        w4,
     });
     Ok(ExitCode::SUCCESS)
 }
@@ -539,6 +562,11 @@ fn print_report(r: &Report) {
         peak_rss_mib(Process::Current).unwrap_or(0.0),
         nodes.join(", ")
     );
+    if let Some((w4, loopback)) = &r.w4 {
+        for line in w4::lines(w4, *loopback) {
+            println!("{line}");
+        }
+    }
     for s in &r.scans {
         println!(
             "scan of {}: {} hosts in {:.1} ms, {} nodes found",

@@ -2,6 +2,8 @@
 //! `tasks-example`, and the real `pcluster` executable (`CARGO_BIN_EXE_pcluster`) for end-to-end
 //! runs. Shared helpers live in `it/common.rs`; one module per concept.
 
+#[path = "it/bytes.rs"]
+mod bytes;
 #[path = "it/cluster.rs"]
 mod cluster;
 #[path = "it/common.rs"]

@@ -17,6 +17,11 @@ pub struct RootOptions {
     pub scan_concurrency: usize,
     /// Most items per batch sent to a node.
     pub batch_items: usize,
+    /// Most item bytes per batch sent to a node (batches also stay far below `max_frame`).
+    pub batch_bytes: u64,
+    /// Most item bytes in flight on one node, whatever it grants (the root holds them until
+    /// their outputs arrive, to send them again if the node is lost).
+    pub node_bytes: u64,
     /// Items the root queues before `feed` waits.
     pub queue_items: usize,
     /// Bytes the root queues before `feed` waits.
@@ -54,8 +59,10 @@ impl Default for RootOptions {
             handshake_timeout: Duration::from_secs(5),
             scan_concurrency: 1024,
             batch_items: 4096,
+            batch_bytes: 4 << 20,
+            node_bytes: 24 << 20,
             queue_items: 1 << 18,
-            queue_bytes: 256 << 20,
+            queue_bytes: 32 << 20,
             max_item_bytes: 16 << 20,
             max_frame: protocol::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(1),

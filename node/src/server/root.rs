@@ -16,6 +16,22 @@ use crate::engine::compile_chain;
 use crate::error::{RequestError, SetupError};
 use crate::worker::Pool;
 
+/// Encodes `m` for the root. Outputs that cannot be encoded are sent as failures of their
+/// inputs instead, so the root never waits for them; any other failure closes the
+/// connection (the root then sends what the node held elsewhere).
+fn feed(writer: &mut protocol::MessageWriter, m: &Msg) -> Result<(), protocol::ProtocolError> {
+    match (writer.feed(m), m) {
+        (Err(e), Msg::Outputs(o)) => {
+            tracing::error!("cannot send outputs of batch {}: {e}", o.seq);
+            writer.feed(&Msg::Outputs(crate::worker::undeliverable(
+                o,
+                &e.to_string(),
+            )))
+        }
+        (r, _) => r,
+    }
+}
+
 pub(super) async fn serve_root(
     node: Arc<Node>,
     conn: Connection,
@@ -32,11 +48,11 @@ pub(super) async fn serve_root(
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { break };
-                    if writer.feed(&m).is_err() { break; }
+                    if feed(&mut writer, &m).is_err() { break; }
                     // Write whatever else is ready in one go.
                     while writer.buffered() < (1 << 20) {
                         match rx.try_recv() {
-                            Ok(m) => if writer.feed(&m).is_err() { break },
+                            Ok(m) => if feed(&mut writer, &m).is_err() { break },
                             Err(_) => break,
                         }
                     }

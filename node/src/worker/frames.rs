@@ -1,19 +1,35 @@
 //! Outputs split into messages that fit in a frame, by runs of whole inputs: an input's
-//! outputs travel with its completion, so they are never split.
+//! outputs travel with its completion, so they are never split. Failures (which may carry
+//! whole items) count towards the size, and a message that still cannot be encoded turns
+//! into failures of its inputs rather than vanishing.
 
-use protocol::{Failure, Outputs, Packed, U32s};
+use protocol::{Continuation, Failure, Outputs, Packed, U32s};
+
+/// Encoded bytes of a message holding `bytes` bytes of `items` outputs, beyond its failures.
+fn size(bytes: usize, items: usize) -> usize {
+    bytes + 4 * items + 64
+}
+
+/// Encoded bytes of a failure, at most.
+fn failure_size(f: &Failure) -> usize {
+    f.item_start.len() + f.item.as_ref().map_or(0, Vec::len) + f.message.len() + 96
+}
+
+/// Encoded bytes of items handed back to the root for another node, at most.
+fn continuation_size(c: &Continuation) -> usize {
+    size(c.items.data.len(), c.items.len()) + 16
+}
 
 /// Splits outputs into messages that fit in a frame, by runs of whole inputs. An input whose
 /// own outputs exceed the limit is reported failed instead: outputs travel with their input's
-/// completion, so one input's outputs must fit in one message.
+/// completion, so one input's outputs must fit in one message (its failures and the items
+/// it hands back for other nodes travel with them too). Whole failed items that do
+/// not fit are left out of their failure (its start and message stay).
 pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
-    let size = |bytes: usize, items: usize| bytes + 4 * items + 64;
-    let handed_back: usize = o
-        .continuations
-        .iter()
-        .map(|c| size(c.items.data.len(), c.items.len()))
-        .sum();
-    if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() + handed_back <= limit {
+    // The common case, checked per message: everything fits at once.
+    let failed_bytes: usize = o.failures.iter().map(failure_size).sum::<usize>()
+        + o.continuations.iter().map(continuation_size).sum::<usize>();
+    if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() + failed_bytes <= limit {
         return vec![o];
     }
     let Outputs {
@@ -21,11 +37,20 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         first,
         counts,
         items,
-        failures,
-        continuations,
+        mut failures,
+        mut continuations,
     } = o;
-    let mut parts: Vec<Outputs> = Vec::new();
-    let mut cur = Outputs {
+    // Failures by input, in index order, each small enough to travel.
+    failures.sort_by_key(|f| f.index);
+    for f in &mut failures {
+        if failure_size(f) > limit / 2 {
+            f.item = None;
+        }
+    }
+    let mut failures = failures.into_iter().peekable();
+    continuations.sort_by_key(|c| c.index);
+    let mut continuations = continuations.into_iter().peekable();
+    let empty = |first| Outputs {
         seq,
         first,
         counts: U32s(Vec::new()),
@@ -33,12 +58,29 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         failures: Vec::new(),
         continuations: Vec::new(),
     };
+    let mut parts: Vec<Outputs> = Vec::new();
+    let mut cur = empty(first);
+    let mut cur_failed = 0usize;
     let mut it = items.iter();
     for (i, &n) in counts.0.iter().enumerate() {
         let index = first + i as u32;
         let own: Vec<&[u8]> = it.by_ref().take(n as usize).collect();
         let own_bytes: usize = own.iter().map(|x| x.len()).sum();
-        let (own, too_big) = if size(own_bytes, own.len()) > limit {
+        let mut own_failures = Vec::new();
+        while let Some(f) = failures.next_if(|f| f.index <= index) {
+            if f.index == index {
+                own_failures.push(f);
+            }
+        }
+        let mut own_conts = Vec::new();
+        while let Some(c) = continuations.next_if(|c| c.index <= index) {
+            if c.index == index {
+                own_conts.push(c);
+            }
+        }
+        let own_failed: usize = own_failures.iter().map(failure_size).sum::<usize>()
+            + own_conts.iter().map(continuation_size).sum::<usize>();
+        let (own, too_big) = if size(own_bytes, own.len()) + own_failed > limit {
             (Vec::new(), true)
         } else {
             (own, false)
@@ -47,28 +89,21 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
             cur.items.data.len() + own_bytes,
             cur.items.len() + own.len(),
         ) + 4 * (cur.counts.0.len() + 1)
+            + cur_failed
+            + own_failed
             > limit
             && !cur.counts.0.is_empty()
         {
-            let next_first = index;
-            let done = std::mem::replace(
-                &mut cur,
-                Outputs {
-                    seq,
-                    first: next_first,
-                    counts: U32s(Vec::new()),
-                    items: Packed::new(),
-                    failures: Vec::new(),
-                    continuations: Vec::new(),
-                },
-            );
-            parts.push(done);
+            parts.push(std::mem::replace(&mut cur, empty(index)));
+            cur_failed = 0;
         }
         cur.counts.0.push(own.len() as u32);
         for x in &own {
             cur.items.push(x);
         }
         if too_big {
+            own_failures.clear();
+            own_conts.clear();
             cur.failures.push(Failure {
                 index,
                 task: None,
@@ -79,50 +114,70 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                 ),
             });
         }
+        cur_failed += own_failures.iter().map(failure_size).sum::<usize>()
+            + own_conts.iter().map(continuation_size).sum::<usize>();
+        cur.failures.extend(own_failures);
+        cur.continuations.extend(own_conts);
     }
     parts.push(cur);
-    // Failures go with the part holding their input.
-    for f in failures {
-        if let Some(p) = parts
-            .iter_mut()
-            .find(|p| f.index >= p.first && f.index < p.first + p.counts.0.len() as u32)
-        {
-            p.failures.push(f);
-        }
-    }
-    // Continuations too: they travel with their input's completion.
-    for c in continuations {
-        if let Some(p) = parts
-            .iter_mut()
-            .find(|p| c.index >= p.first && c.index < p.first + p.counts.0.len() as u32)
-        {
-            p.continuations.push(c);
-        }
-    }
     parts
+}
+
+/// What goes to the root instead of outputs that could not be encoded (`error`): every
+/// input of the message completes as failed, so the root neither waits for them nor loses
+/// them silently.
+pub(crate) fn undeliverable(o: &Outputs, error: &str) -> Outputs {
+    Outputs {
+        seq: o.seq,
+        first: o.first,
+        counts: U32s(vec![0; o.counts.0.len()]),
+        items: Packed::new(),
+        failures: (0..o.counts.0.len() as u32)
+            .map(|i| Failure {
+                index: o.first + i,
+                task: None,
+                item_start: Vec::new(),
+                item: None,
+                message: format!("the node could not send this input's outputs: {error}"),
+            })
+            .collect(),
+        continuations: Vec::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn outputs_are_split_by_whole_inputs_and_oversized_inputs_fail() {
+    fn outputs(counts: Vec<u32>, item_len: usize) -> Outputs {
         let mut items = Packed::new();
-        let counts = vec![2, 0, 1, 3];
         for (i, &n) in counts.iter().enumerate() {
             for j in 0..n {
-                items.push(format!("{i}-{j}-{}", "x".repeat(40)).as_bytes());
+                let head = format!("{i}-{j}-");
+                let pad = item_len.saturating_sub(head.len());
+                items.push(format!("{head}{}", "x".repeat(pad)).as_bytes());
             }
         }
-        let o = Outputs {
+        Outputs {
             seq: 1,
             first: 10,
             counts: U32s(counts),
             items,
             failures: vec![],
             continuations: vec![],
-        };
+        }
+    }
+
+    fn encoded(o: &Outputs) -> usize {
+        let mut buf = bytes::BytesMut::new();
+        protocol::codec::encode_frame(&protocol::Msg::Outputs(o.clone()), &mut buf, usize::MAX)
+            .unwrap();
+        buf.len()
+    }
+
+    #[test]
+    fn outputs_are_split_by_whole_inputs_and_oversized_inputs_fail() {
+        let o = outputs(vec![2, 0, 1, 3], 44);
         let parts = fit_in_frames(o.clone(), 250);
         assert!(parts.len() > 1);
         let firsts: Vec<u32> = parts.iter().map(|p| p.first).collect();
@@ -138,5 +193,56 @@ mod tests {
         assert_eq!(failed, [13]);
         let delivered: usize = parts.iter().map(|p| p.items.len()).sum();
         assert_eq!(delivered, 3);
+    }
+
+    #[test]
+    fn big_outputs_split_into_frames_that_encode_within_the_limit() {
+        // 700 outputs of 100 KB: one message would be 70 MB.
+        let o = outputs(vec![1; 700], 100_000);
+        let limit = 48 << 20;
+        let parts = fit_in_frames(o, limit);
+        assert_eq!(parts.len(), 2);
+        for p in &parts {
+            assert!(encoded(p) <= limit, "{}", encoded(p));
+        }
+        assert_eq!(
+            parts[1].first,
+            parts[0].first + parts[0].counts.0.len() as u32
+        );
+    }
+
+    #[test]
+    fn whole_failed_items_count_and_travel_with_their_input() {
+        let mut o = outputs(vec![1, 1, 1], 10);
+        let failure = |index| Failure {
+            index,
+            task: None,
+            item_start: b"start".to_vec(),
+            item: Some(vec![b'f'; 300]),
+            message: "boom".into(),
+        };
+        o.failures = vec![failure(12), failure(10)];
+        let parts = fit_in_frames(o, 900);
+        assert!(parts.len() >= 2);
+        for p in &parts {
+            assert!(encoded(p) <= 900, "{}", encoded(p));
+            for f in &p.failures {
+                let end = p.first + p.counts.0.len() as u32;
+                assert!(f.index >= p.first && f.index < end, "with its input");
+                assert_eq!(f.item.as_ref().map(Vec::len), Some(300));
+            }
+        }
+        let failed: usize = parts.iter().map(|p| p.failures.len()).sum();
+        assert_eq!(failed, 2);
+    }
+
+    #[test]
+    fn undeliverable_outputs_fail_every_input_of_the_message() {
+        let o = outputs(vec![2, 0, 1], 10);
+        let u = undeliverable(&o, "too big");
+        assert_eq!((u.seq, u.first, u.counts.0.clone()), (1, 10, vec![0, 0, 0]));
+        let idx: Vec<u32> = u.failures.iter().map(|f| f.index).collect();
+        assert_eq!(idx, [10, 11, 12]);
+        assert!(u.failures[0].message.contains("too big"));
     }
 }

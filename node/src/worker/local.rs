@@ -51,6 +51,7 @@ impl LocalChain {
             seq: 0,
             items,
             stage: 0,
+            held: Default::default(),
         });
         let mut out = Vec::new();
         let (mut first, mut byte_start) = (0u32, 0usize);

@@ -35,6 +35,7 @@ use protocol::{Continuation, Failure, Packed};
 
 use crate::engine::OutBuf;
 
+pub(crate) use frames::undeliverable;
 #[cfg(feature = "local-chain")]
 pub use local::LocalChain;
 pub use pool::{Pool, PoolShared};
@@ -64,6 +65,36 @@ pub struct Batch {
     pub items: Packed,
     /// The task its items enter the chain at (0, or a failed item's task on a retry).
     pub stage: usize,
+    /// Its bytes, counted in the pool's bytes in flight until the batch is dropped.
+    #[allow(dead_code)] // A guard: only its drop matters.
+    pub held: Held,
+}
+
+/// Bytes counted in a shared counter for as long as this lives: the node's bytes in flight
+/// are counted per batch (not per item) and released when the batch's last unit is done.
+#[derive(Debug, Default)]
+pub struct Held {
+    bytes: u64,
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Held {
+    /// Adds `bytes` to `counter` until dropped.
+    pub fn new(bytes: u64, counter: &Arc<std::sync::atomic::AtomicU64>) -> Held {
+        counter.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Held {
+            bytes,
+            counter: Some(counter.clone()),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counter {
+            c.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a worker takes from the queue.

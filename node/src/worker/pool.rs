@@ -17,8 +17,9 @@ use super::{Batch, Unit, Work};
 use crate::engine::CompiledChain;
 use crate::error::{RequestError, SetupError};
 
-/// Bytes a node accepts in flight.
-const WINDOW_BYTES: u64 = 256 << 20;
+/// Bytes a node accepts in flight (its work queue and the units its workers run): enough for
+/// ~30 ms of big items at 1 GB/s, small enough for a laptop.
+const WINDOW_BYTES: u64 = 32 << 20;
 
 /// Per chain (name and version), how long an item took when it last ran in this process, so
 /// the next run of the same chain starts with the right unit size and credit window.
@@ -44,6 +45,12 @@ fn remember_speed(chain: &CompiledChain, avg_ns: u64) {
     hints.push((key, avg_ns));
 }
 
+/// Whether a batch of `bytes` may join `in_bytes` in flight: within the window granted, plus
+/// one item of up to `max_item` that a root may send alone.
+fn within_bytes(in_bytes: u64, bytes: u64, max_item: u64) -> bool {
+    in_bytes.saturating_add(bytes) <= WINDOW_BYTES.saturating_add(max_item)
+}
+
 /// State shared by the pool's workers and the connection that feeds them.
 #[derive(Debug)]
 pub struct PoolShared {
@@ -55,6 +62,8 @@ pub struct PoolShared {
     pub idle: AtomicU32,
     /// Inputs received and not yet answered.
     pub in_flight: AtomicU64,
+    /// Bytes of the batches received and not yet done (counted per batch).
+    pub in_bytes: Arc<AtomicU64>,
     /// Average nanoseconds one input takes through the chain (see [`grant::blend`]); read
     /// only once `measured` is set.
     avg_item_ns: AtomicU64,
@@ -86,6 +95,7 @@ impl PoolShared {
             chain,
             idle: AtomicU32::new(workers),
             in_flight: AtomicU64::new(0),
+            in_bytes: Arc::new(AtomicU64::new(0)),
             avg_item_ns: AtomicU64::new(item_ns.unwrap_or(0)),
             measured: AtomicBool::new(item_ns.is_some()),
             announced: AtomicU64::new(0),
@@ -269,6 +279,11 @@ impl Pool {
                 limit,
             });
         }
+        // The root keeps within the bytes granted; one item past them may go alone.
+        let bytes = items.items.bytes() as u64;
+        if !within_bytes(self.shared.in_bytes.load(Ordering::Relaxed), bytes, limit) {
+            return Err(RequestError::OverCredit);
+        }
         let tasks = self.shared.chain.tasks.len();
         if items.stage.0 as usize >= tasks {
             return Err(RequestError::BadStage {
@@ -280,6 +295,7 @@ impl Pool {
             seq: items.seq,
             items: items.items,
             stage: items.stage.0 as usize,
+            held: super::Held::new(bytes, &self.shared.in_bytes),
         })
     }
 
@@ -343,5 +359,21 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::*;
+
+    #[test]
+    fn batches_past_the_granted_bytes_are_over_credit() {
+        assert!(within_bytes(0, WINDOW_BYTES, 0));
+        assert!(
+            within_bytes(WINDOW_BYTES - 10, 16 << 20, 16 << 20),
+            "one big item"
+        );
+        assert!(!within_bytes(WINDOW_BYTES, 1, 0));
+        assert!(!within_bytes(u64::MAX, 1, 0), "no overflow");
     }
 }

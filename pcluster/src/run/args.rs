@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// `find -print0`): items may hold newlines.
     #[arg(short = '0', long)]
     pub null: bool,
+    /// Each item is a u32 little-endian length then its bytes, in input, output and --failed:
+    /// any bytes round-trip, NUL included. With --tag the record holds `LINE<TAB>output`.
+    #[arg(long, conflicts_with = "null")]
+    pub binary: bool,
     /// Prefix each output with its input's line number and a tab.
     #[arg(long)]
     pub tag: bool,
@@ -102,7 +106,9 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn framing(&self) -> Framing {
-        if self.null {
+        if self.binary {
+            Framing::Binary
+        } else if self.null {
             Framing::Null
         } else {
             Framing::Lines

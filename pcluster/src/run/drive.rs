@@ -40,6 +40,10 @@ pub struct Drive<'a> {
     pub started: Instant,
 }
 
+/// Bytes of one batch of read items: with the reader's channel of 8 batches, the reader holds
+/// at most ~8 MiB, and each batch goes to a node whole (no copy) within the root's batch cut.
+const READ_BATCH_BYTES: usize = 1 << 20;
+
 /// Signals, as a stream: a first and a second one mean different things.
 fn signals() -> mpsc::Receiver<Signal> {
     let (tx, rx) = mpsc::channel(4);
@@ -92,6 +96,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
         ReaderConfig {
             framing: args.framing(),
             batch_items: d.root.options().batch_items,
+            batch_bytes: READ_BATCH_BYTES,
             max_item_bytes: d.root.options().max_item_bytes,
             skip: d.skip,
             failed: d.failed.clone(),

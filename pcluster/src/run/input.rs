@@ -1,5 +1,5 @@
 //! Reading items for `pcluster run` on a thread of its own: lines (a trailing `\r` is
-//! dropped) or NUL-terminated records, packed into batches that remember each item's line
+//! dropped) or NUL-terminated records (length-prefixed ones in [`super::binary`]), packed into batches that remember each item's line
 //! number. An item over the size limit is not kept in memory: its bytes stream to the
 //! failed-items writer and the run goes on. Lines a resumed run already did are skipped.
 
@@ -19,13 +19,45 @@ pub enum Framing {
     Lines,
     /// Each item ends with a NUL byte (as `find -print0`), so items may hold newlines.
     Null,
+    /// Each item is a `u32` little-endian length, then its bytes: any bytes round-trip.
+    Binary,
 }
 
 impl Framing {
-    pub fn separator(self) -> u8 {
+    /// The byte that ends an item (none in binary framing).
+    pub fn separator(self) -> Option<u8> {
         match self {
-            Framing::Lines => b'\n',
-            Framing::Null => b'\0',
+            Framing::Lines => Some(b'\n'),
+            Framing::Null => Some(b'\0'),
+            Framing::Binary => None,
+        }
+    }
+
+    /// Writes one item made of `prefix` then `item` in this framing; the bytes written.
+    #[inline]
+    pub fn write_item(
+        self,
+        w: &mut impl std::io::Write,
+        prefix: &[u8],
+        item: &[u8],
+    ) -> std::io::Result<u64> {
+        let len = prefix.len() + item.len();
+        match self.separator() {
+            Some(sep) => {
+                w.write_all(prefix)?;
+                w.write_all(item)?;
+                w.write_all(&[sep])?;
+                Ok(len as u64 + 1)
+            }
+            None => {
+                let n = u32::try_from(len).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "item over 4 GiB")
+                })?;
+                w.write_all(&n.to_le_bytes())?;
+                w.write_all(prefix)?;
+                w.write_all(item)?;
+                Ok(len as u64 + 4)
+            }
         }
     }
 }
@@ -56,6 +88,8 @@ pub enum Read_ {
 pub struct ReaderConfig {
     pub framing: Framing,
     pub batch_items: usize,
+    /// A batch is sent once it holds this many bytes (checked per item: one compare).
+    pub batch_bytes: usize,
     pub max_item_bytes: u64,
     /// Lines (1-based) already done by the run being resumed.
     pub skip: Option<Arc<super::joblog::LineSet>>,
@@ -75,11 +109,11 @@ pub fn spawn(input: Box<dyn Read + Send>, cfg: ReaderConfig, tx: mpsc::Sender<Re
         .expect("spawn the input thread");
 }
 
-struct Batcher<'a> {
-    cfg: &'a ReaderConfig,
-    tx: &'a mpsc::Sender<Read_>,
-    items: Packed,
-    lines: LineRuns,
+pub(super) struct Batcher<'a> {
+    pub cfg: &'a ReaderConfig,
+    pub tx: &'a mpsc::Sender<Read_>,
+    pub items: Packed,
+    pub lines: LineRuns,
 }
 
 impl Batcher<'_> {
@@ -90,22 +124,28 @@ impl Batcher<'_> {
         }
         let item = match self.cfg.framing {
             Framing::Lines => item.strip_suffix(b"\r").unwrap_or(item),
-            Framing::Null => item,
+            Framing::Null | Framing::Binary => item,
         };
         self.lines.push(self.items.len() as u32, line);
         self.items.push(item);
-        if self.items.len() >= self.cfg.batch_items {
+        if self.items.len() >= self.cfg.batch_items || self.items.bytes() >= self.cfg.batch_bytes {
             return self.flush();
         }
         true
     }
 
-    fn flush(&mut self) -> bool {
+    pub fn flush(&mut self) -> bool {
         if self.items.is_empty() {
             return true;
         }
         let cap = self.cfg.batch_items;
-        let items = std::mem::replace(&mut self.items, Packed::with_capacity(cap, cap * 16));
+        // Sized like the batch just sent, so big items are not copied again and again as the
+        // buffer doubles.
+        let bytes = self.items.bytes();
+        let items = std::mem::replace(
+            &mut self.items,
+            Packed::with_capacity(cap, (bytes + bytes / 8).max(cap * 16)),
+        );
         let lines = std::mem::take(&mut self.lines);
         self.tx
             .blocking_send(Read_::Batch(ReadBatch { items, lines }))
@@ -113,7 +153,7 @@ impl Batcher<'_> {
     }
 
     /// Reports a refused item; its batch so far goes first, to keep input order.
-    fn refuse(&mut self, r: Refused) -> bool {
+    pub fn refuse(&mut self, r: Refused) -> bool {
         self.flush() && self.tx.blocking_send(Read_::Refused(r)).is_ok()
     }
 }
@@ -123,7 +163,9 @@ fn read(
     cfg: &ReaderConfig,
     tx: &mpsc::Sender<Read_>,
 ) -> std::io::Result<()> {
-    let sep = cfg.framing.separator();
+    let Some(sep) = cfg.framing.separator() else {
+        return super::binary::read(input, cfg, tx);
+    };
     // An item may be as long as the limit, plus its `\r`.
     let limit = cfg.max_item_bytes as usize + usize::from(cfg.framing == Framing::Lines);
     let mut buf = vec![0u8; 1 << 20];
@@ -206,9 +248,9 @@ fn read(
 }
 
 /// Writes (part of) a refused item, raw; `end` finishes it with the separator.
-fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
+pub(super) fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
     if let Ok(mut f) = cfg.failed.lock() {
-        f.write_raw(bytes, end.then(|| cfg.framing.separator()));
+        f.write_raw(bytes, cfg.framing.separator().filter(|_| end));
     }
 }
 
@@ -224,6 +266,7 @@ mod tests {
         let cfg = ReaderConfig {
             framing,
             batch_items: 2,
+            batch_bytes: 1 << 20,
             max_item_bytes: max,
             skip: None,
             failed: failed.clone(),

@@ -11,6 +11,7 @@
 //!   `nodes`: membership; `drive`: feeding, draining and stopping.
 
 mod args;
+mod binary;
 mod drive;
 mod input;
 mod joblog;
@@ -214,7 +215,7 @@ async fn run_on_cluster(
         let lines = lines::LineIndex::default();
         let sink = Sink {
             out: std::io::BufWriter::with_capacity(1 << 20, files.output),
-            sep: args.framing().separator(),
+            framing: args.framing(),
             tag: args.tag,
             lines: lines.clone(),
             written: files.output_bytes,

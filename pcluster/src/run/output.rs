@@ -65,6 +65,14 @@ impl FailedOut {
         }
     }
 
+    /// Writes a whole failed item in `framing`.
+    pub fn write_item(&mut self, framing: super::input::Framing, item: &[u8]) {
+        let mut rec = Vec::with_capacity(item.len() + 4);
+        if framing.write_item(&mut rec, &[], item).is_ok() {
+            self.write_raw(&rec, None);
+        }
+    }
+
     /// Flushes; the first error met, if any.
     pub fn finish(&mut self) -> Option<std::io::Error> {
         if let Some(w) = self.w.as_mut()
@@ -118,7 +126,7 @@ const JOURNAL_BYTES: usize = 256 << 10;
 
 pub struct Sink {
     pub out: std::io::BufWriter<Box<dyn Write + Send>>,
-    pub sep: u8,
+    pub framing: super::input::Framing,
     pub tag: bool,
     pub lines: LineIndex,
     /// Bytes written to the output so far (buffered ones included).
@@ -179,23 +187,20 @@ impl Handler for Sink {
         if self.stopped {
             return;
         }
-        let mut r = Ok(());
-        if self.tag {
-            let mut b = itoa::Buffer::new();
-            let line = b.format(self.lines.line(input.0));
-            r = self
-                .out
-                .write_all(line.as_bytes())
-                .and_then(|()| self.out.write_all(b"\t"));
-            self.written += line.len() as u64 + 1;
+        let mut b = itoa::Buffer::new();
+        let mut tag = [0u8; 24];
+        let prefix: &[u8] = if self.tag {
+            let line = b.format(self.lines.line(input.0)).as_bytes();
+            tag[..line.len()].copy_from_slice(line);
+            tag[line.len()] = b'\t';
+            &tag[..=line.len()]
+        } else {
+            &[]
+        };
+        match self.framing.write_item(&mut self.out, prefix, item) {
+            Ok(n) => self.written += n,
+            Err(e) => self.fail(e),
         }
-        if let Err(e) = r
-            .and_then(|()| self.out.write_all(item))
-            .and_then(|()| self.out.write_all(&[self.sep]))
-        {
-            self.fail(e);
-        }
-        self.written += item.len() as u64 + 1;
     }
 
     fn failure(&mut self, f: ItemFailure) {
@@ -207,7 +212,7 @@ impl Handler for Sink {
         if self.last_failed != Some(f.input) {
             self.last_failed = Some(f.input);
             if let Ok(mut w) = self.failed.lock() {
-                w.write_raw(&f.input_item, Some(self.sep));
+                w.write_item(self.framing, &f.input_item);
             }
         }
         if self.first_error.as_ref().is_none_or(|(i, _)| *i != f.input) {

@@ -26,7 +26,11 @@ impl Progress {
         {
             let (t, sep, root) = (total.clone(), args.framing().separator(), root.clone());
             std::thread::spawn(move || {
-                if let Ok(n) = count_items(&path, sep) {
+                let counted = match sep {
+                    Some(sep) => count_items(&path, sep),
+                    None => super::binary::count_records(&path),
+                };
+                if let Ok(n) = counted {
                     let n = n.saturating_sub(skipped);
                     t.store(n, Ordering::Relaxed);
                     root.set_expected_total(n);

@@ -25,13 +25,14 @@ impl Scheduler {
             .unwrap_or_default();
         while self.queue.items() > 0 {
             // The ready node with the most room (of those that can run the first task).
+            let node_bytes = self.options.node_bytes;
             let best = self
                 .nodes
                 .iter()
                 .filter(|(_, n)| {
                     n.ready && !n.draining && super::placement::can_run(&n.labels, &first_labels)
                 })
-                .map(|(id, n)| (*id, n.room()))
+                .map(|(id, n)| (*id, n.room().capped(node_bytes, n.in_bytes)))
                 .max_by_key(|&(_, room)| room.items);
             let Some((id, room)) = best else {
                 return;
@@ -49,10 +50,15 @@ impl Scheduler {
                 .order
                 .as_ref()
                 .map_or(u64::MAX, |o| o.send_below(self.sent_up_to));
+            let items = room.items.min(self.options.batch_items as u64) as usize;
             let cut = Cut {
-                items: room.items.min(self.options.batch_items as u64) as usize,
-                // Far below the frame limit, whatever the node grants.
-                bytes: room.bytes.min(self.options.max_frame as u64 / 2),
+                items,
+                // Far below the frame limit, whatever the node grants or items weigh.
+                bytes: queue::batch_bytes_cap(
+                    room.bytes.min(self.options.batch_bytes),
+                    self.options.max_frame,
+                    items,
+                ),
                 below_id,
             };
             let Some((ids, items)) = self.queue.take(cut) else {
@@ -78,8 +84,8 @@ impl Scheduler {
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
-                    // Cannot happen within the cut's bounds; fail the items rather than
-                    // wait for outputs that will never come.
+                    // Only an item larger than the frame gets here (cuts stay far below it):
+                    // fail the items rather than wait for outputs that will never come.
                     tracing::error!("cannot encode a batch: {e}");
                     let at = Instant::now();
                     for (i, item) in items.iter().enumerate() {

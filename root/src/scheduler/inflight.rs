@@ -42,6 +42,17 @@ pub(crate) struct Room {
     pub window: u32,
 }
 
+impl Room {
+    /// The room left once the root's own bound on bytes in flight per node (`node_bytes`,
+    /// of which `in_bytes` are held) applies as well as the node's grant.
+    pub fn capped(self, node_bytes: u64, in_bytes: u64) -> Room {
+        Room {
+            bytes: self.bytes.min(node_bytes.saturating_sub(in_bytes)),
+            ..self
+        }
+    }
+}
+
 /// One node as the scheduler sees it.
 pub(crate) struct NodeConn {
     pub addr: SocketAddr,

@@ -160,6 +160,22 @@ impl Queue {
     }
 }
 
+/// Encoding overhead of one item in a batch beyond its bytes: its `u32` length and, at worst,
+/// a varint id (10 bytes).
+const PER_ITEM_OVERHEAD: u64 = 14;
+/// Encoding overhead of a batch beyond its items (tag, seq, stage, list lengths).
+const PER_BATCH_OVERHEAD: u64 = 64;
+
+/// Most item bytes in one batch of at most `items` items: within `wanted` (the options' batch
+/// bytes and the node's room), and always far below the frame limit (half of it, less the
+/// per-item overhead), whatever the node grants or the items weigh. At least 1, so a single
+/// item can always be cut; one larger than the frame then fails to encode and is failed.
+pub(crate) fn batch_bytes_cap(wanted: u64, max_frame: usize, items: usize) -> u64 {
+    let frame_cap = (max_frame as u64 / 2)
+        .saturating_sub(PER_BATCH_OVERHEAD + PER_ITEM_OVERHEAD * items as u64);
+    wanted.min(frame_cap).max(1)
+}
+
 fn last_id(c: &Chunk) -> Option<u64> {
     max_id(&c.ids)
 }
@@ -265,6 +281,51 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[test]
+    fn the_byte_cap_stays_far_below_the_frame_whatever_is_wanted() {
+        let frame = 64 << 20;
+        assert_eq!(batch_bytes_cap(4 << 20, frame, 4096), 4 << 20);
+        let huge = batch_bytes_cap(u64::MAX, frame, 4096);
+        assert!(huge <= 32 << 20, "{huge}");
+        assert!(huge + 14 * 4096 + 64 <= 32 << 20);
+        assert_eq!(batch_bytes_cap(u64::MAX, 100, 100), 1, "never zero");
+    }
+
+    #[test]
+    fn cuts_of_big_items_encode_within_the_frame_whatever_the_room() {
+        // 700 items of 100 KB (70 MB): a node granting 256 MiB must not get one 70 MB batch.
+        let item = vec![b'x'; 100_000];
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(
+            Ids::Range {
+                start: 0,
+                count: 700,
+            },
+            (0..700).map(|_| &item[..]).collect(),
+        ));
+        let frame = 64 << 20;
+        let mut buf = bytes::BytesMut::new();
+        let mut sent = 0;
+        while q.items() > 0 {
+            let cut = Cut {
+                items: 4096,
+                bytes: batch_bytes_cap(256 << 20, frame, 4096),
+                below_id: u64::MAX,
+            };
+            let (ids, items) = q.take(cut).unwrap();
+            sent += items.len();
+            let msg = protocol::Msg::Items(protocol::Items {
+                seq: 0,
+                ids,
+                items,
+                stage: protocol::TaskIndex(0),
+            });
+            buf.clear();
+            protocol::codec::encode_frame(&msg, &mut buf, frame).expect("fits in a frame");
+        }
+        assert_eq!(sent, 700);
     }
 
     #[test]

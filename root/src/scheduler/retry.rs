@@ -121,7 +121,7 @@ impl Scheduler {
                 .filter(|(_, n)| {
                     n.ready && !n.draining && super::placement::can_run(&n.labels, labels)
                 })
-                .map(|(id, n)| (*id, n.room()))
+                .map(|(id, n)| (*id, n.room().capped(self.options.node_bytes, n.in_bytes)))
                 .filter(|(_, r)| r.items > 0 && r.bytes > 0)
                 .map(|(id, r)| (id, r.items, r.bytes))
                 .collect();
@@ -134,7 +134,11 @@ impl Scheduler {
                 return;
             };
             let max = items.min(self.options.batch_items as u64) as usize;
-            let max_bytes = bytes.min(self.options.max_frame as u64 / 2);
+            let max_bytes = super::queue::batch_bytes_cap(
+                bytes.min(self.options.batch_bytes),
+                self.options.max_frame,
+                max,
+            );
             let Some((stage, batch)) = self.retries.take(id, other, max, max_bytes) else {
                 return;
             };

@@ -1,0 +1,221 @@
+//! Big items through real `pcluster run` processes and node processes: batches and outputs
+//! messages stay within the frame limit whatever the item sizes and the speed a node
+//! remembers from an earlier run, and the root's memory stays bounded in bytes.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::*;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// Runs `pcluster run` on `nodes` and returns its stderr; fails the test if it does not end
+/// within `deadline` (a run that waits forever is the bug this guards against).
+pub async fn run_on(
+    chain: &Path,
+    nodes: &str,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+    deadline: Duration,
+) -> String {
+    let mut child = pcluster_cmd()
+        .arg("run")
+        .arg(chain)
+        .args(["--nodes", nodes, "-q"])
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "pcluster run did not end within {deadline:?}: {}",
+                reader.join().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "pcluster run failed ({status}): {stderr}");
+    stderr
+}
+
+/// Item `i` of `len` bytes: its number, then bytes that depend on it.
+pub fn big_item(i: usize, len: usize) -> Vec<u8> {
+    let mut item = format!("{i:07}-").into_bytes();
+    item.extend((item.len()..len).map(|j| b'a' + ((i * 7 + j) % 26) as u8));
+    item
+}
+
+/// The root's peak RSS in MiB, from the summary `pcluster run` prints.
+pub fn summary_peak_rss_mib(stderr: &str) -> f64 {
+    let at = stderr
+        .rfind("peak RSS ")
+        .expect("a summary with the peak RSS");
+    let rest = &stderr[at + "peak RSS ".len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_items_twice_over_the_same_nodes_never_build_a_frame_past_the_limit() {
+    let dir = temp_dir("bytes-big-items");
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.0.2".parse().unwrap());
+    let _a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
+    let _b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+    let nodes = format!("127.0.0.2:{port},127.0.0.3:{port}");
+
+    // 1,000 items of 100 KB: 100 MB, more than a 64 MiB frame if sent as one batch.
+    let n = 1_000;
+    let mut text = Vec::with_capacity(n * 100_001);
+    let mut expected = Vec::with_capacity(n);
+    for i in 0..n {
+        let item = big_item(i, 100_000);
+        text.extend_from_slice(&item);
+        text.push(b'\n');
+        expected.push(item);
+    }
+    let input = dir.join("in.txt");
+    std::fs::write(&input, &text).unwrap();
+    drop(text);
+    let chain = chain_file(&dir, "identity", "w1_identity", "");
+    // The second run starts from the speed the nodes remember from the first.
+    for run in 0..2 {
+        let output = dir.join(format!("out{run}.txt"));
+        let stderr = run_on(&chain, &nodes, &input, &output, &[], LONG).await;
+        let mut got: Vec<Vec<u8>> = std::fs::read(&output)
+            .unwrap()
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(
+            got.pop(),
+            Some(Vec::new()),
+            "run {run}: ends with a newline"
+        );
+        got.sort();
+        assert!(got == expected, "run {run}: outputs differ: {stderr}");
+        let rss = summary_peak_rss_mib(&stderr);
+        assert!(rss <= 256.0, "run {run}: root peak RSS {rss} MiB");
+        let _ = std::fs::remove_file(&output);
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// An item of 0–63 bytes drawn from `alphabet`.
+    fn item(&mut self, alphabet: &[u8]) -> Vec<u8> {
+        let len = (self.next() % 64) as usize;
+        (0..len)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize])
+            .collect()
+    }
+}
+
+/// Runs `items` through an identity chain on an embedded cluster with `framing` (and
+/// `extra` options); the output file's bytes.
+fn identity_run(dir: &Path, input: &[u8], framing: &str, extra: &[&str]) -> Vec<u8> {
+    let chain = chain_file(dir, "identity", "w1_identity", "");
+    let (inp, out) = (dir.join("in"), dir.join("out"));
+    std::fs::write(&inp, input).unwrap();
+    let run = pcluster_cmd()
+        .arg("run")
+        .arg(&chain)
+        .args([framing, "-q", "-j", "1"])
+        .args(extra)
+        .arg("-i")
+        .arg(&inp)
+        .arg("-o")
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "pcluster run {framing} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::read(&out).unwrap()
+}
+
+fn binary_record(item: &[u8]) -> Vec<u8> {
+    let mut v = (item.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(item);
+    v
+}
+
+#[test]
+fn null_framing_round_trips_items_holding_newlines_and_returns() {
+    let dir = temp_dir("bytes-null");
+    let mut rng = Rng(0x1234_5678);
+    let mut input = Vec::new();
+    for _ in 0..100_000 {
+        input.extend(rng.item(b"ab\n\r \t"));
+        input.push(0);
+    }
+    assert!(input.contains(&b'\n') && input.contains(&b'\r'));
+    let out = identity_run(&dir, &input, "--null", &["--keep-order"]);
+    assert!(out == input, "--null outputs differ from the inputs");
+}
+
+#[test]
+fn binary_framing_round_trips_any_bytes_and_tags_records() {
+    let dir = temp_dir("bytes-binary");
+    let mut rng = Rng(0x9e37_79b9);
+    let all: Vec<u8> = (0..=255).collect();
+    let items: Vec<Vec<u8>> = (0..100_000).map(|_| rng.item(&all)).collect();
+    let input: Vec<u8> = items.iter().flat_map(|i| binary_record(i)).collect();
+    assert!(items.iter().any(|i| i.contains(&0)));
+    let out = identity_run(&dir, &input, "--binary", &["--keep-order"]);
+    assert!(out == input, "--binary outputs differ from the inputs");
+
+    // --tag: each record is `LINE<TAB>item`, in any order without --keep-order.
+    let out = identity_run(&dir, &input, "--binary", &["--tag"]);
+    let mut seen = vec![false; items.len()];
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let rec = &rest[4..4 + len];
+        rest = &rest[4 + len..];
+        let tab = rec.iter().position(|&b| b == b'\t').expect("a tag");
+        let line: usize = std::str::from_utf8(&rec[..tab]).unwrap().parse().unwrap();
+        assert_eq!(
+            &rec[tab + 1..],
+            &items[line - 1][..],
+            "record of item {line}"
+        );
+        assert!(
+            !std::mem::replace(&mut seen[line - 1], true),
+            "{line} twice"
+        );
+    }
+    assert!(seen.iter().all(|s| *s), "every item once");
+}

@@ -1,0 +1,128 @@
+"""A real cluster for the tests: ``pcluster log`` on 127.0.0.1 and two ``pcluster node``
+processes on 127.0.0.2 and 127.0.0.3 (one worker each), on free ports, started once per test
+session. The executable is ``target/release/pcluster`` of this checkout, or ``PCLUSTER_BIN``.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 120.0
+
+
+def wait_until(what: str, condition: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
+    """Polls `condition` until it holds; fails naming `what` after the deadline."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pcluster_bin() -> Path:
+    path = Path(os.environ.get("PCLUSTER_BIN") or REPO / "target/release/pcluster")
+    if not path.is_file():
+        pytest.fail(
+            f"no pcluster executable at {path}: run `cargo build --release -p pcluster` "
+            "or set PCLUSTER_BIN"
+        )
+    return path
+
+
+def free_port(*hosts: str) -> int:
+    """A port free on every one of `hosts`."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        try:
+            for h in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Cluster:
+    log_file: Path
+    log_port: int
+    node_port: int
+    node_hosts: List[str]
+    bin: Path
+
+    @property
+    def nodes(self) -> List[str]:
+        return [f"{h}:{self.node_port}" for h in self.node_hosts]
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    exe = pcluster_bin()
+    tmp = tmp_path_factory.mktemp("cluster")
+    log_file = tmp / "cluster.log"
+    log_port = free_port("127.0.0.1")
+    hosts = ["127.0.0.2", "127.0.0.3"]
+    node_port = free_port(*hosts)
+    env = dict(os.environ)
+    env.pop("PCLUSTER_TOKEN", None)
+    procs = []
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    try:
+        procs.append(
+            subprocess.Popen(
+                [str(exe), "log", "--host", "127.0.0.1", "--port", str(log_port), "--outfile", str(log_file)],
+                env=env,
+                **quiet,
+            )
+        )
+        wait_until("the log server to listen", lambda: listening("127.0.0.1", log_port))
+        for h in hosts:
+            procs.append(
+                subprocess.Popen(
+                    [str(exe), "node", "--host", h, "--port", str(node_port), "--log-host", "127.0.0.1",
+                     "--log-port", str(log_port), "--workers", "1"],
+                    env=env,
+                    **quiet,
+                )
+            )
+        for h in hosts:
+            wait_until(f"the node on {h} to listen", lambda h=h: listening(h, node_port))
+        yield Cluster(log_file, log_port, node_port, hosts, exe)
+    finally:
+        for p in reversed(procs):
+            stop(p)
