@@ -98,7 +98,7 @@ impl Scheduler {
             }
             Cmd::WaitInput(reply) => self.wait_input.push(reply),
             Cmd::WaitNode(reply) => match self.stall.borrow().as_ref() {
-                Some(stall) if self.nodes.is_empty() => {
+                Some(stall) if self.nodes.is_empty() || !self.placeable() => {
                     let _ = reply.send(Err(stall.error()));
                 }
                 _ => {

@@ -90,13 +90,23 @@ pub(crate) struct Feed {
 pub(crate) struct Stall {
     pub pending: u64,
     pub lost: String,
+    /// With nodes left: the task none of them can run, and a label it needs.
+    pub unplaced: Option<(String, String)>,
 }
 
 impl Stall {
     pub fn error(&self) -> RootError {
-        RootError::NoNodes {
-            pending: self.pending,
-            lost: self.lost.clone(),
+        match &self.unplaced {
+            Some((task, label)) => RootError::NoNodeForTask {
+                task: task.clone(),
+                label: label.clone(),
+                pending: self.pending,
+                lost: self.lost.clone(),
+            },
+            None => RootError::NoNodes {
+                pending: self.pending,
+                lost: self.lost.clone(),
+            },
         }
     }
 }
@@ -290,12 +300,18 @@ impl Scheduler {
     /// No node came back within the no-node timeout: every wait ends with an error.
     fn stalled(&mut self) {
         let stall = Stall {
-            pending: self.queue.items(),
+            pending: self.waiting(),
             lost: self.lost.join(", "),
+            unplaced: if self.nodes.is_empty() {
+                None
+            } else {
+                self.unplaced()
+            },
         };
         tracing::warn!(
             pending = stall.pending,
-            "no node for {:?}; giving up on waits",
+            task = stall.unplaced.as_ref().map(|(t, _)| t.as_str()),
+            "no node (for some task) for {:?}; giving up on waits",
             self.options.no_node_timeout
         );
         for (_, r) in self.wait_empty.drain(..) {
@@ -508,15 +524,23 @@ impl Scheduler {
     /// Whether every task of the chain has a connected node that can run it (true without
     /// a chain; false without nodes).
     fn placeable(&self) -> bool {
-        let Some(chain) = &self.chain else {
-            return true;
-        };
+        self.unplaced().is_none()
+    }
+
+    /// The first task of the chain that no connected node can run, with a label to name.
+    fn unplaced(&self) -> Option<(String, String)> {
+        let chain = self.chain.as_ref()?;
         let nodes: Vec<&[String]> = self.nodes.values().map(|n| n.labels.as_slice()).collect();
         let tasks = chain
             .tasks
             .iter()
             .map(|t| (t.function.as_str(), t.labels.as_slice()));
-        placement::unplaceable(tasks, &nodes).is_none()
+        placement::unplaceable(tasks, &nodes)
+    }
+
+    /// Items waiting in the root: fresh inputs and descendants (retries, continuations).
+    fn waiting(&self) -> u64 {
+        self.queue.items() + self.retries.queue.len() as u64
     }
 
     fn in_flight(&self) -> u64 {
@@ -562,15 +586,21 @@ impl Scheduler {
                 }
             } else if self.nodes.is_empty() {
                 // Never a hang: with no node, say so at once (the items stay queued).
+                let pending = self.waiting();
                 for (_, r) in self.wait_empty.drain(..) {
                     let _ = r.send(Err(RootError::NoNodes {
-                        pending: self.queue.items(),
+                        pending,
                         lost: self.lost.join(", "),
                     }));
                 }
+            } else if let Some(stall) = &stalled {
+                // Nodes are left but, past the timeout, none for some task: say so at once.
+                for (_, r) in self.wait_empty.drain(..) {
+                    let _ = r.send(Err(stall.error()));
+                }
             }
         }
-        if !self.wait_node.is_empty() && !self.nodes.is_empty() {
+        if !self.wait_node.is_empty() && !self.nodes.is_empty() && self.placeable() {
             for r in self.wait_node.drain(..) {
                 let _ = r.send(Ok(()));
             }
