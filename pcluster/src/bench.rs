@@ -7,6 +7,8 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 //!
+//! - W1-py and W2-py: the same with the tasks in Python (`bench_py.rs`).
+//!
 //! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
 //! what they measured.
 
@@ -23,6 +25,9 @@ use protocol::{Limits, Packed};
 use root::{Root, RootOptions};
 
 use crate::table::{self, Style};
+
+#[path = "bench_py.rs"]
+mod python;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -50,6 +55,9 @@ pub struct BenchArgs {
     /// Skip the scans of 127.0.0.0/24 and 127.0.0.0/16.
     #[arg(long)]
     pub no_scan: bool,
+    /// W1-py input items (Python tasks through `pcluster run`; 0: skip W1-py and W2-py).
+    #[arg(long, default_value_t = 200_000)]
+    pub py_items: u64,
 }
 
 /// W1 items measured for the floors (at most).
@@ -180,6 +188,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         root.reset().await?;
         rows.push(w2(&root, &module, name, seeds, iterations, workers).await?);
     }
+    let python = args.py_items > 0 && python::available();
+    if args.py_items > 0 && !python {
+        eprintln!("pcluster bench: componentize-py is not installed: no W1-py and W2-py rows");
+    }
+    if python {
+        root.reset().await?;
+        rows.push(python::w2_py(&root, &dir, workers).await?);
+    }
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
 
@@ -204,6 +220,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 &pcluster, &cluster, &dir, name, n, w1_floors, extra,
             )?);
         }
+    }
+    if python {
+        rows.push(python::w1_py(&pcluster, &cluster, &dir, args.py_items)?);
     }
     let scans = if args.no_scan {
         Vec::new()
@@ -466,7 +485,13 @@ fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
     );
     for r in rows {
         let rate = r.items as f64 / r.secs;
-        let ratio = |ns: f64| format!("{:.0}%", 100.0 * rate / (1e9 / ns * workers as f64));
+        let ratio = |ns: f64| {
+            if ns.is_finite() {
+                format!("{:.0}%", 100.0 * rate / (1e9 / ns * workers as f64))
+            } else {
+                "—".into()
+            }
+        };
         t.add_row([
             r.name.clone(),
             r.items.to_string(),

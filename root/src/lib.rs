@@ -52,6 +52,7 @@ pub mod dashboard;
 pub mod error;
 mod options;
 mod probe;
+pub mod python;
 pub mod scan;
 pub mod scheduler;
 

@@ -1,6 +1,9 @@
 //! The WebAssembly side of a node: the process-wide `Engine` and its epoch ticker.
 //!
-//! - [`cache`]: compiled modules by content hash.
+//! - [`cache`]: compiled modules and components by content hash, in memory and on disk.
+//! - [`component`]: component tasks (wit/task.wit): their linker (WASI p2, sandboxed) and
+//!   bindings.
+//! - [`tags`]: what each boundary of a chain does to item tags.
 //! - [`compile`]: a chain's modules compiled and every task checked against the ABI.
 //! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
 //!   `emit_batch`) of docs/ABI.md.
@@ -9,15 +12,18 @@
 
 mod cache;
 mod compile;
+mod component;
+mod component_calls;
 mod host;
 mod instance;
+pub mod tags;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
-pub use cache::ModuleCache;
+pub use cache::{CACHE_DIR_ENV, ModuleCache, default_cache_dir};
 pub use compile::{CompiledChain, compile_chain};
 pub use host::{Entry, LogCtx, OutBuf};
 pub use instance::TaskInstance;

@@ -113,7 +113,7 @@ fn run_ten(batched: bool, tasks: &[(&str, bool)]) -> (Outputs, Vec<TaskCounters>
             .collect(),
         limits: Limits::default(),
     };
-    let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec).expect("compiles");
+    let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec, false).expect("compiles");
     let shared = Arc::new(PoolShared::new(Arc::new(chain), 1, 1));
     let mut worker = Worker::new(shared.clone(), 0, "test".into()).expect("instantiates");
     let (tx, _rx) = crossbeam_channel::bounded(1);
@@ -229,7 +229,7 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         }],
         limits: Limits::default(),
     };
-    let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec).expect("compiles");
+    let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec, false).expect("compiles");
     let chain = Arc::new(chain);
     // (ns per item) -> (unit size, credit items) for two workers.
     for (avg, unit, items) in [
