@@ -86,7 +86,10 @@ pub(super) fn w1_py(
             .stderr(Stdio::piped())
             .output()?;
         if !run.status.success() {
-            bail!("pcluster run failed: {}", String::from_utf8_lossy(&run.stderr));
+            bail!(
+                "pcluster run failed: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
         }
         Ok(t.elapsed().as_secs_f64())
     };
@@ -162,13 +165,19 @@ pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Resu
         .map(|s| kit::native_w2(s, W2_ITERATIONS).to_string())
         .collect();
     expected.sort();
-    ensure!(got == expected, "W2-py: outputs differ from the native values");
+    ensure!(
+        got == expected,
+        "W2-py: outputs differ from the native values"
+    );
     let (serial, printed) = cpython(&format!(
         "for s in range({W2_SEEDS}):\n    _out.append(str(t.w2_mix(s, {W2_ITERATIONS})))"
     ))?;
     let mut cpython_out: Vec<String> = printed.lines().map(String::from).collect();
     cpython_out.sort();
-    ensure!(cpython_out == expected, "W2-py: CPython's values differ from the native ones");
+    ensure!(
+        cpython_out == expected,
+        "W2-py: CPython's values differ from the native ones"
+    );
     let ideal = serial / workers as f64;
     Ok(Row {
         name: "W2-py".into(),

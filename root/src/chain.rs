@@ -188,7 +188,9 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
                 })?;
                 modules.push(serde_bytes::ByteBuf::from(bytes));
                 module_paths.push(m);
-                is_python.push(python::is_python(&base.join(&module_paths[module_paths.len() - 1])));
+                is_python.push(python::is_python(
+                    &base.join(&module_paths[module_paths.len() - 1]),
+                ));
                 module_paths.len() - 1
             }
         };

@@ -124,7 +124,9 @@ fn json_string(s: &str, out: &mut Vec<u8>) {
         match c {
             '"' => out.extend_from_slice(b"\\\""),
             '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
             c => {
                 let mut buf = [0; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
@@ -138,7 +140,9 @@ fn json_value(v: &toml::Value, out: &mut Vec<u8>) -> Result<(), PythonError> {
     match v {
         toml::Value::String(s) => json_string(s, out),
         toml::Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        toml::Value::Float(f) if f.is_finite() => out.extend_from_slice(format!("{f:?}").as_bytes()),
+        toml::Value::Float(f) if f.is_finite() => {
+            out.extend_from_slice(format!("{f:?}").as_bytes())
+        }
         toml::Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         toml::Value::Array(a) => {
             out.push(b'[');
@@ -247,22 +251,23 @@ pub fn build_component(module: &Path) -> Result<PathBuf, PythonError> {
     )?;
     let wasm = build.join(format!("{name}.wasm"));
     let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
-    let sources = newest(module).max(newest(&build.join("pcluster_glue.py"))).max(
-        [
-            "pcluster/__init__.py",
-            "wit/task.wit",
-            "_pcluster_config.py",
-        ]
-        .iter()
-        .map(|f| newest(&build.join(f)))
-        .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH),
-    );
+    let sources = newest(module)
+        .max(newest(&build.join("pcluster_glue.py")))
+        .max(
+            [
+                "pcluster/__init__.py",
+                "wit/task.wit",
+                "_pcluster_config.py",
+            ]
+            .iter()
+            .map(|f| newest(&build.join(f)))
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
     if built.is_some_and(|b| b >= sources) {
         return Ok(wasm);
     }
-    let program =
-        std::env::var(COMPONENTIZE_PY_ENV).unwrap_or_else(|_| "componentize-py".into());
+    let program = std::env::var(COMPONENTIZE_PY_ENV).unwrap_or_else(|_| "componentize-py".into());
     let tmp = build.join(format!(".{name}.{}.wasm", std::process::id()));
     tracing::info!(module = %module.display(), "building the Python task component with componentize-py");
     eprintln!(

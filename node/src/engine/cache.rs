@@ -98,7 +98,10 @@ impl ModuleCache {
             return Ok((m.clone(), Origin::Memory));
         }
         let component = is_component(bytes);
-        let file = self.dir.as_deref().map(|d| d.join(file_name(&hash, component)));
+        let file = self
+            .dir
+            .as_deref()
+            .map(|d| d.join(file_name(&hash, component)));
         let from_disk = file.as_deref().and_then(|f| load(f, component));
         let (compiled, origin) = match from_disk {
             Some(c) => {

@@ -76,7 +76,9 @@ impl TaskInstance {
             return Err(CallError::Status(0));
         };
         let generator = c.generator;
-        let result = c.task.call_process_batch(&mut self.store, &c.items[..items.len()]);
+        let result = c
+            .task
+            .call_process_batch(&mut self.store, &c.items[..items.len()]);
         let made = match result {
             Ok(made) => made,
             Err(e) => return Err(self.describe(&e)),
@@ -100,7 +102,9 @@ impl TaskInstance {
             let mine = outputs.by_ref().take(count as usize);
             if failed.peek().is_some_and(|(i, _)| *i as usize == n) {
                 if let Some((_, message)) = failed.next() {
-                    st.batch.failures.push((n, CallError::Failed(message.clone())));
+                    st.batch
+                        .failures
+                        .push((n, CallError::Failed(message.clone())));
                 }
                 mine.for_each(drop);
                 continue;

@@ -328,7 +328,9 @@ fn place(
             .checked_add(want)
             .is_none_or(|end| end > core.memory.data_size(&*store))
         {
-            wasmtime::bail!("pcluster_input returned a buffer at {ptr}+{want} outside guest memory");
+            wasmtime::bail!(
+                "pcluster_input returned a buffer at {ptr}+{want} outside guest memory"
+            );
         }
         core.buf_ptr = ptr;
         core.buf_cap = want;

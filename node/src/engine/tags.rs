@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(inputs, [Strip, Prepend(b'r')]);
         assert_eq!(exit, Keep);
         // Core only: tags lost going in, `b` coming out.
-        assert_eq!(plan(&[CORE, CORE], true), (vec![Strip, Keep], Prepend(b'b')));
+        assert_eq!(
+            plan(&[CORE, CORE], true),
+            (vec![Strip, Keep], Prepend(b'b'))
+        );
         assert_eq!(plan(&[CORE, CORE], false), (vec![Keep, Keep], Keep));
     }
 

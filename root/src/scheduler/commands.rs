@@ -66,7 +66,7 @@ impl Scheduler {
                     session: self.session,
                     chain,
                     send_failed_items: self.options.retries > 0,
-                        tagged_items: self.options.tagged_items,
+                    tagged_items: self.options.tagged_items,
                 }));
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in &ids {
