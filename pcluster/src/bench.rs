@@ -524,7 +524,7 @@ fn print_report(r: &Report) {
         1e3 / f.wasm_ns
     );
     println!(
-        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compile), warm {:.1} ms (cached module)",
+        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compiled, or loaded from the disk cache), warm {:.1} ms (in-memory cache)",
         r.nodes,
         r.setup.cold.as_secs_f64() * 1e3,
         r.setup.warm.as_secs_f64() * 1e3
