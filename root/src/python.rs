@@ -205,15 +205,21 @@ fn newest(path: &Path) -> SystemTime {
     newest
 }
 
-/// Writes `text` to `path` unless it already holds exactly that (so its time stays).
+/// Writes `text` to `path` unless it already holds exactly that (so its time stays), through
+/// a temporary file and a rename, so a build running at the same time never reads half a file.
 fn write_if_changed(path: &Path, text: &str) -> Result<(), PythonError> {
     if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
         return Ok(());
     }
-    std::fs::write(path, text).map_err(|source| PythonError::Io {
+    let io = |source| PythonError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Builds the component of the Python module at `module` (a package directory or a `.py`
