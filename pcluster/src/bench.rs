@@ -7,10 +7,13 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 //!
-//! - W1-py and W2-py: the same with the tasks in Python (`bench_py.rs`).
+//! - W1-py and W2-py: the same with the tasks in Python ([`python`]).
+//! - W3 and W5 (skewed and slow work, on clusters of their own shapes): [`skew`].
 //!
 //! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
 //! what they measured.
+
+mod skew;
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,7 +29,6 @@ use root::{Root, RootOptions};
 
 use crate::table::{self, Style};
 
-#[path = "bench_py.rs"]
 mod python;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -58,6 +60,9 @@ pub struct BenchArgs {
     /// W1-py input items (Python tasks through `pcluster run`; 0: skip W1-py and W2-py).
     #[arg(long, default_value_t = 200_000)]
     pub py_items: u64,
+    /// Skip W3 and W5 (skewed and slow work on clusters of their own).
+    #[arg(long)]
+    pub no_skew: bool,
 }
 
 /// W1 items measured for the floors (at most).
@@ -70,6 +75,8 @@ struct Row {
     name: String,
     items: u64,
     secs: f64,
+    /// Workers it ran on.
+    workers: u64,
     /// Nanoseconds per item natively and as in-process wasm, one thread.
     floors: Floors,
     note: String,
@@ -116,6 +123,8 @@ struct Cluster {
     nodes: Vec<SocketAddr>,
     /// The port every node listens on, each on an address of its own.
     port: u16,
+    /// Workers of each node.
+    workers: u32,
 }
 
 impl Cluster {
@@ -144,6 +153,7 @@ impl Cluster {
             processes,
             nodes: addrs,
             port,
+            workers,
         })
     }
 
@@ -180,7 +190,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let root = Root::with_nodes(options.clone(), &cluster.nodes).await?;
     let check = Arc::new(Mutex::new(W1Check::new(args.items)));
     let setup = w1_setups(&root, &module, &check).await?;
-    let mut rows = vec![w1_library(&root, args.items, &check, w1_floors).await?];
+    let mut rows = vec![w1_library(&root, args.items, &check, w1_floors, workers).await?];
     for (name, seeds, iterations) in [
         ("W2", 200, 100_000),
         ("W2-long", args.w2_long_seeds, args.w2_long_iterations),
@@ -222,7 +232,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if python {
-        rows.push(python::w1_py(&pcluster, &cluster, &dir, args.py_items)?);
+        rows.push(python::w1_py(
+            &pcluster,
+            &cluster,
+            &dir,
+            args.py_items,
+            workers,
+        )?);
     }
     let scans = if args.no_scan {
         Vec::new()
@@ -230,6 +246,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         scans(cluster.port, &options).await?
     };
     drop(cluster);
+    if !args.no_skew {
+        rows.extend(skew::rows(&pcluster, &dir, &module).await?);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     print_report(&Report {
@@ -302,6 +321,7 @@ async fn w1_library(
     items: u64,
     check: &Mutex<W1Check>,
     floors: Floors,
+    workers: u64,
 ) -> anyhow::Result<Row> {
     let batches = w1_batches(items, root.options().batch_items);
     let t = Instant::now();
@@ -319,6 +339,7 @@ async fn w1_library(
         name: "W1 (library root)".into(),
         items,
         secs,
+        workers,
         floors,
         note: "verified".into(),
     })
@@ -386,6 +407,7 @@ async fn w2(
         name: name.into(),
         items: seeds,
         secs,
+        workers,
         floors: Floors {
             native_ns: native_secs * 1e9 / seeds.max(1) as f64,
             wasm_ns,
@@ -447,6 +469,7 @@ fn w1_process(
         name: name.into(),
         items: n,
         secs,
+        workers: (cluster.nodes.len() as u64) * u64::from(cluster.workers),
         floors,
         note: format!("verified; start-up and setup included; root peak RSS {rss}"),
     })
@@ -469,7 +492,7 @@ async fn scans(port: u16, options: &RootOptions) -> anyhow::Result<Vec<Scan>> {
 }
 
 /// The table: each workload's rate and its ratio to the floors' rate on all workers.
-fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
+fn rows_table(rows: &[Row]) -> comfy_table::Table {
     let mut t = table::new(
         Style::Markdown,
         &[
@@ -486,10 +509,10 @@ fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
     for r in rows {
         let rate = r.items as f64 / r.secs;
         let ratio = |ns: f64| {
-            if ns.is_finite() {
-                format!("{:.0}%", 100.0 * rate / (1e9 / ns * workers as f64))
+            if ns.is_nan() {
+                "–".to_string()
             } else {
-                "—".into()
+                format!("{:.0}%", 100.0 * rate / (1e9 / ns * r.workers as f64))
             }
         };
         t.add_row([
@@ -513,7 +536,7 @@ fn print_report(r: &Report) {
         node::cores()
     );
     println!();
-    table::print(&rows_table(&r.rows, u64::from(r.nodes * r.workers)));
+    table::print(&rows_table(&r.rows));
     println!();
     let f = r.w1_floors;
     println!(
@@ -560,6 +583,7 @@ mod tests {
             name: "W1".into(),
             items: 1_000_000,
             secs: 0.5,
+            workers: 2,
             floors: Floors {
                 native_ns: 50.0,
                 wasm_ns: 250.0,
@@ -567,7 +591,7 @@ mod tests {
             note: "verified".into(),
         }];
         // 2 M items/s on 2 workers against 20 M and 4 M items/s per worker.
-        let text = rows_table(&rows, 2).to_string();
+        let text = rows_table(&rows).to_string();
         let row = text.lines().nth(2).expect("a row under the header");
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(

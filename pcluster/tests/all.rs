@@ -18,3 +18,5 @@ mod logserver;
 mod python;
 #[path = "it/reliability.rs"]
 mod reliability;
+#[path = "it/scheduling.rs"]
+mod scheduling;

@@ -28,6 +28,8 @@ pub struct CompiledTask {
     pub name: Arc<str>,
     /// Whether it may emit several items per input.
     pub generator: bool,
+    /// Labels a node needs to run it.
+    pub labels: Vec<String>,
     pub(super) args: Vec<u8>,
     pub(super) kind: TaskKind,
     /// What happens to an item entering this task (tags, see [`tags`]).
@@ -66,6 +68,8 @@ pub struct CompiledChain {
     pub limits: Limits,
     /// What happens to an output leaving the chain (tags, see [`tags`]).
     pub exit: Convert,
+    /// A branching chain's graph; `None` for a linear chain.
+    pub graph: Option<super::Graph>,
 }
 
 impl std::fmt::Debug for CompiledChain {
@@ -147,6 +151,7 @@ pub fn compile_chain(
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
     }
+    let graph = super::graph::graph(&spec.tasks)?;
     let mut modules = Vec::with_capacity(spec.modules.len());
     let (mut compiled, mut cached) = (0, 0);
     for (i, bytes) in spec.modules.iter().enumerate() {
@@ -202,6 +207,7 @@ pub fn compile_chain(
                     args: t.args.clone(),
                     kind: TaskKind::Component(pre),
                     input: Convert::Keep,
+                    labels: t.labels.clone(),
                 }
             }
         };
@@ -222,6 +228,7 @@ pub fn compile_chain(
             tasks,
             limits: spec.limits.clone(),
             exit,
+            graph,
         },
         compiled,
         cached,
@@ -269,6 +276,7 @@ fn compile_task(
     Ok(CompiledTask {
         name: name.clone(),
         generator: spec.generator,
+        labels: spec.labels.clone(),
         args: spec.args.clone(),
         kind: TaskKind::Core {
             pre,

@@ -5,6 +5,7 @@
 //!   bindings.
 //! - [`tags`]: what each boundary of a chain does to item tags.
 //! - [`compile`]: a chain's modules compiled and every task checked against the ABI.
+//! - [`graph`]: a branching chain's successors and the order its tasks run in.
 //! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
 //!   `emit_batch`) of docs/ABI.md.
 //! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
@@ -14,6 +15,7 @@ mod cache;
 mod compile;
 mod component;
 mod component_calls;
+mod graph;
 mod host;
 mod instance;
 pub mod tags;
@@ -25,6 +27,7 @@ use wasmtime::{Config, Engine};
 
 pub use cache::{CACHE_DIR_ENV, ModuleCache, default_cache_dir};
 pub use compile::{CompiledChain, compile_chain};
+pub use graph::{Graph, GraphError};
 pub use host::{Entry, LogCtx, OutBuf};
 pub use instance::TaskInstance;
 

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     /// Where compiled modules and components are kept across processes (`None`: in memory
     /// only). Default: [`crate::default_cache_dir`].
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
+    pub labels: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +72,7 @@ impl Default for NodeConfig {
             probe_idle_timeout: Duration::from_secs(60),
             root_timeout: Duration::from_secs(30),
             cache_dir: crate::default_cache_dir(),
+            labels: Vec::new(),
         }
     }
 }
@@ -180,6 +183,7 @@ async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: C
         node: node.addr.to_string(),
         busy_with: node.busy_with(conn_id, accepted.resume),
         workers: node.config.workers,
+        labels: node.config.labels.clone(),
     };
     if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
         return;

@@ -70,6 +70,7 @@ pub(super) fn w1_py(
     cluster: &Cluster,
     dir: &Path,
     n: u64,
+    workers: u64,
 ) -> anyhow::Result<Row> {
     let chain = kit::repo().join("examples/python/w1.toml");
     let run = |input: &Path, output: &Path| -> anyhow::Result<f64> {
@@ -120,6 +121,7 @@ pub(super) fn w1_py(
         name: "W1-py (`pcluster run`)".into(),
         items: n,
         secs,
+        workers,
         floors: Floors {
             native_ns: ns,
             wasm_ns: f64::NAN,
@@ -183,6 +185,7 @@ pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Resu
         name: "W2-py".into(),
         items: W2_SEEDS,
         secs,
+        workers,
         floors: Floors {
             native_ns: serial * 1e9 / W2_SEEDS as f64,
             wasm_ns: f64::NAN,
