@@ -150,7 +150,7 @@ async fn a_raising_item_and_a_looping_item_fail_alone_and_the_node_serves_on() {
              [[task]]\nfunction = \"w1_identity\"\nmodule = {rust:?}\n\n\
              [[task]]\nfunction = \"spin\"\n\n\
              [[task]]\nfunction = \"fail_on\"\nargs = [\"bad\"]\n\n\
-             [[task]]\nfunction = \"w1_identity\"\nmodule = {rust:?}\n\n\
+             [[task]]\nfunction = \"w1_identity\"\nname = \"last\"\nmodule = {rust:?}\n\n\
              [limits]\ndeadline_ms = 1500\n",
             package().display().to_string(),
             rust = repo().join("tasks-example").display().to_string(),
