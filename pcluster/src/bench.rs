@@ -7,6 +7,7 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 //!
+//! - W1-py and W2-py: the same with the tasks in Python ([`python`]).
 //! - W3 and W5 (skewed and slow work, on clusters of their own shapes): [`skew`].
 //!
 //! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
@@ -28,6 +29,8 @@ use protocol::{Limits, Packed};
 use root::{Root, RootOptions};
 
 use crate::table::{self, Style};
+
+mod python;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -61,6 +64,9 @@ pub struct BenchArgs {
     /// Skip the scans of 127.0.0.0/24 and 127.0.0.0/16.
     #[arg(long)]
     pub no_scan: bool,
+    /// W1-py input items (Python tasks through `pcluster run`; 0: skip W1-py and W2-py).
+    #[arg(long, default_value_t = 200_000)]
+    pub py_items: u64,
     /// Skip W3 and W5 (skewed and slow work on clusters of their own).
     #[arg(long)]
     pub no_skew: bool,
@@ -201,6 +207,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         root.reset().await?;
         rows.push(w2(&root, &module, name, seeds, iterations, workers).await?);
     }
+    let python = args.py_items > 0 && python::available();
+    if args.py_items > 0 && !python {
+        eprintln!("pcluster bench: componentize-py is not installed: no W1-py and W2-py rows");
+    }
+    if python {
+        root.reset().await?;
+        rows.push(python::w2_py(&root, &dir, workers).await?);
+    }
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
 
@@ -239,6 +253,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if python {
+        rows.push(python::w1_py(
+            &pcluster,
+            &cluster,
+            &dir,
+            args.py_items,
+            workers,
+        )?);
+    }
     let scans = if args.no_scan {
         Vec::new()
     } else {
@@ -547,7 +570,7 @@ fn print_report(r: &Report) {
         1e3 / f.wasm_ns
     );
     println!(
-        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compile), warm {:.1} ms (cached module)",
+        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compiled, or loaded from the disk cache), warm {:.1} ms (in-memory cache)",
         r.nodes,
         r.setup.cold.as_secs_f64() * 1e3,
         r.setup.warm.as_secs_f64() * 1e3

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// A root silent this long (no message, no heartbeat) is treated as gone: its
     /// connection is closed and the node is orphaned, as if the root had disconnected.
     pub root_timeout: Duration,
+    /// Where compiled modules and components are kept across processes (`None`: in memory
+    /// only). Default: [`crate::default_cache_dir`].
+    pub cache_dir: Option<std::path::PathBuf>,
     /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
     pub labels: Vec<String>,
 }
@@ -68,6 +71,7 @@ impl Default for NodeConfig {
             drain_timeout: Duration::from_secs(60),
             probe_idle_timeout: Duration::from_secs(60),
             root_timeout: Duration::from_secs(30),
+            cache_dir: crate::default_cache_dir(),
             labels: Vec::new(),
         }
     }
@@ -105,7 +109,7 @@ pub async fn run(
     let node = Arc::new(Node {
         addr: local.to_string().into(),
         started: Instant::now(),
-        cache: ModuleCache::default(),
+        cache: ModuleCache::with_dir(config.cache_dir.clone()),
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),

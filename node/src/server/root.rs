@@ -125,7 +125,8 @@ pub(super) async fn serve_root(
                     pool = None;
                     let started = Instant::now();
                     let whole_items = setup.send_failed_items;
-                    let set_up = setup_chain(&node, setup.chain, tx.clone())
+                    let tagged = setup.tagged_items;
+                    let set_up = setup_chain(&node, setup.chain, tagged, tx.clone())
                         .await
                         .map_err(RequestError::from)
                         .and_then(|(p, compiled, cached)| {
@@ -207,11 +208,12 @@ pub(super) async fn serve_root(
 async fn setup_chain(
     node: &Arc<Node>,
     spec: protocol::ChainSpec,
+    tagged_items: bool,
     out: mpsc::Sender<Msg>,
 ) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
-        let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
+        let (chain, compiled, cached) = compile_chain(&node.cache, &spec, tagged_items)?;
         let pool = Pool::start(
             Arc::new(chain),
             node.config.workers.max(1),

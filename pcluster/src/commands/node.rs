@@ -31,6 +31,10 @@ pub struct NodeArgs {
     /// Seconds without any message (heartbeats included) after which a root counts as gone.
     #[arg(long, default_value_t = 30)]
     pub root_timeout_s: u64,
+    /// Directory of compiled modules and components kept across runs and node processes
+    /// (default: $XDG_CACHE_HOME/pcluster or ~/.cache/pcluster; `off` keeps them in memory).
+    #[arg(long, env = "PCLUSTER_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub token: TokenArg,
 }
@@ -55,6 +59,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             token,
             orphan_grace: Duration::from_secs(args.orphan_grace_s),
             root_timeout: Duration::from_secs(args.root_timeout_s.max(1)),
+            cache_dir: match args.cache_dir {
+                Some(dir) if dir.as_os_str() == "off" => None,
+                Some(dir) => Some(dir),
+                None => node::default_cache_dir(),
+            },
             labels: args
                 .labels
                 .iter()

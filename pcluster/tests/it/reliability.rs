@@ -587,6 +587,7 @@ async fn a_silent_root_is_dropped_after_the_root_timeout() {
         session: protocol::SessionId(7),
         chain: w1(),
         send_failed_items: false,
+        tagged_items: false,
     };
     conn.write_message(&Msg::Setup(Box::new(setup)))
         .await
@@ -878,6 +879,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
                 session: protocol::SessionId(i),
                 chain: spec,
                 send_failed_items: false,
+                tagged_items: false,
             }));
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {

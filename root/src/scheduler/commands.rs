@@ -47,6 +47,7 @@ impl Scheduler {
                         session: self.session,
                         chain,
                         send_failed_items: self.options.retries > 0,
+                        tagged_items: self.options.tagged_items,
                     }));
                     self.send(id, &msg).await;
                 }
@@ -81,6 +82,7 @@ impl Scheduler {
                     session: self.session,
                     chain,
                     send_failed_items: self.options.retries > 0,
+                    tagged_items: self.options.tagged_items,
                 }));
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in &ids {
