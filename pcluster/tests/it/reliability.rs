@@ -769,7 +769,8 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
         6 => {
             let mut s = connect().await?;
             let answer = send_and_read(&mut s, &preamble(99, 1)).await?;
-            let reason = "protocol version mismatch: node speaks 1, you speak 99";
+            let reason =
+                format!("protocol version mismatch: node speaks {PROTOCOL_VERSION}, you speak 99");
             let mut want = preamble(PROTOCOL_VERSION, 1);
             want.extend_from_slice(&(reason.len() as u16).to_be_bytes());
             want.extend_from_slice(reason.as_bytes());
