@@ -1152,8 +1152,8 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
         let (mut s, _) = fake.accept().await.unwrap();
         let mut pre = [0u8; 11];
         s.read_exact(&mut pre).await.unwrap();
-        let reason = b"protocol version mismatch: node speaks 2, you speak 1";
-        let mut answer = preamble(2, 1);
+        let reason = b"protocol version mismatch: node speaks 3, you speak 2";
+        let mut answer = preamble(PROTOCOL_VERSION + 1, 1);
         answer.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         answer.extend_from_slice(reason);
         s.write_all(&answer).await.unwrap();
@@ -1166,7 +1166,10 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
         matches!(
             err,
             RootError::Node {
-                source: ProtocolError::VersionMismatch { ours: 1, theirs: 2 },
+                source: ProtocolError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: 3
+                },
                 ..
             }
         ),
@@ -1174,7 +1177,7 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
     );
     assert!(
         err.to_string()
-            .contains("protocol version mismatch: we speak 1, peer speaks 2"),
+            .contains("protocol version mismatch: we speak 2, peer speaks 3"),
         "{err}"
     );
 
