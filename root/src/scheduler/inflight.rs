@@ -52,6 +52,8 @@ pub(crate) struct NodeConn {
     pub in_bytes: u64,
     next_seq: u64,
     pub batches: HashMap<u64, InFlight>,
+    /// When it last completed something, or began to hold items (see `silence`).
+    pub progress: Instant,
 }
 
 impl NodeConn {
@@ -66,6 +68,7 @@ impl NodeConn {
             in_bytes: 0,
             next_seq: 0,
             batches: HashMap::new(),
+            progress: Instant::now(),
         }
     }
 
@@ -93,6 +96,9 @@ impl NodeConn {
         tries: Option<Vec<u32>>,
     ) {
         let count = items.len();
+        if self.batches.is_empty() {
+            self.progress = Instant::now();
+        }
         self.in_items += count as u64;
         self.in_bytes += items.bytes() as u64;
         self.batches.insert(
