@@ -16,3 +16,5 @@ mod lifecycle;
 mod logserver;
 #[path = "it/reliability.rs"]
 mod reliability;
+#[path = "it/wire.rs"]
+mod wire;

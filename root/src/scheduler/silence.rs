@@ -30,7 +30,10 @@ mod tests {
         let hb = Duration::from_secs(10);
         assert_eq!(completion_limit(3, 1000, hb), Duration::from_secs(13));
         assert_eq!(completion_limit(0, 1000, hb), Duration::from_secs(11));
-        assert!(completion_limit(2, u64::MAX, hb) > Duration::from_secs(1 << 40), "no overflow");
+        assert!(
+            completion_limit(2, u64::MAX, hb) > Duration::from_secs(1 << 40),
+            "no overflow"
+        );
     }
 
     #[test]
