@@ -62,6 +62,8 @@ pub fn chain_spec(name: &str, module: &[u8], tasks: &[TaskDef<'_>], limits: Limi
                 module: 0,
                 generator,
                 args: args.as_bytes().to_vec(),
+                next: None,
+                labels: Vec::new(),
             })
             .collect(),
         limits,

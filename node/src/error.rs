@@ -11,6 +11,9 @@ use protocol::{ErrorKind, Holder, ProtocolError, TaskIndex, WireError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
+    /// The chain's task graph is invalid.
+    #[error("the chain's task graph: {0}")]
+    Graph(#[from] crate::engine::GraphError),
     /// The chain lists no task.
     #[error("the chain has no tasks")]
     NoTasks,
@@ -56,6 +59,11 @@ pub enum SetupError {
 #[non_exhaustive]
 pub enum TaskProblem {
     /// The task names a module the chain does not carry.
+    #[error("needs the labels {labels}, which this node lacks")]
+    NotPlaced {
+        /// The task's labels.
+        labels: String,
+    },
     #[error("names module {module} of {count}")]
     NoSuchModule {
         /// The module index it names.

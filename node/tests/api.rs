@@ -50,6 +50,8 @@ fn chain(function: &str) -> ChainSpec {
             module: 0,
             generator: false,
             args: Vec::new(),
+            next: None,
+            labels: Vec::new(),
         }],
         limits: Limits::default(),
     }

@@ -7,8 +7,12 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 //!
+//! - W3 and W5 (skewed and slow work, on clusters of their own shapes): [`skew`].
+//!
 //! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
 //! what they measured.
+
+mod skew;
 
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -50,6 +54,9 @@ pub struct BenchArgs {
     /// Skip the scans of 127.0.0.0/24 and 127.0.0.0/16.
     #[arg(long)]
     pub no_scan: bool,
+    /// Skip W3 and W5 (skewed and slow work on clusters of their own).
+    #[arg(long)]
+    pub no_skew: bool,
 }
 
 /// W1 items measured for the floors (at most).
@@ -62,6 +69,8 @@ struct Row {
     name: String,
     items: u64,
     secs: f64,
+    /// Workers it ran on.
+    workers: u64,
     /// Nanoseconds per item natively and as in-process wasm, one thread.
     floors: Floors,
     note: String,
@@ -108,6 +117,8 @@ struct Cluster {
     nodes: Vec<SocketAddr>,
     /// The port every node listens on, each on an address of its own.
     port: u16,
+    /// Workers of each node.
+    workers: u32,
 }
 
 impl Cluster {
@@ -137,6 +148,7 @@ impl Cluster {
             processes,
             nodes: addrs,
             port,
+            workers,
         })
     }
 
@@ -173,7 +185,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let root = Root::with_nodes(options.clone(), &cluster.nodes).await?;
     let check = Arc::new(Mutex::new(W1Check::new(args.items)));
     let setup = w1_setups(&root, &module, &check).await?;
-    let mut rows = vec![w1_library(&root, args.items, &check, w1_floors).await?];
+    let mut rows = vec![w1_library(&root, args.items, &check, w1_floors, workers).await?];
     for (name, seeds, iterations) in [
         ("W2", 200, 100_000),
         ("W2-long", args.w2_long_seeds, args.w2_long_iterations),
@@ -224,6 +236,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if !args.no_skew {
+        rows.extend(skew::rows(&pcluster, &dir, &module).await?);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     if let Some(ratio) = encrypted {
@@ -303,6 +318,7 @@ async fn w1_library(
     items: u64,
     check: &Mutex<W1Check>,
     floors: Floors,
+    workers: u64,
 ) -> anyhow::Result<Row> {
     let batches = w1_batches(items, root.options().batch_items);
     let t = Instant::now();
@@ -320,6 +336,7 @@ async fn w1_library(
         name: "W1 (library root)".into(),
         items,
         secs,
+        workers,
         floors,
         note: "verified".into(),
     })
@@ -387,6 +404,7 @@ async fn w2(
         name: name.into(),
         items: seeds,
         secs,
+        workers,
         floors: Floors {
             native_ns: native_secs * 1e9 / seeds.max(1) as f64,
             wasm_ns,
@@ -448,6 +466,7 @@ fn w1_process(
         name: name.into(),
         items: n,
         secs,
+        workers: (cluster.nodes.len() as u64) * u64::from(cluster.workers),
         floors,
         note: format!("verified; start-up and setup included; root peak RSS {rss}"),
     })
@@ -495,7 +514,7 @@ async fn scans(port: u16, options: &RootOptions) -> anyhow::Result<Vec<Scan>> {
 }
 
 /// The table: each workload's rate and its ratio to the floors' rate on all workers.
-fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
+fn rows_table(rows: &[Row]) -> comfy_table::Table {
     let mut t = table::new(
         Style::Markdown,
         &[
@@ -511,7 +530,13 @@ fn rows_table(rows: &[Row], workers: u64) -> comfy_table::Table {
     );
     for r in rows {
         let rate = r.items as f64 / r.secs;
-        let ratio = |ns: f64| format!("{:.0}%", 100.0 * rate / (1e9 / ns * workers as f64));
+        let ratio = |ns: f64| {
+            if ns.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * rate / (1e9 / ns * r.workers as f64))
+            }
+        };
         t.add_row([
             r.name.clone(),
             r.items.to_string(),
@@ -533,7 +558,7 @@ fn print_report(r: &Report) {
         node::cores()
     );
     println!();
-    table::print(&rows_table(&r.rows, u64::from(r.nodes * r.workers)));
+    table::print(&rows_table(&r.rows));
     println!();
     let f = r.w1_floors;
     println!(
@@ -580,6 +605,7 @@ mod tests {
             name: "W1".into(),
             items: 1_000_000,
             secs: 0.5,
+            workers: 2,
             floors: Floors {
                 native_ns: 50.0,
                 wasm_ns: 250.0,
@@ -587,7 +613,7 @@ mod tests {
             note: "verified".into(),
         }];
         // 2 M items/s on 2 workers against 20 M and 4 M items/s per worker.
-        let text = rows_table(&rows, 2).to_string();
+        let text = rows_table(&rows).to_string();
         let row = text.lines().nth(2).expect("a row under the header");
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(

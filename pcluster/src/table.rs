@@ -41,7 +41,8 @@ pub fn new(style: Style, header: &[&str], right: &[usize]) -> Table {
 /// What `scan` and `status` show of one node.
 pub struct Row {
     addr: SocketAddr,
-    /// State, workers, idle, chain, root and uptime; or one note saying why there are none.
+    /// State, workers, idle, chain, root, labels and uptime; or one note saying why there
+    /// are none.
     cells: Vec<String>,
     /// Per-task counters: name, in, out, dropped, failed, busy seconds.
     tasks: Vec<[String; 6]>,
@@ -60,6 +61,11 @@ pub fn status_row(addr: SocketAddr, st: Result<NodeStatus, root::RootError>) -> 
                     .map(|(n, v)| format!("{n} {v}"))
                     .unwrap_or_else(|| "-".into()),
                 s.root.unwrap_or_else(|| "-".into()),
+                if s.labels.is_empty() {
+                    "-".into()
+                } else {
+                    s.labels.join(",")
+                },
                 format!("{}s", s.uptime_s),
             ],
             tasks: s
@@ -103,9 +109,9 @@ pub fn status_tables(rows: &[Row]) -> StatusTables {
     let mut nodes = new(
         Style::Plain,
         &[
-            "NODE", "STATE", "WORKERS", "IDLE", "CHAIN", "ROOT", "UPTIME",
+            "NODE", "STATE", "WORKERS", "IDLE", "CHAIN", "ROOT", "LABELS", "UPTIME",
         ],
-        &[2, 3, 6],
+        &[2, 3, 7],
     );
     let mut tasks = new(
         Style::Plain,
@@ -183,6 +189,7 @@ mod tests {
                 busy_ns: 1_500_000_000,
             }],
             rss_bytes: Some(30 << 20),
+            labels: vec!["cpu".into()],
         }
     }
 

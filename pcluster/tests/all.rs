@@ -16,5 +16,7 @@ mod lifecycle;
 mod logserver;
 #[path = "it/reliability.rs"]
 mod reliability;
+#[path = "it/scheduling.rs"]
+mod scheduling;
 #[path = "it/wire.rs"]
 mod wire;

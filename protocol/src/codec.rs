@@ -231,6 +231,7 @@ mod tests {
                 counts: crate::U32s(counts),
                 items: crate::Packed::new(),
                 failures: vec![],
+                continuations: vec![],
             })
         };
         let msg = outputs(vec![0, 1, u32::MAX]);

@@ -418,6 +418,7 @@ mod tests {
                     node: "n".into(),
                     busy_with: None,
                     workers: 1,
+                    labels: Vec::new(),
                 });
                 a.conn.write_message(&welcome).await.unwrap();
                 // Something right behind the Welcome must reach the client's connection, and

@@ -159,6 +159,10 @@ pub struct Welcome {
     pub busy_with: Option<Holder>,
     /// Number of workers.
     pub workers: u32,
+    /// The node's labels (`pcluster node --labels`): tasks that need labels run only on
+    /// nodes that carry all of them.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub labels: Vec<String>,
 }
 
 /// The limits every call of a chain runs under.
@@ -194,6 +198,12 @@ pub struct TaskSpec {
     /// Bytes handed to the task's init export.
     #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
+    /// The tasks its outputs go to, by index (a branching chain); `None`: the next task
+    /// listed, if any. Once a task of a chain has a list, those without are sinks.
+    pub next: Option<Vec<u32>>,
+    /// Labels a node must carry (all of them) to run this task.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub labels: Vec<String>,
 }
 
 /// A taskchain with its modules.
@@ -342,6 +352,25 @@ pub struct Outputs {
     /// Items of the range that failed in some task.
     #[serde(deserialize_with = "bounded::seq")]
     pub failures: Vec<Failure>,
+    /// Work of inputs of the range handed back to the root (continuations). The root owns
+    /// it from this message on: the input completes when all of it has.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub continuations: Vec<Continuation>,
+}
+
+// --- continuations (scheduling, issue #10) ---
+
+/// Items a generator of one input produced and the node handed back rather than run: the
+/// root sends them to any node, entering the chain at `stage`, as descendants of input
+/// `index` of the batch. Stage and parent travel once per run of items, not per item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuation {
+    /// Index of the input within its batch.
+    pub index: u32,
+    /// The task the items enter the chain at.
+    pub stage: TaskIndex,
+    /// The items.
+    pub items: Packed,
 }
 
 /// Answer to [`Msg::Release`].
@@ -409,6 +438,9 @@ pub struct NodeStatus {
     pub tasks: Vec<TaskCounters>,
     /// Resident memory of the node process, in bytes (`None` where the OS does not say).
     pub rss_bytes: Option<u64>,
+    /// The node's labels.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub labels: Vec<String>,
 }
 
 /// Lists decoded without trusting their announced length.

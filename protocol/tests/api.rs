@@ -38,6 +38,7 @@ async fn a_root_and_a_node_authenticate_and_exchange_a_batch() {
             node: addr.to_string(),
             busy_with: None,
             workers: 4,
+            labels: Vec::new(),
         };
         conn.write_message(&Msg::Welcome(welcome)).await.unwrap();
         let Msg::Items(batch) = conn.expect_message().await.unwrap() else {
@@ -51,6 +52,7 @@ async fn a_root_and_a_node_authenticate_and_exchange_a_batch() {
             counts: U32s(vec![1; batch.items.len()]),
             items: batch.items.iter().map(|i| i.to_ascii_uppercase()).collect(),
             failures: vec![],
+            continuations: vec![],
         };
         conn.write_message(&Msg::Outputs(outputs)).await.unwrap();
         // `Ok(None)`: the root closed cleanly.

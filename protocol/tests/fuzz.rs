@@ -96,6 +96,7 @@ fn every_message() -> Vec<Msg> {
                 held_s: 3,
             }),
             workers: 2,
+            labels: Vec::new(),
         }),
         Msg::StatusRequest,
         Msg::Setup(Box::new(Setup {
@@ -109,6 +110,8 @@ fn every_message() -> Vec<Msg> {
                     module: 0,
                     generator: true,
                     args: b"x".to_vec(),
+                    next: None,
+                    labels: Vec::new(),
                 }],
                 limits: Limits::default(),
             },
@@ -150,6 +153,7 @@ fn every_message() -> Vec<Msg> {
                 ..Default::default()
             }],
             rss_bytes: Some(1 << 20),
+            labels: vec!["cpu".into()],
         })),
         Msg::SetupDone(SetupDone {
             compiled: 1,
@@ -173,6 +177,11 @@ fn every_message() -> Vec<Msg> {
                 item_start: b"x".to_vec(),
                 item: Some(b"xyz".to_vec()),
                 message: "boom".into(),
+            }],
+            continuations: vec![Continuation {
+                index: 2,
+                stage: TaskIndex(1),
+                items: ["c", "d"].into_iter().collect(),
             }],
         }),
         Msg::Credit(Credit { items: 1, bytes: 2 }),
@@ -327,6 +336,7 @@ fn length_fields_inside_a_small_frame_cannot_force_a_big_allocation() {
             counts: U32s(vec![1]),
             items: ["x"].into_iter().collect(),
             failures: vec![],
+            continuations: vec![],
         }),
     ];
     // Varints of 2^20, 2^24 and 2^28 (bincode: 252 then a little-endian u32).

@@ -74,6 +74,9 @@ pub enum ChainError {
         /// The expected file.
         wasm: PathBuf,
     },
+    /// The tasks' graph (`name`, `next`) is invalid.
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
     /// The toolchain lacks the wasm target and it could not be added.
     #[error(
         "the Rust toolchain at {sysroot} lacks the wasm32-unknown-unknown target: {why} \
@@ -108,6 +111,13 @@ fn default_version() -> String {
 #[serde(deny_unknown_fields)]
 struct TaskFile {
     function: String,
+    /// Its name in `next` lists (default: the function).
+    name: Option<String>,
+    /// The tasks its outputs go to, by name.
+    next: Option<Vec<String>>,
+    /// Labels a node needs to run it.
+    #[serde(default)]
+    labels: Vec<String>,
     #[serde(default)]
     generator: bool,
     #[serde(default)]
@@ -132,26 +142,13 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
         path: path.display().to_string(),
         source,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        err(ChainError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-    })?;
-    let file: ChainFile = toml::from_str(&text).map_err(|e| {
-        err(ChainError::Toml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
-    })?;
+    let file = parse(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    if file.tasks.is_empty() {
-        return Err(err(ChainError::NoTasks));
-    }
+    let succ = file_graph(&file).map_err(&err)?;
     let mut module_paths: Vec<String> = Vec::new();
     let mut modules = Vec::new();
     let mut tasks = Vec::new();
-    for t in file.tasks {
+    for (i, t) in file.tasks.into_iter().enumerate() {
         let m = t.module.or_else(|| file.module.clone()).ok_or_else(|| {
             err(ChainError::NoModule {
                 task: t.function.clone(),
@@ -177,6 +174,8 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
             module: index as u32,
             generator: t.generator,
             args: t.args.into_bytes(),
+            next: succ.as_ref().map(|s| s[i].clone()),
+            labels: t.labels,
         });
     }
     let d = Limits::default();
@@ -191,6 +190,63 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
             max_item_bytes: file.limits.max_item_bytes.unwrap_or(d.max_item_bytes),
         },
     })
+}
+
+/// Reads and parses a chain file (no module is read or built).
+fn parse(path: &Path) -> Result<ChainFile, RootError> {
+    let err = |source: ChainError| RootError::Chain {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        err(ChainError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        err(ChainError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Each task's name (default: its function).
+fn names(file: &ChainFile) -> Vec<String> {
+    file.tasks
+        .iter()
+        .map(|t| t.name.clone().unwrap_or_else(|| t.function.clone()))
+        .collect()
+}
+
+/// The checked graph of a parsed chain file.
+fn file_graph(file: &ChainFile) -> Result<crate::graph::Successors, ChainError> {
+    if file.tasks.is_empty() {
+        return Err(ChainError::NoTasks);
+    }
+    let next: Vec<Option<Vec<String>>> = file.tasks.iter().map(|t| t.next.clone()).collect();
+    Ok(crate::graph::successors(&names(file), &next)?)
+}
+
+/// The chain file at `path` as a Graphviz DOT graph (`pcluster run --dot`), checked as at
+/// load but without reading or building any module.
+///
+/// # Errors
+/// As [`load`] for the file itself and its graph.
+pub fn dot(path: &Path) -> Result<String, RootError> {
+    let file = parse(path)?;
+    let succ = file_graph(&file).map_err(|source| RootError::Chain {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let functions: Vec<String> = file.tasks.iter().map(|t| t.function.clone()).collect();
+    Ok(crate::graph::dot(
+        &file.name,
+        &names(&file),
+        &functions,
+        &succ,
+    ))
 }
 
 /// The `.wasm` for a module entry: the file itself, or a task crate's build output (built

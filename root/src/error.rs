@@ -36,6 +36,14 @@ pub enum RootError {
     /// No chain is set up.
     #[error("no chain is set up: call setup first")]
     NotSetUp,
+    /// A task needs a label that no node carries (all of them on one node).
+    #[error("task `{task}` needs label `{label}`, which no node has")]
+    Placement {
+        /// The task.
+        task: String,
+        /// The label (or the task's labels, when each is somewhere but no node has all).
+        label: String,
+    },
     /// The cluster has no node.
     #[error("no node is left ({pending} items wait in the queue); lost nodes: {lost}")]
     NoNodes {

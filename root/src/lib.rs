@@ -50,6 +50,7 @@ mod conn;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
 pub mod error;
+pub mod graph;
 mod options;
 mod probe;
 pub mod scan;
@@ -233,6 +234,7 @@ impl Root {
             addr,
             conn,
             workers: welcome.workers,
+            labels: welcome.labels,
             reply,
         })
         .await

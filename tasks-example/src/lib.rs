@@ -6,6 +6,7 @@
 //!   [`w2_cpu_native`]);
 //! - tasks that misbehave on purpose, for the robustness tests: [`panic_task`],
 //!   [`spin_task`], [`hog_task`], and [`fan_out`], which emits as many items as it is told;
+//! - W3's fan-out [`fan_seeds`] (item `n` → the seeds `0` … `n-1`, for `w2_cpu`);
 //! - two small ones showing args and JSON items: [`prefix_task`] and [`point_mirror`].
 //!
 //! Every task function stays a plain function: the benchmark and the unit tests call them
@@ -215,6 +216,18 @@ task! {
 }
 
 task! {
+    /// W3's fan-out: for an item `N` (decimal), emits the N seeds `0`, `1`, .., `N-1`.
+    pub fn fan_seeds(n: u64, out: &mut Emitter) {
+        let mut line = String::new();
+        for i in 0..n {
+            line.clear();
+            write!(line, "{i}").expect("writing to a String cannot fail");
+            out.emit(line.as_str());
+        }
+    }
+}
+
+task! {
     /// Emits the task's args followed by the item: a plain task reading its args.
     pub fn prefix_task(item: &[u8]) -> Vec<u8> {
         [pcluster_task::args(), item].concat()
@@ -370,6 +383,15 @@ mod tests {
         assert!(texts(&testing::run(&fan_out::TASK, b"0")).is_empty());
         assert_eq!(testing::run(&fan_out::TASK, b"1000").items.len(), 1000);
         assert!(testing::run(&fan_out::TASK, b"three").error.is_some());
+    }
+
+    #[test]
+    fn fan_seeds_emits_the_seeds_below_n() {
+        assert_eq!(
+            texts(&testing::run(&fan_seeds::TASK, b"3")),
+            ["0", "1", "2"]
+        );
+        assert_eq!(testing::run(&fan_seeds::TASK, b"400").items.len(), 400);
     }
 
     #[test]

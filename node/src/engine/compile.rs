@@ -22,6 +22,8 @@ pub struct CompiledTask {
     pub name: Arc<str>,
     /// Whether it may emit several items per input.
     pub generator: bool,
+    /// Labels a node needs to run it.
+    pub labels: Vec<String>,
     pub(super) args: Vec<u8>,
     pub(super) pre: InstancePre<HostState>,
     pub(super) init_export: Option<String>,
@@ -39,6 +41,8 @@ pub struct CompiledChain {
     pub tasks: Vec<CompiledTask>,
     /// Limits of every call.
     pub limits: Limits,
+    /// A branching chain's graph; `None` for a linear chain.
+    pub graph: Option<super::Graph>,
 }
 
 impl std::fmt::Debug for CompiledChain {
@@ -118,6 +122,7 @@ pub fn compile_chain(
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
     }
+    let graph = super::graph::graph(&spec.tasks)?;
     let mut modules = Vec::with_capacity(spec.modules.len());
     let (mut compiled, mut cached) = (0, 0);
     for (i, bytes) in spec.modules.iter().enumerate() {
@@ -162,6 +167,7 @@ pub fn compile_chain(
             version: spec.version.clone(),
             tasks,
             limits: spec.limits.clone(),
+            graph,
         },
         compiled,
         cached,
@@ -209,6 +215,7 @@ fn compile_task(
     Ok(CompiledTask {
         name: name.clone(),
         generator: spec.generator,
+        labels: spec.labels.clone(),
         args: spec.args.clone(),
         pre,
         init_export,

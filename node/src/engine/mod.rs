@@ -2,6 +2,7 @@
 //!
 //! - [`cache`]: compiled modules by content hash.
 //! - [`compile`]: a chain's modules compiled and every task checked against the ABI.
+//! - [`graph`]: a branching chain's successors and the order its tasks run in.
 //! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
 //!   `emit_batch`) of docs/ABI.md.
 //! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
@@ -9,6 +10,7 @@
 
 mod cache;
 mod compile;
+mod graph;
 mod host;
 mod instance;
 
@@ -19,6 +21,7 @@ use wasmtime::{Config, Engine};
 
 pub use cache::ModuleCache;
 pub use compile::{CompiledChain, compile_chain};
+pub use graph::{Graph, GraphError};
 pub use host::{Entry, LogCtx, OutBuf};
 pub use instance::TaskInstance;
 

@@ -59,6 +59,8 @@ pub struct NodeConfig {
     /// A root silent this long (no message, no heartbeat) is treated as gone: its
     /// connection is closed and the node is orphaned, as if the root had disconnected.
     pub root_timeout: Duration,
+    /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
+    pub labels: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +77,7 @@ impl Default for NodeConfig {
             drain_timeout: Duration::from_secs(60),
             probe_idle_timeout: Duration::from_secs(60),
             root_timeout: Duration::from_secs(30),
+            labels: Vec::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ async fn serve_guest(
         node: node.addr.to_string(),
         busy_with: node.busy_with(conn_id, accepted.resume),
         workers: node.config.workers,
+        labels: node.config.labels.clone(),
     };
     if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
         return;

@@ -122,6 +122,7 @@ impl Node {
                 .as_ref()
                 .map_or_else(|| slot.last_tasks.clone(), |p| p.task_counters()),
             rss_bytes: crate::rss_bytes(),
+            labels: self.config.labels.clone(),
         }
     }
 

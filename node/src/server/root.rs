@@ -203,6 +203,7 @@ async fn setup_chain(
             Arc::new(chain),
             node.config.workers.max(1),
             node.addr.clone(),
+            &node.config.labels,
             out,
         )?;
         Ok((pool, compiled, cached))

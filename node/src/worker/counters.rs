@@ -40,6 +40,15 @@ impl Counters {
         self.busy_ns.fetch_add(s.busy_ns, Ordering::Relaxed);
     }
 
+    /// Calls, outputs and time so far, for the grant policy.
+    pub(super) fn cost(&self) -> super::grant::TaskCost {
+        super::grant::TaskCost {
+            calls: self.items_in.load(Ordering::Relaxed),
+            outputs: self.items_out.load(Ordering::Relaxed),
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+        }
+    }
+
     /// The counters of task `name` in the wire format.
     pub(super) fn snapshot(&self, name: &str) -> TaskCounters {
         TaskCounters {

@@ -8,7 +8,12 @@ use protocol::{Failure, Outputs, Packed, U32s};
 /// completion, so one input's outputs must fit in one message.
 pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
     let size = |bytes: usize, items: usize| bytes + 4 * items + 64;
-    if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() <= limit {
+    let handed_back: usize = o
+        .continuations
+        .iter()
+        .map(|c| size(c.items.data.len(), c.items.len()))
+        .sum();
+    if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() + handed_back <= limit {
         return vec![o];
     }
     let Outputs {
@@ -17,6 +22,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         counts,
         items,
         failures,
+        continuations,
     } = o;
     let mut parts: Vec<Outputs> = Vec::new();
     let mut cur = Outputs {
@@ -25,6 +31,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         counts: U32s(Vec::new()),
         items: Packed::new(),
         failures: Vec::new(),
+        continuations: Vec::new(),
     };
     let mut it = items.iter();
     for (i, &n) in counts.0.iter().enumerate() {
@@ -52,6 +59,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                     counts: U32s(Vec::new()),
                     items: Packed::new(),
                     failures: Vec::new(),
+                    continuations: Vec::new(),
                 },
             );
             parts.push(done);
@@ -82,6 +90,15 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
             p.failures.push(f);
         }
     }
+    // Continuations too: they travel with their input's completion.
+    for c in continuations {
+        if let Some(p) = parts
+            .iter_mut()
+            .find(|p| c.index >= p.first && c.index < p.first + p.counts.0.len() as u32)
+        {
+            p.continuations.push(c);
+        }
+    }
     parts
 }
 
@@ -104,6 +121,7 @@ mod tests {
             counts: U32s(counts),
             items,
             failures: vec![],
+            continuations: vec![],
         };
         let parts = fit_in_frames(o.clone(), 250);
         assert!(parts.len() > 1);

@@ -32,7 +32,9 @@ impl LocalChain {
     pub fn new(spec: &protocol::ChainSpec) -> Result<LocalChain, SetupError> {
         let cache = crate::engine::ModuleCache::default();
         let (chain, _, _) = crate::engine::compile_chain(&cache, spec)?;
-        let shared = Arc::new(PoolShared::new(Arc::new(chain), 1, 1));
+        let mut shared = PoolShared::new(Arc::new(chain), 1, Some(1));
+        shared.hand_back = false;
+        let shared = Arc::new(shared);
         let (tx, rx) = crossbeam_channel::bounded(1);
         Ok(LocalChain {
             worker: Worker::new(shared, 0, "local".into())?,

@@ -12,12 +12,15 @@
 //! - [`thread`]: one worker thread: units and fan-out parts through the chain.
 //! - [`stage`]: one task over the items of one stage, batched or item by item, with
 //!   failures recorded per item.
+//! - [`grant`]: the grant policy: credit window, unit size and fan-out split from the
+//!   measured time items take.
 //! - [`counters`]: per-task counters.
 //! - [`frames`]: outputs split into messages that fit in a frame.
 //! - `local` (feature `local-chain`): the chain in the calling thread, for the benchmark.
 
 mod counters;
 mod frames;
+mod grant;
 #[cfg(feature = "local-chain")]
 mod local;
 mod pool;
@@ -28,7 +31,7 @@ mod thread;
 
 use std::sync::{Arc, Mutex};
 
-use protocol::{Failure, Packed};
+use protocol::{Continuation, Failure, Packed};
 
 use crate::engine::OutBuf;
 
@@ -36,11 +39,6 @@ use crate::engine::OutBuf;
 pub use local::LocalChain;
 pub use pool::{Pool, PoolShared};
 
-/// Most inputs in one work unit.
-const MAX_UNIT: u32 = 4096;
-/// A generator stage emitting at least this many items in one unit spreads them over the
-/// node's workers.
-const FAN_OUT_SPLIT: usize = 8192;
 /// Largest outputs message a node sends (below the 64 MiB frame limit).
 const MAX_OUTPUT_MESSAGE: usize = 48 << 20;
 
@@ -87,8 +85,8 @@ pub struct Part {
     items: OutBuf,
 }
 
-/// One worker's finished share of a group: its outputs and failures.
-type Share = (OutBuf, Vec<Failure>);
+/// One worker's finished share of a group: its outputs, failures and continuations.
+type Share = (OutBuf, Vec<Failure>, Vec<Continuation>);
 
 /// The unit a fan-out was split from; its outputs leave the node in one message, assembled by
 /// whichever worker finishes the last part.

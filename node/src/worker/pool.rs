@@ -11,19 +11,14 @@ use protocol::{Credit, Msg, TaskCounters};
 use tokio::sync::mpsc;
 
 use super::counters::Counters;
+use super::grant;
 use super::thread::Worker;
-use super::{Batch, MAX_UNIT, Unit, Work};
+use super::{Batch, Unit, Work};
 use crate::engine::CompiledChain;
 use crate::error::{RequestError, SetupError};
 
-/// How long one work unit should take; units are sized from the measured time per item.
-const UNIT_TARGET_NS: u64 = 2_000_000;
-/// How much time worth of items a node wants in flight per worker.
-const WINDOW_TARGET_NS: u64 = 20_000_000;
 /// Bytes a node accepts in flight.
 const WINDOW_BYTES: u64 = 256 << 20;
-/// Most items a node asks for per worker.
-const MAX_WINDOW_PER_WORKER: u64 = 128 * 1024;
 
 /// Per chain (name and version), how long an item took when it last ran in this process, so
 /// the next run of the same chain starts with the right unit size and credit window.
@@ -60,8 +55,11 @@ pub struct PoolShared {
     pub idle: AtomicU32,
     /// Inputs received and not yet answered.
     pub in_flight: AtomicU64,
-    /// Average nanoseconds one input takes through the whole chain (EWMA).
-    pub avg_item_ns: AtomicU64,
+    /// Average nanoseconds one input takes through the chain (see [`grant::blend`]); read
+    /// only once `measured` is set.
+    avg_item_ns: AtomicU64,
+    /// Whether `avg_item_ns` holds a measurement (or a hint from an earlier run) yet.
+    measured: AtomicBool,
     /// Credit last announced to the root (items).
     pub announced: AtomicU64,
     pub(super) paused: Mutex<bool>,
@@ -70,23 +68,34 @@ pub struct PoolShared {
     pub(super) workers: u32,
     /// Failures carry the whole failing item (the root tries items again).
     pub send_failed_items: AtomicBool,
+    /// Per task: whether this node carries every label it needs. Items reaching a task it
+    /// does not go back to the root as continuations, for a node that does.
+    pub(super) runnable: Vec<bool>,
+    /// Whether a fan-out may be split (a node's pool); without, the one worker runs all of
+    /// it (the in-process floor, which has neither other workers nor a root).
+    pub(super) hand_back: bool,
 }
 
 impl PoolShared {
-    /// The state of `workers` workers of `chain`, assuming items take `avg_item_ns`.
-    pub(super) fn new(chain: Arc<CompiledChain>, workers: u32, avg_item_ns: u64) -> Self {
+    /// The state of `workers` workers of `chain`, assuming items take `item_ns` (`None`:
+    /// nothing known, start small).
+    pub(super) fn new(chain: Arc<CompiledChain>, workers: u32, item_ns: Option<u64>) -> Self {
+        let tasks = chain.tasks.len();
         PoolShared {
             counters: chain.tasks.iter().map(|_| Counters::default()).collect(),
             chain,
             idle: AtomicU32::new(workers),
             in_flight: AtomicU64::new(0),
-            avg_item_ns: AtomicU64::new(avg_item_ns),
+            avg_item_ns: AtomicU64::new(item_ns.unwrap_or(0)),
+            measured: AtomicBool::new(item_ns.is_some()),
             announced: AtomicU64::new(0),
             paused: Mutex::new(false),
             resume: Condvar::new(),
             stop: AtomicBool::new(false),
             workers,
             send_failed_items: AtomicBool::new(false),
+            runnable: vec![true; tasks],
+            hand_back: true,
         }
     }
 
@@ -100,18 +109,42 @@ impl PoolShared {
             .collect()
     }
 
+    /// Nanoseconds an input takes through the chain, once measured.
+    pub fn item_ns(&self) -> Option<u64> {
+        self.measured
+            .load(Ordering::Relaxed)
+            .then(|| self.avg_item_ns.load(Ordering::Relaxed))
+    }
+
+    /// A unit of `count` inputs took `unit_ns`.
+    pub(super) fn record_unit(&self, unit_ns: u64, count: u32) {
+        let avg = grant::blend(self.item_ns(), unit_ns, count);
+        self.avg_item_ns.store(avg, Ordering::Relaxed);
+        self.measured.store(true, Ordering::Relaxed);
+    }
+
+    /// What one item entering task `from` costs through the rest of the chain, from this
+    /// node's counters; `None` while a task on the way has never run.
+    pub(super) fn downstream_ns(&self, from: usize) -> Option<u64> {
+        let costs: Vec<grant::TaskCost> = self
+            .counters
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(Counters::cost)
+            .collect();
+        grant::downstream_ns(&costs)
+    }
+
     /// How many inputs a work unit should hold now.
     pub fn unit_size(&self) -> u32 {
-        let avg = self.avg_item_ns.load(Ordering::Relaxed).max(1);
-        (UNIT_TARGET_NS / avg).clamp(1, u64::from(MAX_UNIT)) as u32
+        grant::unit_size(self.item_ns())
     }
 
     /// The credit window the node wants now.
     pub fn credit(&self) -> Credit {
-        let avg = self.avg_item_ns.load(Ordering::Relaxed).max(1);
-        let per_worker = (WINDOW_TARGET_NS / avg).clamp(2, MAX_WINDOW_PER_WORKER);
         Credit {
-            items: (per_worker * u64::from(self.workers)).min(u64::from(u32::MAX)) as u32,
+            items: grant::window_items(self.item_ns(), self.workers),
             bytes: WINDOW_BYTES,
         }
     }
@@ -150,12 +183,20 @@ impl Pool {
         chain: Arc<CompiledChain>,
         workers: u32,
         node: Arc<str>,
+        labels: &[String],
         out: mpsc::Sender<Msg>,
     ) -> Result<Pool, SetupError> {
+        // What this chain's items took last time, else nothing: small units and a small
+        // window until the first unit is measured.
         let hint = speed_hint(&chain);
-        // What this chain's items took last time, else a cautious guess (small units, a
-        // small window) until the first unit is measured.
-        let shared = Arc::new(PoolShared::new(chain, workers, hint.unwrap_or(200_000)));
+        let runnable = chain
+            .tasks
+            .iter()
+            .map(|t| t.labels.iter().all(|l| labels.contains(l)))
+            .collect();
+        let mut shared = PoolShared::new(chain, workers, hint);
+        shared.runnable = runnable;
+        let shared = Arc::new(shared);
         let (tx, rx) = crossbeam_channel::bounded::<Work>(1 << 16);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SetupError>>();
         let mut threads = Vec::with_capacity(workers as usize);
@@ -286,11 +327,10 @@ impl Pool {
     /// Stops the workers: they finish the unit they run (bounded by the chain's deadline)
     /// and exit; queued units are dropped. Does not wait for the threads.
     pub fn stop(&mut self) {
-        if !self.shared.stop.load(Ordering::Relaxed) {
-            remember_speed(
-                &self.shared.chain,
-                self.shared.avg_item_ns.load(Ordering::Relaxed),
-            );
+        if !self.shared.stop.load(Ordering::Relaxed)
+            && let Some(ns) = self.shared.item_ns()
+        {
+            remember_speed(&self.shared.chain, ns);
         }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.queue = None;

@@ -96,8 +96,14 @@ fn w1_module(batched: bool) -> Vec<u8> {
 }
 
 /// Runs `item-0` … `item-9` as one unit through `tasks` (`(function, generator)`), batched
-/// or not; returns the outputs and each task's counters.
+/// or not, on a worker that never splits a fan-out; returns the outputs and each task's
+/// counters.
 fn run_ten(batched: bool, tasks: &[(&str, bool)]) -> (Outputs, Vec<TaskCounters>) {
+    run_ten_on(batched, tasks, false)
+}
+
+/// As [`run_ten`], on a worker of a node's pool (with no other worker idle) when `pool`.
+fn run_ten_on(batched: bool, tasks: &[(&str, bool)], pool: bool) -> (Outputs, Vec<TaskCounters>) {
     let spec = ChainSpec {
         name: "w1".into(),
         version: "1".into(),
@@ -109,12 +115,19 @@ fn run_ten(batched: bool, tasks: &[(&str, bool)]) -> (Outputs, Vec<TaskCounters>
                 module: 0,
                 generator,
                 args: Vec::new(),
+                next: None,
+                labels: Vec::new(),
             })
             .collect(),
         limits: Limits::default(),
     };
     let (chain, _, _) = compile_chain(&ModuleCache::default(), &spec).expect("compiles");
-    let shared = Arc::new(PoolShared::new(Arc::new(chain), 1, 1));
+    // In a pool, nothing measured yet (so the cost of what follows a generator is unknown).
+    let mut shared = PoolShared::new(Arc::new(chain), 1, if pool { None } else { Some(1) });
+    shared.hand_back = pool;
+    // The worker running the unit is busy: no other is idle.
+    shared.idle.store(0, std::sync::atomic::Ordering::Relaxed);
+    let shared = Arc::new(shared);
     let mut worker = Worker::new(shared.clone(), 0, "test".into()).expect("instantiates");
     let (tx, _rx) = crossbeam_channel::bounded(1);
     let items: Packed = (0..10).map(|i| format!("item-{i}")).collect();
@@ -130,7 +143,7 @@ fn run_ten(batched: bool, tasks: &[(&str, bool)]) -> (Outputs, Vec<TaskCounters>
     };
     let outputs = worker
         .run_unit(&unit, &tx)
-        .expect("a single worker never splits");
+        .expect("with no other worker idle, nothing is left to others");
     (outputs, shared.task_counters())
 }
 
@@ -226,6 +239,8 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
             module: 0,
             generator: false,
             args: Vec::new(),
+            next: None,
+            labels: Vec::new(),
         }],
         limits: Limits::default(),
     };
@@ -233,14 +248,40 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
     let chain = Arc::new(chain);
     // (ns per item) -> (unit size, credit items) for two workers.
     for (avg, unit, items) in [
-        (1_000, 2_000, 40_000),
-        (1, 4_096, 2 * 128 * 1024),
-        (1_000_000_000, 1, 4),
+        (Some(1_000), 2_000, 100_000),
+        (Some(1), 4_096, 2 * 128 * 1024),
+        (Some(1_000_000_000), 1, 2),
+        (None, 1, 4),
     ] {
         let shared = PoolShared::new(chain.clone(), 2, avg);
-        assert_eq!(shared.unit_size(), unit, "{avg} ns");
+        assert_eq!(shared.unit_size(), unit, "{avg:?} ns");
         let credit = shared.credit();
-        assert_eq!(credit.items, items, "{avg} ns");
+        assert_eq!(credit.items, items, "{avg:?} ns");
         assert_eq!(credit.bytes, 256 << 20);
     }
+}
+
+#[test]
+fn a_fan_out_past_what_the_worker_finishes_soon_goes_back_as_continuations() {
+    // `duplicate` emits 20 items; `identity` after it was never measured, so the worker keeps
+    // a few and hands the rest back, each run tagged with its input and the next task.
+    let (out, tasks) = run_ten_on(false, &[("duplicate", true), ("identity", false)], true);
+    let kept = out.items.len();
+    let handed: usize = out.continuations.iter().map(|c| c.items.len()).sum();
+    assert_eq!((kept, handed), (super::grant::KEEP_UNKNOWN, 20 - kept));
+    assert_eq!(out.counts.0.iter().sum::<u32>() as usize, kept);
+    assert!(
+        out.continuations
+            .iter()
+            .all(|c| c.stage == protocol::TaskIndex(1) && c.index < 10),
+        "{out:?}"
+    );
+    // Inputs of handed-back items are those past the kept ones, in order.
+    let inputs: Vec<u32> = out.continuations.iter().map(|c| c.index).collect();
+    assert_eq!(inputs, (2..10).collect::<Vec<u32>>());
+    assert_eq!(
+        counts(&tasks)[1].1,
+        kept as u64,
+        "identity ran on the kept items only"
+    );
 }

@@ -6,15 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use protocol::{Failure, Msg, Outputs, Packed, TaskIndex, U32s};
+use protocol::{Continuation, Failure, Msg, Outputs, Packed, TaskIndex, U32s};
 use tokio::sync::mpsc;
 
 use super::counters::StageCounts;
 use super::frames::fit_in_frames;
+use super::grant::{self, FanOut};
 use super::pool::PoolShared;
 use super::stage::{FailureSink, StageCtx};
-use super::{FAN_OUT_SPLIT, Group, MAX_OUTPUT_MESSAGE, Part, Unit, Work};
-use crate::engine::{LogCtx, OutBuf, TaskInstance};
+use super::{Group, MAX_OUTPUT_MESSAGE, Part, Unit, Work};
+use crate::engine::{CompiledChain, Graph, LogCtx, OutBuf, TaskInstance};
 use crate::error::{SetupError, TaskProblem};
 
 /// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
@@ -30,6 +31,8 @@ pub(super) struct Worker {
     task_ns: Vec<u64>,
     /// Fan-out parts the queue had no room for; this worker runs them itself.
     deferred: Vec<Part>,
+    /// Work of the current unit handed back to the root (input indices within the unit).
+    conts: Vec<Continuation>,
     cur: OutBuf,
     spare: OutBuf,
 }
@@ -42,6 +45,13 @@ impl Worker {
     ) -> Result<Worker, SetupError> {
         let mut instances = Vec::with_capacity(shared.chain.tasks.len());
         for (i, task) in shared.chain.tasks.iter().enumerate() {
+            if !shared.runnable[i] {
+                // Never called here: its items go back to the root.
+                instances.push(Err(Arc::new(TaskProblem::NotPlaced {
+                    labels: task.labels.join(","),
+                })));
+                continue;
+            }
             let ctx = LogCtx {
                 node: node.clone(),
                 worker: index,
@@ -59,6 +69,7 @@ impl Worker {
         Ok(Worker {
             task_ns: vec![0; shared.chain.tasks.len()],
             deferred: Vec::new(),
+            conts: Vec::new(),
             shared,
             index,
             node,
@@ -94,12 +105,8 @@ impl Worker {
             let done = match work {
                 Work::Unit(unit) => {
                     let r = self.run_unit(&unit, &tx);
-                    let ns = started.elapsed().as_nanos() as u64 / u64::from(unit.count.max(1));
-                    let old = self.shared.avg_item_ns.load(Ordering::Relaxed);
-                    // Weigh by unit size so one tiny unit cannot swing the estimate far.
-                    let w = u64::from(unit.count.clamp(1, 64));
-                    let avg = (old * (128 - w) + ns.max(1) * w) / 128;
-                    self.shared.avg_item_ns.store(avg.max(1), Ordering::Relaxed);
+                    self.shared
+                        .record_unit(started.elapsed().as_nanos() as u64, unit.count);
                     r
                 }
                 Work::Part(part) => self.run_part(part, &tx),
@@ -181,10 +188,11 @@ impl Worker {
         failures: Vec<Failure>,
     ) -> Option<Outputs> {
         let share = std::mem::take(&mut self.cur);
+        let conts = std::mem::take(&mut self.conts);
         {
             let mut parts = group.parts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(slot) = parts.get_mut(index) {
-                *slot = Some((share, failures));
+                *slot = Some((share, failures, conts));
             }
         }
         if group.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
@@ -193,7 +201,8 @@ impl Worker {
         let parts = std::mem::take(&mut *group.parts.lock().unwrap_or_else(|e| e.into_inner()));
         let mut all = Vec::new();
         self.cur.clear();
-        for (buf, f) in parts.into_iter().flatten() {
+        for (buf, f, c) in parts.into_iter().flatten() {
+            self.conts.extend(c);
             let base = self.cur.data.len();
             self.cur.data.extend_from_slice(&buf.data);
             self.cur
@@ -221,12 +230,17 @@ impl Worker {
         for f in &mut failures {
             f.index += first;
         }
+        let mut continuations = std::mem::take(&mut self.conts);
+        for c in &mut continuations {
+            c.index += first;
+        }
         Outputs {
             seq,
             first,
             counts: U32s(counts),
             items: packed,
             failures,
+            continuations,
         }
     }
 
@@ -246,125 +260,235 @@ impl Worker {
         count: u32,
     ) -> Option<Arc<Group>> {
         let chain = self.shared.chain.clone();
+        if let Some(graph) = &chain.graph {
+            // A branching chain runs whole here (no fan-out split: docs/SCHEDULING.md).
+            self.run_graph(&chain, graph, unit, from, failures);
+            return None;
+        }
         let mut group = None;
+        let mut split_done = false;
         for k in from..chain.tasks.len() {
-            let started = Instant::now();
-            let mut stage = std::mem::take(&mut self.spare);
-            stage.clear();
-            let mut ctx = StageCtx {
-                chain: &chain,
-                k,
-                node: &self.node,
-                worker: self.index,
-                slot: &mut self.instances[k],
-                sink: FailureSink {
-                    failures,
-                    node: &self.node,
-                    worker: self.index,
-                    k,
-                    failed: 0,
-                    whole_items: self.shared.send_failed_items.load(Ordering::Relaxed),
-                },
-                calls: 0,
-                dropped: 0,
-                batch: self.task_ns[k] < BATCH_BELOW_NS,
-            };
-            match unit {
-                Some(unit) if k == from => {
-                    let batch = &unit.batch;
-                    let first = unit.first as usize;
-                    let lens = &batch.items.lens.0[first..first + unit.count as usize];
-                    let mut offset = unit.byte_start;
-                    let items = lens.iter().enumerate().map(|(i, &l)| {
-                        let item = &batch.items.data[offset..offset + l as usize];
-                        offset += l as usize;
-                        (i as u32, item)
-                    });
-                    ctx.run(items, &mut stage);
+            if !self.shared.runnable[k] {
+                // This node lacks the task's labels: what reached it goes back to the root,
+                // for a node that has them.
+                match unit {
+                    Some(unit) if k == from => {
+                        push_conts(&mut self.conts, k, unit_items(unit));
+                        self.cur.clear();
+                    }
+                    _ => {
+                        let prev = std::mem::take(&mut self.cur);
+                        let items = prev.entries.iter().map(|e| (e.input, prev.item(e)));
+                        push_conts(&mut self.conts, k, items);
+                        self.spare = prev;
+                    }
                 }
+                break;
+            }
+            let stage = match unit {
+                Some(unit) if k == from => self.run_task(&chain, k, unit_items(unit), failures),
                 _ => {
-                    let prev = &self.cur;
-                    ctx.run(
-                        prev.entries.iter().map(|e| (e.input, prev.item(e))),
-                        &mut stage,
-                    );
+                    let prev = std::mem::take(&mut self.cur);
+                    let items = prev.entries.iter().map(|e| (e.input, prev.item(e)));
+                    let stage = self.run_task(&chain, k, items, failures);
+                    self.cur = prev;
+                    stage
                 }
-            }
-            let calls = ctx.calls;
-            let busy = started.elapsed().as_nanos() as u64;
-            self.shared.counters[k].add(StageCounts {
-                calls,
-                outputs: stage.entries.len() as u64,
-                failed: ctx.sink.failed,
-                dropped: ctx.dropped,
-                busy_ns: busy,
-            });
-            if let Some(per_call) = busy.checked_div(calls) {
-                self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
-            }
+            };
             self.spare = std::mem::replace(&mut self.cur, stage);
-            let fan_out = chain.tasks[k].generator
+            // A fan-out (of a unit, not of a share of one) larger than this worker finishes
+            // soon spreads over idle workers and, beyond them, back to the root.
+            if chain.tasks[k].generator
                 && k + 1 < chain.tasks.len()
                 && unit.is_some()
-                && group.is_none()
-                && self.shared.workers > 1
-                && self.cur.entries.len() >= FAN_OUT_SPLIT;
-            if fan_out {
-                group = Some(self.split(k + 1, tx, seq, first, count));
+                && !split_done
+                && self.shared.hand_back
+                && self.cur.entries.len() > 1
+            {
+                // Until every task after this one has run here, the time a whole input takes
+                // bounds what one of its outputs costs from here on (each input emitting one
+                // at least).
+                let est = self
+                    .shared
+                    .downstream_ns(k + 1)
+                    .or_else(|| self.shared.item_ns());
+                let idle = self.shared.idle.load(Ordering::Relaxed);
+                if let Some(plan) = grant::split_fan_out(self.cur.entries.len(), est, idle) {
+                    split_done = true;
+                    group = self.split(plan, k + 1, tx, seq, first, count);
+                }
             }
         }
         group
     }
 
-    /// Keeps the first share of `self.cur` and queues the others as parts.
+    /// Task `k` over `items`, into the spare buffer, counted; returns its outputs.
+    fn run_task<'i>(
+        &mut self,
+        chain: &CompiledChain,
+        k: usize,
+        items: impl Iterator<Item = (u32, &'i [u8])>,
+        failures: &mut Vec<Failure>,
+    ) -> OutBuf {
+        let started = Instant::now();
+        let mut stage = std::mem::take(&mut self.spare);
+        stage.clear();
+        let mut ctx = StageCtx {
+            chain,
+            k,
+            node: &self.node,
+            worker: self.index,
+            slot: &mut self.instances[k],
+            sink: FailureSink {
+                failures,
+                node: &self.node,
+                worker: self.index,
+                k,
+                failed: 0,
+                whole_items: self.shared.send_failed_items.load(Ordering::Relaxed),
+            },
+            calls: 0,
+            dropped: 0,
+            batch: self.task_ns[k] < BATCH_BELOW_NS,
+        };
+        ctx.run(items, &mut stage);
+        let calls = ctx.calls;
+        let busy = started.elapsed().as_nanos() as u64;
+        self.shared.counters[k].add(StageCounts {
+            calls,
+            outputs: stage.entries.len() as u64,
+            failed: ctx.sink.failed,
+            dropped: ctx.dropped,
+            busy_ns: busy,
+        });
+        if let Some(per_call) = busy.checked_div(calls) {
+            self.task_ns[k] = (self.task_ns[k] + per_call) / 2;
+        }
+        stage
+    }
+
+    /// A branching chain from task `from` on (items from the unit, else `self.cur`): tasks
+    /// in the graph's order, each over everything its predecessors emitted, each output of
+    /// a task going to every successor; the sinks' outputs end in `self.cur`, by input.
+    fn run_graph(
+        &mut self,
+        chain: &CompiledChain,
+        graph: &Graph,
+        unit: Option<&Unit>,
+        from: usize,
+        failures: &mut Vec<Failure>,
+    ) {
+        let mut pending: Vec<OutBuf> = chain.tasks.iter().map(|_| OutBuf::default()).collect();
+        let mut sinks = OutBuf::default();
+        if unit.is_none() {
+            pending[from] = std::mem::take(&mut self.cur);
+        }
+        let start = graph.order.iter().position(|&t| t == from).unwrap_or(0);
+        for &k in &graph.order[start..] {
+            if !self.shared.runnable[k] {
+                match unit {
+                    Some(unit) if k == from => push_conts(&mut self.conts, k, unit_items(unit)),
+                    _ => {
+                        let input = std::mem::take(&mut pending[k]);
+                        let items = input.entries.iter().map(|e| (e.input, input.item(e)));
+                        push_conts(&mut self.conts, k, items);
+                    }
+                }
+                continue;
+            }
+            let out = match unit {
+                Some(unit) if k == from => self.run_task(chain, k, unit_items(unit), failures),
+                _ => {
+                    let input = std::mem::take(&mut pending[k]);
+                    if input.entries.is_empty() {
+                        continue;
+                    }
+                    let items = input.entries.iter().map(|e| (e.input, input.item(e)));
+                    self.run_task(chain, k, items, failures)
+                }
+            };
+            match graph.next[k].as_slice() {
+                [] => append(&mut sinks, &out),
+                next => {
+                    for &s in next {
+                        append(&mut pending[s], &out);
+                    }
+                }
+            }
+        }
+        // Outputs travel grouped by input: order them so, bytes following entries.
+        sinks.entries.sort_by_key(|e| e.input);
+        let mut ordered = OutBuf::default();
+        append(&mut ordered, &sinks);
+        self.cur = ordered;
+    }
+
+    /// Splits `self.cur` as `plan` says: the first `keep` items stay, the next go to the
+    /// queue as parts (returning the group this worker's share belongs to), the last become
+    /// continuations for the root, in runs of one input each.
     fn split(
         &mut self,
+        plan: FanOut,
         start_task: usize,
         tx: &crossbeam_channel::Sender<Work>,
         seq: u64,
         first: u32,
         count: u32,
-    ) -> Arc<Group> {
-        let shares = self.shared.workers as usize;
+    ) -> Option<Arc<Group>> {
         let n = self.cur.entries.len();
+        let keep = plan.keep.min(n);
+        let shared_end = (keep + plan.to_workers).min(n);
         tracing::debug!(
             node = &*self.node,
             worker = self.index,
             items = n,
-            shares,
-            "spreading a fan-out over the workers"
+            keep,
+            to_workers = shared_end - keep,
+            to_root = n - shared_end,
+            "splitting a fan-out"
         );
-        let per = n.div_ceil(shares);
-        let group = Arc::new(Group {
-            seq,
-            first,
-            count,
-            parts: Mutex::new((0..shares).map(|_| None).collect()),
-            pending: std::sync::atomic::AtomicUsize::new(shares),
+        let cur = &self.cur;
+        let surplus = cur.entries[shared_end..].iter();
+        push_conts(
+            &mut self.conts,
+            start_task,
+            surplus.map(|e| (e.input, cur.item(e))),
+        );
+        let part_items = plan.part_items.max(1);
+        let shares = 1 + (shared_end - keep).div_ceil(part_items);
+        let group = (shares > 1).then(|| {
+            Arc::new(Group {
+                seq,
+                first,
+                count,
+                parts: Mutex::new((0..shares).map(|_| None).collect()),
+                pending: std::sync::atomic::AtomicUsize::new(shares),
+            })
         });
         let mut parts = Vec::with_capacity(shares - 1);
-        for index in 1..shares {
-            let lo = (index * per).min(n);
-            let hi = ((index + 1) * per).min(n);
-            let mut items = OutBuf::default();
-            for e in &self.cur.entries[lo..hi] {
-                let start = items.data.len();
-                items.data.extend_from_slice(self.cur.item(e));
-                items.entries.push(crate::engine::Entry {
-                    input: e.input,
-                    len: e.len,
-                    start,
+        if let Some(group) = &group {
+            for index in 1..shares {
+                let lo = keep + (index - 1) * part_items;
+                let hi = (lo + part_items).min(shared_end);
+                let mut items = OutBuf::default();
+                for e in &self.cur.entries[lo..hi] {
+                    let start = items.data.len();
+                    items.data.extend_from_slice(self.cur.item(e));
+                    items.entries.push(crate::engine::Entry {
+                        input: e.input,
+                        len: e.len,
+                        start,
+                    });
+                }
+                parts.push(Part {
+                    group: group.clone(),
+                    index,
+                    start_task,
+                    items,
                 });
             }
-            parts.push(Part {
-                group: group.clone(),
-                index,
-                start_task,
-                items,
-            });
         }
         // This worker keeps the first share.
-        let keep = per.min(n);
         let keep_bytes = self
             .cur
             .entries
@@ -381,5 +505,55 @@ impl Worker {
             }
         }
         group
+    }
+}
+
+/// The items of a unit, straight from its batch.
+fn unit_items(unit: &Unit) -> impl Iterator<Item = (u32, &[u8])> {
+    let batch = &unit.batch;
+    let first = unit.first as usize;
+    let lens = &batch.items.lens.0[first..first + unit.count as usize];
+    let mut offset = unit.byte_start;
+    lens.iter().enumerate().map(move |(i, &l)| {
+        let item = &batch.items.data[offset..offset + l as usize];
+        offset += l as usize;
+        (i as u32, item)
+    })
+}
+
+/// Appends the items of `from` to `to`, in `from`'s entry order.
+fn append(to: &mut OutBuf, from: &OutBuf) {
+    for e in &from.entries {
+        let start = to.data.len();
+        to.data.extend_from_slice(from.item(e));
+        to.entries.push(crate::engine::Entry {
+            input: e.input,
+            len: e.len,
+            start,
+        });
+    }
+}
+
+/// Appends `items` to `conts` as continuations at `stage`: one per run of items of the
+/// same input.
+fn push_conts<'i>(
+    conts: &mut Vec<Continuation>,
+    stage: usize,
+    items: impl Iterator<Item = (u32, &'i [u8])>,
+) {
+    let stage = TaskIndex(stage as u32);
+    for (input, item) in items {
+        match conts.last_mut() {
+            Some(c) if c.index == input && c.stage == stage => c.items.push(item),
+            _ => {
+                let mut packed = Packed::new();
+                packed.push(item);
+                conts.push(Continuation {
+                    index: input,
+                    stage,
+                    items: packed,
+                });
+            }
+        }
     }
 }

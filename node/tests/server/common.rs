@@ -194,6 +194,8 @@ pub fn chain_of(module: Vec<u8>, tasks: &[(&str, bool)]) -> ChainSpec {
                 module: 0,
                 generator,
                 args: Vec::new(),
+                next: None,
+                labels: Vec::new(),
             })
             .collect(),
         limits: Limits::default(),

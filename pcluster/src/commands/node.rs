@@ -22,6 +22,10 @@ pub struct NodeArgs {
     /// Worker threads (default: the number of cores).
     #[arg(short = 'j', long)]
     pub workers: Option<u32>,
+    /// Labels of this node, comma-separated (free-form words, e.g. `cpu,io`): a task with
+    /// `labels = [...]` in its chain entry runs only on nodes carrying all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
     /// Seconds a chain is kept for a root that vanished without saying goodbye (only that
     /// root may take it back meanwhile; any other root may claim the node at once).
     #[arg(long, default_value_t = 30)]
@@ -62,6 +66,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             token,
             orphan_grace: Duration::from_secs(args.orphan_grace_s),
             root_timeout: Duration::from_secs(args.root_timeout_s.max(1)),
+            labels: args
+                .labels
+                .iter()
+                .filter(|l| !l.is_empty())
+                .cloned()
+                .collect(),
             ..Default::default()
         };
         node::run(listener, config, shutdown_on_signals()).await?;

@@ -12,6 +12,10 @@ use crate::setup::TokenArg;
 pub struct RunArgs {
     /// The chain file (TOML).
     pub chain: PathBuf,
+    /// Print the chain as a Graphviz DOT graph on stdout and exit, contacting no node (the
+    /// file and its graph are checked; no module is built).
+    #[arg(long)]
+    pub dot: bool,
     /// Node addresses, comma-separated (`host[:port]`, `[v6]:port`; a missing port is
     /// --port). Unreachable ones are skipped while --min-nodes work; lost ones are retried.
     #[arg(short = 'n', long, value_delimiter = ',')]

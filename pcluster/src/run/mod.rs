@@ -143,6 +143,10 @@ fn truncate(path: &std::path::Path, len: u64) -> anyhow::Result<()> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    if args.dot {
+        print!("{}", root::chain::dot(&args.chain)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     args.check()?;
     // Everything that can fail on the user's side fails before any node is contacted.
     let chain = root::chain::load(&args.chain)?;

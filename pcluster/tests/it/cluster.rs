@@ -71,12 +71,16 @@ async fn a_task_written_by_hand_in_wat_runs() {
             module: 0,
             generator: false,
             args: vec![],
+            next: None,
+            labels: Vec::new(),
         },
         root::TaskSpec {
             function: "twice".into(),
             module: 0,
             generator: true,
             args: vec![],
+            next: None,
+            labels: Vec::new(),
         },
     ];
     let c = setup_collect(&root, spec).await.unwrap();

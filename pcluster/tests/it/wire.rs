@@ -233,6 +233,7 @@ async fn black_hole(swallowed: Arc<AtomicU64>) -> SocketAddr {
                     node: "black hole".into(),
                     busy_with: None,
                     workers: 1,
+                    labels: Default::default(),
                 };
                 if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
                     return;

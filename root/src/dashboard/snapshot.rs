@@ -112,7 +112,7 @@ pub struct NodeView {
     pub addr: String,
     /// Its state.
     pub state: NodeShown,
-    /// Its labels (nodes have none yet).
+    /// Its labels (`pcluster node --labels`), as its status reports them.
     pub labels: Vec<String>,
     /// Worker threads.
     pub workers: Option<u32>,
@@ -174,6 +174,7 @@ impl NodeView {
         self.idle_workers = Some(s.idle_workers);
         self.busy_workers = Some(s.workers.saturating_sub(s.idle_workers));
         self.rss_bytes = s.rss_bytes;
+        self.labels.clone_from(&s.labels);
         self.chain = s.chain.as_ref().map(|(n, v)| format!("{n} {v}"));
         self.root.clone_from(&s.root);
         self.uptime_s = Some(s.uptime_s);

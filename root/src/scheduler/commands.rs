@@ -16,6 +16,7 @@ impl Scheduler {
                 addr,
                 conn,
                 workers,
+                labels,
                 reply,
             } => {
                 let id = NodeId(self.next_node);
@@ -27,10 +28,15 @@ impl Scheduler {
                     self.options.heartbeat,
                     self.options.heartbeat_timeout,
                 );
-                self.nodes.insert(id, NodeConn::new(addr, tx));
-                // A node is back: waits for one end, and the root may go on.
-                self.no_nodes_since = None;
-                self.stall.send_replace(None);
+                let mut node = NodeConn::new(addr, tx);
+                node.labels = labels;
+                self.nodes.insert(id, node);
+                // A node is back: waits for one end, and the root may go on (once every task
+                // has a node that can run it).
+                if self.placeable() {
+                    self.no_nodes_since = None;
+                    self.stall.send_replace(None);
+                }
                 tracing::info!(node = %addr, workers, "node added");
                 if let Some(o) = &self.observer {
                     o.node_added(addr);
@@ -56,6 +62,16 @@ impl Scheduler {
                         pending: self.queue.items(),
                         lost: self.lost.join(", "),
                     }));
+                    return;
+                }
+                let node_labels: Vec<&[String]> =
+                    self.nodes.values().map(|n| n.labels.as_slice()).collect();
+                let tasks = chain
+                    .tasks
+                    .iter()
+                    .map(|t| (t.function.as_str(), t.labels.as_slice()));
+                if let Some((task, label)) = super::placement::unplaceable(tasks, &node_labels) {
+                    let _ = reply.send(Err(RootError::Placement { task, label }));
                     return;
                 }
                 handlers.observer = self.observer.clone();

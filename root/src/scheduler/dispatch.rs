@@ -17,12 +17,20 @@ impl Scheduler {
             return;
         }
         self.dispatch_retries().await;
+        let first_labels = self
+            .chain
+            .as_ref()
+            .and_then(|c| c.tasks.first())
+            .map(|t| t.labels.clone())
+            .unwrap_or_default();
         while self.queue.items() > 0 {
-            // The ready node with the most room.
+            // The ready node with the most room (of those that can run the first task).
             let best = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.ready && !n.draining)
+                .filter(|(_, n)| {
+                    n.ready && !n.draining && super::placement::can_run(&n.labels, &first_labels)
+                })
                 .map(|(id, n)| (*id, n.room()))
                 .max_by_key(|&(_, room)| room.items);
             let Some((id, room)) = best else {

@@ -11,7 +11,7 @@ use protocol::{Credit, Ids, ItemId, Packed, TaskIndex};
 use tokio::sync::mpsc;
 
 use super::queue::Chunk;
-use super::retry::Retry;
+use super::retry::{Retry, Try};
 
 /// A batch sent to a node and not yet complete.
 pub(crate) struct InFlight {
@@ -22,8 +22,9 @@ pub(crate) struct InFlight {
     pub sent: Instant,
     /// The task the items entered at.
     pub stage: TaskIndex,
-    /// For a batch of retries: which try each item is (its id is its input's).
-    pub tries: Option<Vec<u32>>,
+    /// For a batch of descendants (retries, continuations): what each item is (its id is
+    /// its input's).
+    pub tries: Option<Vec<Try>>,
 }
 
 /// A re-dispatched input: how often it was sent, and when first.
@@ -50,6 +51,8 @@ pub(crate) struct NodeConn {
     pub draining: bool,
     pub in_items: u64,
     pub in_bytes: u64,
+    /// The node's labels: which tasks it can run.
+    pub labels: Vec<String>,
     next_seq: u64,
     pub batches: HashMap<u64, InFlight>,
     /// When it last completed something, or began to hold items (see `silence`).
@@ -66,6 +69,7 @@ impl NodeConn {
             draining: false,
             in_items: 0,
             in_bytes: 0,
+            labels: Vec::new(),
             next_seq: 0,
             batches: HashMap::new(),
             progress: Instant::now(),
@@ -93,7 +97,7 @@ impl NodeConn {
         ids: Ids,
         items: Packed,
         stage: TaskIndex,
-        tries: Option<Vec<u32>>,
+        tries: Option<Vec<Try>>,
     ) {
         let count = items.len();
         if self.batches.is_empty() {
@@ -163,8 +167,9 @@ pub(crate) fn requeue(
                         parent,
                         stage: b.stage,
                         item: item.to_vec(),
-                        attempt: tries[i],
+                        attempt: tries[i].attempt,
                         avoid: None,
+                        origin: tries[i].origin,
                     });
                 }
             }

@@ -9,7 +9,7 @@
 //!
 //! - `queue`: the queue of items not yet sent and the cut of batches; `dispatch`: sending;
 //! - `inflight`: what each node holds; `settle`: its answers; `retry`: trying items again;
-//! - `order`: the reorder buffer of ordered delivery;
+//! - `order`: the reorder buffer of ordered delivery; `placement`: tasks on labelled nodes;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
 //! - `observer`: the hook through which the dashboard sees failures and node losses;
 //! - `silence`: nodes that hold items and complete none are lost after a limit.
@@ -18,8 +18,10 @@ mod commands;
 mod dispatch;
 mod handlers;
 mod inflight;
+mod ledger;
 mod observer;
 mod order;
+mod placement;
 mod queue;
 mod retry;
 mod settle;
@@ -51,6 +53,7 @@ pub(crate) enum Cmd {
         addr: std::net::SocketAddr,
         conn: protocol::Connection,
         workers: u32,
+        labels: Vec<String>,
         reply: Reply<NodeId>,
     },
     Setup {
@@ -442,14 +445,44 @@ impl Scheduler {
         for c in requeue.chunks {
             self.queue.push_front(c);
         }
+        let mut back = back;
         for mut r in requeue.retries {
+            if let retry::Origin::HandedBack { lost } = &mut r.origin {
+                // A continuation is work the root owns, like an input: sent again, up to
+                // the poison limit.
+                *lost += 1;
+                back += 1;
+                if *lost <= self.options.max_redispatch {
+                    self.retries.queue.push_front(r);
+                    continue;
+                }
+                let input_item = self
+                    .retries
+                    .parents
+                    .get(r.parent)
+                    .map(|p| p.input_item.clone())
+                    .unwrap_or_default();
+                self.retry_failed(ItemFailure {
+                    input: r.parent,
+                    node: addr.clone(),
+                    task: String::new(),
+                    task_index: Some(r.stage),
+                    item_start: r.item[..r.item.len().min(200)].to_vec(),
+                    input_item,
+                    message: format!(
+                        "poison item: its node was lost {} times while holding it (last: {why})",
+                        *lost
+                    ),
+                });
+                continue;
+            }
             if r.attempt >= self.options.retries {
                 // Counted as a try: a retry that takes nodes down stops here.
                 let parent = r.parent;
                 let input_item = self
                     .retries
                     .parents
-                    .get(&parent.0)
+                    .get(parent)
                     .map(|p| p.input_item.clone())
                     .unwrap_or_default();
                 self.retry_failed(ItemFailure {
@@ -495,9 +528,25 @@ impl Scheduler {
             };
             self.deliver(Delivery::failed(p.id, failure, p.attempts, p.elapsed));
         }
-        if self.nodes.is_empty() && self.chain.is_some() {
+        // No node left, or none left that can run some task (labels): items wait, for
+        // up to the no-node timeout.
+        if self.chain.is_some() && !self.placeable() {
             self.no_nodes_since.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Whether every task of the chain has a connected node that can run it (true without
+    /// a chain; false without nodes).
+    fn placeable(&self) -> bool {
+        let Some(chain) = &self.chain else {
+            return true;
+        };
+        let nodes: Vec<&[String]> = self.nodes.values().map(|n| n.labels.as_slice()).collect();
+        let tasks = chain
+            .tasks
+            .iter()
+            .map(|t| (t.function.as_str(), t.labels.as_slice()));
+        placement::unplaceable(tasks, &nodes).is_none()
     }
 
     fn in_flight(&self) -> u64 {

@@ -1,17 +1,38 @@
-//! Trying failed items again (`retries`): an item that failed in task `k` goes back to a
-//! node, another one where possible, entering the chain at task `k`. Its input is complete
-//! only when every retry it led to is: the input's other outputs are handed over once, never
-//! repeated, and the retried item's outputs join them.
+//! Descendants of inputs waiting to run: failed items tried again (`retries`: an item that
+//! failed in task `k` goes back to a node, another one where possible, entering the chain at
+//! task `k`) and continuations (items a node's generator handed back, entering at the task
+//! after it, on any node). Their input is complete only when every descendant is (the
+//! [`Ledger`]): the input's other outputs are handed over once, never repeated, and the
+//! descendants' outputs join them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use protocol::{Ids, ItemId, Items, Msg, NodeId, Packed, TaskIndex};
 
 use super::Scheduler;
-use super::handlers::Delivery;
+use super::ledger::Ledger;
 use crate::ItemFailure;
 
-/// A failed item waiting to be tried again.
+/// Where a descendant came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A failed item tried again: a lost node counts as a try.
+    Failed,
+    /// A continuation: a lost node counts towards the poison limit, as for inputs.
+    HandedBack {
+        /// How often a node holding it was lost.
+        lost: u32,
+    },
+}
+
+/// What the root keeps of each descendant in a batch, to settle it or send it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Try {
+    pub attempt: u32,
+    pub origin: Origin,
+}
+
+/// A descendant of an input waiting to run: a failed item, or a continuation.
 #[derive(Debug, Clone)]
 pub(crate) struct Retry {
     /// The input it descends from.
@@ -23,25 +44,14 @@ pub(crate) struct Retry {
     pub attempt: u32,
     /// The node it last failed on.
     pub avoid: Option<NodeId>,
+    pub origin: Origin,
 }
 
-/// An input with retries outstanding.
-#[derive(Debug)]
-pub(crate) struct Parent {
-    /// Retries not yet complete.
-    pub pending: u32,
-    /// What it produced so far, when completions or order are wanted (otherwise outputs
-    /// are handed over as they come).
-    pub held: Option<Delivery>,
-    /// The input as fed, for the failure handler.
-    pub input_item: Vec<u8>,
-}
-
-/// Everything about retries.
+/// Everything about descendants: those waiting to be sent, and the open inputs.
 #[derive(Debug, Default)]
 pub(crate) struct Retries {
     pub queue: VecDeque<Retry>,
-    pub parents: HashMap<u64, Parent>,
+    pub parents: Ledger,
 }
 
 impl Retries {
@@ -97,10 +107,20 @@ impl Scheduler {
     pub(super) async fn dispatch_retries(&mut self) {
         while !self.retries.queue.is_empty() {
             let avoid = self.retries.queue.front().and_then(|r| r.avoid);
+            let stage = self.retries.queue.front().map_or(0, |r| r.stage.0 as usize);
+            let labels: &[String] = self
+                .chain
+                .as_ref()
+                .and_then(|c| c.tasks.get(stage))
+                .map_or(&[], |t| t.labels.as_slice());
+            // Only nodes that can run the stage the front items enter at; with none, they
+            // wait (as items wait when no node is left).
             let ready: Vec<(NodeId, u64, u64)> = self
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.ready && !n.draining)
+                .filter(|(_, n)| {
+                    n.ready && !n.draining && super::placement::can_run(&n.labels, labels)
+                })
                 .map(|(id, n)| (*id, n.room()))
                 .filter(|(_, r)| r.items > 0 && r.bytes > 0)
                 .map(|(id, r)| (id, r.items, r.bytes))
@@ -123,7 +143,13 @@ impl Scheduler {
             };
             let seq = node.next_seq();
             let ids = Ids::List(batch.iter().map(|r| r.parent.0).collect());
-            let tries: Vec<u32> = batch.iter().map(|r| r.attempt).collect();
+            let tries: Vec<Try> = batch
+                .iter()
+                .map(|r| Try {
+                    attempt: r.attempt,
+                    origin: r.origin,
+                })
+                .collect();
             let msg = Msg::Items(Items {
                 seq,
                 ids,
@@ -137,7 +163,7 @@ impl Scheduler {
                         let input_item = self
                             .retries
                             .parents
-                            .get(&r.parent.0)
+                            .get(r.parent)
                             .map(|p| p.input_item.clone())
                             .unwrap_or_default();
                         self.retry_failed(ItemFailure {
@@ -170,7 +196,7 @@ impl Scheduler {
     /// other retry of it is outstanding.
     pub(super) fn retry_failed(&mut self, f: ItemFailure) {
         let input = f.input;
-        let Some(p) = self.retries.parents.get_mut(&input.0) else {
+        let Some(p) = self.retries.parents.get_mut(input) else {
             return;
         };
         match p.held.as_mut() {
@@ -185,8 +211,7 @@ impl Scheduler {
                 }
             }
         }
-        p.pending = p.pending.saturating_sub(1);
-        if p.pending == 0 {
+        if self.retries.parents.child_done(input, 0) {
             self.finish_parent(input);
         }
     }
@@ -203,6 +228,7 @@ mod tests {
             item: vec![b'x'; 10],
             attempt: 1,
             avoid: avoid.map(NodeId),
+            origin: Origin::Failed,
         }
     }
 

@@ -2,12 +2,13 @@
 //! its outputs, failures and completion are handed over (at once, or through the reorder
 //! buffer). A duplicate completion (possible only after a re-dispatch raced the original
 //! answer) is dropped whole. A failure that may be tried again becomes a retry instead, and
-//! its input completes when its last retry does.
+//! continuations the node handed back become descendants the root now owns; the input
+//! completes when its last descendant does (the ledger).
 
-use protocol::{Failure, ItemId, NodeId, Outputs, Packed};
+use protocol::{Continuation, Failure, ItemId, NodeId, Outputs, Packed};
 
 use super::handlers::{Delivery, InputDone};
-use super::retry::{Parent, Retry};
+use super::retry::{Origin, Retry};
 use super::{Counters, Scheduler};
 use crate::ItemFailure;
 
@@ -27,10 +28,12 @@ impl Scheduler {
         let first = o.first as usize;
         let n = o.counts.0.len();
         let total: u64 = o.counts.0.iter().map(|&c| u64::from(c)).sum();
+        let tasks = self.chain.as_ref().map_or(0, |c| c.tasks.len());
         if first + n > batch.done.len()
             || first + n > batch.ids.len()
             || o.items.validate().is_err()
             || total != o.items.len() as u64
+            || !continuations_fit(&o.continuations, first, n, tasks)
         {
             tracing::warn!(node = %addr, seq = o.seq, "malformed outputs; ignored");
             return;
@@ -39,6 +42,7 @@ impl Scheduler {
             return;
         };
         if o.failures.is_empty()
+            && o.continuations.is_empty()
             && batch.tries.is_none()
             && self.attempts.is_empty()
             && !handlers.wants_done()
@@ -83,6 +87,9 @@ impl Scheduler {
         let mut failures: Vec<Failure> = o.failures;
         failures.sort_by_key(|f| f.index);
         let mut failures = failures.into_iter().peekable();
+        let mut continuations: Vec<Continuation> = o.continuations;
+        continuations.sort_by_key(|c| c.index);
+        let mut continuations = continuations.into_iter().peekable();
         let slow = handlers.wants_done() || self.order.is_some();
         let mut items = o.items.iter();
         let mut c = Counters::default();
@@ -101,6 +108,7 @@ impl Scheduler {
                     items.next();
                 }
                 while failures.next_if(|f| f.index as usize <= idx).is_some() {}
+                while continuations.next_if(|c| c.index as usize <= idx).is_some() {}
                 continue;
             }
             batch.done[idx] = true;
@@ -108,7 +116,7 @@ impl Scheduler {
             settled += 1;
             freed_bytes += u64::from(batch.items.lens.0[idx]);
             // This item's try (0: the input itself).
-            let attempt = batch.tries.as_ref().map_or(0, |t| t[idx]);
+            let attempt = batch.tries.as_ref().map_or(0, |t| t[idx].attempt);
             let input_item = || batch.items.iter().nth(idx).unwrap_or_default().to_vec();
             let mut own_failures = Vec::new();
             let mut new_retries = 0u32;
@@ -125,6 +133,7 @@ impl Scheduler {
                         item: item.to_vec(),
                         attempt: attempt + 1,
                         avoid: Some(id),
+                        origin: Origin::Failed,
                     });
                     new_retries += 1;
                     continue;
@@ -133,7 +142,7 @@ impl Scheduler {
                     Some(t) => (t.name, Some(t.index)),
                     None => (String::new(), None),
                 };
-                let input_item = match self.retries.parents.get(&input.0) {
+                let input_item = match self.retries.parents.get(input) {
                     Some(p) => p.input_item.clone(),
                     None => input_item(),
                 };
@@ -146,6 +155,23 @@ impl Scheduler {
                     input_item,
                     message: f.message,
                 });
+            }
+            // Work the node handed back: the root owns it from here, as descendants.
+            while let Some(c) = continuations.next_if(|c| c.index as usize <= idx) {
+                if c.index as usize != idx {
+                    continue;
+                }
+                for item in &c.items {
+                    self.retries.queue.push_back(Retry {
+                        parent: input,
+                        stage: c.stage,
+                        item: item.to_vec(),
+                        attempt,
+                        avoid: None,
+                        origin: Origin::HandedBack { lost: 0 },
+                    });
+                    new_retries += 1;
+                }
             }
             let is_retry = batch.tries.is_some();
             if !is_retry && !self.attempts.is_empty() {
@@ -165,21 +191,13 @@ impl Scheduler {
                     handlers.failure(f);
                 }
                 if is_retry {
-                    if let Some(p) = self.retries.parents.get_mut(&input.0) {
-                        p.pending = p.pending - 1 + new_retries;
-                        if p.pending == 0 {
-                            finished_parents.push(input);
-                        }
+                    if self.retries.parents.child_done(input, new_retries) {
+                        finished_parents.push(input);
                     }
                 } else if new_retries > 0 {
-                    self.retries.parents.insert(
-                        input.0,
-                        Parent {
-                            pending: new_retries,
-                            held: None,
-                            input_item: input_item(),
-                        },
-                    );
+                    self.retries
+                        .parents
+                        .open(input, new_retries, None, input_item());
                 } else {
                     c.completed += 1;
                 }
@@ -191,19 +209,21 @@ impl Scheduler {
                 outputs.push(item);
             }
             if is_retry {
-                if let Some(p) = self.retries.parents.get_mut(&input.0) {
-                    if let Some(held) = p.held.as_mut() {
-                        for item in &outputs {
-                            held.outputs.push(item);
-                        }
-                        held.done.outputs += count as u32;
-                        held.done.failed += own_failures.len() as u32;
-                        held.failures.extend(own_failures);
+                if let Some(held) = self
+                    .retries
+                    .parents
+                    .get_mut(input)
+                    .and_then(|p| p.held.as_mut())
+                {
+                    for item in &outputs {
+                        held.outputs.push(item);
                     }
-                    p.pending = p.pending - 1 + new_retries;
-                    if p.pending == 0 {
-                        finished_parents.push(input);
-                    }
+                    held.done.outputs += count as u32;
+                    held.done.failed += own_failures.len() as u32;
+                    held.failures.extend(own_failures);
+                }
+                if self.retries.parents.child_done(input, new_retries) {
+                    finished_parents.push(input);
                 }
                 continue;
             }
@@ -225,14 +245,9 @@ impl Scheduler {
                 done,
             };
             if new_retries > 0 {
-                self.retries.parents.insert(
-                    input.0,
-                    Parent {
-                        pending: new_retries,
-                        held: Some(d),
-                        input_item: input_item(),
-                    },
-                );
+                self.retries
+                    .parents
+                    .open(input, new_retries, Some(d), input_item());
                 continue;
             }
             match self.order.as_mut() {
@@ -258,14 +273,45 @@ impl Scheduler {
         }
     }
 
-    /// An input's last retry completed: the input is complete.
+    /// An input's last descendant completed: the input is complete.
     pub(super) fn finish_parent(&mut self, input: ItemId) {
-        let Some(p) = self.retries.parents.remove(&input.0) else {
+        let Some(p) = self.retries.parents.close(input) else {
             return;
         };
         match p.held {
             Some(d) => self.deliver(d),
             None => self.counters.completed += 1,
         }
+    }
+}
+
+/// Whether every continuation names an input of the range `first .. first+n` and a task of
+/// the chain, and its items are well formed: a node's message is checked before use.
+fn continuations_fit(conts: &[Continuation], first: usize, n: usize, tasks: usize) -> bool {
+    conts.iter().all(|c| {
+        (first..first + n).contains(&(c.index as usize))
+            && (c.stage.0 as usize) < tasks
+            && c.items.validate().is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::TaskIndex;
+
+    use super::*;
+
+    #[test]
+    fn continuations_must_name_an_input_of_the_range_and_a_task() {
+        let c = |index, stage| Continuation {
+            index,
+            stage: TaskIndex(stage),
+            items: ["a"].into_iter().collect(),
+        };
+        assert!(continuations_fit(&[c(3, 1), c(4, 2)], 3, 2, 3));
+        assert!(!continuations_fit(&[c(5, 1)], 3, 2, 3), "past the range");
+        assert!(!continuations_fit(&[c(2, 1)], 3, 2, 3), "before it");
+        assert!(!continuations_fit(&[c(3, 3)], 3, 2, 3), "no such task");
+        assert!(continuations_fit(&[], 0, 0, 0));
     }
 }
