@@ -286,14 +286,18 @@ async fn a_peer_that_never_returns_outputs_is_dropped_and_its_items_redone() {
         heartbeat_timeout: Duration::from_secs(2),
         ..RootOptions::default()
     };
-    let root = Root::with_nodes(options, &[hole, real])
-        .await
-        .expect("root");
+    // The black hole alone first, so it surely takes items; the real node joins after.
+    let root = Root::with_nodes(options, &[hole]).await.expect("root");
     let mut spec = chain("identity", &[("w1_identity", false, "")]);
     spec.limits.deadline_ms = 500;
     let collected = setup_collect(&root, spec).await.expect("setup");
     let items = marked(20_000);
     root.feed(&items).await.expect("feed");
+    crate::common::wait_until(DEADLINE, "the black hole takes items", || {
+        swallowed.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    root.add_node(real).await.expect("add the real node");
     tokio::time::timeout(DEADLINE, root.wait_empty())
         .await
         .expect("the run does not hang on the black hole")
