@@ -143,8 +143,9 @@ impl Cluster {
         dir: &Path,
         nodes: u32,
         workers: u32,
+        extra: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), &[]).await?;
+        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), extra).await?;
         let mut processes = vec![log];
         let port = kit::free_port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))?;
         let mut addrs = Vec::new();
@@ -153,7 +154,7 @@ impl Cluster {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
             processes.push(
                 pcluster
-                    .start_node(ip, port, log_port, workers, &[])
+                    .start_node(ip, port, log_port, workers, extra)
                     .await?,
             );
             addrs.push(SocketAddr::new(ip, port));
@@ -191,7 +192,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let pcluster = Pcluster::new(std::env::current_exe()?);
     let dir = kit::temp_dir("bench")?;
     let module = kit::tasks_example_wasm()?;
-    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers).await?;
+    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers, &[]).await?;
     let workers = u64::from(args.nodes * args.workers);
     let w1_floors = w1_floors(&module, args.items.min(FLOOR_ITEMS))?;
 
@@ -268,11 +269,30 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         scans(cluster.port, &options).await?
     };
     drop(cluster);
+    let plain = rows
+        .iter()
+        .find(|r| r.name == "W1 `pcluster run` process")
+        .map(|r| r.secs);
+    let encrypted = match plain {
+        Some(secs) => {
+            let (row, ratio) = w1_encrypted(&pcluster, &dir, &args, w1_floors, secs).await?;
+            rows.push(row);
+            Some(ratio)
+        }
+        None => None,
+    };
     if !args.no_skew {
         rows.extend(skew::rows(&pcluster, &dir, &module).await?);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
+    if let Some(ratio) = encrypted {
+        println!(
+            "W1 `pcluster run` with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 75%)",
+            100.0 * ratio
+        );
+        println!();
+    }
     print_report(&Report {
         nodes: args.nodes,
         workers: args.workers,
@@ -496,6 +516,31 @@ fn w1_process(
         floors,
         note: format!("verified; start-up and setup included; root peak RSS {rss}"),
     })
+}
+
+/// W1 through `pcluster run` on a cluster of its own with a token, so every connection is
+/// encrypted; returns the row and its rate over `plain_secs`' (the same run without a token).
+async fn w1_encrypted(
+    pcluster: &Pcluster,
+    dir: &Path,
+    args: &BenchArgs,
+    floors: Floors,
+    plain_secs: f64,
+) -> anyhow::Result<(Row, f64)> {
+    const TOKEN: &str = "pcluster bench token";
+    let token = ["--token", TOKEN];
+    let cluster = Cluster::start(pcluster, dir, args.nodes, args.workers, &token).await?;
+    let row = w1_process(
+        pcluster,
+        &cluster,
+        dir,
+        "W1 `pcluster run` with a token (encrypted)",
+        args.run_items,
+        floors,
+        &token.map(String::from),
+    )?;
+    let ratio = plain_secs / row.secs;
+    Ok((row, ratio))
 }
 
 /// Scans of 127.0.0.0/24 and 127.0.0.0/16 for the cluster's nodes on `port`.

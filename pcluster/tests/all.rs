@@ -22,3 +22,5 @@ mod python;
 mod reliability;
 #[path = "it/scheduling.rs"]
 mod scheduling;
+#[path = "it/wire.rs"]
+mod wire;

@@ -6,7 +6,10 @@
 //! - [`node`]: the node's shared state: who holds it (claims, orphans, releases) and its
 //!   chain, all under one lock; its status.
 //! - [`root`]: serving the root that holds the node.
+//! - [`gate`]: guests (connections not yet authenticated, or without a token not holding
+//!   the node) hold few slots: past a cap the oldest is evicted.
 
+mod gate;
 mod node;
 mod root;
 
@@ -25,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::ModuleCache;
 use crate::error::RequestError;
+use gate::Gate;
 use node::{Node, Slot};
 
 /// How a node runs.
@@ -36,6 +40,10 @@ pub struct NodeConfig {
     pub token: Option<Token>,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most guests at once: connections that have not authenticated (with a token) or do
+    /// not hold the node (without one). Past it the oldest guest is closed, so strangers
+    /// cannot keep a root out.
+    pub max_guests: usize,
     /// Deadline for a new connection's handshake.
     pub handshake_timeout: Duration,
     /// Largest frame accepted.
@@ -64,6 +72,7 @@ impl Default for NodeConfig {
             workers: cores(),
             token: None,
             max_connections: 1024,
+            max_guests: 64,
             handshake_timeout: Duration::from_secs(5),
             max_frame: protocol::DEFAULT_MAX_FRAME,
             orphan_grace: Duration::from_secs(30),
@@ -113,6 +122,7 @@ pub async fn run(
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
+        gate: Gate::new(config.max_guests),
         config,
     });
     let limit = Arc::new(Semaphore::new(node.config.max_connections));
@@ -163,21 +173,44 @@ pub async fn run(
 }
 
 async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-    let accepted = match handshake::accept(
-        stream,
-        node.config.token.as_ref(),
-        node.config.max_frame,
-        node.config.handshake_timeout,
-    )
-    .await
-    {
+    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    // Cancelled to close this connection: evicted while a guest, or the node lost.
+    let kick = CancellationToken::new();
+    if node.gate.enter(conn_id, &kick) > 0 {
+        tracing::debug!(node = &*node.addr, %peer, "too many guests: closed the oldest");
+    }
+    serve_guest(&node, stream, peer, shutdown, conn_id, kick).await;
+    node.gate.leave(conn_id);
+}
+
+async fn serve_guest(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    conn_id: u64,
+    kick: CancellationToken,
+) {
+    let accepted = tokio::select! {
+        a = handshake::accept(
+            stream,
+            node.config.token.as_ref(),
+            node.config.max_frame,
+            node.config.handshake_timeout,
+        ) => a,
+        _ = kick.cancelled() => return,
+    };
+    let accepted = match accepted {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(node = &*node.addr, %peer, "handshake failed: {e}");
             return;
         }
     };
-    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    if node.config.token.is_some() {
+        // It proved it holds the token: no stranger.
+        node.gate.leave(conn_id);
+    }
     let mut conn = accepted.conn;
     let welcome = Welcome {
         node: node.addr.to_string(),
@@ -189,8 +222,8 @@ async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: C
         return;
     }
     match accepted.role {
-        Role::Probe => serve_probe(&node, conn, peer, shutdown).await,
-        Role::Root => root::serve_root(node, conn, conn_id, peer, shutdown).await,
+        Role::Probe => serve_probe(node, conn, peer, shutdown, kick).await,
+        Role::Root => root::serve_root(node.clone(), conn, conn_id, peer, shutdown, kick).await,
     }
 }
 
@@ -199,6 +232,7 @@ async fn serve_probe(
     mut conn: Connection,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    kick: CancellationToken,
 ) {
     loop {
         let msg = tokio::select! {
@@ -207,6 +241,7 @@ async fn serve_probe(
                 Err(_) => return,
             },
             _ = shutdown.cancelled() => return,
+            _ = kick.cancelled() => return,
         };
         let reply = match msg {
             Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),

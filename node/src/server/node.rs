@@ -83,6 +83,8 @@ pub(super) struct Node {
     pub(super) slot: Mutex<Slot>,
     pub(super) next_conn: AtomicU64,
     pub(super) draining: CancellationToken,
+    /// Connections that hold a slot without having proven anything.
+    pub(super) gate: super::gate::Gate,
 }
 
 impl Node {
@@ -255,6 +257,7 @@ mod tests {
             slot: Mutex::new(Slot::default()),
             next_conn: AtomicU64::new(1),
             draining: CancellationToken::new(),
+            gate: crate::server::gate::Gate::new(64),
         })
     }
 

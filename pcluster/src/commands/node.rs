@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::setup::{Console, TokenArg, init_tracing, resolve, runtime, shutdown_on_signals};
+use crate::setup::{
+    Console, TokenArg, check_exposure, init_tracing, resolve, runtime, shutdown_on_signals,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
@@ -37,16 +39,25 @@ pub struct NodeArgs {
     pub cache_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub token: TokenArg,
+    /// Listen on a non-loopback address without a token (unauthenticated, unencrypted).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     runtime(false)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
+        let token = args.token.token();
+        check_exposure(
+            addr,
+            token.is_some(),
+            args.insecure,
+            "run code on this node",
+        )?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        let token = args.token.token();
         let log = (
             format!("{}:{}", args.log_host, args.log_port),
             format!("node {local}"),

@@ -11,7 +11,8 @@
 //! - `inflight`: what each node holds; `settle`: its answers; `retry`: trying items again;
 //! - `order`: the reorder buffer of ordered delivery; `placement`: tasks on labelled nodes;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
-//! - `observer`: the hook through which the dashboard sees failures and node losses.
+//! - `observer`: the hook through which the dashboard sees failures and node losses;
+//! - `silence`: nodes that hold items and complete none are lost after a limit.
 
 mod commands;
 mod dispatch;
@@ -24,6 +25,7 @@ mod placement;
 mod queue;
 mod retry;
 mod settle;
+mod silence;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -214,6 +216,7 @@ pub(crate) async fn run(
         observer: None,
     };
     let mut closing: Option<Reply> = None;
+    let mut silence_check = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let room = s.queue.items() < s.options.queue_items as u64
             && s.queue.bytes() < s.options.queue_bytes;
@@ -236,6 +239,7 @@ pub(crate) async fn run(
                 s.on_feed(f);
             },
             () = sleep_until(stall_at), if stall_at.is_some() => s.stalled(),
+            _ = silence_check.tick() => s.drop_silent(),
         }
         s.dispatch().await;
         s.check_waits();
@@ -297,6 +301,27 @@ impl Scheduler {
         ));
     }
 
+    /// Nodes that hold items and completed none for longer than the chain allows are lost.
+    fn drop_silent(&mut self) {
+        let Some(chain) = &self.chain else { return };
+        let limit = silence::completion_limit(
+            chain.tasks.len(),
+            chain.limits.deadline_ms,
+            self.options.heartbeat_timeout,
+        );
+        let now = Instant::now();
+        let silent: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| silence::is_silent(!n.batches.is_empty(), n.progress, now, limit))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            let why = format!("held items and completed none for {} s", limit.as_secs());
+            self.node_lost(id, &why);
+        }
+    }
+
     /// No node came back within the no-node timeout: every wait ends with an error.
     fn stalled(&mut self) {
         let stall = Stall {
@@ -331,7 +356,12 @@ impl Scheduler {
                     return;
                 };
                 match msg {
-                    Msg::Outputs(o) => self.on_outputs(id, o),
+                    Msg::Outputs(o) => {
+                        if let Some(n) = self.nodes.get_mut(&id) {
+                            n.progress = Instant::now();
+                        }
+                        self.on_outputs(id, o)
+                    }
                     Msg::Credit(c) => {
                         if let Some(n) = self.nodes.get_mut(&id) {
                             n.credit = c;
