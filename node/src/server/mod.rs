@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// Largest frame accepted.
     pub max_frame: usize,
+    /// MiB the chain's task instances (at their caps) plus the node's buffers may take.
+    pub memory_mb: u64,
     /// How long a chain is kept for a root that disconnected without saying goodbye.
     pub orphan_grace: Duration,
     /// Interval of heartbeats to the root.
@@ -63,6 +65,7 @@ impl Default for NodeConfig {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(5),
             max_frame: protocol::DEFAULT_MAX_FRAME,
+            memory_mb: crate::budget::default_memory_mb(),
             orphan_grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(60),

@@ -210,6 +210,14 @@ async fn setup_chain(
     out: mpsc::Sender<Msg>,
 ) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
+    let workers = node.config.workers.max(1);
+    crate::budget::check(
+        workers,
+        spec.tasks.len(),
+        spec.limits.memory_mb,
+        crate::budget::buffers_mb(node.config.max_frame),
+        node.config.memory_mb,
+    )?;
     tokio::task::spawn_blocking(move || {
         let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
         let pool = Pool::start(
