@@ -27,6 +27,11 @@ use crate::engine::ModuleCache;
 use crate::error::RequestError;
 use node::{Node, Slot};
 
+/// Bytes all connections that do not hold a token-less node may hold in partly read frames
+/// together (each also holds up to [`protocol::codec::FREE_PARTIAL`] of its own): one whole
+/// frame, so a root's setup fits, however many strangers announce big frames.
+const STRANGER_FRAME_BYTES: usize = protocol::DEFAULT_MAX_FRAME;
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -112,6 +117,7 @@ pub async fn run(
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
+        strangers: protocol::codec::FramePool::new(STRANGER_FRAME_BYTES),
         config,
     });
     let limit = Arc::new(Semaphore::new(node.config.max_connections));
@@ -178,6 +184,12 @@ async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: C
     };
     let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
     let mut conn = accepted.conn;
+    if node.config.token.is_none() {
+        // Anyone may connect: until this connection holds the node, what it reads counts
+        // against the node-wide bound (lifted on claim, see `root::serve_root`).
+        conn.reader
+            .set_frame_budget(Some(protocol::codec::FrameBudget::new(&node.strangers)));
+    }
     let welcome = Welcome {
         node: node.addr.to_string(),
         busy_with: node.busy_with(conn_id, accepted.resume),

@@ -83,6 +83,9 @@ pub(super) struct Node {
     pub(super) slot: Mutex<Slot>,
     pub(super) next_conn: AtomicU64,
     pub(super) draining: CancellationToken,
+    /// Bytes that connections not holding the node (on a node without a token) may hold in
+    /// partly read frames, all together.
+    pub(super) strangers: protocol::codec::FramePool,
 }
 
 impl Node {

@@ -134,6 +134,8 @@ pub(super) async fn serve_root(
                         });
                     match set_up {
                         Ok((p, compiled, cached)) => {
+                            // The holder's frames no longer count against the strangers'.
+                            reader.set_frame_budget(None);
                             p.shared
                                 .send_failed_items
                                 .store(whole_items, Ordering::Relaxed);
