@@ -1,17 +1,20 @@
 //! The log client: [`LogClient`] queues lines in a bounded buffer and a background thread sends
 //! them to the log server, connecting lazily and reconnecting with backoff. Callers never wait
-//! on the network; when the buffer is full, lines are dropped and counted.
+//! on the network; when the buffer is full, lines are dropped and counted. With a token the
+//! lines are sealed in records (see [`crate::handshake`]); a server whose token use differs
+//! from ours is reported once, as a warning, when we first connect.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use protocol::auth::{Token, nonce};
+use protocol::auth::Token;
+use protocol::secure::Sealer;
 
 use crate::error::HandshakeError;
 use crate::handshake;
@@ -27,6 +30,13 @@ pub const MAX_LINE: usize = 64 * 1024;
 const MAX_BATCH: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client with a token waits for a server's greeting: none by then means the
+/// server runs without a token.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client without a token looks for a greeting (which says the server requires
+/// one) before it sends plain lines. A greeting is sent at accept, so on a LAN it is there
+/// within a millisecond.
+const GREETING_PEEK: Duration = Duration::from_millis(150);
 /// A server that stops reading for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -59,6 +69,10 @@ struct Shared {
     unreported: AtomicU64,
     /// Every handle is gone: nobody can flush any more, so an unreachable server ends the thread.
     closed: AtomicBool,
+    /// The server refuses us (a token on one side only, or another token): no line can get
+    /// through until that changes, so [`LogClient::flush`] gives up at once instead of
+    /// holding a process's exit.
+    refused: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -89,6 +103,7 @@ impl LogClient {
             dropped: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
         });
         let thread_shared = Arc::clone(&shared);
         // Without its thread the client still works as a sink: every line counts as dropped.
@@ -125,7 +140,8 @@ impl LogClient {
     }
 
     /// Waits until every line queued so far is written to the socket, or until `timeout`.
-    /// Returns whether they all were. Meant for process shutdown.
+    /// Returns whether they all were. Meant for process shutdown. While the server cannot be
+    /// refuses us (a token mismatch) it returns false at once.
     pub fn flush(&self, timeout: Duration) -> bool {
         let shared = &self.inner.shared;
         let target = shared.queued.load(Ordering::Acquire);
@@ -136,12 +152,13 @@ impl LogClient {
             .unwrap_or_else(PoisonError::into_inner);
         while *written < target {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || shared.refused.load(Ordering::Acquire) {
                 return false;
             }
             written = shared
                 .written_changed
-                .wait_timeout(written, deadline - now)
+                // Short waits: the worker's failure is seen without a wake-up of its own.
+                .wait_timeout(written, (deadline - now).min(Duration::from_millis(20)))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -203,7 +220,7 @@ struct Worker {
     rx: Receiver<String>,
     shared: Arc<Shared>,
     token: Option<Token>,
-    conn: Option<BufWriter<TcpStream>>,
+    conn: Option<Conn>,
     /// Set while the server cannot be reached, so that failures are reported once, not per try.
     failing: bool,
 }
@@ -240,7 +257,8 @@ impl Worker {
                 continue;
             };
             backoff = BACKOFF_START;
-            if write_batch(&mut conn, &batch).is_ok() {
+            self.shared.refused.store(false, Ordering::Release);
+            if conn.write_batch(&batch).is_ok() {
                 self.conn = Some(conn);
                 let mut written = self
                     .shared
@@ -259,25 +277,36 @@ impl Worker {
     }
 
     /// The current connection if it is still open, else a new one.
-    fn connection(&mut self) -> Option<BufWriter<TcpStream>> {
+    fn connection(&mut self) -> Option<Conn> {
         if let Some(conn) = self.conn.take()
-            && still_open(conn.get_ref())
+            && still_open(&conn.stream)
         {
             return Some(conn);
         }
         match connect(&self.shared.addr, self.token.as_ref()) {
-            Ok(stream) => {
+            Ok(conn) => {
                 if self.failing {
                     tracing::info!(addr = %self.shared.addr, "log server reachable again");
                     self.failing = false;
                 }
-                Some(BufWriter::with_capacity(64 * 1024, stream))
+                Some(conn)
             }
             Err(e) => {
+                let refused = matches!(
+                    e,
+                    HandshakeError::BadProof
+                        | HandshakeError::Refused(_)
+                        | HandshakeError::TokenRequired
+                        | HandshakeError::ServerWithoutToken
+                );
+                self.shared.refused.store(refused, Ordering::Release);
                 if !self.failing {
                     match &e {
-                        HandshakeError::BadProof | HandshakeError::Refused(_) => {
-                            tracing::warn!(addr = %self.shared.addr, error = %e, "log server refused us");
+                        HandshakeError::BadProof
+                        | HandshakeError::Refused(_)
+                        | HandshakeError::TokenRequired
+                        | HandshakeError::ServerWithoutToken => {
+                            tracing::warn!(addr = %self.shared.addr, "log server {}: {e}; log lines go to this console only", self.shared.addr);
                         }
                         _ => {
                             tracing::debug!(addr = %self.shared.addr, error = %e, "cannot reach the log server");
@@ -291,12 +320,37 @@ impl Worker {
     }
 }
 
-fn write_batch(conn: &mut BufWriter<TcpStream>, batch: &[String]) -> io::Result<()> {
-    for line in batch {
-        conn.write_all(line.as_bytes())?;
-        conn.write_all(b"\n")?;
+/// A connection to the log server: plain, or sealing its lines with the connection's keys.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    sealer: Option<Sealer>,
+    /// The lines of a batch, then their records; both reused.
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl Conn {
+    fn write_batch(&mut self, batch: &[String]) -> io::Result<()> {
+        self.plain.clear();
+        for line in batch {
+            self.plain.extend_from_slice(line.as_bytes());
+            self.plain.push(b'\n');
+        }
+        match &mut self.sealer {
+            None => self.stream.write_all(&self.plain),
+            Some(sealer) => {
+                self.sealed.clear();
+                sealer.seal(&self.plain, &mut self.sealed)?;
+                self.stream.write_all(&self.sealed)
+            }
+        }
     }
-    conn.flush()
+
+    /// Whether the lines are sealed.
+    #[cfg(test)]
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.sealer.is_some()
+    }
 }
 
 /// Whether the server is still there. The server never sends anything after the handshake, so
@@ -311,8 +365,9 @@ fn still_open(stream: &TcpStream) -> bool {
     stream.set_nonblocking(false).is_ok() && open
 }
 
-/// Connects to `addr` and, with a token, runs the client side of the handshake.
-pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<TcpStream, HandshakeError> {
+/// Connects to `addr` and, with a token, runs the client side of the handshake; without
+/// one, checks that the server does not ask for a token.
+pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<Conn, HandshakeError> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
     let mut stream = None;
     for sock in addr.to_socket_addrs()? {
@@ -327,17 +382,45 @@ pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<TcpStream, Ha
     let stream = stream.ok_or(last)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    if let Some(token) = token {
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let challenge = read_line(&stream)?;
-        let server_nonce = handshake::parse_challenge(&challenge)?;
-        let client_nonce = nonce()?;
-        (&stream).write_all(handshake::answer(token, &server_nonce, &client_nonce).as_bytes())?;
-        let reply = read_line(&stream)?;
-        handshake::check_reply(token, &client_nonce, &server_nonce, &reply)?;
-        stream.set_read_timeout(None)?;
-    }
-    Ok(stream)
+    let sealer = match token {
+        Some(token) => {
+            stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
+            match read_line(&stream) {
+                Ok(line) if line == handshake::GREETING => {}
+                Ok(_) => return Err(HandshakeError::Malformed),
+                Err(HandshakeError::Timeout) => return Err(HandshakeError::ServerWithoutToken),
+                Err(e) => return Err(e),
+            }
+            stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            let (init, first) = handshake::start(token)?;
+            (&stream).write_all(first.as_bytes())?;
+            let reply = read_line(&stream)?;
+            let keys = handshake::finish(init, &reply)?;
+            Some(keys.split().0)
+        }
+        None => {
+            stream.set_read_timeout(Some(GREETING_PEEK))?;
+            let mut byte = [0u8; 1];
+            match stream.peek(&mut byte) {
+                Ok(0) => return Err(HandshakeError::Closed),
+                Ok(_) => return Err(HandshakeError::TokenRequired),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            None
+        }
+    };
+    stream.set_read_timeout(None)?;
+    Ok(Conn {
+        stream,
+        sealer,
+        plain: Vec::new(),
+        sealed: Vec::new(),
+    })
 }
 
 /// Reads one handshake line byte by byte: nothing past the newline may be consumed, and these

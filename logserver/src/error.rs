@@ -56,6 +56,18 @@ pub enum HandshakeError {
     /// The server refused us, with its reason.
     #[error("refused by the log server: {0}")]
     Refused(String),
+    /// The server asks for the cluster token and we have none.
+    #[error("the log server requires the cluster token (--token or PCLUSTER_TOKEN)")]
+    TokenRequired,
+    /// We have a token and the server asked for none: it cannot prove it is ours, and our
+    /// lines would cross the network in the clear, so they are not sent.
+    #[error(
+        "the log server has no cluster token: it cannot prove it is ours, so no log lines are sent to it (start it with --token)"
+    )]
+    ServerWithoutToken,
+    /// The Noise handshake or a record failed.
+    #[error("{0}")]
+    Secure(protocol::secure::SecureError),
     /// The socket failed.
     #[error("handshake I/O error")]
     Io(#[from] io::Error),

@@ -1,62 +1,61 @@
-//! The optional token handshake, as text lines so that it fits the plain-line protocol:
+//! The token handshake of the log server, as text lines so that it fits the plain-line
+//! protocol, keying the same Noise pattern as the nodes ([`protocol::secure`]):
 //!
 //! ```text
-//! server: PCLUSTER-LOG-AUTH <server_nonce_hex>
-//! client: <client_nonce_hex> <hex(proof(LOG_CLIENT, server_nonce, client_nonce))>
-//! server: OK <hex(proof(LOG_SERVER, client_nonce, server_nonce))>   or   ERR <reason>
+//! server: PCLUSTER-LOG-NOISE                       (at once, only with a token)
+//! client: <hex(noise message 1)>
+//! server: OK <hex(noise message 2)>   or   ERR <reason>
+//! client: records (sealed lines), as on a node connection
 //! ```
 //!
-//! Only message formatting and parsing live here; each side drives its own socket.
+//! A server without a token says nothing and takes plain lines (so `nc` works). A client with
+//! a token that gets no greeting refuses the server; a client without one that gets a
+//! greeting knows it lacks the token. Only message formatting and checking live here; each
+//! side drives its own socket.
 
-use protocol::auth::{Nonce, Token, label};
+use protocol::auth::Token;
+use protocol::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 
 use crate::error::HandshakeError;
 
-/// The first word of the server's challenge.
-pub const CHALLENGE: &str = "PCLUSTER-LOG-AUTH";
+/// The line a log server with a token greets every client with.
+pub const GREETING: &str = "PCLUSTER-LOG-NOISE";
 
-/// Longest handshake line either side accepts: hex of two 32-byte values plus words.
+/// Binds the Noise handshake to this protocol: a node's handshake cannot be replayed here.
+const PROLOGUE: &[u8] = b"pcluster/2 log";
+
+/// Longest handshake line either side accepts: the hex of a Noise message plus a word.
 pub(crate) const MAX_LINE: usize = 256;
 
-/// `PCLUSTER-LOG-AUTH <server_nonce_hex>\n`
-pub(crate) fn challenge(server_nonce: &Nonce) -> String {
-    format!("{CHALLENGE} {}\n", hex::encode(server_nonce))
+/// `PCLUSTER-LOG-NOISE\n`
+pub(crate) fn greeting() -> String {
+    format!("{GREETING}\n")
 }
 
-pub(crate) fn parse_challenge(line: &str) -> Result<Nonce, HandshakeError> {
-    let rest = line
-        .strip_prefix(CHALLENGE)
-        .and_then(|r| r.strip_prefix(' '))
-        .ok_or(HandshakeError::Malformed)?;
-    parse_nonce(rest)
-}
-
-/// The client's answer: its nonce and its proof.
-pub(crate) fn answer(token: &Token, server_nonce: &Nonce, client_nonce: &Nonce) -> String {
-    let proof = token.proof(label::LOG_CLIENT, server_nonce, client_nonce);
-    format!("{} {}\n", hex::encode(client_nonce), hex::encode(proof))
-}
-
-/// Checks the client's answer; returns its nonce when the proof is right.
-pub(crate) fn check_answer(
-    token: &Token,
-    server_nonce: &Nonce,
-    line: &str,
-) -> Result<Nonce, HandshakeError> {
-    let (nonce, proof) = line.split_once(' ').ok_or(HandshakeError::Malformed)?;
-    let client_nonce = parse_nonce(nonce)?;
-    let proof = hex::decode(proof.trim()).map_err(|_| HandshakeError::Malformed)?;
-    if token.verify(label::LOG_CLIENT, server_nonce, &client_nonce, &proof) {
-        Ok(client_nonce)
-    } else {
-        Err(HandshakeError::BadProof)
+fn wrong_token(e: SecureError) -> HandshakeError {
+    match e {
+        SecureError::WrongToken => HandshakeError::BadProof,
+        e => HandshakeError::Secure(e),
     }
 }
 
-/// `OK <server proof>\n`
-pub(crate) fn accept(token: &Token, client_nonce: &Nonce, server_nonce: &Nonce) -> String {
-    let proof = token.proof(label::LOG_SERVER, client_nonce, server_nonce);
-    format!("OK {}\n", hex::encode(proof))
+fn parse_msg(text: &str) -> Result<[u8; HANDSHAKE_MSG_LEN], HandshakeError> {
+    let mut msg = [0u8; HANDSHAKE_MSG_LEN];
+    hex::decode_to_slice(text.trim(), &mut msg).map_err(|_| HandshakeError::Malformed)?;
+    Ok(msg)
+}
+
+/// Client: starts the handshake; returns its state and the line to send.
+pub(crate) fn start(token: &Token) -> Result<(Initiator, String), HandshakeError> {
+    let (init, msg) = Initiator::start(token, PROLOGUE).map_err(HandshakeError::Secure)?;
+    Ok((init, format!("{}\n", hex::encode(msg))))
+}
+
+/// Server: the reply to the client's line, and the keys of the connection.
+pub(crate) fn respond(token: &Token, line: &str) -> Result<(String, Keys), HandshakeError> {
+    let first = parse_msg(line)?;
+    let (msg, keys) = secure::respond(token, PROLOGUE, &first).map_err(wrong_token)?;
+    Ok((format!("OK {}\n", hex::encode(msg)), keys))
 }
 
 /// `ERR <reason>\n`
@@ -64,70 +63,57 @@ pub(crate) fn refuse(reason: &str) -> String {
     format!("ERR {reason}\n")
 }
 
-/// Checks the server's reply to our answer.
-pub(crate) fn check_reply(
-    token: &Token,
-    client_nonce: &Nonce,
-    server_nonce: &Nonce,
-    line: &str,
-) -> Result<(), HandshakeError> {
+/// Client: checks the server's reply and derives the keys.
+pub(crate) fn finish(init: Initiator, line: &str) -> Result<Keys, HandshakeError> {
     if let Some(reason) = line.strip_prefix("ERR") {
         return Err(HandshakeError::Refused(reason.trim().to_owned()));
     }
-    let proof = line.strip_prefix("OK ").ok_or(HandshakeError::Malformed)?;
-    let proof = hex::decode(proof.trim()).map_err(|_| HandshakeError::Malformed)?;
-    if token.verify(label::LOG_SERVER, client_nonce, server_nonce, &proof) {
-        Ok(())
-    } else {
-        Err(HandshakeError::BadProof)
-    }
-}
-
-fn parse_nonce(text: &str) -> Result<Nonce, HandshakeError> {
-    let mut nonce = Nonce::default();
-    hex::decode_to_slice(text.trim(), &mut nonce).map_err(|_| HandshakeError::Malformed)?;
-    Ok(nonce)
+    let msg = parse_msg(line.strip_prefix("OK ").ok_or(HandshakeError::Malformed)?)?;
+    init.finish(&msg).map_err(wrong_token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::auth::nonce;
 
     #[test]
-    fn both_sides_accept_with_the_same_token() {
+    fn both_sides_get_the_same_keys_with_the_same_token() {
         let token = Token::new("s3cret");
-        let (sn, cn) = (nonce().unwrap(), nonce().unwrap());
-        let got = parse_challenge(challenge(&sn).trim_end()).expect("challenge");
-        assert_eq!(got, sn);
-        let reply = answer(&token, &got, &cn);
-        let client_nonce = check_answer(&token, &sn, reply.trim_end()).expect("answer");
-        assert_eq!(client_nonce, cn);
-        let ok = accept(&token, &cn, &sn);
-        check_reply(&token, &cn, &sn, ok.trim_end()).expect("reply");
+        let (init, first) = start(&token).expect("start");
+        assert!(first.len() <= MAX_LINE);
+        let (reply, server) = respond(&token, first.trim_end()).expect("respond");
+        let client = finish(init, reply.trim_end()).expect("finish");
+        let ((mut sealer, _), (_, mut opener)) = (client.split(), server.split());
+        let mut wire = Vec::new();
+        sealer.seal(b"a line\n", &mut wire).expect("seal");
+        let mut plain = Vec::new();
+        assert!(opener.open(&wire, &mut plain).expect("open").is_some());
+        assert_eq!(plain, b"a line\n");
     }
 
     #[test]
     fn wrong_tokens_and_garbage_are_refused() {
-        let (sn, cn) = (nonce().unwrap(), nonce().unwrap());
-        let reply = answer(&Token::new("wrong"), &sn, &cn);
+        let (init, first) = start(&Token::new("wrong")).expect("start");
         let right = Token::new("right");
         assert!(matches!(
-            check_answer(&right, &sn, reply.trim_end()),
+            respond(&right, first.trim_end()),
             Err(HandshakeError::BadProof)
         ));
         for garbage in ["", "hello", "zz zz", "00 00"] {
-            assert!(check_answer(&right, &sn, garbage).is_err(), "{garbage:?}");
+            assert!(respond(&right, garbage).is_err(), "{garbage:?}");
         }
-        let impostor = accept(&Token::new("wrong"), &cn, &sn);
         assert!(matches!(
-            check_reply(&right, &cn, &sn, impostor.trim_end()),
-            Err(HandshakeError::BadProof)
-        ));
-        assert!(matches!(
-            check_reply(&right, &cn, &sn, "ERR wrong token"),
+            finish(init, "ERR wrong token"),
             Err(HandshakeError::Refused(r)) if r == "wrong token"
         ));
-        assert!(parse_challenge("PCLUSTER-LOG-AUTH xyz").is_err());
+        // A server answering with another token's message is caught by the client.
+        let (init, first) = start(&right).expect("start");
+        let (_, impostor_first) = start(&Token::new("impostor")).expect("start");
+        let (reply, _) = respond(&Token::new("impostor"), impostor_first.trim_end()).unwrap();
+        let _ = first;
+        assert!(matches!(
+            finish(init, reply.trim_end()),
+            Err(HandshakeError::BadProof)
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The protocol is plain text: each newline-terminated line a client sends over TCP is one
 //! record, so `echo hello | nc host 5555` works. With a token configured, a short challenge
-//! ([`handshake`]) comes first.
+//! ([`handshake`]) comes first and the lines are encrypted.
 //!
 //! | concept | file |
 //! | --- | --- |

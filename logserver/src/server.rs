@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use protocol::auth::{Token, nonce};
+use protocol::ReadHalf;
+use protocol::auth::Token;
+use protocol::secure::{Keys, SecureRead};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -201,13 +203,14 @@ struct Connection {
     shutdown: CancellationToken,
 }
 
-type Lines = FramedRead<OwnedReadHalf, LineCodec>;
+type Lines = FramedRead<ReadHalf, LineCodec>;
 
 impl Connection {
     async fn serve(self, read: OwnedReadHalf, mut write: OwnedWriteHalf) {
         let peer = self.peer;
         tracing::debug!(%peer, "log client connected");
-        let mut lines = FramedRead::new(read, LineCodec::new(self.config.max_line));
+        let mut lines =
+            FramedRead::new(ReadHalf::Plain(read), LineCodec::new(self.config.max_line));
         if let Some(token) = &self.config.token {
             lines.decoder_mut().set_max_line(handshake::MAX_LINE);
             let result = tokio::select! {
@@ -216,21 +219,37 @@ impl Connection {
                     r.unwrap_or(Err(HandshakeError::Timeout))
                 }
             };
-            if let Err(e) = result {
-                if matches!(e, HandshakeError::BadProof) {
-                    tracing::warn!(%peer, "log client refused: wrong token");
-                } else {
-                    tracing::debug!(%peer, error = %e, "log client handshake failed");
+            let keys = match result {
+                Ok(keys) => keys,
+                Err(e) => {
+                    if matches!(e, HandshakeError::BadProof) {
+                        tracing::warn!(%peer, "log client refused: wrong token");
+                    } else {
+                        tracing::debug!(%peer, error = %e, "log client handshake failed");
+                    }
+                    // Best effort: the client may already be gone.
+                    let _ = timeout(
+                        Duration::from_secs(1),
+                        write.write_all(handshake::refuse(&e.to_string()).as_bytes()),
+                    )
+                    .await;
+                    return;
                 }
-                // Best effort: the client may already be gone.
-                let _ = timeout(
-                    Duration::from_secs(1),
-                    write.write_all(handshake::refuse(&e.to_string()).as_bytes()),
-                )
-                .await;
+            };
+            // The client seals nothing before our answer, so nothing can be buffered here.
+            let parts = lines.into_parts();
+            let ReadHalf::Plain(read) = parts.io else {
+                return;
+            };
+            if !parts.read_buf.is_empty() {
+                tracing::debug!(%peer, "log client sent data before the handshake ended");
                 return;
             }
-            lines.decoder_mut().set_max_line(self.config.max_line);
+            let (_, opener) = keys.split();
+            lines = FramedRead::new(
+                ReadHalf::Secure(SecureRead::new(read, opener)),
+                LineCodec::new(self.config.max_line),
+            );
         }
         self.read_lines(lines).await;
         drop(write);
@@ -307,25 +326,21 @@ async fn next_or_idle(
     }
 }
 
-/// The server side of the token handshake.
+/// The server side of the token handshake: greets, answers the client's Noise message, and
+/// returns the connection's keys.
 async fn authenticate(
     token: &Token,
     lines: &mut Lines,
     write: &mut OwnedWriteHalf,
-) -> Result<(), HandshakeError> {
-    let server_nonce = nonce()?;
-    write
-        .write_all(handshake::challenge(&server_nonce).as_bytes())
-        .await?;
-    let answer = match lines.next().await {
+) -> Result<Keys, HandshakeError> {
+    write.write_all(handshake::greeting().as_bytes()).await?;
+    let first = match lines.next().await {
         Some(Ok(line)) if line.truncated == 0 => line,
         Some(Ok(_)) => return Err(HandshakeError::Malformed),
         Some(Err(e)) => return Err(e.into()),
         None => return Err(HandshakeError::Closed),
     };
-    let client_nonce = handshake::check_answer(token, &server_nonce, &answer.text)?;
-    write
-        .write_all(handshake::accept(token, &client_nonce, &server_nonce).as_bytes())
-        .await?;
-    Ok(())
+    let (reply, keys) = handshake::respond(token, &first.text)?;
+    write.write_all(reply.as_bytes()).await?;
+    Ok(keys)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::auth::{Token, label, nonce};
+use protocol::auth::Token;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -209,15 +209,15 @@ async fn token_accepted_round_trip() {
 async fn wrong_token_is_refused_and_writes_nothing() {
     let server = TestServer::start("token-bad", |c| c.token = Some(Token::new("right"))).await;
 
-    // Raw: the server says why and closes.
+    // Raw: the server greets, then says why and closes.
     let s = TcpStream::connect(server.addr).await.expect("connect");
     let mut s = BufReader::new(s);
-    let mut challenge = String::new();
-    s.read_line(&mut challenge).await.expect("challenge");
-    let server_nonce = handshake::parse_challenge(challenge.trim_end()).expect("challenge");
-    let answer = handshake::answer(&Token::new("wrong"), &server_nonce, &nonce().unwrap());
+    let mut greeting = String::new();
+    s.read_line(&mut greeting).await.expect("greeting");
+    assert_eq!(greeting, format!("{}\n", handshake::GREETING));
+    let (_, first) = handshake::start(&Token::new("wrong")).expect("start");
     s.get_mut()
-        .write_all(format!("{answer}sneaked in\n").as_bytes())
+        .write_all(format!("{first}sneaked in\n").as_bytes())
         .await
         .expect("answer");
     let mut reply = String::new();
@@ -236,7 +236,17 @@ async fn wrong_token_is_refused_and_writes_nothing() {
         "{refused:?}"
     );
 
-    // A client without a token gets a challenge it cannot answer.
+    // Our client without a token sees the greeting and says it needs the token.
+    let addr = server.addr.to_string();
+    let plain = tokio::task::spawn_blocking(move || client::connect(&addr, None).map(|_| ()))
+        .await
+        .expect("join");
+    assert!(
+        matches!(plain, Err(HandshakeError::TokenRequired)),
+        "{plain:?}"
+    );
+
+    // nc without a token gets the greeting and a refusal.
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
     s.write_all(b"hello without token\n").await.expect("write");
     let mut reply = String::new();
@@ -247,6 +257,38 @@ async fn wrong_token_is_refused_and_writes_nothing() {
     );
 
     assert_eq!(server.stop().await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_token_refuses_a_server_without_one_and_seals_with_one() {
+    let plain = TestServer::start("token-none", |_| {}).await;
+    let addr = plain.addr.to_string();
+    let refused = tokio::task::spawn_blocking(move || {
+        client::connect(&addr, Some(&Token::new("t"))).map(|_| ())
+    })
+    .await
+    .expect("join");
+    assert!(
+        matches!(refused, Err(HandshakeError::ServerWithoutToken)),
+        "{refused:?}"
+    );
+    let addr = plain.addr.to_string();
+    let conn = tokio::task::spawn_blocking(move || client::connect(&addr, None))
+        .await
+        .expect("join")
+        .expect("plain connect");
+    assert!(!conn.is_encrypted());
+    plain.stop().await;
+
+    let token = Token::new("t");
+    let sealed = TestServer::start("token-sealed", |c| c.token = Some(token.clone())).await;
+    let addr = sealed.addr.to_string();
+    let conn = tokio::task::spawn_blocking(move || client::connect(&addr, Some(&token)))
+        .await
+        .expect("join")
+        .expect("sealed connect");
+    assert!(conn.is_encrypted());
+    sealed.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,24 +315,23 @@ fn client_refuses_a_server_with_the_wrong_token() {
     let impostor = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
         let (mut s, _) = listener.accept().expect("accept");
-        let server_nonce = nonce().unwrap();
-        s.write_all(handshake::challenge(&server_nonce).as_bytes())
-            .expect("challenge");
-        let mut answer = String::new();
+        s.write_all(format!("{}\n", handshake::GREETING).as_bytes())
+            .expect("greeting");
+        let mut first = String::new();
         std::io::BufReader::new(&s)
-            .read_line(&mut answer)
-            .expect("answer");
-        let (client_nonce, _) = answer.split_once(' ').expect("answer");
-        let mut cn = [0u8; 32];
-        hex::decode_to_slice(client_nonce, &mut cn).expect("hex");
-        let proof = Token::new("not the token").proof(label::LOG_SERVER, &cn, &server_nonce);
-        s.write_all(format!("OK {}\n", hex::encode(proof)).as_bytes())
-            .expect("reply");
+            .read_line(&mut first)
+            .expect("first");
+        // It cannot open the client's message; it answers with one of its own.
+        let impostor = Token::new("not the token");
+        let (_, own) = handshake::start(&impostor).expect("start");
+        let (reply, _) = handshake::respond(&impostor, own.trim_end()).expect("respond");
+        s.write_all(reply.as_bytes()).expect("reply");
     });
     let result = client::connect(&addr, Some(&Token::new("the token")));
     assert!(
         matches!(result, Err(HandshakeError::BadProof)),
-        "{result:?}"
+        "{:?}",
+        result.map(|_| ())
     );
     impostor.join().expect("impostor");
 }

@@ -15,6 +15,7 @@ pub mod error;
 mod server;
 mod worker;
 
+pub use engine::{CACHE_DIR_ENV, default_cache_dir};
 pub use error::{CallError, RequestError, SetupError, TaskProblem};
 pub use server::{NodeConfig, NodeError, cores, run};
 #[cfg(feature = "local-chain")]

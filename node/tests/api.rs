@@ -106,6 +106,7 @@ async fn a_node_serves_a_chain_and_stops_when_told() {
             chain: chain(function),
             // Failures then carry the whole item, for a root that tries items again.
             send_failed_items: true,
+            tagged_items: false,
         }))
     };
     root.write_message(&setup("whisper")).await.unwrap();

@@ -7,6 +7,7 @@
 //! - W2: seeds `0 … 199` through `w2_cpu` (100,000 iterations); W2-long: seeds `0 … 1999`
 //!   with 1,000,000 iterations, long enough to measure scaling over workers.
 //!
+//! - W1-py and W2-py: the same with the tasks in Python ([`python`]).
 //! - W3 and W5 (skewed and slow work, on clusters of their own shapes): [`skew`].
 //!
 //! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
@@ -28,6 +29,8 @@ use protocol::{Limits, Packed};
 use root::{Root, RootOptions};
 
 use crate::table::{self, Style};
+
+mod python;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -61,6 +64,9 @@ pub struct BenchArgs {
     /// Skip the scans of 127.0.0.0/24 and 127.0.0.0/16.
     #[arg(long)]
     pub no_scan: bool,
+    /// W1-py input items (Python tasks through `pcluster run`; 0: skip W1-py and W2-py).
+    #[arg(long, default_value_t = 200_000)]
+    pub py_items: u64,
     /// Skip W3 and W5 (skewed and slow work on clusters of their own).
     #[arg(long)]
     pub no_skew: bool,
@@ -137,8 +143,9 @@ impl Cluster {
         dir: &Path,
         nodes: u32,
         workers: u32,
+        extra: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), &[]).await?;
+        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), extra).await?;
         let mut processes = vec![log];
         let port = kit::free_port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))?;
         let mut addrs = Vec::new();
@@ -147,7 +154,7 @@ impl Cluster {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
             processes.push(
                 pcluster
-                    .start_node(ip, port, log_port, workers, &[])
+                    .start_node(ip, port, log_port, workers, extra)
                     .await?,
             );
             addrs.push(SocketAddr::new(ip, port));
@@ -185,7 +192,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let pcluster = Pcluster::new(std::env::current_exe()?);
     let dir = kit::temp_dir("bench")?;
     let module = kit::tasks_example_wasm()?;
-    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers).await?;
+    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers, &[]).await?;
     let workers = u64::from(args.nodes * args.workers);
     let w1_floors = w1_floors(&module, args.items.min(FLOOR_ITEMS))?;
 
@@ -200,6 +207,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ] {
         root.reset().await?;
         rows.push(w2(&root, &module, name, seeds, iterations, workers).await?);
+    }
+    let python = args.py_items > 0 && python::available();
+    if args.py_items > 0 && !python {
+        eprintln!("pcluster bench: componentize-py is not installed: no W1-py and W2-py rows");
+    }
+    if python {
+        root.reset().await?;
+        rows.push(python::w2_py(&root, &dir, workers).await?);
     }
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
@@ -239,17 +254,45 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if python {
+        rows.push(python::w1_py(
+            &pcluster,
+            &cluster,
+            &dir,
+            args.py_items,
+            workers,
+        )?);
+    }
     let scans = if args.no_scan {
         Vec::new()
     } else {
         scans(cluster.port, &options).await?
     };
     drop(cluster);
+    let plain = rows
+        .iter()
+        .find(|r| r.name == "W1 `pcluster run` process")
+        .map(|r| r.secs);
+    let encrypted = match plain {
+        Some(secs) => {
+            let (row, ratio) = w1_encrypted(&pcluster, &dir, &args, w1_floors, secs).await?;
+            rows.push(row);
+            Some(ratio)
+        }
+        None => None,
+    };
     if !args.no_skew {
         rows.extend(skew::rows(&pcluster, &dir, &module).await?);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
+    if let Some(ratio) = encrypted {
+        println!(
+            "W1 `pcluster run` with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 75%)",
+            100.0 * ratio
+        );
+        println!();
+    }
     print_report(&Report {
         nodes: args.nodes,
         workers: args.workers,
@@ -475,6 +518,31 @@ fn w1_process(
     })
 }
 
+/// W1 through `pcluster run` on a cluster of its own with a token, so every connection is
+/// encrypted; returns the row and its rate over `plain_secs`' (the same run without a token).
+async fn w1_encrypted(
+    pcluster: &Pcluster,
+    dir: &Path,
+    args: &BenchArgs,
+    floors: Floors,
+    plain_secs: f64,
+) -> anyhow::Result<(Row, f64)> {
+    const TOKEN: &str = "pcluster bench token";
+    let token = ["--token", TOKEN];
+    let cluster = Cluster::start(pcluster, dir, args.nodes, args.workers, &token).await?;
+    let row = w1_process(
+        pcluster,
+        &cluster,
+        dir,
+        "W1 `pcluster run` with a token (encrypted)",
+        args.run_items,
+        floors,
+        &token.map(String::from),
+    )?;
+    let ratio = plain_secs / row.secs;
+    Ok((row, ratio))
+}
+
 /// Scans of 127.0.0.0/24 and 127.0.0.0/16 for the cluster's nodes on `port`.
 async fn scans(port: u16, options: &RootOptions) -> anyhow::Result<Vec<Scan>> {
     let mut scans = Vec::new();
@@ -547,7 +615,7 @@ fn print_report(r: &Report) {
         1e3 / f.wasm_ns
     );
     println!(
-        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compile), warm {:.1} ms (cached module)",
+        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compiled, or loaded from the disk cache), warm {:.1} ms (in-memory cache)",
         r.nodes,
         r.setup.cold.as_secs_f64() * 1e3,
         r.setup.warm.as_secs_f64() * 1e3

@@ -13,8 +13,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TokenArg {
-    /// Cluster token: peers prove they hold it (HMAC challenge–response; it never crosses
-    /// the wire). Without it, anyone who reaches the port can use the server.
+    /// Cluster token: peers prove they hold it (a Noise handshake keyed by it; it never
+    /// crosses the wire), and every connection is encrypted. Without it, anyone who reaches
+    /// the port can use the server.
     #[arg(long, env = "PCLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -26,6 +27,24 @@ impl TokenArg {
             .filter(|t| !t.is_empty())
             .map(Token::new)
     }
+}
+
+/// Refuses to serve a non-loopback address without a token unless `insecure`: anyone who
+/// reaches it could `what`, and everything would cross the network in the clear.
+pub fn check_exposure(
+    addr: SocketAddr,
+    token: bool,
+    insecure: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    if token || insecure || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} without a cluster token: anyone who can reach it could \
+         {what}, and all traffic would be unencrypted. Set --token (or PCLUSTER_TOKEN), \
+         listen on loopback, or pass --insecure on a network you trust"
+    )
 }
 
 /// Where our own diagnostics go.

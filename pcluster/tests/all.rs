@@ -16,7 +16,11 @@ mod e2e;
 mod lifecycle;
 #[path = "it/logserver.rs"]
 mod logserver;
+#[path = "it/python.rs"]
+mod python;
 #[path = "it/reliability.rs"]
 mod reliability;
 #[path = "it/scheduling.rs"]
 mod scheduling;
+#[path = "it/wire.rs"]
+mod wire;

@@ -33,6 +33,11 @@ impl Token {
         Token(secret.as_ref().to_vec())
     }
 
+    /// The secret's bytes, for deriving keys from it (never sent).
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, label: &str, first: &Nonce, second: &Nonce) -> Hmac<Sha256> {
         // HMAC accepts keys of any length; new_from_slice cannot fail for it.
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {

@@ -336,6 +336,7 @@ mod tests {
                 limits: Limits::default(),
             },
             send_failed_items: false,
+            tagged_items: false,
         }));
         let mut buf = BytesMut::new();
         encode_frame(&msg, &mut buf, 64 << 20).unwrap();

@@ -1,11 +1,15 @@
 //! [`Connection`]: a TCP stream speaking framed [`Msg`]s, split into a reader and a writer
-//! half so one task can read while another writes.
+//! half so one task can read while another writes; with a token, both halves go through the
+//! record layer ([`crate::secure`]) below the framing, which stays the same.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
@@ -13,11 +17,47 @@ use tokio_util::codec::FramedRead;
 use crate::codec::{MessageCodec, encode_frame};
 use crate::error::ProtocolError;
 use crate::message::Msg;
+use crate::secure::{Keys, SEAL_CHUNK, Sealer, SecureError, SecureRead};
+
+/// The reading side of a TCP connection: plain bytes, or the bytes that records carry.
+#[derive(Debug)]
+pub enum ReadHalf {
+    /// No token: bytes as they arrive.
+    Plain(OwnedReadHalf),
+    /// With a token: records opened with the connection's keys.
+    Secure(SecureRead<OwnedReadHalf>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Secure(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A record layer failure surfaces as an I/O error of the stream; it is given back its type.
+fn lift(e: ProtocolError) -> ProtocolError {
+    match e {
+        ProtocolError::Io(io) if io.get_ref().is_some_and(|i| i.is::<SecureError>()) => {
+            match io.into_inner().map(|i| i.downcast::<SecureError>()) {
+                Some(Ok(secure)) => ProtocolError::Secure(*secure),
+                _ => ProtocolError::Secure(SecureError::Decrypt),
+            }
+        }
+        e => e,
+    }
+}
 
 /// Reading half: yields whole messages.
 #[derive(Debug)]
 pub struct MessageReader {
-    inner: FramedRead<OwnedReadHalf, MessageCodec>,
+    inner: FramedRead<ReadHalf, MessageCodec>,
 }
 
 impl MessageReader {
@@ -34,7 +74,7 @@ impl MessageReader {
     pub async fn read_message(&mut self) -> Result<Option<Msg>, ProtocolError> {
         match self.inner.next().await {
             Some(Ok(msg)) => Ok(Some(msg)),
-            Some(Err(e)) => Err(e),
+            Some(Err(e)) => Err(lift(e)),
             None => {
                 if self.inner.read_buffer().is_empty() {
                     Ok(None)
@@ -62,6 +102,10 @@ pub struct MessageWriter {
     inner: OwnedWriteHalf,
     buf: BytesMut,
     max_frame: usize,
+    /// With a token: seals `buf` into `sealed` on each flush.
+    sealer: Option<Sealer>,
+    /// Sealed records on their way out, at most [`SEAL_CHUNK`] of payload at a time; reused.
+    sealed: Vec<u8>,
 }
 
 impl MessageWriter {
@@ -88,10 +132,20 @@ impl MessageWriter {
     /// # Errors
     /// On socket errors.
     pub async fn flush(&mut self) -> Result<(), ProtocolError> {
-        if !self.buf.is_empty() {
-            self.inner.write_all(&self.buf).await?;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        match &mut self.sealer {
+            None => self.inner.write_all(&self.buf).await?,
+            Some(sealer) => {
+                for part in self.buf.chunks(SEAL_CHUNK) {
+                    self.sealed.clear();
+                    sealer.seal(part, &mut self.sealed)?;
+                    self.inner.write_all(&self.sealed).await?;
+                }
+            }
+        }
+        self.buf.clear();
         Ok(())
     }
 
@@ -109,6 +163,10 @@ impl MessageWriter {
     /// # Errors
     /// On socket errors.
     pub async fn write_frame(&mut self, frame: Bytes) -> Result<(), ProtocolError> {
+        if self.sealer.is_some() {
+            self.feed_frame(&frame);
+            return self.flush().await;
+        }
         self.flush().await?;
         self.inner.write_all(&frame).await?;
         Ok(())
@@ -140,19 +198,20 @@ const WRITE_CAPACITY: usize = 64 << 10;
 const HANDSHAKE_CAPACITY: usize = 1 << 10;
 
 impl Connection {
-    /// Wraps a stream whose preamble has been exchanged.
+    /// Wraps a stream whose preamble has been exchanged (plain, no token).
     pub fn new(stream: TcpStream, max_frame: usize) -> Self {
-        Self::with_buffers(stream, max_frame, READ_CAPACITY, WRITE_CAPACITY)
+        Self::with_buffers(stream, max_frame, READ_CAPACITY, WRITE_CAPACITY, None)
     }
 
     /// A connection for the authentication frames: small buffers and the handshake's frame
-    /// limit, until [`Connection::authenticated`].
-    pub(crate) fn for_handshake(stream: TcpStream) -> Self {
+    /// limit, until [`Connection::authenticated`]; sealed with `keys` when given.
+    pub(crate) fn for_handshake(stream: TcpStream, keys: Option<Keys>) -> Self {
         Self::with_buffers(
             stream,
             crate::handshake::HANDSHAKE_MAX_FRAME,
             HANDSHAKE_CAPACITY,
             HANDSHAKE_CAPACITY,
+            keys,
         )
     }
 
@@ -165,12 +224,25 @@ impl Connection {
         self.writer.buf.reserve(WRITE_CAPACITY);
     }
 
-    fn with_buffers(stream: TcpStream, max_frame: usize, read: usize, write: usize) -> Self {
+    fn with_buffers(
+        stream: TcpStream,
+        max_frame: usize,
+        read: usize,
+        write: usize,
+        keys: Option<Keys>,
+    ) -> Self {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
+        let (r, sealer) = match keys {
+            None => (ReadHalf::Plain(r), None),
+            Some(keys) => {
+                let (sealer, opener) = keys.split();
+                (ReadHalf::Secure(SecureRead::new(r, opener)), Some(sealer))
+            }
+        };
         Connection {
             reader: MessageReader {
                 inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), read),
@@ -179,9 +251,16 @@ impl Connection {
                 inner: w,
                 buf: BytesMut::with_capacity(write),
                 max_frame,
+                sealer,
+                sealed: Vec::new(),
             },
             peer,
         }
+    }
+
+    /// Whether the connection is encrypted (a token is in use).
+    pub fn is_encrypted(&self) -> bool {
+        self.writer.sealer.is_some()
     }
 
     /// The peer's address.

@@ -55,6 +55,10 @@ pub enum ProtocolError {
     /// handshake fails rather than fall back to a guessable one.
     #[error("no nonce: the operating system's random source failed: {0}")]
     Random(#[from] crate::auth::RandomUnavailable),
+    /// The encrypted record layer failed: a record did not open (altered on the way), or
+    /// the Noise handshake failed.
+    #[error("{0}")]
+    Secure(#[from] crate::secure::SecureError),
     /// The peer sent a message that makes no sense here.
     #[error("unexpected message: {0}")]
     Unexpected(String),

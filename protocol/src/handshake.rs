@@ -1,15 +1,20 @@
-//! Opening a connection: a raw preamble (magic, version, role), then token authentication.
+//! Opening a connection: a raw preamble (magic, version, role), then, with a token, the
+//! Noise handshake that keys the encrypted wire ([`crate::secure`]).
 //!
 //! The preamble is plain bytes, not a frame, so that a peer of another protocol version, or
 //! no pcluster peer at all (an HTTP server on the port), is recognised before anything is
-//! decoded. Client → server: `PCLUSTER` + version (u16 BE) + role (u8). Server → client:
-//! `PCLUSTER` + its version + a status byte (0 = accepted), then on refusal a u16-length
-//! UTF-8 reason, and the server closes.
+//! decoded. Client → server: `PCLUSTER` + version (u16 BE) + role (u8, with [`SECURE`] set
+//! when the client holds a token). Server → client: `PCLUSTER` + its version + a status byte
+//! (0 = accepted), then on refusal a u16-length UTF-8 reason, and the server closes. A server
+//! refuses a client whose token use differs from its own, saying which side lacks one.
 //!
-//! The authentication messages that follow are ordinary frames on a [`Connection`] whose
-//! frame limit is [`HANDSHAKE_MAX_FRAME`]: a peer that has not proven it holds the token
-//! cannot make the other side buffer a full-size frame. Once both sides are satisfied the
-//! same connection (and whatever it already buffered) gets the caller's frame limit.
+//! With a token, the two Noise messages follow (each a u16 length and the message; a server
+//! whose token differs answers with length 0), bound to the preamble by the Noise prologue;
+//! from there on every byte is sealed. The client's [`Hello`] is its first sealed frame: a
+//! server treats the client as authenticated once it opens. Without a token the plain
+//! exchange of nonces (`Hello`, `Challenge`, `Auth`) stays as it was. Either way the
+//! frames of the handshake travel on a [`Connection`] whose frame limit is
+//! [`HANDSHAKE_MAX_FRAME`], lifted to the caller's limit once the peer is accepted.
 
 use std::time::Duration;
 
@@ -18,14 +23,17 @@ use tokio::net::TcpStream;
 
 use crate::auth::{self, NONCE_LEN, Nonce, Token};
 use crate::connection::Connection;
-use crate::error::{ErrorKind, ProtocolError, WireError};
+use crate::error::{ErrorKind, ProtocolError};
 use crate::ids::SessionId;
 use crate::message::{Auth, Challenge, Hello, Msg, Welcome};
+use crate::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 
 /// The magic bytes that open every pcluster connection.
 pub const MAGIC: &[u8; 8] = b"PCLUSTER";
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks (2: the encrypted wire).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Set in the role byte by a client that holds a token and so speaks Noise next.
+pub const SECURE: u8 = 0x80;
 
 /// Largest frame either side sends before authentication is done. The handshake messages
 /// are tiny; a peer that has not proven itself cannot make us buffer more than this.
@@ -34,6 +42,7 @@ pub const HANDSHAKE_MAX_FRAME: usize = 16 << 10;
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_ROLE: u8 = 2;
+const STATUS_TOKEN: u8 = 3;
 
 /// What the client intends to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +118,8 @@ async fn accept_inner(
         return Err(ProtocolError::BadMagic);
     }
     let theirs = u16::from_be_bytes([pre[8], pre[9]]);
-    let role = Role::from_byte(pre[10]);
+    let wants_secure = pre[10] & SECURE != 0;
+    let role = Role::from_byte(pre[10] & !SECURE);
     let (status, reason) = if theirs != PROTOCOL_VERSION {
         (
             STATUS_VERSION,
@@ -119,6 +129,16 @@ async fn accept_inner(
         )
     } else if role.is_none() {
         (STATUS_ROLE, format!("unknown role {}", pre[10]))
+    } else if token.is_some() && !wants_secure {
+        (
+            STATUS_TOKEN,
+            "this node requires the cluster token (--token or PCLUSTER_TOKEN)".to_string(),
+        )
+    } else if token.is_none() && wants_secure {
+        (
+            STATUS_TOKEN,
+            "this node has no cluster token, so it cannot prove it is yours".to_string(),
+        )
     } else {
         (STATUS_OK, String::new())
     };
@@ -132,56 +152,41 @@ async fn accept_inner(
         answer.extend_from_slice(bytes);
         let _ = stream.write_all(&answer).await;
         let _ = stream.shutdown().await;
-        return Err(if status == STATUS_VERSION {
-            ProtocolError::VersionMismatch {
+        return Err(match status {
+            STATUS_VERSION => ProtocolError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
                 theirs,
-            }
-        } else {
-            ProtocolError::Malformed(reason)
+            },
+            STATUS_TOKEN => ProtocolError::Auth(reason),
+            _ => ProtocolError::Malformed(reason),
         });
     }
     stream.write_all(&answer).await?;
     let role = role.unwrap_or(Role::Probe);
 
-    let mut conn = Connection::for_handshake(stream);
+    let keys = match token {
+        Some(token) => Some(respond(&mut stream, token, &pre, &answer).await?),
+        None => None,
+    };
+    let secure = keys.is_some();
+    let mut conn = Connection::for_handshake(stream, keys);
     let hello = match conn.expect_message().await? {
         Msg::Hello(h) => h,
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
-    let client_nonce = to_nonce(&hello.nonce)?;
-    let server_nonce = auth::nonce()?;
-    let proof = token.map(|t| {
-        serde_bytes::ByteBuf::from(
-            t.proof(auth::label::NODE, &client_nonce, &server_nonce)
-                .to_vec(),
-        )
-    });
-    conn.write_message(&Msg::Challenge(Challenge {
-        nonce: server_nonce.to_vec(),
-        auth_required: token.is_some(),
-        proof,
-    }))
-    .await?;
-    let answer = match conn.expect_message().await? {
-        Msg::Auth(a) => a,
-        other => return Err(ProtocolError::Unexpected(other.name().into())),
-    };
-    if let Some(token) = token {
-        let ok = answer
-            .proof
-            .as_ref()
-            .is_some_and(|p| token.verify(auth::label::ROOT, &server_nonce, &client_nonce, p));
-        if !ok {
-            let why = if answer.proof.is_none() {
-                "this node requires the cluster token (--token or PCLUSTER_TOKEN)"
-            } else {
-                "wrong cluster token"
-            };
-            let _ = conn
-                .write_message(&Msg::Error(WireError::new(ErrorKind::Unauthorized, why)))
-                .await;
-            return Err(ProtocolError::Auth(why.into()));
+    if !secure {
+        // The plain path: nonces only, no proofs (no token on either side).
+        let _ = to_nonce(&hello.nonce)?;
+        let server_nonce = auth::nonce()?;
+        conn.write_message(&Msg::Challenge(Challenge {
+            nonce: server_nonce.to_vec(),
+            auth_required: false,
+            proof: None,
+        }))
+        .await?;
+        match conn.expect_message().await? {
+            Msg::Auth(_) => {}
+            other => return Err(ProtocolError::Unexpected(other.name().into())),
         }
     }
     conn.authenticated(max_frame);
@@ -190,6 +195,40 @@ async fn accept_inner(
         role,
         resume: hello.resume,
     })
+}
+
+/// The server's Noise message: reads the client's, answers it (or refuses a wrong token).
+async fn respond(
+    stream: &mut TcpStream,
+    token: &Token,
+    pre: &[u8],
+    answer: &[u8],
+) -> Result<Keys, ProtocolError> {
+    let mut first = [0u8; 2 + HANDSHAKE_MSG_LEN];
+    stream.read_exact(&mut first[..2]).await?;
+    let len = u16::from_be_bytes([first[0], first[1]]) as usize;
+    if len != HANDSHAKE_MSG_LEN {
+        return Err(ProtocolError::Malformed(format!(
+            "noise handshake message of {len} bytes"
+        )));
+    }
+    stream.read_exact(&mut first[2..]).await?;
+    let prologue = [pre, answer].concat();
+    match secure::respond(token, &prologue, &first[2..]) {
+        Ok((msg, keys)) => {
+            let mut out = [0u8; 2 + HANDSHAKE_MSG_LEN];
+            out[..2].copy_from_slice(&(HANDSHAKE_MSG_LEN as u16).to_be_bytes());
+            out[2..].copy_from_slice(&msg);
+            stream.write_all(&out).await?;
+            Ok(keys)
+        }
+        Err(SecureError::WrongToken) => {
+            let _ = stream.write_all(&[0, 0]).await;
+            let _ = stream.shutdown().await;
+            Err(ProtocolError::Auth("wrong cluster token".into()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Client side: sends the preamble, authenticates both ways and reads the [`Welcome`].
@@ -224,7 +263,7 @@ async fn connect_inner(
     let mut pre = Vec::with_capacity(11);
     pre.extend_from_slice(MAGIC);
     pre.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    pre.push(role.byte());
+    pre.push(role.byte() | if token.is_some() { SECURE } else { 0 });
     stream.write_all(&pre).await?;
     let mut answer = [0u8; 11];
     stream.read_exact(&mut answer).await.map_err(|e| {
@@ -250,50 +289,46 @@ async fn connect_inner(
             }
             Err(_) => String::new(),
         };
-        return Err(if answer[10] == STATUS_VERSION {
-            ProtocolError::VersionMismatch {
+        return Err(match answer[10] {
+            STATUS_VERSION => ProtocolError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
                 theirs,
-            }
-        } else {
-            ProtocolError::Unexpected(format!("node refused the connection: {reason}"))
+            },
+            STATUS_TOKEN if token.is_some() => ProtocolError::Auth(
+                "the node has no cluster token, so it cannot prove it is ours; refusing to use it"
+                    .into(),
+            ),
+            STATUS_TOKEN => ProtocolError::Auth(
+                "the node requires the cluster token (--token or PCLUSTER_TOKEN)".into(),
+            ),
+            _ => ProtocolError::Unexpected(format!("node refused the connection: {reason}")),
         });
     }
 
-    let client_nonce = auth::nonce()?;
-    let mut conn = Connection::for_handshake(stream);
-    conn.write_message(&Msg::Hello(Hello {
-        nonce: client_nonce.to_vec(),
-        resume,
-    }))
-    .await?;
-    let challenge = match conn.expect_message().await? {
-        Msg::Challenge(c) => c,
-        Msg::Error(e) => return Err(ProtocolError::Remote(e)),
-        other => return Err(ProtocolError::Unexpected(other.name().into())),
-    };
-    let server_nonce = to_nonce(&challenge.nonce)?;
-    let proof = match token {
-        Some(token) => {
-            let Some(theirs) = challenge.proof.as_ref() else {
-                return Err(ProtocolError::Auth(
-                    "the node has no cluster token, so it cannot prove it is ours; refusing to use it".into(),
-                ));
-            };
-            if !token.verify(auth::label::NODE, &client_nonce, &server_nonce, theirs) {
-                return Err(ProtocolError::Auth(
-                    "the node failed to prove it holds our cluster token (wrong token?)".into(),
-                ));
-            }
-            Some(serde_bytes::ByteBuf::from(
-                token
-                    .proof(auth::label::ROOT, &server_nonce, &client_nonce)
-                    .to_vec(),
-            ))
-        }
+    let keys = match token {
+        Some(token) => Some(initiate(&mut stream, token, &pre, &answer).await?),
         None => None,
     };
-    conn.write_message(&Msg::Auth(Auth { proof })).await?;
+    let secure = keys.is_some();
+    let mut conn = Connection::for_handshake(stream, keys);
+    // Sealed, the nonce is of no use: the keys are fresh. In the clear it stays as it was.
+    let nonce = if secure {
+        Vec::new()
+    } else {
+        auth::nonce()?.to_vec()
+    };
+    conn.write_message(&Msg::Hello(Hello { nonce, resume }))
+        .await?;
+    if !secure {
+        match conn.expect_message().await? {
+            Msg::Challenge(c) => {
+                let _ = to_nonce(&c.nonce)?;
+            }
+            Msg::Error(e) => return Err(ProtocolError::Remote(e)),
+            other => return Err(ProtocolError::Unexpected(other.name().into())),
+        }
+        conn.write_message(&Msg::Auth(Auth { proof: None })).await?;
+    }
     match conn.expect_message().await {
         Ok(Msg::Welcome(w)) => {
             conn.authenticated(max_frame);
@@ -304,18 +339,54 @@ async fn connect_inner(
         }
         Ok(Msg::Error(e)) => Err(ProtocolError::Remote(e)),
         Ok(other) => Err(ProtocolError::Unexpected(other.name().into())),
-        Err(ProtocolError::Closed) if challenge.auth_required && token.is_none() => {
-            Err(ProtocolError::Auth(
-                "the node requires the cluster token (--token or PCLUSTER_TOKEN)".into(),
-            ))
-        }
         Err(e) => Err(e),
     }
+}
+
+/// The client's Noise messages: sends the first, reads and checks the server's answer.
+async fn initiate(
+    stream: &mut TcpStream,
+    token: &Token,
+    pre: &[u8],
+    answer: &[u8],
+) -> Result<Keys, ProtocolError> {
+    let prologue = [pre, answer].concat();
+    let (init, first) = Initiator::start(token, &prologue)?;
+    let mut out = [0u8; 2 + HANDSHAKE_MSG_LEN];
+    out[..2].copy_from_slice(&(HANDSHAKE_MSG_LEN as u16).to_be_bytes());
+    out[2..].copy_from_slice(&first);
+    stream.write_all(&out).await?;
+    let refused =
+        || ProtocolError::Auth("the node refused our cluster token (wrong token?)".into());
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(refused()),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u16::from_be_bytes(len) as usize;
+    if len == 0 {
+        return Err(refused());
+    }
+    if len != HANDSHAKE_MSG_LEN {
+        return Err(ProtocolError::Malformed(format!(
+            "noise handshake message of {len} bytes"
+        )));
+    }
+    let mut msg = [0u8; HANDSHAKE_MSG_LEN];
+    stream.read_exact(&mut msg).await?;
+    init.finish(&msg).map_err(|e| match e {
+        SecureError::WrongToken => ProtocolError::Auth(
+            "the node failed to prove it holds our cluster token (wrong token?)".into(),
+        ),
+        e => e.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::WireError;
     use tokio::net::TcpListener;
 
     const T: Duration = Duration::from_secs(5);
@@ -370,6 +441,7 @@ mod tests {
             assert_eq!(server.unwrap().role, Role::Root);
             let (mut conn, welcome) = client.unwrap();
             assert_eq!(welcome.workers, 1);
+            assert_eq!(conn.is_encrypted(), token.is_some());
             assert_eq!(conn.expect_message().await.unwrap(), Msg::Heartbeat);
             assert_eq!(conn.expect_message().await.unwrap(), big());
         }
@@ -434,11 +506,11 @@ mod tests {
         stream.read_to_end(&mut answer).await.unwrap();
         assert_eq!(&answer[..8], MAGIC);
         assert_eq!(answer[10], STATUS_VERSION);
-        assert!(String::from_utf8_lossy(&answer[13..]).contains("node speaks 1, you speak 99"));
+        assert!(String::from_utf8_lossy(&answer[13..]).contains("node speaks 2, you speak 99"));
         assert!(matches!(
             server.await.unwrap(),
             Err(ProtocolError::VersionMismatch {
-                ours: 1,
+                ours: PROTOCOL_VERSION,
                 theirs: 99
             })
         ));

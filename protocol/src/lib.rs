@@ -7,7 +7,8 @@
 //!   decodes with two copies and no allocation per item.
 //! - [`codec`]: length-delimited frames carrying bincode; the only place that names bincode.
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
-//! - [`auth`]: HMAC proofs for the shared cluster token.
+//! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
+//! - [`secure`]: with a token, the Noise handshake and the records that encrypt the wire.
 
 pub mod auth;
 pub mod codec;
@@ -17,8 +18,9 @@ pub mod handshake;
 pub mod ids;
 pub mod message;
 pub mod packed;
+pub mod secure;
 
-pub use connection::{Connection, MessageReader, MessageWriter};
+pub use connection::{Connection, MessageReader, MessageWriter, ReadHalf};
 pub use error::{ErrorKind, ProtocolError, WireError};
 pub use handshake::{PROTOCOL_VERSION, Role};
 pub use ids::{ItemId, NodeId, SessionId, TaskIndex};

@@ -232,6 +232,9 @@ pub struct Setup {
     pub chain: ChainSpec,
     /// Whether failures carry the whole failing item (so the root can try it again).
     pub send_failed_items: bool,
+    /// Whether the root feeds and wants *tagged* items (a type tag byte first, as Python
+    /// handlers do; docs/ABI.md, "Item tags"). Without it items are raw bytes both ways.
+    pub tagged_items: bool,
 }
 
 /// The chain is ready.

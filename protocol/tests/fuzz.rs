@@ -116,6 +116,7 @@ fn every_message() -> Vec<Msg> {
                 limits: Limits::default(),
             },
             send_failed_items: true,
+            tagged_items: false,
         })),
         Msg::Items(Items {
             seq: 3,

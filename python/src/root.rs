@@ -44,11 +44,10 @@ pub struct Root {
 }
 
 fn options(token: Option<&str>, tagged: bool) -> RootOptions {
-    // PYHOST (#13): once `RootOptions.tagged_items` is in main, set it here:
-    // `tagged_items: tagged,` — items between Python code then travel tagged by type.
-    let _ = tagged;
     RootOptions {
         token: token.map(Token::new),
+        // With Python tasks, items between Python code travel tagged by type (docs/ABI.md).
+        tagged_items: tagged,
         ..RootOptions::default()
     }
 }

@@ -93,17 +93,6 @@ import task_package  # noqa: E402
 sys.path.pop(0)
 
 
-def setup_python_chain(root: pcluster.Root, *args, **kwargs) -> None:
-    """`root.setup(...)` of a taskchain list; skips the test while the root's chain loader
-    takes no Python modules (PYHOST #13: remove this once that is in main)."""
-    try:
-        root.setup(*args, **kwargs)
-    except pcluster.PclusterError as e:
-        if "unknown field `codec`" in str(e) or "invalid type: sequence" in str(e):
-            pytest.skip(f"the root's chain loader takes no Python tasks yet: {e}")
-        raise
-
-
 def test_readme_example_with_python_tasks(cluster: Cluster) -> None:
     from task_package import DropItem, generator_task, simple_task
 
@@ -116,8 +105,7 @@ def test_readme_example_with_python_tasks(cluster: Cluster) -> None:
     cluster_ = pcluster.Root()
     cluster_.search_nodes(network="127.0.0.0/24", port=cluster.node_port)
     try:
-        setup_python_chain(
-            cluster_,
+        cluster_.setup(
             "example-pipeline",
             1.0,
             taskchain,
@@ -161,7 +149,7 @@ def test_a_loop_of_wait_input_and_feed_over_100_000_items(root: pcluster.Root, t
 def test_a_loop_of_100_000_items_through_a_python_task(root: pcluster.Root) -> None:
     outputs: List[str] = []
     taskchain = [{"function": task_package.w1_python, "is_generator": True}]
-    setup_python_chain(root, "w1-py", "1.0", taskchain, local_packages=[str(HERE / "task_package")],
+    root.setup("w1-py", "1.0", taskchain, local_packages=[str(HERE / "task_package")],
                        output_handler=outputs.append)
     n = 100_000
     items = [f"item-{i}" for i in range(n)]

@@ -3,6 +3,7 @@
 //! `module` is either a `.wasm` file or a directory holding a Rust task crate; a crate is
 //! built with `cargo build --release --target wasm32-unknown-unknown` when its `.wasm` is
 //! missing or older than any of its sources, so a fresh clone runs the examples directly.
+//! A Python package or `.py` file is built into a component ([`crate::python`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,7 @@ use protocol::{ChainSpec, Limits, TaskSpec};
 use serde::Deserialize;
 
 use crate::error::RootError;
+use crate::python::{self, Codec, PythonError};
 
 /// What is wrong with a chain file or one of its modules.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,15 @@ pub enum ChainError {
         /// What happened when adding it.
         why: String,
     },
+    /// A Python task's module could not be built, or its args or codec are unusable.
+    #[error(transparent)]
+    Python(#[from] PythonError),
+    /// A task of a core module was given args other than a string.
+    #[error("task `{task}`: args of a wasm task must be a string")]
+    ArgsNotString {
+        /// The task's function.
+        task: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -97,6 +108,8 @@ struct ChainFile {
     #[serde(default = "default_version")]
     version: String,
     module: Option<String>,
+    /// How Python objects other than str and bytes travel: "json" (default) or "pickle".
+    codec: Option<String>,
     #[serde(rename = "task", default)]
     tasks: Vec<TaskFile>,
     #[serde(default)]
@@ -120,8 +133,9 @@ struct TaskFile {
     labels: Vec<String>,
     #[serde(default)]
     generator: bool,
-    #[serde(default)]
-    args: String,
+    /// A string for a wasm task; for a Python task, an array of args (a single value is
+    /// one arg).
+    args: Option<toml::Value>,
     module: Option<String>,
 }
 
@@ -144,8 +158,13 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
     };
     let file = parse(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
+    let codec = match &file.codec {
+        Some(name) => Codec::parse(name).map_err(|e| err(e.into()))?,
+        None => Codec::default(),
+    };
     let succ = file_graph(&file).map_err(&err)?;
     let mut module_paths: Vec<String> = Vec::new();
+    let mut is_python: Vec<bool> = Vec::new();
     let mut modules = Vec::new();
     let mut tasks = Vec::new();
     for (i, t) in file.tasks.into_iter().enumerate() {
@@ -166,14 +185,35 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
                 })?;
                 modules.push(serde_bytes::ByteBuf::from(bytes));
                 module_paths.push(m);
+                is_python.push(python::is_python(
+                    &base.join(&module_paths[module_paths.len() - 1]),
+                ));
                 module_paths.len() - 1
+            }
+        };
+        let args = if is_python[index] {
+            let values = match t.args {
+                None => Vec::new(),
+                Some(toml::Value::Array(a)) => a,
+                Some(v) => vec![v],
+            };
+            python::task_args(codec, &values).map_err(|e| err(e.into()))?
+        } else {
+            match t.args {
+                None => Vec::new(),
+                Some(toml::Value::String(s)) => s.into_bytes(),
+                Some(_) => {
+                    return Err(err(ChainError::ArgsNotString {
+                        task: t.function.clone(),
+                    }));
+                }
             }
         };
         tasks.push(TaskSpec {
             function: t.function,
             module: index as u32,
             generator: t.generator,
-            args: t.args.into_bytes(),
+            args,
             next: succ.as_ref().map(|s| s[i].clone()),
             labels: t.labels,
         });
@@ -255,7 +295,9 @@ pub fn dot(path: &Path) -> Result<String, RootError> {
 /// # Errors
 /// When the path is neither, or the build fails.
 pub fn resolve_module(path: &Path) -> Result<PathBuf, ChainError> {
-    if path.is_dir() {
+    if python::is_python(path) {
+        Ok(python::build_component(path)?)
+    } else if path.is_dir() {
         build_task_crate(path)
     } else if path.is_file() {
         Ok(path.to_path_buf())

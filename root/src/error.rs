@@ -52,6 +52,22 @@ pub enum RootError {
         /// Nodes that were lost, comma-separated.
         lost: String,
     },
+    /// Nodes are left, but none that can run some task (labels), for longer than the
+    /// no-node timeout: the items at that stage wait in the queue.
+    #[error(
+        "no node left can run task `{task}` (it needs label `{label}`); {pending} items wait \
+         in the queue; lost nodes: {lost}"
+    )]
+    NoNodeForTask {
+        /// The task.
+        task: String,
+        /// A label it needs that no connected node has.
+        label: String,
+        /// Items still queued.
+        pending: u64,
+        /// Nodes that were lost, comma-separated.
+        lost: String,
+    },
     /// An input item is larger than allowed.
     #[error("item of {size} bytes exceeds the per-item limit of {limit} bytes")]
     ItemTooLarge {

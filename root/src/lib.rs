@@ -53,6 +53,7 @@ pub mod error;
 pub mod graph;
 mod options;
 mod probe;
+pub mod python;
 pub mod scan;
 pub mod scheduler;
 

@@ -49,6 +49,10 @@ pub struct RootOptions {
     /// How often an item that failed in a task is tried again, entering the chain at that
     /// task (on another node where there is one); its input's other outputs are not repeated.
     pub retries: u32,
+    /// Items fed and handed out are *tagged* (a type tag byte first: `s` str, `b` bytes, `j`
+    /// JSON, `p` pickle, `r` raw; docs/ABI.md, "Item tags"), as the Python package uses them:
+    /// Python tasks then see each item's type, and outputs of Rust tasks come back as `b`.
+    pub tagged_items: bool,
 }
 
 impl Default for RootOptions {
@@ -73,6 +77,7 @@ impl Default for RootOptions {
             reorder_items: 1 << 16,
             reorder_bytes: 64 << 20,
             retries: 0,
+            tagged_items: false,
         }
     }
 }

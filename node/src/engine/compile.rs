@@ -2,6 +2,10 @@
 //! task's exports checked against the ABI, and an `InstancePre` per task ready to
 //! instantiate on each worker.
 //!
+//! A component (wit/task.wit) is pre-instantiated the same way, with a linker built once per
+//! chain; items crossing between core and component tasks are converted by the rules of
+//! [`super::tags`].
+//!
 //! A module may say which of its tasks are generators, in a custom section the SDK writes
 //! ([`GENERATORS_SECTION`]): a task listed there whose chain entry lacks `generator = true`
 //! fails the setup, instead of failing every item that emits twice at run time.
@@ -12,8 +16,10 @@ use std::sync::Arc;
 use protocol::{ChainSpec, Limits, TaskIndex};
 use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 
-use super::cache::ModuleCache;
+use super::cache::{Compiled, ModuleCache, Origin};
+use super::component::{self, TaskPre};
 use super::host::{HostState, linker};
+use super::tags::{self, Convert};
 use crate::error::{ExportError, SetupError, TaskProblem};
 
 /// One task of a compiled chain.
@@ -25,10 +31,29 @@ pub struct CompiledTask {
     /// Labels a node needs to run it.
     pub labels: Vec<String>,
     pub(super) args: Vec<u8>,
-    pub(super) pre: InstancePre<HostState>,
-    pub(super) init_export: Option<String>,
-    pub(super) batch_export: Option<String>,
-    pub(super) has_start: bool,
+    pub(super) kind: TaskKind,
+    /// What happens to an item entering this task (tags, see [`tags`]).
+    pub input: Convert,
+}
+
+/// How a task is instantiated.
+pub(super) enum TaskKind {
+    /// A core module's task (docs/ABI.md).
+    Core {
+        pre: InstancePre<HostState>,
+        init_export: Option<String>,
+        batch_export: Option<String>,
+        has_start: bool,
+    },
+    /// A component of the `pcluster:task` world.
+    Component(TaskPre<HostState>),
+}
+
+impl CompiledTask {
+    /// Whether the task is a component (it takes and makes tagged items).
+    pub fn is_component(&self) -> bool {
+        matches!(self.kind, TaskKind::Component(_))
+    }
 }
 
 /// A chain ready to instantiate on workers.
@@ -41,6 +66,8 @@ pub struct CompiledChain {
     pub tasks: Vec<CompiledTask>,
     /// Limits of every call.
     pub limits: Limits,
+    /// What happens to an output leaving the chain (tags, see [`tags`]).
+    pub exit: Convert,
     /// A branching chain's graph; `None` for a linear chain.
     pub graph: Option<super::Graph>,
 }
@@ -111,13 +138,15 @@ fn declared_generators(module: &[u8]) -> Option<HashSet<String>> {
 }
 
 /// Compiles (or finds in the cache) every module of `spec` and checks every task's exports.
-/// Returns the chain and how many modules were compiled and found cached.
+/// Returns the chain and how many modules were compiled and found cached. `tagged_items`:
+/// the root feeds and wants tagged items (docs/ABI.md, "Item tags").
 ///
 /// # Errors
 /// The first module that does not compile or task that cannot run, named.
 pub fn compile_chain(
     cache: &ModuleCache,
     spec: &ChainSpec,
+    tagged_items: bool,
 ) -> Result<(CompiledChain, u32, u32), SetupError> {
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
@@ -132,14 +161,19 @@ pub fn compile_chain(
                 module: i as u32,
                 reason: format!("{e:#}"),
             })?;
-        if hit {
-            cached += 1;
-        } else {
+        if hit == Origin::Compiled {
             compiled += 1;
+        } else {
+            cached += 1;
         }
-        modules.push((m, declared_generators(bytes)));
+        let generators = match m {
+            Compiled::Module(_) => declared_generators(bytes),
+            Compiled::Component(_) => None,
+        };
+        modules.push((m, generators));
     }
     let linker = linker();
+    let mut component_linker = None;
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for (i, t) in spec.tasks.iter().enumerate() {
         let name: Arc<str> = t.function.as_str().into();
@@ -155,11 +189,37 @@ pub fn compile_chain(
                 count: modules.len(),
             })
         })?;
-        let task = compile_task(&linker, module, &name, t).map_err(ctx)?;
+        let task = match module {
+            Compiled::Module(module) => compile_task(&linker, module, &name, t).map_err(ctx)?,
+            Compiled::Component(c) => {
+                let l = match &mut component_linker {
+                    Some(l) => l,
+                    None => component_linker.insert(
+                        component::linker()
+                            .map_err(|e| ctx(TaskProblem::Link(format!("{e:#}"))))?,
+                    ),
+                };
+                let pre = component::prepare(l, c)
+                    .map_err(|e| ctx(TaskProblem::Link(format!("{e:#}"))))?;
+                CompiledTask {
+                    name: name.clone(),
+                    generator: t.generator,
+                    args: t.args.clone(),
+                    kind: TaskKind::Component(pre),
+                    input: Convert::Keep,
+                    labels: t.labels.clone(),
+                }
+            }
+        };
         if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
             return Err(SetupError::UndeclaredGenerator { index, task: name });
         }
         tasks.push(task);
+    }
+    let kinds: Vec<bool> = tasks.iter().map(CompiledTask::is_component).collect();
+    let (inputs, exit) = tags::plan(&kinds, tagged_items);
+    for (task, input) in tasks.iter_mut().zip(inputs) {
+        task.input = input;
     }
     Ok((
         CompiledChain {
@@ -167,6 +227,7 @@ pub fn compile_chain(
             version: spec.version.clone(),
             tasks,
             limits: spec.limits.clone(),
+            exit,
             graph,
         },
         compiled,
@@ -217,10 +278,13 @@ fn compile_task(
         generator: spec.generator,
         labels: spec.labels.clone(),
         args: spec.args.clone(),
-        pre,
-        init_export,
-        batch_export,
-        has_start,
+        kind: TaskKind::Core {
+            pre,
+            init_export,
+            batch_export,
+            has_start,
+        },
+        input: Convert::Keep,
     })
 }
 

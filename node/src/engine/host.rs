@@ -136,9 +136,46 @@ pub struct HostState {
     pub(super) limiter: MemLimiter,
     pub(super) log: LogCtx,
     pub(super) max_item: usize,
+    /// WASI state (used by component tasks only; empty for core ones).
+    pub(super) wasi: super::component::WasiState,
 }
 
 impl HostState {
+    /// One log line of the task, tagged with node, worker and task.
+    pub(super) fn log_line(&self, level: u32, msg: &str) {
+        let (node, worker, task) = (&*self.log.node, self.log.worker, &*self.log.task);
+        match level {
+            0 => tracing::error!(target: "task", node, worker, task, "{msg}"),
+            1 => tracing::warn!(target: "task", node, worker, task, "{msg}"),
+            2 => tracing::info!(target: "task", node, worker, task, "{msg}"),
+            3 => tracing::debug!(target: "task", node, worker, task, "{msg}"),
+            _ => tracing::trace!(target: "task", node, worker, task, "{msg}"),
+        }
+    }
+
+    /// Appends one output of the current item (input `input`), within the item and stage
+    /// limits.
+    pub(super) fn push_output(&mut self, input: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+        let len = bytes.len();
+        if len > self.max_item {
+            wasmtime::bail!(
+                "emit: item of {len} bytes exceeds the item limit of {} bytes",
+                self.max_item
+            );
+        }
+        if self.out.data.len() + len > MAX_STAGE_OUTPUT {
+            wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
+        }
+        let start = self.out.data.len();
+        self.out.data.extend_from_slice(bytes);
+        self.out.entries.push(Entry {
+            input,
+            len: len as u32,
+            start,
+        });
+        Ok(())
+    }
+
     /// Takes the records of a batched call: `(index u32, length u32, bytes)`, length bit 31
     /// marking an item failure whose bytes are the message. Indices must not go backwards.
     pub(super) fn take_records(&mut self, mut block: &[u8]) -> wasmtime::Result<()> {
@@ -264,15 +301,7 @@ pub(super) fn linker() -> Linker<HostState> {
                     let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
                         wasmtime::bail!("log: message at {ptr}+{len} lies outside guest memory");
                     };
-                    let msg = String::from_utf8_lossy(bytes);
-                    let (node, worker, task) = (&*st.log.node, st.log.worker, &*st.log.task);
-                    match level {
-                        0 => tracing::error!(target: "task", node, worker, task, "{msg}"),
-                        1 => tracing::warn!(target: "task", node, worker, task, "{msg}"),
-                        2 => tracing::info!(target: "task", node, worker, task, "{msg}"),
-                        3 => tracing::debug!(target: "task", node, worker, task, "{msg}"),
-                        _ => tracing::trace!(target: "task", node, worker, task, "{msg}"),
-                    }
+                    st.log_line(level, &String::from_utf8_lossy(bytes));
                     Ok(())
                 },
             )
@@ -349,6 +378,7 @@ mod tests {
                 task: "t".into(),
             },
             max_item: 8,
+            wasi: crate::engine::component::WasiState::sandboxed(),
         }
     }
 

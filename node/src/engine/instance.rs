@@ -1,11 +1,14 @@
 //! [`TaskInstance`]: one instance of one task on one worker, with its store, its input
 //! buffer in guest memory, and its per-call deadline (epoch ticks) and memory cap. Every
-//! failure comes back as a typed [`CallError`].
+//! failure comes back as a typed [`CallError`]. A component task's instance keeps its
+//! bindings instead (calls in `component_calls`).
 
 use wasmtime::{Memory, Store, Trap, TypedFunc};
 
-use super::compile::CompiledTask;
+use super::compile::{CompiledTask, TaskKind};
+use super::component::{Task, WasiState};
 use super::host::{BatchState, HostState, LogCtx, MemLimiter, OutBuf};
+use super::tags::Convert;
 use super::{EPOCH_TICK, engine};
 use crate::error::{CallError, TaskProblem, TrapCause};
 use protocol::Limits;
@@ -14,6 +17,28 @@ use protocol::Limits;
 pub struct TaskInstance {
     /// The store; its data holds the stage output buffer.
     pub store: Store<HostState>,
+    pub(super) deadline_ticks: u64,
+    deadline_ms: u64,
+    memory_mb: u64,
+    /// What happens to an item entering the task.
+    pub(super) input_conv: Convert,
+    pub(super) kind: Kind,
+}
+
+pub(super) enum Kind {
+    Core(CoreParts),
+    Component(ComponentParts),
+}
+
+/// A component instance's bindings, and item buffers reused from call to call.
+pub(super) struct ComponentParts {
+    pub(super) task: Task,
+    pub(super) generator: bool,
+    pub(super) items: Vec<Vec<u8>>,
+}
+
+/// A core instance's exports and input buffer.
+pub(super) struct CoreParts {
     func: TypedFunc<u32, u32>,
     batch: Option<TypedFunc<(u32, u32), u32>>,
     block: Vec<u8>,
@@ -21,9 +46,6 @@ pub struct TaskInstance {
     memory: Memory,
     buf_ptr: usize,
     buf_cap: usize,
-    deadline_ticks: u64,
-    deadline_ms: u64,
-    memory_mb: u64,
 }
 
 impl TaskInstance {
@@ -51,6 +73,7 @@ impl TaskInstance {
                 },
                 log,
                 max_item: usize::try_from(limits.max_item_bytes).unwrap_or(usize::MAX),
+                wasi: WasiState::sandboxed(),
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -62,7 +85,32 @@ impl TaskInstance {
         // A new store's deadline is 0: set it before anything runs, start and init included.
         store.set_epoch_deadline(deadline_ticks);
         let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
-        let instance = task.pre.instantiate(&mut store).map_err(instantiate)?;
+        let (pre, init_export, batch_export, has_start) = match &task.kind {
+            TaskKind::Core {
+                pre,
+                init_export,
+                batch_export,
+                has_start,
+            } => (pre, init_export, batch_export, *has_start),
+            TaskKind::Component(pre) => {
+                let bindings = pre.instantiate(&mut store).map_err(instantiate)?;
+                let mut this = TaskInstance {
+                    store,
+                    deadline_ticks,
+                    deadline_ms: limits.deadline_ms,
+                    memory_mb: limits.memory_mb,
+                    input_conv: task.input,
+                    kind: Kind::Component(ComponentParts {
+                        task: bindings,
+                        generator: task.generator,
+                        items: Vec::new(),
+                    }),
+                };
+                this.component_init(&task.name, &task.args)?;
+                return Ok(this);
+            }
+        };
+        let instance = pre.instantiate(&mut store).map_err(instantiate)?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or(TaskProblem::NoMemory)?;
@@ -73,7 +121,7 @@ impl TaskInstance {
         let input = instance
             .get_typed_func::<u32, u32>(&mut store, "pcluster_input")
             .map_err(instantiate)?;
-        let batch = match &task.batch_export {
+        let batch = match batch_export {
             Some(name) => Some(
                 instance
                     .get_typed_func::<(u32, u32), u32>(&mut store, name)
@@ -83,18 +131,21 @@ impl TaskInstance {
         };
         let mut this = TaskInstance {
             store,
-            func,
-            batch,
-            block: Vec::new(),
-            input,
-            memory,
-            buf_ptr: 0,
-            buf_cap: 0,
             deadline_ticks,
             deadline_ms: limits.deadline_ms,
             memory_mb: limits.memory_mb,
+            input_conv: task.input,
+            kind: Kind::Core(CoreParts {
+                func,
+                batch,
+                block: Vec::new(),
+                input,
+                memory,
+                buf_ptr: 0,
+                buf_cap: 0,
+            }),
         };
-        if task.has_start {
+        if has_start {
             let start = instance
                 .get_typed_func::<(), ()>(&mut this.store, "pcluster_start")
                 .map_err(instantiate)?;
@@ -103,7 +154,7 @@ impl TaskInstance {
                 return Err(TaskProblem::Start(this.describe(&e)));
             }
         }
-        if let Some(init_name) = &task.init_export {
+        if let Some(init_name) = init_export {
             let init = instance
                 .get_typed_func::<u32, u32>(&mut this.store, init_name)
                 .map_err(instantiate)?;
@@ -126,31 +177,10 @@ impl TaskInstance {
     /// Copies `item` into the guest's input buffer, asking for a larger one when needed.
     #[inline]
     fn place(&mut self, item: &[u8]) -> wasmtime::Result<()> {
-        let len = item.len();
-        if len > self.buf_cap || self.buf_cap == 0 {
-            self.store.set_epoch_deadline(self.deadline_ticks);
-            let want = len.max(4096);
-            let ptr = self.input.call(&mut self.store, want as u32)? as usize;
-            if ptr
-                .checked_add(want)
-                .is_none_or(|end| end > self.memory.data_size(&self.store))
-            {
-                wasmtime::bail!(
-                    "pcluster_input returned a buffer at {ptr}+{want} outside guest memory"
-                );
-            }
-            self.buf_ptr = ptr;
-            self.buf_cap = want;
-        }
-        let Some(dst) = self
-            .memory
-            .data_mut(&mut self.store)
-            .get_mut(self.buf_ptr..self.buf_ptr + len)
-        else {
-            wasmtime::bail!("input buffer outside guest memory");
+        let Kind::Core(core) = &mut self.kind else {
+            wasmtime::bail!("a component has no input buffer");
         };
-        dst.copy_from_slice(item);
-        Ok(())
+        place(core, &mut self.store, self.deadline_ticks, item)
     }
 
     /// Runs the task on one item; its emits land in `store.data().out`.
@@ -161,11 +191,19 @@ impl TaskInstance {
     /// the caller rebuilds the instance then.
     #[inline]
     pub fn call(&mut self, item: &[u8]) -> Result<(), CallError> {
-        if let Err(e) = self.place(item) {
+        let item = match self.input_conv {
+            Convert::Keep => item,
+            Convert::Strip => Convert::strip(item),
+            Convert::Prepend(_) => return self.component_call(item),
+        };
+        let Kind::Core(core) = &mut self.kind else {
+            return self.component_call(item);
+        };
+        if let Err(e) = place(core, &mut self.store, self.deadline_ticks, item) {
             return Err(self.describe(&e));
         }
         self.store.set_epoch_deadline(self.deadline_ticks);
-        match self.func.call(&mut self.store, item.len() as u32) {
+        match core.func.call(&mut self.store, item.len() as u32) {
             Ok(0) => Ok(()),
             Ok(status) => Err(self.failed(status)),
             Err(e) => Err(self.describe(&e)),
@@ -173,7 +211,7 @@ impl TaskInstance {
     }
 
     /// The error of a call that returned a non-zero `status`.
-    fn failed(&mut self, status: u32) -> CallError {
+    pub(super) fn failed(&mut self, status: u32) -> CallError {
         match self.store.data_mut().fail.take() {
             Some(message) => CallError::Failed(message),
             None => CallError::Status(status),
@@ -182,7 +220,10 @@ impl TaskInstance {
 
     /// Whether the task has a batched export.
     pub fn has_batch(&self) -> bool {
-        self.batch.is_some()
+        match &self.kind {
+            Kind::Core(core) => core.batch.is_some(),
+            Kind::Component(_) => true,
+        }
     }
 
     /// Runs the task on many items in one guest call; their emits land in
@@ -193,18 +234,24 @@ impl TaskInstance {
     /// When the call trapped or reported the batch itself as failed: nothing of the batch is
     /// kept, and the caller re-runs its items one by one (after rebuilding on a trap).
     pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallError> {
-        self.block.clear();
+        let conv = self.input_conv;
+        let Kind::Core(core) = &mut self.kind else {
+            return self.component_batch(items);
+        };
+        core.block.clear();
         for (_, item) in items {
-            self.block
-                .extend_from_slice(&(item.len() as u32).to_le_bytes());
+            core.block
+                .extend_from_slice(&(conv.len_after(item) as u32).to_le_bytes());
         }
         for (_, item) in items {
-            self.block.extend_from_slice(item);
+            conv.apply_into(item, &mut core.block);
         }
-        let block = std::mem::take(&mut self.block);
+        let block = std::mem::take(&mut core.block);
         let placed = self.place(&block);
         let len = block.len() as u32;
-        self.block = block;
+        if let Kind::Core(core) = &mut self.kind {
+            core.block = block;
+        }
         if let Err(e) = placed {
             return Err(self.describe(&e));
         }
@@ -218,7 +265,10 @@ impl TaskInstance {
         st.batch.inputs.clear();
         st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let Some(batch) = &self.batch else {
+        let Kind::Core(CoreParts {
+            batch: Some(batch), ..
+        }) = &self.kind
+        else {
             // Callers check `has_batch` first; this is the item-by-item fallback's signal.
             return Err(CallError::Status(0));
         };
@@ -242,7 +292,7 @@ impl TaskInstance {
     }
 
     /// The error of a call that trapped, with what the guest and the limiter said.
-    fn describe(&mut self, err: &wasmtime::Error) -> CallError {
+    pub(super) fn describe(&mut self, err: &wasmtime::Error) -> CallError {
         let st = self.store.data_mut();
         let message = st.fail.take();
         let denied = std::mem::take(&mut st.limiter.denied);
@@ -259,4 +309,39 @@ impl TaskInstance {
             memory_limit_mb: denied.then_some(self.memory_mb),
         }
     }
+}
+
+/// Copies `item` into a core instance's input buffer, asking for a larger one when needed.
+#[inline]
+fn place(
+    core: &mut CoreParts,
+    store: &mut Store<HostState>,
+    deadline_ticks: u64,
+    item: &[u8],
+) -> wasmtime::Result<()> {
+    let len = item.len();
+    if len > core.buf_cap || core.buf_cap == 0 {
+        store.set_epoch_deadline(deadline_ticks);
+        let want = len.max(4096);
+        let ptr = core.input.call(&mut *store, want as u32)? as usize;
+        if ptr
+            .checked_add(want)
+            .is_none_or(|end| end > core.memory.data_size(&*store))
+        {
+            wasmtime::bail!(
+                "pcluster_input returned a buffer at {ptr}+{want} outside guest memory"
+            );
+        }
+        core.buf_ptr = ptr;
+        core.buf_cap = want;
+    }
+    let Some(dst) = core
+        .memory
+        .data_mut(&mut *store)
+        .get_mut(core.buf_ptr..core.buf_ptr + len)
+    else {
+        wasmtime::bail!("input buffer outside guest memory");
+    };
+    dst.copy_from_slice(item);
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! The WebAssembly side of a node: the process-wide `Engine` and its epoch ticker.
 //!
-//! - [`cache`]: compiled modules by content hash.
+//! - [`cache`]: compiled modules and components by content hash, in memory and on disk.
+//! - [`component`]: component tasks (wit/task.wit): their linker (WASI p2, sandboxed) and
+//!   bindings.
+//! - [`tags`]: what each boundary of a chain does to item tags.
 //! - [`compile`]: a chain's modules compiled and every task checked against the ABI.
 //! - [`graph`]: a branching chain's successors and the order its tasks run in.
 //! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
@@ -10,16 +13,19 @@
 
 mod cache;
 mod compile;
+mod component;
+mod component_calls;
 mod graph;
 mod host;
 mod instance;
+pub mod tags;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
-pub use cache::ModuleCache;
+pub use cache::{CACHE_DIR_ENV, ModuleCache, default_cache_dir};
 pub use compile::{CompiledChain, compile_chain};
 pub use graph::{Graph, GraphError};
 pub use host::{Entry, LogCtx, OutBuf};

@@ -6,7 +6,10 @@
 //! - [`node`]: the node's shared state: who holds it (claims, orphans, releases) and its
 //!   chain, all under one lock; its status.
 //! - [`root`]: serving the root that holds the node.
+//! - [`gate`]: guests (connections not yet authenticated, or without a token not holding
+//!   the node) hold few slots: past a cap the oldest is evicted.
 
+mod gate;
 mod node;
 mod root;
 
@@ -25,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::ModuleCache;
 use crate::error::RequestError;
+use gate::Gate;
 use node::{Node, Slot};
 
 /// Bytes all connections that do not hold a token-less node may hold in partly read frames
@@ -41,6 +45,10 @@ pub struct NodeConfig {
     pub token: Option<Token>,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most guests at once: connections that have not authenticated (with a token) or do
+    /// not hold the node (without one). Past it the oldest guest is closed, so strangers
+    /// cannot keep a root out.
+    pub max_guests: usize,
     /// Deadline for a new connection's handshake.
     pub handshake_timeout: Duration,
     /// Largest frame accepted.
@@ -58,6 +66,9 @@ pub struct NodeConfig {
     /// A root silent this long (no message, no heartbeat) is treated as gone: its
     /// connection is closed and the node is orphaned, as if the root had disconnected.
     pub root_timeout: Duration,
+    /// Where compiled modules and components are kept across processes (`None`: in memory
+    /// only). Default: [`crate::default_cache_dir`].
+    pub cache_dir: Option<std::path::PathBuf>,
     /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
     pub labels: Vec<String>,
 }
@@ -68,6 +79,7 @@ impl Default for NodeConfig {
             workers: cores(),
             token: None,
             max_connections: 1024,
+            max_guests: 64,
             handshake_timeout: Duration::from_secs(5),
             max_frame: protocol::DEFAULT_MAX_FRAME,
             memory_mb: crate::budget::default_memory_mb(),
@@ -76,6 +88,7 @@ impl Default for NodeConfig {
             drain_timeout: Duration::from_secs(60),
             probe_idle_timeout: Duration::from_secs(60),
             root_timeout: Duration::from_secs(30),
+            cache_dir: crate::default_cache_dir(),
             labels: Vec::new(),
         }
     }
@@ -113,11 +126,12 @@ pub async fn run(
     let node = Arc::new(Node {
         addr: local.to_string().into(),
         started: Instant::now(),
-        cache: ModuleCache::default(),
+        cache: ModuleCache::with_dir(config.cache_dir.clone()),
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
         strangers: protocol::codec::FramePool::new(STRANGER_FRAME_BYTES),
+        gate: Gate::new(config.max_guests),
         config,
     });
     let limit = Arc::new(Semaphore::new(node.config.max_connections));
@@ -168,21 +182,44 @@ pub async fn run(
 }
 
 async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
-    let accepted = match handshake::accept(
-        stream,
-        node.config.token.as_ref(),
-        node.config.max_frame,
-        node.config.handshake_timeout,
-    )
-    .await
-    {
+    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    // Cancelled to close this connection: evicted while a guest, or the node lost.
+    let kick = CancellationToken::new();
+    if node.gate.enter(conn_id, &kick) > 0 {
+        tracing::debug!(node = &*node.addr, %peer, "too many guests: closed the oldest");
+    }
+    serve_guest(&node, stream, peer, shutdown, conn_id, kick).await;
+    node.gate.leave(conn_id);
+}
+
+async fn serve_guest(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    conn_id: u64,
+    kick: CancellationToken,
+) {
+    let accepted = tokio::select! {
+        a = handshake::accept(
+            stream,
+            node.config.token.as_ref(),
+            node.config.max_frame,
+            node.config.handshake_timeout,
+        ) => a,
+        _ = kick.cancelled() => return,
+    };
+    let accepted = match accepted {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(node = &*node.addr, %peer, "handshake failed: {e}");
             return;
         }
     };
-    let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
+    if node.config.token.is_some() {
+        // It proved it holds the token: no stranger.
+        node.gate.leave(conn_id);
+    }
     let mut conn = accepted.conn;
     if node.config.token.is_none() {
         // Anyone may connect: until this connection holds the node, what it reads counts
@@ -200,8 +237,8 @@ async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: C
         return;
     }
     match accepted.role {
-        Role::Probe => serve_probe(&node, conn, peer, shutdown).await,
-        Role::Root => root::serve_root(node, conn, conn_id, peer, shutdown).await,
+        Role::Probe => serve_probe(node, conn, peer, shutdown, kick).await,
+        Role::Root => root::serve_root(node.clone(), conn, conn_id, peer, shutdown, kick).await,
     }
 }
 
@@ -210,6 +247,7 @@ async fn serve_probe(
     mut conn: Connection,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    kick: CancellationToken,
 ) {
     loop {
         let msg = tokio::select! {
@@ -218,6 +256,7 @@ async fn serve_probe(
                 Err(_) => return,
             },
             _ = shutdown.cancelled() => return,
+            _ = kick.cancelled() => return,
         };
         let reply = match msg {
             Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),

@@ -86,6 +86,8 @@ pub(super) struct Node {
     /// Bytes that connections not holding the node (on a node without a token) may hold in
     /// partly read frames, all together.
     pub(super) strangers: protocol::codec::FramePool,
+    /// Connections that hold a slot without having proven anything.
+    pub(super) gate: super::gate::Gate,
 }
 
 impl Node {
@@ -258,6 +260,8 @@ mod tests {
             slot: Mutex::new(Slot::default()),
             next_conn: AtomicU64::new(1),
             draining: CancellationToken::new(),
+            gate: crate::server::gate::Gate::new(64),
+            strangers: protocol::codec::FramePool::new(1 << 20),
         })
     }
 

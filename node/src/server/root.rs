@@ -38,6 +38,7 @@ pub(super) async fn serve_root(
     conn_id: u64,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    kick: CancellationToken,
 ) {
     let (mut reader, mut writer) = conn.split();
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
@@ -67,10 +68,10 @@ pub(super) async fn serve_root(
     });
 
     let mut pool: Option<Pool> = None;
-    // Cancelled when this connection loses the node it holds (a release, or its session
-    // taken over from a newer connection): the connection closes, so its root sees the node
-    // lost and re-dispatches what it held.
-    let kick = CancellationToken::new();
+    // `kick` is cancelled when this connection loses the node it holds (a release, or its
+    // session taken over from a newer connection), or is evicted as the oldest guest before
+    // it claimed the node: the connection closes, so its root sees the node lost and
+    // re-dispatches what it held.
     let mut draining = false;
     let mut said_bye = false;
     let mut drain_check = tokio::time::interval(Duration::from_millis(10));
@@ -87,7 +88,7 @@ pub(super) async fn serve_root(
                 }
             },
             _ = kick.cancelled() => {
-                tracing::warn!(node = &*node.addr, %peer, "this root no longer holds the node; closing its connection");
+                tracing::warn!(node = &*node.addr, %peer, "closing a root connection that lost the node (or was the oldest of too many that hold nothing)");
                 break;
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -121,11 +122,14 @@ pub(super) async fn serve_root(
                 if let Err(busy) = node.claim(conn_id, &root, setup.session, &kick) {
                     Some(reject(busy))
                 } else {
+                    // It holds the node: no guest any more, never evicted.
+                    node.gate.leave(conn_id);
                     // The claim dropped any earlier chain of this root; stop its workers.
                     pool = None;
                     let started = Instant::now();
                     let whole_items = setup.send_failed_items;
-                    let set_up = setup_chain(&node, setup.chain, tx.clone())
+                    let tagged = setup.tagged_items;
+                    let set_up = setup_chain(&node, setup.chain, tagged, tx.clone())
                         .await
                         .map_err(RequestError::from)
                         .and_then(|(p, compiled, cached)| {
@@ -209,6 +213,7 @@ pub(super) async fn serve_root(
 async fn setup_chain(
     node: &Arc<Node>,
     spec: protocol::ChainSpec,
+    tagged_items: bool,
     out: mpsc::Sender<Msg>,
 ) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
@@ -221,7 +226,7 @@ async fn setup_chain(
         node.config.memory_mb,
     )?;
     tokio::task::spawn_blocking(move || {
-        let (chain, compiled, cached) = compile_chain(&node.cache, &spec)?;
+        let (chain, compiled, cached) = compile_chain(&node.cache, &spec, tagged_items)?;
         let pool = Pool::start(
             Arc::new(chain),
             node.config.workers.max(1),

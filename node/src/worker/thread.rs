@@ -15,11 +15,15 @@ use super::grant::{self, FanOut};
 use super::pool::PoolShared;
 use super::stage::{FailureSink, StageCtx};
 use super::{Group, MAX_OUTPUT_MESSAGE, Part, Unit, Work};
+use crate::engine::tags::Convert;
 use crate::engine::{CompiledChain, Graph, LogCtx, OutBuf, TaskInstance};
 use crate::error::{SetupError, TaskProblem};
 
 /// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
 const BATCH_BELOW_NS: u64 = 20_000;
+/// The same for component tasks, whose every call crosses the component boundary (lifting
+/// and lowering lists): batching pays off for much slower items.
+const COMPONENT_BATCH_BELOW_NS: u64 = 200_000;
 
 pub(super) struct Worker {
     shared: Arc<PoolShared>,
@@ -225,8 +229,18 @@ impl Worker {
             }
         }
         let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
-        packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
-        packed.data.extend_from_slice(&self.cur.data);
+        let exit = self.shared.chain.exit;
+        if exit == Convert::Keep {
+            packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
+            packed.data.extend_from_slice(&self.cur.data);
+        } else {
+            // Tags added or dropped on the way out (docs/ABI.md, "Item tags").
+            for e in &self.cur.entries {
+                let item = self.cur.item(e);
+                packed.lens.0.push(exit.len_after(item) as u32);
+                exit.apply_into(item, &mut packed.data);
+            }
+        }
         for f in &mut failures {
             f.index += first;
         }
@@ -349,7 +363,12 @@ impl Worker {
             },
             calls: 0,
             dropped: 0,
-            batch: self.task_ns[k] < BATCH_BELOW_NS,
+            batch: self.task_ns[k]
+                < if chain.tasks[k].is_component() {
+                    COMPONENT_BATCH_BELOW_NS
+                } else {
+                    BATCH_BELOW_NS
+                },
         };
         ctx.run(items, &mut stage);
         let calls = ctx.calls;

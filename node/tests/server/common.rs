@@ -110,6 +110,7 @@ pub async fn setup(client: &mut Client, session: u64, chain: ChainSpec) -> Msg {
         session: SessionId(session),
         chain,
         send_failed_items: false,
+        tagged_items: false,
     };
     client
         .conn

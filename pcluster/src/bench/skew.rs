@@ -51,7 +51,7 @@ pub(super) async fn rows(
     };
     let mut rows = Vec::new();
 
-    let two = Cluster::start(pcluster, dir, 2, 1).await?;
+    let two = Cluster::start(pcluster, dir, 2, 1, &[]).await?;
     let one_by_one = timed(&two.nodes[..1], &w3, &["400"], &w3_expected).await?;
     let two_by_one = timed(&two.nodes, &w3, &["400"], &w3_expected).await?;
     rows.push(w3_row(
@@ -103,7 +103,7 @@ pub(super) async fn rows(
         ),
     });
 
-    let wide = Cluster::start(pcluster, dir, 1, 2).await?;
+    let wide = Cluster::start(pcluster, dir, 1, 2, &[]).await?;
     let one_by_two = timed(&wide.nodes, &w3, &["400"], &w3_expected).await?;
     drop(wide);
     rows.push(w3_row(

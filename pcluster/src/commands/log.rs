@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::setup::{Console, TokenArg, init_tracing, resolve, runtime, shutdown_on_signals};
+use crate::setup::{
+    Console, TokenArg, check_exposure, init_tracing, resolve, runtime, shutdown_on_signals,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct LogArgs {
@@ -22,6 +24,9 @@ pub struct LogArgs {
     pub max_connections: usize,
     #[command(flatten)]
     pub token: TokenArg,
+    /// Listen on a non-loopback address without a token (anyone may write, in the clear).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
@@ -29,6 +34,8 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
     init_tracing(Console::Stderr, None, "info");
     runtime(true)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
+        let token = args.token.token();
+        check_exposure(addr, token.is_some(), args.insecure, "write to the log")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -37,7 +44,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
             outfile: args.outfile,
             json: args.json,
             max_connections: args.max_connections,
-            token: args.token.token(),
+            token,
             ..Default::default()
         };
         logserver::run(listener, config, shutdown_on_signals()).await?;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::setup::{Console, TokenArg, init_tracing, resolve, runtime, shutdown_on_signals};
+use crate::setup::{
+    Console, TokenArg, check_exposure, init_tracing, resolve, runtime, shutdown_on_signals,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
@@ -35,18 +37,31 @@ pub struct NodeArgs {
     /// `memory_mb` plus the node's buffers exceed it (default: 3/4 of the machine's memory).
     #[arg(long)]
     pub memory_mb: Option<u64>,
+    /// Directory of compiled modules and components kept across runs and node processes
+    /// (default: $XDG_CACHE_HOME/pcluster or ~/.cache/pcluster; `off` keeps them in memory).
+    #[arg(long, env = "PCLUSTER_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub token: TokenArg,
+    /// Listen on a non-loopback address without a token (unauthenticated, unencrypted).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     runtime(false)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
+        let token = args.token.token();
+        check_exposure(
+            addr,
+            token.is_some(),
+            args.insecure,
+            "run code on this node",
+        )?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        let token = args.token.token();
         let log = (
             format!("{}:{}", args.log_host, args.log_port),
             format!("node {local}"),
@@ -62,6 +77,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(node::budget::default_memory_mb),
             orphan_grace: Duration::from_secs(args.orphan_grace_s),
             root_timeout: Duration::from_secs(args.root_timeout_s.max(1)),
+            cache_dir: match args.cache_dir {
+                Some(dir) if dir.as_os_str() == "off" => None,
+                Some(dir) => Some(dir),
+                None => node::default_cache_dir(),
+            },
             labels: args
                 .labels
                 .iter()

@@ -135,6 +135,8 @@ pub async fn local_node(
     let config = node::NodeConfig {
         workers,
         token: token.map(protocol::auth::Token::new),
+        // In memory only: these tests count what the node itself compiled and cached.
+        cache_dir: None,
         ..Default::default()
     };
     let s = shutdown.clone();

@@ -587,6 +587,7 @@ async fn a_silent_root_is_dropped_after_the_root_timeout() {
         session: protocol::SessionId(7),
         chain: w1(),
         send_failed_items: false,
+        tagged_items: false,
     };
     conn.write_message(&Msg::Setup(Box::new(setup)))
         .await
@@ -769,7 +770,8 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
         6 => {
             let mut s = connect().await?;
             let answer = send_and_read(&mut s, &preamble(99, 1)).await?;
-            let reason = "protocol version mismatch: node speaks 1, you speak 99";
+            let reason =
+                format!("protocol version mismatch: node speaks {PROTOCOL_VERSION}, you speak 99");
             let mut want = preamble(PROTOCOL_VERSION, 1);
             want.extend_from_slice(&(reason.len() as u16).to_be_bytes());
             want.extend_from_slice(reason.as_bytes());
@@ -878,6 +880,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
                 session: protocol::SessionId(i),
                 chain: spec,
                 send_failed_items: false,
+                tagged_items: false,
             }));
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {
@@ -1151,8 +1154,8 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
         let (mut s, _) = fake.accept().await.unwrap();
         let mut pre = [0u8; 11];
         s.read_exact(&mut pre).await.unwrap();
-        let reason = b"protocol version mismatch: node speaks 2, you speak 1";
-        let mut answer = preamble(2, 1);
+        let reason = b"protocol version mismatch: node speaks 3, you speak 2";
+        let mut answer = preamble(PROTOCOL_VERSION + 1, 1);
         answer.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         answer.extend_from_slice(reason);
         s.write_all(&answer).await.unwrap();
@@ -1165,7 +1168,10 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
         matches!(
             err,
             RootError::Node {
-                source: ProtocolError::VersionMismatch { ours: 1, theirs: 2 },
+                source: ProtocolError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: 3
+                },
                 ..
             }
         ),
@@ -1173,7 +1179,7 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
     );
     assert!(
         err.to_string()
-            .contains("protocol version mismatch: we speak 1, peer speaks 2"),
+            .contains("protocol version mismatch: we speak 2, peer speaks 3"),
         "{err}"
     );
 

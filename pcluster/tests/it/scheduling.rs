@@ -319,3 +319,152 @@ async fn tasks_run_only_on_nodes_with_their_labels() {
     assert_eq!(calls(&status_b), [0, n, 2 * n], "{status_b:?}");
     assert_eq!(status_a.labels, ["a"]);
 }
+
+/// The labelled chain of the test above, with node `b` killed (SIGKILL) mid-run: node `a`
+/// runs on, the items that reached the `b` stage wait at the root, and a new node labelled
+/// `b` started on the same address and port takes them. Every output arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_stage_waits_for_a_replaced_node() {
+    let dir = temp_dir("sched-labels-kill");
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.21.2".parse().unwrap());
+    let _a = node_process("127.0.21.2", port, log_port, 1, &["--labels", "a"]).await;
+    let mut old_b = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
+    let (a, b) = (addr("127.0.21.2", port), addr("127.0.21.3", port));
+    let mut spec = w1();
+    spec.tasks[0].labels = vec!["a".into()];
+    for t in &mut spec.tasks[1..] {
+        t.labels = vec!["b".into()];
+    }
+    let root = Arc::new(
+        Root::with_nodes(RootOptions::default(), &[a, b])
+            .await
+            .unwrap(),
+    );
+    let n = 300_000u64;
+    let check = Arc::new(Mutex::new(kit::W1Check::new(n)));
+    let c = check.clone();
+    root.setup_with(
+        spec,
+        move |id, item| c.lock().unwrap().add_for(id.0, item),
+        |f| panic!("no item fails: {f}"),
+    )
+    .await
+    .unwrap();
+    let feeder = {
+        let root = root.clone();
+        tokio::spawn(async move {
+            for chunk in kit::w1_batches(n, 4096) {
+                root.feed_packed(chunk).await?;
+            }
+            Ok::<_, root::RootError>(())
+        })
+    };
+    poll_until(LONG, "a third of the inputs completed", || async {
+        let c = root.counters().await.unwrap();
+        c.completed >= n / 3 && (c.pending > 0 || c.fed == n)
+    })
+    .await;
+    old_b.signal("-KILL").unwrap();
+    assert!(!old_b.wait_exit(LONG).await.unwrap().success());
+    // Node `a` still takes fresh inputs; what reached the `b` stage waits at the root.
+    let stalled = root.counters().await.unwrap();
+    assert!(stalled.completed < n, "killed before the end: {stalled:?}");
+
+    let _new_b = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
+    root.add_node(b).await.unwrap();
+    feeder.await.unwrap().unwrap();
+    root.wait_empty().await.unwrap();
+    let c = root.counters().await.unwrap();
+    eprintln!("{c:?}");
+    check.lock().unwrap().verify().unwrap();
+    assert_eq!((c.fed, c.completed, c.failed), (n, n, 0));
+    let status_a = root::node_status(a, &RootOptions::default()).await.unwrap();
+    let calls = |s: &protocol::NodeStatus| s.tasks.iter().map(|t| t.items_in).collect::<Vec<_>>();
+    // Node `a` ran the first task of every input exactly once (its node was never lost) and
+    // nothing else; the `b` tasks' work is split over the old and the new node.
+    assert_eq!(calls(&status_a), [n, 0, 0], "{status_a:?}");
+}
+
+/// `pcluster run` on a chain whose second task needs label `b`, with the only `b` node
+/// killed (SIGKILL) mid-run and none coming back: after `--no-node-timeout` the run ends
+/// with an error naming the task and the label, and every input that completed has its
+/// output written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcluster_run_ends_when_no_node_can_run_a_labelled_stage() {
+    let dir = temp_dir("sched-labels-timeout");
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.21.4".parse().unwrap());
+    let _a = node_process("127.0.21.4", port, log_port, 1, &["--labels", "a"]).await;
+    let mut b = node_process("127.0.21.5", port, log_port, 1, &["--labels", "b"]).await;
+    let (a_addr, b_addr) = (addr("127.0.21.4", port), addr("127.0.21.5", port));
+    let iterations = 20_000u64;
+    let chain = dir.join("labelled.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "name = \"labelled\"\nmodule = \"{}\"\n\
+             [[task]]\nfunction = \"w1_identity\"\nlabels = [\"a\"]\n\
+             [[task]]\nfunction = \"w2_cpu\"\nargs = \"{iterations}\"\nlabels = [\"b\"]\n",
+            repo().join("tasks-example").display()
+        ),
+    )
+    .unwrap();
+    let n = 200_000u64;
+    let input = dir.join("in.txt");
+    let seeds: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    std::fs::write(&input, seeds.join("\n") + "\n").unwrap();
+    let (out, err) = (dir.join("out.txt"), dir.join("err.txt"));
+    let mut run = spawn(
+        pcluster_cmd()
+            .arg("run")
+            .arg(&chain)
+            .arg("--nodes")
+            .arg(format!("{a_addr},{b_addr}"))
+            .args(["--no-node-timeout", "2", "--quiet", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap()),
+    );
+    poll_until(LONG, "node b to run part of the inputs", || async {
+        task_calls(b_addr, 1).await >= 2_000
+    })
+    .await;
+    b.signal("-KILL").unwrap();
+    assert!(!b.wait_exit(LONG).await.unwrap().success());
+    let status = run.wait_exit(LONG).await.unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(!status.success(), "the run cannot finish: {stderr}");
+    assert!(
+        stderr.contains("w2_cpu") && stderr.contains("label `b`"),
+        "the error names the task and the label: {stderr}"
+    );
+    // "the run ended with N inputs not done": the others are written, each exactly once.
+    let not_done: u64 = stderr
+        .split("the run ended with ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("how many inputs are not done: {stderr}"));
+    assert!(not_done > 0 && not_done < n, "{stderr}");
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for s in 0..n {
+        *expected
+            .entry(kit::native_w2(s, iterations).to_string())
+            .or_default() += 1;
+    }
+    let written = std::fs::read_to_string(&out).unwrap();
+    let mut lines = 0u64;
+    for line in written.lines() {
+        lines += 1;
+        let left = expected.entry(line.to_string()).or_default();
+        *left -= 1;
+        assert!(
+            *left >= 0,
+            "output {line} is not owed (duplicated or wrong)"
+        );
+    }
+    assert_eq!(lines, n - not_done, "one output per completed input");
+}

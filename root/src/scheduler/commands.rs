@@ -47,6 +47,7 @@ impl Scheduler {
                         session: self.session,
                         chain,
                         send_failed_items: self.options.retries > 0,
+                        tagged_items: self.options.tagged_items,
                     }));
                     self.send(id, &msg).await;
                 }
@@ -81,6 +82,7 @@ impl Scheduler {
                     session: self.session,
                     chain,
                     send_failed_items: self.options.retries > 0,
+                    tagged_items: self.options.tagged_items,
                 }));
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in &ids {
@@ -98,7 +100,7 @@ impl Scheduler {
             }
             Cmd::WaitInput(reply) => self.wait_input.push(reply),
             Cmd::WaitNode(reply) => match self.stall.borrow().as_ref() {
-                Some(stall) if self.nodes.is_empty() => {
+                Some(stall) if self.nodes.is_empty() || !self.placeable() => {
                     let _ = reply.send(Err(stall.error()));
                 }
                 _ => {

@@ -66,6 +66,8 @@ pub(crate) struct NodeConn {
     pub labels: Vec<String>,
     next_seq: u64,
     pub batches: HashMap<u64, InFlight>,
+    /// When it last completed something, or began to hold items (see `silence`).
+    pub progress: Instant,
 }
 
 impl NodeConn {
@@ -81,6 +83,7 @@ impl NodeConn {
             labels: Vec::new(),
             next_seq: 0,
             batches: HashMap::new(),
+            progress: Instant::now(),
         }
     }
 
@@ -108,6 +111,9 @@ impl NodeConn {
         tries: Option<Vec<Try>>,
     ) {
         let count = items.len();
+        if self.batches.is_empty() {
+            self.progress = Instant::now();
+        }
         self.in_items += count as u64;
         self.in_bytes += items.bytes() as u64;
         self.batches.insert(

@@ -11,7 +11,8 @@
 //! - `inflight`: what each node holds; `settle`: its answers; `retry`: trying items again;
 //! - `order`: the reorder buffer of ordered delivery; `placement`: tasks on labelled nodes;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
-//! - `observer`: the hook through which the dashboard sees failures and node losses.
+//! - `observer`: the hook through which the dashboard sees failures and node losses;
+//! - `silence`: nodes that hold items and complete none are lost after a limit.
 
 mod commands;
 mod dispatch;
@@ -24,6 +25,7 @@ mod placement;
 mod queue;
 mod retry;
 mod settle;
+mod silence;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -90,13 +92,23 @@ pub(crate) struct Feed {
 pub(crate) struct Stall {
     pub pending: u64,
     pub lost: String,
+    /// With nodes left: the task none of them can run, and a label it needs.
+    pub unplaced: Option<(String, String)>,
 }
 
 impl Stall {
     pub fn error(&self) -> RootError {
-        RootError::NoNodes {
-            pending: self.pending,
-            lost: self.lost.clone(),
+        match &self.unplaced {
+            Some((task, label)) => RootError::NoNodeForTask {
+                task: task.clone(),
+                label: label.clone(),
+                pending: self.pending,
+                lost: self.lost.clone(),
+            },
+            None => RootError::NoNodes {
+                pending: self.pending,
+                lost: self.lost.clone(),
+            },
         }
     }
 }
@@ -204,6 +216,7 @@ pub(crate) async fn run(
         observer: None,
     };
     let mut closing: Option<Reply> = None;
+    let mut silence_check = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let room = s.queue.items() < s.options.queue_items as u64
             && s.queue.bytes() < s.options.queue_bytes;
@@ -226,6 +239,7 @@ pub(crate) async fn run(
                 s.on_feed(f);
             },
             () = sleep_until(stall_at), if stall_at.is_some() => s.stalled(),
+            _ = silence_check.tick() => s.drop_silent(),
         }
         s.dispatch().await;
         s.check_waits();
@@ -287,15 +301,42 @@ impl Scheduler {
         ));
     }
 
+    /// Nodes that hold items and completed none for longer than the chain allows are lost.
+    fn drop_silent(&mut self) {
+        let Some(chain) = &self.chain else { return };
+        let limit = silence::completion_limit(
+            chain.tasks.len(),
+            chain.limits.deadline_ms,
+            self.options.heartbeat_timeout,
+        );
+        let now = Instant::now();
+        let silent: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| silence::is_silent(!n.batches.is_empty(), n.progress, now, limit))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            let why = format!("held items and completed none for {} s", limit.as_secs());
+            self.node_lost(id, &why);
+        }
+    }
+
     /// No node came back within the no-node timeout: every wait ends with an error.
     fn stalled(&mut self) {
         let stall = Stall {
-            pending: self.queue.items(),
+            pending: self.waiting(),
             lost: self.lost.join(", "),
+            unplaced: if self.nodes.is_empty() {
+                None
+            } else {
+                self.unplaced()
+            },
         };
         tracing::warn!(
             pending = stall.pending,
-            "no node for {:?}; giving up on waits",
+            task = stall.unplaced.as_ref().map(|(t, _)| t.as_str()),
+            "no node (for some task) for {:?}; giving up on waits",
             self.options.no_node_timeout
         );
         for (_, r) in self.wait_empty.drain(..) {
@@ -315,7 +356,12 @@ impl Scheduler {
                     return;
                 };
                 match msg {
-                    Msg::Outputs(o) => self.on_outputs(id, o),
+                    Msg::Outputs(o) => {
+                        if let Some(n) = self.nodes.get_mut(&id) {
+                            n.progress = Instant::now();
+                        }
+                        self.on_outputs(id, o)
+                    }
                     Msg::Credit(c) => {
                         if let Some(n) = self.nodes.get_mut(&id) {
                             n.credit = c;
@@ -508,15 +554,23 @@ impl Scheduler {
     /// Whether every task of the chain has a connected node that can run it (true without
     /// a chain; false without nodes).
     fn placeable(&self) -> bool {
-        let Some(chain) = &self.chain else {
-            return true;
-        };
+        self.unplaced().is_none()
+    }
+
+    /// The first task of the chain that no connected node can run, with a label to name.
+    fn unplaced(&self) -> Option<(String, String)> {
+        let chain = self.chain.as_ref()?;
         let nodes: Vec<&[String]> = self.nodes.values().map(|n| n.labels.as_slice()).collect();
         let tasks = chain
             .tasks
             .iter()
             .map(|t| (t.function.as_str(), t.labels.as_slice()));
-        placement::unplaceable(tasks, &nodes).is_none()
+        placement::unplaceable(tasks, &nodes)
+    }
+
+    /// Items waiting in the root: fresh inputs and descendants (retries, continuations).
+    fn waiting(&self) -> u64 {
+        self.queue.items() + self.retries.queue.len() as u64
     }
 
     fn in_flight(&self) -> u64 {
@@ -562,15 +616,21 @@ impl Scheduler {
                 }
             } else if self.nodes.is_empty() {
                 // Never a hang: with no node, say so at once (the items stay queued).
+                let pending = self.waiting();
                 for (_, r) in self.wait_empty.drain(..) {
                     let _ = r.send(Err(RootError::NoNodes {
-                        pending: self.queue.items(),
+                        pending,
                         lost: self.lost.join(", "),
                     }));
                 }
+            } else if let Some(stall) = &stalled {
+                // Nodes are left but, past the timeout, none for some task: say so at once.
+                for (_, r) in self.wait_empty.drain(..) {
+                    let _ = r.send(Err(stall.error()));
+                }
             }
         }
-        if !self.wait_node.is_empty() && !self.nodes.is_empty() {
+        if !self.wait_node.is_empty() && !self.nodes.is_empty() && self.placeable() {
             for r in self.wait_node.drain(..) {
                 let _ = r.send(Ok(()));
             }

@@ -1,0 +1,317 @@
+//! Python tasks end to end: chains naming `examples/python/task_package` are built with
+//! componentize-py by `pcluster run` and run as components on real `pcluster node`
+//! processes. Skipped, saying so, when componentize-py is not installed, except in CI
+//! (`CI=true`), where that fails. Every node shares one compiled-code cache under the target
+//! dir, so the suite compiles the component once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+const LONG: Duration = Duration::from_secs(300);
+
+/// Whether componentize-py can build components here; panics in CI when it cannot.
+fn componentize_py() -> bool {
+    let found = std::process::Command::new("componentize-py")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "componentize-py is not installed (pip install componentize-py): CI must run the Python tests"
+        );
+        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py)");
+    }
+    found
+}
+
+/// The compiled-code cache shared by the nodes of these tests.
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("pcluster-cache")
+}
+
+fn package() -> PathBuf {
+    repo().join("examples/python/task_package")
+}
+
+/// A log server and two single-worker node processes sharing the test cache.
+async fn cluster(name: &str) -> Cluster {
+    let dir = temp_dir(name);
+    let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.0.2".parse().unwrap());
+    let cache = cache_dir();
+    let cache = cache.to_str().unwrap();
+    let extra = ["--cache-dir", cache];
+    let a = node_process("127.0.0.2", port, log_port, 1, &extra).await;
+    let b = node_process("127.0.0.3", port, log_port, 1, &extra).await;
+    Cluster {
+        log,
+        log_port,
+        port,
+        nodes: vec![a, b],
+        dir,
+    }
+}
+
+/// `pcluster run <chain> --input <input>` against the cluster's nodes.
+fn run(c: &Cluster, chain: &Path, input: &Path, extra: &[&str]) -> Output {
+    pcluster_cmd()
+        .arg("run")
+        .arg(chain)
+        .args(["--scan", "127.0.0.0/24", "--port", &c.port.to_string()])
+        .args([
+            "--log-host",
+            "127.0.0.1",
+            "--log-port",
+            &c.log_port.to_string(),
+        ])
+        .arg("--input")
+        .arg(input)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn sorted_lines(bytes: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(bytes)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn log_text(c: &Cluster) -> String {
+    std::fs::read_to_string(c.dir.join("cluster.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_w1_and_the_readme_chain_run_on_node_processes() {
+    if !componentize_py() {
+        return;
+    }
+    let c = cluster("py-w1").await;
+    let n = 5_000;
+    let input = c.dir.join("in.txt");
+    kit::write_w1_input(&input, n).unwrap();
+    let out = run(&c, &repo().join("examples/python/w1.toml"), &input, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&sorted_lines(&out.stdout), &w1_expected(n));
+
+    // pipeline-cluster's README example: every item logged by two tasks, then dropped with
+    // the class's message; log lines tagged with node and task.
+    let hello = c.dir.join("hello.txt");
+    std::fs::write(&hello, "hello world!\nits me an input item!\n").unwrap();
+    let out = run(&c, &repo().join("examples/python/hello.toml"), &hello, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "every item is dropped");
+    wait_until(LONG, "the Python tasks' log lines, tagged", || {
+        let text = log_text(&c);
+        let tagged = |needle: &str, task: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.contains(needle)
+                        && l.contains(&format!("task={task}"))
+                        && l.contains("node 127.0.0.")
+                })
+                .count()
+        };
+        tagged("hello world!", "simple_task") == 1
+            && tagged("its me an input item!", "generator_task") == 1
+            && tagged("item dropped", "DropItem") == 4
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raising_item_and_a_looping_item_fail_alone_and_the_node_serves_on() {
+    if !componentize_py() {
+        return;
+    }
+    let c = cluster("py-fail").await;
+    let chain = c.dir.join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "name = \"py-fail\"\nmodule = {:?}\n\n\
+             [[task]]\nfunction = \"w1_identity\"\nmodule = {rust:?}\n\n\
+             [[task]]\nfunction = \"spin\"\n\n\
+             [[task]]\nfunction = \"fail_on\"\nargs = [\"bad\"]\n\n\
+             [[task]]\nfunction = \"w1_identity\"\nname = \"last\"\nmodule = {rust:?}\n\n\
+             [limits]\ndeadline_ms = 1500\n",
+            package().display().to_string(),
+            rust = repo().join("tasks-example").display().to_string(),
+        ),
+    )
+    .unwrap();
+    // Rust → Python → Python → Rust: each side sees plain text.
+    let input = c.dir.join("in.txt");
+    std::fs::write(&input, "a\nbad one\nforever\nb\n").unwrap();
+    let out = run(&c, &chain, &input, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "failed items: exit 2; {stderr}");
+    assert_eq!(sorted_lines(&out.stdout), ["A", "B"]);
+    assert!(
+        stderr.contains("ValueError: refusing 'bad one'"),
+        "the exception's message: {stderr}"
+    );
+    assert!(
+        stderr.contains("line 3:") && stderr.contains("deadline of 1500 ms exceeded"),
+        "the looping item failed at its deadline: {stderr}"
+    );
+    // The same nodes take the next run at once.
+    let good = c.dir.join("good.txt");
+    std::fs::write(&good, "x\ny\n").unwrap();
+    let out = run(&c, &chain, &good, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sorted_lines(&out.stdout), ["X", "Y"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_loads_the_component_from_the_disk_cache() {
+    if !componentize_py() {
+        return;
+    }
+    let mut c = cluster("py-restart").await;
+    let input = c.dir.join("in.txt");
+    kit::write_w1_input(&input, 100).unwrap();
+    let chain = repo().join("examples/python/w1.toml");
+    let out = run(&c, &chain, &input, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Restart the node on 127.0.0.2: a new process with an empty memory cache.
+    let mut old = c.nodes.remove(0);
+    old.terminate().unwrap();
+    assert!(old.wait_exit(LONG).await.unwrap().success());
+    let cache = cache_dir();
+    let extra = ["--cache-dir", cache.to_str().unwrap()];
+    c.nodes
+        .push(node_process("127.0.0.2", c.port, c.log_port, 1, &extra).await);
+    let out = run(&c, &chain, &input, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&sorted_lines(&out.stdout), &w1_expected(100));
+    let node = format!("node 127.0.0.2:{}", c.port);
+    wait_until(
+        LONG,
+        "the restarted node's setup, served from the disk cache",
+        || {
+            let text = log_text(&c);
+            let setups: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&node) && l.contains("chain set up"))
+                .collect();
+            setups.len() == 2 && setups[1].contains("compiled=0") && setups[1].contains("cached=1")
+        },
+    )
+    .await;
+}
+
+/// A root that asked for tagged items (as the Python package's roots do) feeds and gets
+/// tagged items: Python sees the types it was fed, a Rust task's outputs come back as `b`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_root_keeps_item_types_across_python_and_rust_tasks() {
+    if !componentize_py() {
+        return;
+    }
+    let c = cluster("py-tagged").await;
+    // (function, in Python, generator)
+    let chain = |name: &str, tasks: &[(&str, bool, bool)]| {
+        let mut text = format!("name = {name:?}\n");
+        for (function, python, generator) in tasks {
+            let module = if *python {
+                package()
+            } else {
+                repo().join("tasks-example")
+            };
+            text += &format!(
+                "[[task]]\nfunction = {function:?}\nmodule = {:?}\ngenerator = {generator}\n",
+                module.display().to_string()
+            );
+        }
+        let file = c.dir.join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        root::chain::load(&file).unwrap()
+    };
+    let options = root::RootOptions {
+        tagged_items: true,
+        ..root::RootOptions::default()
+    };
+    let nodes: Vec<std::net::SocketAddr> = c.addrs().iter().map(|a| a.parse().unwrap()).collect();
+    let root = root::Root::with_nodes(options, &nodes).await.unwrap();
+
+    // Python then Rust: the str "x" upper-cased by Python, passed through Rust as text,
+    // handed back as bytes.
+    let got = setup_collect(
+        &root,
+        chain(
+            "py-rust",
+            &[("simple_task", true, false), ("w1_identity", false, false)],
+        ),
+    )
+    .await
+    .unwrap();
+    root.feed([&b"sx-1"[..], b"j[1, 2]", b"b\xff\x00"])
+        .await
+        .unwrap();
+    root.wait_empty().await.unwrap();
+    let mut outputs = got.outputs.lock().unwrap().clone();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        [b"b[1, 2]".to_vec(), b"bx-1".to_vec(), b"b\xff\x00".to_vec()]
+    );
+    root.reset().await.unwrap();
+
+    // Rust then Python: Rust's raw output reaches Python as `r` (a str when UTF-8, bytes
+    // otherwise) and Python's outputs stay tagged with their type.
+    let got = setup_collect(
+        &root,
+        chain(
+            "rust-py",
+            &[
+                ("w1_identity", false, false),
+                ("generator_task", true, true),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    root.feed([&b"stext"[..], b"b\xfe"]).await.unwrap();
+    root.wait_empty().await.unwrap();
+    let mut outputs = got.outputs.lock().unwrap().clone();
+    outputs.sort();
+    assert_eq!(
+        outputs,
+        [
+            b"b\xfe".to_vec(),
+            b"b\xfe".to_vec(),
+            b"stext".to_vec(),
+            b"stext".to_vec()
+        ]
+    );
+    root.close().await.unwrap();
+}

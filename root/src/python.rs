@@ -1,0 +1,350 @@
+//! Python tasks: a chain's `module` naming a Python package (a directory with `__init__.py`)
+//! or a `.py` file is built into a WebAssembly component of the `pcluster:task` world with
+//! `componentize-py`, when the component is missing or older than its sources. The build
+//! lives in `.pcluster-build/<module>/` beside the module: our glue (the component's entry
+//! module), the in-component `pcluster` module and the WIT world, all embedded here, and the
+//! component itself.
+//!
+//! A Python task's args reach the component as the chain's codec byte (`j` JSON, `p`
+//! pickle) followed by a tagged item holding the list of args (docs/ABI.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+/// The WIT world components implement.
+pub const WIT: &str = include_str!("../../wit/task.wit");
+/// The component's entry module.
+const GLUE: &str = include_str!("python/pcluster_glue.py");
+/// The `pcluster` module inside the component.
+const SHIM: &str = include_str!("python/pcluster_shim.py");
+
+/// The program run to build components: `$COMPONENTIZE_PY`, else `componentize-py`.
+pub const COMPONENTIZE_PY_ENV: &str = "COMPONENTIZE_PY";
+
+/// What went wrong building a Python task component.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PythonError {
+    /// componentize-py is not installed.
+    #[error(
+        "building Python tasks needs componentize-py, which is not installed \
+         (`pip install componentize-py`)"
+    )]
+    NoComponentizePy,
+    /// A file of the build could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// componentize-py failed (its output says why).
+    #[error("componentize-py failed to build {module} ({status}):\n{output}")]
+    BuildFailed {
+        /// The Python module.
+        module: PathBuf,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        output: String,
+    },
+    /// A module path that is not a Python package or file.
+    #[error("{0} is neither a Python package (a directory with __init__.py) nor a .py file")]
+    NotPython(PathBuf),
+    /// A codec the chain cannot use.
+    #[error("unknown codec `{0}` (use \"json\" or \"pickle\")")]
+    Codec(String),
+    /// Args a Python task cannot take.
+    #[error("args of a Python task must be a string, number, boolean, array or table: {0}")]
+    Args(String),
+}
+
+/// How a chain's Python objects other than `str` and `bytes` travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// JSON (the default).
+    #[default]
+    Json,
+    /// Python's pickle: any picklable object, but unpickling runs code, so only between
+    /// parties that trust each other.
+    Pickle,
+}
+
+impl Codec {
+    /// The codec named in a chain file.
+    ///
+    /// # Errors
+    /// When the name is neither `json` nor `pickle`.
+    pub fn parse(name: &str) -> Result<Codec, PythonError> {
+        match name {
+            "json" => Ok(Codec::Json),
+            "pickle" => Ok(Codec::Pickle),
+            other => Err(PythonError::Codec(other.into())),
+        }
+    }
+
+    /// Its byte in a Python task's args.
+    pub fn byte(self) -> u8 {
+        match self {
+            Codec::Json => b'j',
+            Codec::Pickle => b'p',
+        }
+    }
+}
+
+/// Whether `path` names Python code: a `.py` file or a directory with `__init__.py`.
+pub fn is_python(path: &Path) -> bool {
+    (path.is_file() && path.extension().is_some_and(|e| e == "py"))
+        || (path.is_dir() && path.join("__init__.py").is_file())
+}
+
+/// A Python task's args bytes: the codec byte, then `j` and the JSON of the args list
+/// (the component decodes JSON args whatever the codec; values are those of TOML).
+///
+/// # Errors
+/// When a value has no JSON form (a TOML date).
+pub fn task_args(codec: Codec, args: &[toml::Value]) -> Result<Vec<u8>, PythonError> {
+    let mut out = vec![codec.byte(), b'j', b'['];
+    for (i, v) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_value(v, &mut out)?;
+    }
+    out.push(b']');
+    Ok(out)
+}
+
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn json_value(v: &toml::Value, out: &mut Vec<u8>) -> Result<(), PythonError> {
+    match v {
+        toml::Value::String(s) => json_string(s, out),
+        toml::Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        toml::Value::Float(f) if f.is_finite() => {
+            out.extend_from_slice(format!("{f:?}").as_bytes())
+        }
+        toml::Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        toml::Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_value(x, out)?;
+            }
+            out.push(b']');
+        }
+        toml::Value::Table(t) => {
+            out.push(b'{');
+            for (i, (k, x)) in t.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_string(k, out);
+                out.push(b':');
+                json_value(x, out)?;
+            }
+            out.push(b'}');
+        }
+        other => return Err(PythonError::Args(other.to_string())),
+    }
+    Ok(())
+}
+
+/// The newest modification time under `path` (a file or a directory tree), skipping build
+/// and cache directories.
+fn newest(path: &Path) -> SystemTime {
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    if path.is_file() {
+        return mtime(path);
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == "__pycache__" {
+                continue;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                newest = newest.max(mtime(&p));
+            }
+        }
+    }
+    newest
+}
+
+/// Writes `text` to `path` unless it already holds exactly that (so its time stays), through
+/// a temporary file and a rename, so a build running at the same time never reads half a file.
+fn write_if_changed(path: &Path, text: &str) -> Result<(), PythonError> {
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    let io = |source| PythonError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Builds the component of the Python module at `module` (a package directory or a `.py`
+/// file) unless it is up to date, and returns its path.
+///
+/// # Errors
+/// When componentize-py is missing or fails, or the build directory cannot be written.
+pub fn build_component(module: &Path) -> Result<PathBuf, PythonError> {
+    if !is_python(module) {
+        return Err(PythonError::NotPython(module.to_path_buf()));
+    }
+    let name = module
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .ok_or_else(|| PythonError::NotPython(module.to_path_buf()))?;
+    let parent = module.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let build = parent.join(".pcluster-build").join(&name);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PythonError::Io { path, source }
+    };
+    std::fs::create_dir_all(build.join("pcluster")).map_err(io(&build))?;
+    std::fs::create_dir_all(build.join("wit")).map_err(io(&build))?;
+    write_if_changed(&build.join("pcluster_glue.py"), GLUE)?;
+    write_if_changed(&build.join("pcluster/__init__.py"), SHIM)?;
+    write_if_changed(&build.join("wit/task.wit"), WIT)?;
+    write_if_changed(
+        &build.join("_pcluster_config.py"),
+        &format!("MODULE = {name:?}\n"),
+    )?;
+    let wasm = build.join(format!("{name}.wasm"));
+    let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
+    let sources = newest(module)
+        .max(newest(&build.join("pcluster_glue.py")))
+        .max(
+            [
+                "pcluster/__init__.py",
+                "wit/task.wit",
+                "_pcluster_config.py",
+            ]
+            .iter()
+            .map(|f| newest(&build.join(f)))
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+    if built.is_some_and(|b| b >= sources) {
+        return Ok(wasm);
+    }
+    let program = std::env::var(COMPONENTIZE_PY_ENV).unwrap_or_else(|_| "componentize-py".into());
+    let tmp = build.join(format!(".{name}.{}.wasm", std::process::id()));
+    tracing::info!(module = %module.display(), "building the Python task component with componentize-py");
+    eprintln!(
+        "pcluster: building {} with componentize-py (takes about 20 s)",
+        module.display()
+    );
+    let output = Command::new(&program)
+        .arg("-d")
+        .arg(build.join("wit"))
+        .args(["-w", "task", "componentize", "pcluster_glue", "-p"])
+        .arg(&build)
+        .arg("-p")
+        .arg(parent)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PythonError::NoComponentizePy,
+            _ => PythonError::Io {
+                path: PathBuf::from(&program),
+                source: e,
+            },
+        })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stdout));
+        return Err(PythonError::BuildFailed {
+            module: module.to_path_buf(),
+            status: output.status,
+            output: text.trim().to_string(),
+        });
+    }
+    std::fs::rename(&tmp, &wasm).map_err(io(&wasm))?;
+    Ok(wasm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_the_codec_then_a_json_list() {
+        let args = [
+            toml::Value::String("item \"dropped\"\n".into()),
+            toml::Value::Integer(3),
+            toml::Value::Array(vec![toml::Value::Boolean(true), toml::Value::Float(0.5)]),
+        ];
+        let bytes = task_args(Codec::Json, &args).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "jj[\"item \\\"dropped\\\"\\u000a\",3,[true,0.5]]"
+        );
+        assert_eq!(task_args(Codec::Pickle, &[]).unwrap(), b"pj[]");
+        assert!(Codec::parse("yaml").is_err());
+    }
+
+    #[test]
+    fn python_modules_are_packages_or_py_files() {
+        let dir = std::env::temp_dir().join(format!("pcluster-py-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::write(dir.join("pkg/__init__.py"), "").unwrap();
+        std::fs::write(dir.join("one.py"), "").unwrap();
+        std::fs::create_dir_all(dir.join("crate")).unwrap();
+        assert!(is_python(&dir.join("pkg")));
+        assert!(is_python(&dir.join("one.py")));
+        assert!(!is_python(&dir.join("crate")));
+        assert!(matches!(
+            build_component(&dir.join("crate")),
+            Err(PythonError::NotPython(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
