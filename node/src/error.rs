@@ -49,6 +49,25 @@ pub enum SetupError {
     /// A worker thread ended before it reported its instances ready.
     #[error("a worker thread died during setup")]
     WorkerDied,
+    /// The chain's task instances at their memory caps plus the node's buffers exceed the
+    /// node's budget (`pcluster node --memory-mb`).
+    #[error(
+        "chain needs {workers} workers × {tasks} tasks × {memory_mb} MiB + {buffers_mb} MiB buffers = {needed_mb} MiB, node allows {allowed_mb} MiB (--memory-mb)"
+    )]
+    Memory {
+        /// The node's workers.
+        workers: u32,
+        /// The chain's tasks.
+        tasks: usize,
+        /// Each instance's cap (the chain's `memory_mb`).
+        memory_mb: u64,
+        /// The node's own buffers.
+        buffers_mb: u64,
+        /// The sum.
+        needed_mb: u64,
+        /// The node's budget.
+        allowed_mb: u64,
+    },
     /// The blocking task that compiles the chain panicked or was cancelled.
     #[error("the setup task failed: {0}")]
     Join(String),

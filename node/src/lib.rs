@@ -6,8 +6,10 @@
 //! - `server`: the TCP server, who holds the node, and message handling.
 //! - `worker`: the worker pool and the per-unit chain execution.
 //! - `engine`: wasmtime: engine, module cache, task instances and host functions.
+//! - [`budget`]: the node-wide memory budget a chain must fit in.
 //! - [`error`]: typed errors (setup, item, request) and their mapping to the wire.
 
+pub mod budget;
 mod engine;
 pub mod error;
 mod server;

@@ -4,6 +4,9 @@
 //! [`MessageCodec`]. This is the only file that names bincode, so the encoding can be
 //! swapped here alone.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::Decoder;
 
@@ -75,16 +78,97 @@ pub fn decode_payload(payload: &[u8]) -> Result<Msg, ProtocolError> {
     }
 }
 
-/// A tokio-util codec from bytes to [`Msg`], with a maximum frame length.
+/// Bytes of a partly read frame a connection holds without charging a [`FrameBudget`].
+pub const FREE_PARTIAL: usize = 64 << 10;
+
+/// A bound shared by many connections on the bytes they hold in partly read frames (past
+/// [`FREE_PARTIAL`] each), so peers that announce big frames and send them cannot together
+/// take more than `limit`, whatever their number.
+#[derive(Clone, Debug)]
+pub struct FramePool {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl FramePool {
+    /// A pool of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        FramePool {
+            held: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Bytes charged now, all connections together.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's account with a [`FramePool`]; gives back what it holds when dropped.
+#[derive(Debug)]
+pub struct FrameBudget {
+    pool: FramePool,
+    charged: usize,
+}
+
+impl FrameBudget {
+    /// An account with `pool`, holding nothing.
+    pub fn new(pool: &FramePool) -> Self {
+        FrameBudget {
+            pool: pool.clone(),
+            charged: 0,
+        }
+    }
+
+    /// Holds `bytes` in all (past the free part), charging or returning the difference.
+    fn hold(&mut self, bytes: usize) -> Result<(), ProtocolError> {
+        let want = bytes.saturating_sub(FREE_PARTIAL);
+        if want > self.charged {
+            let more = want - self.charged;
+            let before = self.pool.held.fetch_add(more, Ordering::Relaxed);
+            if before.saturating_add(more) > self.pool.limit {
+                self.pool.held.fetch_sub(more, Ordering::Relaxed);
+                return Err(ProtocolError::FrameBudget {
+                    limit: self.pool.limit,
+                });
+            }
+        } else {
+            self.pool
+                .held
+                .fetch_sub(self.charged - want, Ordering::Relaxed);
+        }
+        self.charged = want;
+        Ok(())
+    }
+}
+
+impl Drop for FrameBudget {
+    fn drop(&mut self) {
+        self.pool.held.fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
+/// A tokio-util codec from bytes to [`Msg`], with a maximum frame length and, for peers not
+/// yet trusted, a share of a node-wide [`FramePool`].
 #[derive(Debug)]
 pub struct MessageCodec {
     max_frame: usize,
+    budget: Option<FrameBudget>,
 }
 
 impl MessageCodec {
     /// A codec refusing frames over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        MessageCodec { max_frame }
+        MessageCodec {
+            max_frame,
+            budget: None,
+        }
+    }
+
+    /// Charges partly read frames to `budget` from now on (`None`: no longer).
+    pub fn set_budget(&mut self, budget: Option<FrameBudget>) {
+        self.budget = budget;
     }
 
     /// Changes the limit (after authentication).
@@ -109,6 +193,9 @@ impl Decoder for MessageCodec {
             });
         }
         if src.len() < 4 + size {
+            if let Some(b) = &mut self.budget {
+                b.hold(src.len())?;
+            }
             // Grow with what arrives (at most doubling what was received, from 64 KiB)
             // rather than trusting the announced size, so peers announcing big frames and
             // sending little cannot make us reserve memory.
@@ -116,12 +203,39 @@ impl Decoder for MessageCodec {
             return Ok(None);
         }
         let frame = src.split_to(4 + size);
+        if let Some(b) = &mut self.budget {
+            b.hold(0)?;
+        }
         decode_payload(&frame[4..]).map(Some)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partly_read_frames_of_many_connections_share_one_bound() {
+        let pool = FramePool::new(100 << 10);
+        let mut a = MessageCodec::new(64 << 20);
+        let mut b = MessageCodec::new(64 << 20);
+        a.set_budget(Some(FrameBudget::new(&pool)));
+        b.set_budget(Some(FrameBudget::new(&pool)));
+        let mut partial = BytesMut::from(&(60u32 << 20).to_be_bytes()[..]);
+        partial.extend_from_slice(&[0; 120 << 10]);
+        assert_eq!(a.decode(&mut partial.clone()).unwrap(), None);
+        assert_eq!(pool.held(), 4 + (120 << 10) - FREE_PARTIAL);
+        // b cannot hold as much again: the pool is shared.
+        assert!(matches!(
+            b.decode(&mut partial.clone()),
+            Err(ProtocolError::FrameBudget { .. })
+        ));
+        assert_eq!(pool.held(), 4 + (120 << 10) - FREE_PARTIAL);
+        drop(a);
+        assert_eq!(pool.held(), 0);
+        assert_eq!(b.decode(&mut partial).unwrap(), None);
+        b.set_budget(None);
+        assert_eq!(pool.held(), 0);
+    }
+
     use super::*;
     use crate::message::*;
 

@@ -61,6 +61,12 @@ pub struct MessageReader {
 }
 
 impl MessageReader {
+    /// Charges partly read frames to a node-wide budget until the peer is trusted
+    /// (`None` lifts it, giving back what was held).
+    pub fn set_frame_budget(&mut self, budget: Option<crate::codec::FrameBudget>) {
+        self.inner.decoder_mut().set_budget(budget);
+    }
+
     /// The next message; `Ok(None)` when the peer closed the connection cleanly.
     ///
     /// # Errors

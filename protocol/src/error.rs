@@ -22,6 +22,12 @@ pub enum ProtocolError {
         /// The limit.
         limit: usize,
     },
+    /// The bytes all unclaimed connections hold in partly read frames are at their bound.
+    #[error("the node holds {limit} bytes in partly read frames of unclaimed connections already")]
+    FrameBudget {
+        /// The node-wide bound.
+        limit: usize,
+    },
     /// The peer did not open with pcluster's magic bytes.
     #[error("peer is not a pcluster peer (bad magic bytes)")]
     BadMagic,

@@ -31,6 +31,11 @@ use crate::error::RequestError;
 use gate::Gate;
 use node::{Node, Slot};
 
+/// Bytes all connections that do not hold a token-less node may hold in partly read frames
+/// together (each also holds up to [`protocol::codec::FREE_PARTIAL`] of its own): one whole
+/// frame, so a root's setup fits, however many strangers announce big frames.
+const STRANGER_FRAME_BYTES: usize = protocol::DEFAULT_MAX_FRAME;
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -48,6 +53,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// Largest frame accepted.
     pub max_frame: usize,
+    /// MiB the chain's task instances (at their caps) plus the node's buffers may take.
+    pub memory_mb: u64,
     /// How long a chain is kept for a root that disconnected without saying goodbye.
     pub orphan_grace: Duration,
     /// Interval of heartbeats to the root.
@@ -75,6 +82,7 @@ impl Default for NodeConfig {
             max_guests: 64,
             handshake_timeout: Duration::from_secs(5),
             max_frame: protocol::DEFAULT_MAX_FRAME,
+            memory_mb: crate::budget::default_memory_mb(),
             orphan_grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(60),
@@ -122,6 +130,7 @@ pub async fn run(
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
+        strangers: protocol::codec::FramePool::new(STRANGER_FRAME_BYTES),
         gate: Gate::new(config.max_guests),
         config,
     });
@@ -212,6 +221,12 @@ async fn serve_guest(
         node.gate.leave(conn_id);
     }
     let mut conn = accepted.conn;
+    if node.config.token.is_none() {
+        // Anyone may connect: until this connection holds the node, what it reads counts
+        // against the node-wide bound (lifted on claim, see `root::serve_root`).
+        conn.reader
+            .set_frame_budget(Some(protocol::codec::FrameBudget::new(&node.strangers)));
+    }
     let welcome = Welcome {
         node: node.addr.to_string(),
         busy_with: node.busy_with(conn_id, accepted.resume),

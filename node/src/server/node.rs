@@ -83,6 +83,9 @@ pub(super) struct Node {
     pub(super) slot: Mutex<Slot>,
     pub(super) next_conn: AtomicU64,
     pub(super) draining: CancellationToken,
+    /// Bytes that connections not holding the node (on a node without a token) may hold in
+    /// partly read frames, all together.
+    pub(super) strangers: protocol::codec::FramePool,
     /// Connections that hold a slot without having proven anything.
     pub(super) gate: super::gate::Gate,
 }
@@ -258,6 +261,7 @@ mod tests {
             next_conn: AtomicU64::new(1),
             draining: CancellationToken::new(),
             gate: crate::server::gate::Gate::new(64),
+            strangers: protocol::codec::FramePool::new(1 << 20),
         })
     }
 

@@ -138,6 +138,8 @@ pub(super) async fn serve_root(
                         });
                     match set_up {
                         Ok((p, compiled, cached)) => {
+                            // The holder's frames no longer count against the strangers'.
+                            reader.set_frame_budget(None);
                             p.shared
                                 .send_failed_items
                                 .store(whole_items, Ordering::Relaxed);
@@ -215,6 +217,14 @@ async fn setup_chain(
     out: mpsc::Sender<Msg>,
 ) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
+    let workers = node.config.workers.max(1);
+    crate::budget::check(
+        workers,
+        spec.tasks.len(),
+        spec.limits.memory_mb,
+        crate::budget::buffers_mb(node.config.max_frame),
+        node.config.memory_mb,
+    )?;
     tokio::task::spawn_blocking(move || {
         let (chain, compiled, cached) = compile_chain(&node.cache, &spec, tagged_items)?;
         let pool = Pool::start(

@@ -38,6 +38,7 @@ use crate::engine::OutBuf;
 pub(crate) use frames::undeliverable;
 #[cfg(feature = "local-chain")]
 pub use local::LocalChain;
+pub(crate) use pool::WINDOW_BYTES;
 pub use pool::{Pool, PoolShared};
 
 /// Largest outputs message a node sends (below the 64 MiB frame limit).

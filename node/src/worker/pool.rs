@@ -19,7 +19,7 @@ use crate::error::{RequestError, SetupError};
 
 /// Bytes a node accepts in flight (its work queue and the units its workers run): enough for
 /// ~30 ms of big items at 1 GB/s, small enough for a laptop.
-const WINDOW_BYTES: u64 = 32 << 20;
+pub(crate) const WINDOW_BYTES: u64 = 32 << 20;
 
 /// Per chain (name and version), how long an item took when it last ran in this process, so
 /// the next run of the same chain starts with the right unit size and credit window.

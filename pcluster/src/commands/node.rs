@@ -33,6 +33,10 @@ pub struct NodeArgs {
     /// Seconds without any message (heartbeats included) after which a root counts as gone.
     #[arg(long, default_value_t = 30)]
     pub root_timeout_s: u64,
+    /// MiB this node may give a chain: setup refuses a chain whose workers × tasks × its
+    /// `memory_mb` plus the node's buffers exceed it (default: 3/4 of the machine's memory).
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
     /// Directory of compiled modules and components kept across runs and node processes
     /// (default: $XDG_CACHE_HOME/pcluster or ~/.cache/pcluster; `off` keeps them in memory).
     #[arg(long, env = "PCLUSTER_CACHE_DIR")]
@@ -68,6 +72,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         let config = node::NodeConfig {
             workers: args.workers.unwrap_or_else(node::cores).max(1),
             token,
+            memory_mb: args
+                .memory_mb
+                .unwrap_or_else(node::budget::default_memory_mb),
             orphan_grace: Duration::from_secs(args.orphan_grace_s),
             root_timeout: Duration::from_secs(args.root_timeout_s.max(1)),
             cache_dir: match args.cache_dir {

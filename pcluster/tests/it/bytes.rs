@@ -219,3 +219,44 @@ fn binary_framing_round_trips_any_bytes_and_tags_records() {
     }
     assert!(seen.iter().all(|s| *s), "every item once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
+    let dir = temp_dir("bytes-memory-budget");
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.0.4".parse().unwrap());
+    let _node = node_process("127.0.0.4", port, log_port, 4, &["--memory-mb", "4096"]).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.4:{port}").parse().unwrap();
+    let tasks = [
+        ("w1_identity", false, ""),
+        ("w1_identity", false, ""),
+        ("w1_identity", false, ""),
+    ];
+    let big = root::Limits {
+        memory_mb: 512,
+        ..root::Limits::default()
+    };
+    let root = root_with(&[addr]).await;
+    let e = match setup_collect(&root, chain_with("too-big", &tasks, big)).await {
+        Ok(_) => panic!("a chain needing 6240 MiB was set up on a node allowing 4096 MiB"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(
+            "chain needs 4 workers × 3 tasks × 512 MiB + 96 MiB buffers = 6240 MiB, \
+             node allows 4096 MiB (--memory-mb)"
+        ),
+        "{e}"
+    );
+    drop(root);
+
+    // The same chain with smaller instances fits, on the same node.
+    let small = root::Limits {
+        memory_mb: 64,
+        ..root::Limits::default()
+    };
+    let root = root_with(&[addr]).await;
+    setup_collect(&root, chain_with("fits", &tasks, small))
+        .await
+        .expect("4 × 3 × 64 MiB + 96 MiB fits in 4096 MiB");
+}
