@@ -351,22 +351,29 @@ async fn a_labelled_stage_waits_for_a_replaced_node() {
     )
     .await
     .unwrap();
+    // The last third is fed only after the kill, so the kill always lands mid-run however
+    // fast the first part goes.
+    let mut chunks = kit::w1_batches(n, 4096);
+    let rest = chunks.split_off(chunks.len() * 2 / 3);
+    for chunk in chunks {
+        root.feed_packed(chunk).await.unwrap();
+    }
+    poll_until(LONG, "a third of the inputs completed", || async {
+        let c = root.counters().await.unwrap();
+        c.completed >= n / 3
+    })
+    .await;
+    old_b.signal("-KILL").unwrap();
+    assert!(!old_b.wait_exit(LONG).await.unwrap().success());
     let feeder = {
         let root = root.clone();
         tokio::spawn(async move {
-            for chunk in kit::w1_batches(n, 4096) {
+            for chunk in rest {
                 root.feed_packed(chunk).await?;
             }
             Ok::<_, root::RootError>(())
         })
     };
-    poll_until(LONG, "a third of the inputs completed", || async {
-        let c = root.counters().await.unwrap();
-        c.completed >= n / 3 && (c.pending > 0 || c.fed == n)
-    })
-    .await;
-    old_b.signal("-KILL").unwrap();
-    assert!(!old_b.wait_exit(LONG).await.unwrap().success());
     // Node `a` still takes fresh inputs; what reached the `b` stage waits at the root.
     let stalled = root.counters().await.unwrap();
     assert!(stalled.completed < n, "killed before the end: {stalled:?}");
