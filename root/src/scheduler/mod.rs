@@ -472,44 +472,17 @@ impl Scheduler {
                     self.retries.queue.push_front(r);
                     continue;
                 }
-                let input_item = self
-                    .retries
-                    .parents
-                    .get(r.parent)
-                    .map(|p| p.input_item.clone())
-                    .unwrap_or_default();
-                self.retry_failed(ItemFailure {
-                    input: r.parent,
-                    node: addr.clone(),
-                    task: String::new(),
-                    task_index: Some(r.stage),
-                    item_start: r.item[..r.item.len().min(200)].to_vec(),
-                    input_item,
-                    message: format!(
-                        "poison item: its node was lost {} times while holding it (last: {why})",
-                        *lost
-                    ),
-                });
+                let message = format!(
+                    "poison item: its node was lost {} times while holding it (last: {why})",
+                    *lost
+                );
+                self.give_up(&r, addr.clone(), message);
                 continue;
             }
             if r.attempt >= self.options.retries {
                 // Counted as a try: a retry that takes nodes down stops here.
-                let parent = r.parent;
-                let input_item = self
-                    .retries
-                    .parents
-                    .get(parent)
-                    .map(|p| p.input_item.clone())
-                    .unwrap_or_default();
-                self.retry_failed(ItemFailure {
-                    input: parent,
-                    node: addr.clone(),
-                    task: String::new(),
-                    task_index: Some(r.stage),
-                    item_start: r.item[..r.item.len().min(200)].to_vec(),
-                    input_item,
-                    message: format!("its node was lost while trying the item again: {why}"),
-                });
+                let message = format!("its node was lost while trying the item again: {why}");
+                self.give_up(&r, addr.clone(), message);
             } else {
                 r.attempt += 1;
                 self.retries.queue.push_front(r);

@@ -164,21 +164,11 @@ impl Scheduler {
                 Ok(f) => f,
                 Err(e) => {
                     for r in batch {
-                        let input_item = self
-                            .retries
-                            .parents
-                            .get(r.parent)
-                            .map(|p| p.input_item.clone())
-                            .unwrap_or_default();
-                        self.retry_failed(ItemFailure {
-                            input: r.parent,
-                            node: String::new(),
-                            task: String::new(),
-                            task_index: Some(r.stage),
-                            item_start: r.item[..r.item.len().min(200)].to_vec(),
-                            input_item,
-                            message: format!("cannot send the item again: {e}"),
-                        });
+                        self.give_up(
+                            &r,
+                            String::new(),
+                            format!("cannot send the item again: {e}"),
+                        );
                     }
                     continue;
                 }
@@ -194,6 +184,26 @@ impl Scheduler {
                 return;
             }
         }
+    }
+
+    /// Gives up on a retried item or continuation: its input gets a failure naming the
+    /// stage it was at and why (see [`Scheduler::retry_failed`]).
+    pub(super) fn give_up(&mut self, r: &Retry, node: String, message: String) {
+        let input_item = self
+            .retries
+            .parents
+            .get(r.parent)
+            .map(|p| p.input_item.clone())
+            .unwrap_or_default();
+        self.retry_failed(ItemFailure {
+            input: r.parent,
+            node,
+            task: String::new(),
+            task_index: Some(r.stage),
+            item_start: r.item[..r.item.len().min(200)].to_vec(),
+            input_item,
+            message,
+        });
     }
 
     /// A retried item failed for good: its input gets the failure, and is complete once no
