@@ -10,9 +10,10 @@
 //! - W1-py and W2-py: the same with the tasks in Python ([`python`]).
 //! - W3 and W5 (skewed and slow work, on clusters of their own shapes): [`skew`].
 //!
-//! One function per measurement; [`bench`] runs them in order and [`print_report`] prints
+//! One function per measurement; [`bench`] runs them in order and [`report::print_report`] prints
 //! what they measured.
 
+mod report;
 mod skew;
 mod w4;
 
@@ -27,8 +28,6 @@ use anyhow::{Context as _, bail, ensure};
 use kit::{Child, Pcluster, Process, W1Check, peak_rss_mib, w1_batches, w1_chain};
 use protocol::{Limits, Packed};
 use root::{Root, RootOptions};
-
-use crate::table::{self, Style};
 
 mod python;
 
@@ -293,7 +292,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         println!();
     }
-    print_report(&Report {
+    report::print_report(&Report {
         nodes: args.nodes,
         workers: args.workers,
         rows,
@@ -559,93 +558,6 @@ async fn scans(port: u16, options: &RootOptions) -> anyhow::Result<Vec<Scan>> {
     Ok(scans)
 }
 
-/// The table: each workload's rate and its ratio to the floors' rate on all workers.
-fn rows_table(rows: &[Row]) -> comfy_table::Table {
-    let mut t = table::new(
-        Style::Markdown,
-        &[
-            "workload",
-            "items",
-            "wall s",
-            "items/s",
-            "vs native",
-            "vs wasm",
-            "notes",
-        ],
-        &[1, 2, 3, 4, 5],
-    );
-    for r in rows {
-        let rate = r.items as f64 / r.secs;
-        let ratio = |ns: f64| {
-            if ns.is_nan() {
-                "–".to_string()
-            } else {
-                format!("{:.0}%", 100.0 * rate / (1e9 / ns * r.workers as f64))
-            }
-        };
-        t.add_row([
-            r.name.clone(),
-            r.items.to_string(),
-            format!("{:.3}", r.secs),
-            format!("{rate:.0}"),
-            ratio(r.floors.native_ns),
-            ratio(r.floors.wasm_ns),
-            r.note.clone(),
-        ]);
-    }
-    t
-}
-
-fn print_report(r: &Report) {
-    println!(
-        "pcluster bench — {} node process(es) × {} worker(s) on loopback, {} cores",
-        r.nodes,
-        r.workers,
-        node::cores()
-    );
-    println!();
-    table::print(&rows_table(&r.rows));
-    println!();
-    let f = r.w1_floors;
-    println!(
-        "floors (one thread, no network): native W1 {:.1} ns/item ({:.1} M items/s); in-process wasm W1 {:.1} ns/item ({:.1} M items/s)",
-        f.native_ns,
-        1e3 / f.native_ns,
-        f.wasm_ns,
-        1e3 / f.wasm_ns
-    );
-    println!(
-        "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compiled, or loaded from the disk cache), warm {:.1} ms (in-memory cache)",
-        r.nodes,
-        r.setup.cold.as_secs_f64() * 1e3,
-        r.setup.warm.as_secs_f64() * 1e3
-    );
-    let nodes: Vec<String> = r
-        .node_rss_mib
-        .iter()
-        .map(|m| format!("{m:.1} MiB"))
-        .collect();
-    println!(
-        "peak RSS: bench root {:.1} MiB; nodes {}",
-        peak_rss_mib(Process::Current).unwrap_or(0.0),
-        nodes.join(", ")
-    );
-    if let Some((w4, loopback)) = &r.w4 {
-        for line in w4::lines(w4, *loopback) {
-            println!("{line}");
-        }
-    }
-    for s in &r.scans {
-        println!(
-            "scan of {}: {} hosts in {:.1} ms, {} nodes found",
-            s.net,
-            s.hosts,
-            s.took.as_secs_f64() * 1e3,
-            s.found
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,7 +576,7 @@ mod tests {
             note: "verified".into(),
         }];
         // 2 M items/s on 2 workers against 20 M and 4 M items/s per worker.
-        let text = rows_table(&rows).to_string();
+        let text = report::rows_table(&rows).to_string();
         let row = text.lines().nth(2).expect("a row under the header");
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(
