@@ -13,6 +13,7 @@
 //! One function per measurement; [`bench`] runs them in order and [`report::print_report`] prints
 //! what they measured.
 
+mod encrypted;
 mod report;
 mod skew;
 mod w4;
@@ -122,6 +123,8 @@ struct Report {
     scans: Vec<Scan>,
     /// W4 and the loopback limit (MB/s) measured with it.
     w4: Option<(w4::W4Report, f64)>,
+    /// W4 with a token, and its rate over W4's without.
+    w4_encrypted: Option<(w4::W4Report, f64)>,
 }
 
 /// The log server and node processes the bench runs on; killed when dropped.
@@ -268,24 +271,29 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         scans(cluster.port, &options).await?
     };
     drop(cluster);
-    let plain = rows
+    let plain_w1 = rows
         .iter()
         .find(|r| r.name == "W1 `pcluster run` process")
         .map(|r| r.secs);
-    let encrypted = match plain {
-        Some(secs) => {
-            let (row, ratio) = w1_encrypted(&pcluster, &dir, &args, w1_floors, secs).await?;
-            rows.push(row);
-            Some(ratio)
-        }
-        None => None,
-    };
+    let encrypted = encrypted::encrypted(
+        &pcluster,
+        &dir,
+        &args,
+        w1_floors,
+        plain_w1,
+        w4.as_ref().map(|(r, _)| r),
+    )
+    .await?;
+    let w1_ratio = encrypted.w1.map(|(row, ratio)| {
+        rows.push(row);
+        ratio
+    });
     if !args.no_skew {
         rows.extend(skew::rows(&pcluster, &dir, &module).await?);
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    if let Some(ratio) = encrypted {
+    if let Some(ratio) = w1_ratio {
         println!(
             "W1 `pcluster run` with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 75%)",
             100.0 * ratio
@@ -301,6 +309,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         node_rss_mib,
         scans,
         w4,
+        w4_encrypted: encrypted.w4,
     });
     Ok(ExitCode::SUCCESS)
 }
@@ -515,31 +524,6 @@ fn w1_process(
         floors,
         note: format!("verified; start-up and setup included; root peak RSS {rss}"),
     })
-}
-
-/// W1 through `pcluster run` on a cluster of its own with a token, so every connection is
-/// encrypted; returns the row and its rate over `plain_secs`' (the same run without a token).
-async fn w1_encrypted(
-    pcluster: &Pcluster,
-    dir: &Path,
-    args: &BenchArgs,
-    floors: Floors,
-    plain_secs: f64,
-) -> anyhow::Result<(Row, f64)> {
-    const TOKEN: &str = "pcluster bench token";
-    let token = ["--token", TOKEN];
-    let cluster = Cluster::start(pcluster, dir, args.nodes, args.workers, &token).await?;
-    let row = w1_process(
-        pcluster,
-        &cluster,
-        dir,
-        "W1 `pcluster run` with a token (encrypted)",
-        args.run_items,
-        floors,
-        &token.map(String::from),
-    )?;
-    let ratio = plain_secs / row.secs;
-    Ok((row, ratio))
 }
 
 /// Scans of 127.0.0.0/24 and 127.0.0.0/16 for the cluster's nodes on `port`.

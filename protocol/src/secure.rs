@@ -5,7 +5,8 @@
 //! an ephemeral key under a pre-shared key derived from the token ([`psk`]), the server
 //! answers with its own, and both derive fresh transport keys. Only holders of the token can
 //! complete it (mutual authentication), and keys die with the connection (forward secrecy).
-//! The cryptography is `snow`'s; this file only glues it to our streams.
+//! The cryptography is `snow`'s (with AES-GCM, SHA-256 and the random source from `ring`); this
+//! file only glues it to our streams.
 //!
 //! After the handshake the bytes of each direction travel in records: a 2-byte big-endian
 //! length, then a sealed Noise message (at most 65535 bytes: 65519 of payload and a 16-byte
@@ -99,11 +100,7 @@ pub fn psk(token: &Token) -> [u8; 32] {
 
 fn builder<'a>(psk: &'a [u8; 32], prologue: &'a [u8]) -> Result<snow::Builder<'a>, SecureError> {
     let params = NOISE_PATTERN.parse()?;
-    Ok(
-        snow::Builder::with_resolver(params, Box::new(crate::aead::Resolver))
-            .psk(0, psk)?
-            .prologue(prologue)?,
-    )
+    Ok(snow::Builder::new(params).psk(0, psk)?.prologue(prologue)?)
 }
 
 /// The client's side of the handshake, between its first message and the server's answer.

@@ -81,6 +81,15 @@ pub(super) fn print_report(r: &Report) {
         for line in w4::lines(w4, *loopback) {
             println!("{line}");
         }
+        if let Some((encrypted, ratio)) = &r.w4_encrypted {
+            for line in w4::lines(encrypted, *loopback) {
+                println!("{line}");
+            }
+            println!(
+                "W4 with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 50%)",
+                100.0 * ratio
+            );
+        }
     }
     for s in &r.scans {
         println!(
