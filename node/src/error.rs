@@ -14,6 +14,9 @@ pub enum SetupError {
     /// The chain's task graph is invalid.
     #[error("the chain's task graph: {0}")]
     Graph(#[from] crate::engine::GraphError),
+    /// A branching chain mixes Python and core tasks where their items would meet.
+    #[error("the chain's item tags: {0}")]
+    Tags(#[from] crate::engine::tags::MixedForms),
     /// The chain lists no task.
     #[error("the chain has no tasks")]
     NoTasks,

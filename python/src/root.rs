@@ -68,6 +68,15 @@ impl Root {
         F: Future<Output = Result<T, RootError>> + Send,
         T: Send,
     {
+        self.wait_for(py, async { fut.await.map_err(error) })
+    }
+
+    /// [`Root::wait`] for a future whose errors are Python's already.
+    fn wait_for<T, F>(&self, py: Python<'_>, fut: F) -> PyResult<T>
+    where
+        F: Future<Output = PyResult<T>> + Send,
+        T: Send,
+    {
         if tokio::runtime::Handle::try_current().is_ok() {
             // The handlers run on the root's runtime, which cannot wait on itself.
             return Err(PclusterError::new_err(
@@ -83,7 +92,7 @@ impl Root {
             match step {
                 Ok(result) => {
                     self.raise_handler_error()?;
-                    return result.map_err(error);
+                    return result;
                 }
                 Err(_elapsed) => py.check_signals()?,
             }
@@ -219,9 +228,20 @@ impl Root {
         on_failure: Option<Py<PyAny>>,
         tagged: bool,
     ) -> PyResult<()> {
-        let mut chain = py
-            .detach(|| root::chain::load(path.as_ref()))
-            .map_err(error)?;
+        // Loading may build the tasks (componentize-py, cargo: seconds to minutes): on a
+        // blocking thread, so that Ctrl-C stops the wait (the build runs on to its end).
+        let path = path.to_owned();
+        let loading = self
+            .rt
+            .spawn_blocking(move || root::chain::load(path.as_ref()));
+        let mut chain = self.wait_for(py, async move {
+            match loading.await {
+                Ok(loaded) => loaded.map_err(error),
+                Err(e) => Err(PclusterError::new_err(format!(
+                    "loading the chain failed: {e}"
+                ))),
+            }
+        })?;
         if let Some(n) = name {
             chain.name = n;
         }

@@ -15,6 +15,9 @@ from typing import Callable, Iterator, List
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The example Python tasks (pipeline-cluster's README example, W1, W2): the tests use them.
+EXAMPLES = REPO / "examples/python"
+PACKAGE = EXAMPLES / "task_package"
 DEADLINE_S = 120.0
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import EXAMPLES, PACKAGE
 from pcluster import _chainfile, _native
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(EXAMPLES))
 import task_package  # noqa: E402
 
 sys.path.pop(0)
@@ -26,9 +27,9 @@ def readme_chain():
 
 
 def test_the_readme_taskchain_becomes_a_chain_file(tmp_path: Path) -> None:
-    text = _chainfile.chain_toml("example-pipeline", "1.0", readme_chain(), [str(HERE / "task_package")], "json")
+    text = _chainfile.chain_toml("example-pipeline", "1.0", readme_chain(), [str(PACKAGE)], "json")
     chain = tomllib.loads(text)
-    package = os.path.abspath(HERE / "task_package")
+    package = os.path.abspath(PACKAGE)
     assert chain["name"] == "example-pipeline" and chain["version"] == "1.0" and chain["codec"] == "json"
     assert chain["task"] == [
         {"module": package, "function": "simple_task", "generator": False, "args": []},
@@ -43,12 +44,12 @@ def test_the_readme_taskchain_becomes_a_chain_file(tmp_path: Path) -> None:
 def test_args_keep_their_values() -> None:
     args = ('q"uote\\\n\x7f😀', 3, -1.5, float("inf"), True, [1, ["x"]], {"k": {"n": 2}})
     chain = [{"function": task_package.DropItem, "args": args}]
-    text = _chainfile.chain_toml("x", "1", chain, [str(HERE / "task_package")], "pickle")
+    text = _chainfile.chain_toml("x", "1", chain, [str(PACKAGE)], "pickle")
     assert tomllib.loads(text)["task"][0]["args"] == list(args)[:5] + [[1, ["x"]], {"k": {"n": 2}}]
 
 
 def test_what_cannot_be_a_chain_says_why() -> None:
-    pkg = [str(HERE / "task_package")]
+    pkg = [str(PACKAGE)]
     with pytest.raises(_chainfile.ChainSpecError, match="none of local_packages"):
         _chainfile.chain_toml("x", "1", [{"function": os.path.join}], pkg, "json")
     with pytest.raises(_chainfile.ChainSpecError, match="no None"):

@@ -1,9 +1,9 @@
 """The Python API against a real cluster (see conftest.py): pipeline-cluster's README example,
 a long ``wait_input`` + ``feed`` loop with exact outputs, failures, pause and status.
 
-Until Python tasks run on nodes, the chains here are Rust tasks from ``tasks-example`` named
-by chain files; ``test_readme_example_with_python_tasks`` runs the same example with the
-tasks in Python (``task_package``) once the root's chain loader takes Python modules.
+Most chains here are Rust tasks from ``tasks-example`` named by chain files;
+``test_readme_example_with_python_tasks`` runs the same example with the tasks in Python, from
+the example package ``examples/python/task_package``, as the W1 loop does.
 """
 
 import sys
@@ -13,7 +13,7 @@ from typing import List
 import pytest
 
 import pcluster
-from conftest import REPO, Cluster, wait_until
+from conftest import EXAMPLES, PACKAGE, REPO, Cluster, wait_until
 
 TASKS = REPO / "tasks-example"
 
@@ -86,8 +86,7 @@ def test_readme_example(cluster: Cluster, tmp_path: Path, capsys: pytest.Capture
     wait_until("four drop lines", lambda: len(tagged_lines(cluster, "item dropped", "drop_item")) >= 4)
 
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(EXAMPLES))
 import task_package  # noqa: E402
 
 sys.path.pop(0)
@@ -109,7 +108,7 @@ def test_readme_example_with_python_tasks(cluster: Cluster) -> None:
             "example-pipeline",
             1.0,
             taskchain,
-            local_packages=[str(HERE / "task_package")],
+            local_packages=[str(PACKAGE)],
             output_handler=outputs.append,
         )
         cluster_.feed("hello world!", "its me an input item!")
@@ -146,10 +145,14 @@ def test_a_loop_of_wait_input_and_feed_over_100_000_items(root: pcluster.Root, t
     root.reset()
 
 
-def test_a_loop_of_100_000_items_through_a_python_task(root: pcluster.Root) -> None:
+def test_a_loop_of_100_000_items_through_python_tasks(root: pcluster.Root) -> None:
     outputs: List[str] = []
-    taskchain = [{"function": task_package.w1_python, "is_generator": True}]
-    root.setup("w1-py", "1.0", taskchain, local_packages=[str(HERE / "task_package")],
+    taskchain = [
+        {"function": task_package.w1_identity},
+        {"function": task_package.w1_duplicate, "is_generator": True},
+        {"function": task_package.w1_drop_odd},
+    ]
+    root.setup("w1-py", "1.0", taskchain, local_packages=[str(PACKAGE)],
                        output_handler=outputs.append)
     n = 100_000
     items = [f"item-{i}" for i in range(n)]
@@ -157,7 +160,7 @@ def test_a_loop_of_100_000_items_through_a_python_task(root: pcluster.Root) -> N
         root.wait_input()
         root.feed(items[start : start + 10_000])
     root.wait_empty()
-    # str in, str out: the items kept their type through the Python task.
+    # str in, str out: the items kept their type through the Python tasks.
     assert sorted(outputs) == sorted(f"item-{i}" for i in range(0, n, 2) for _ in range(2))
     root.reset()
 

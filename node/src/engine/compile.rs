@@ -217,7 +217,8 @@ pub fn compile_chain(
         tasks.push(task);
     }
     let kinds: Vec<bool> = tasks.iter().map(CompiledTask::is_component).collect();
-    let (inputs, exit) = tags::plan(&kinds, tagged_items);
+    let next = graph.as_ref().map(|g| g.next.as_slice());
+    let (inputs, exit) = tags::plan(&kinds, next, tagged_items)?;
     for (task, input) in tasks.iter_mut().zip(inputs) {
         task.input = input;
     }
