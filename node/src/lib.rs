@@ -12,6 +12,7 @@
 pub mod budget;
 mod engine;
 pub mod error;
+mod outbox;
 mod server;
 mod worker;
 

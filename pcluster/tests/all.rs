@@ -22,5 +22,7 @@ mod python;
 mod reliability;
 #[path = "it/scheduling.rs"]
 mod scheduling;
+#[path = "it/strangers.rs"]
+mod strangers;
 #[path = "it/wire.rs"]
 mod wire;

@@ -37,6 +37,29 @@ impl<'de> Deserialize<'de> for U32s {
     }
 }
 
+/// A byte string copied once from the frame: asking for borrowed bytes lets the decoder
+/// hand over its slice, where asking for an owned buffer makes it zero-fill one and copy
+/// into it (a pass over every item byte for nothing).
+fn bytes_once<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct Once;
+    impl<'de> serde::de::Visitor<'de> for Once {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_bytes(Once)
+}
+
 /// A batch whose item lengths do not add up to its bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("item lengths add up to {lengths} bytes but the batch holds {bytes}")]
@@ -53,7 +76,10 @@ pub struct Packed {
     /// Each item's length.
     pub lens: U32s,
     /// All items' bytes, back to back.
-    #[serde(with = "serde_bytes")]
+    #[serde(
+        serialize_with = "serde_bytes::serialize",
+        deserialize_with = "bytes_once"
+    )]
     pub data: Vec<u8>,
 }
 

@@ -70,14 +70,15 @@ pub(crate) fn spawn(
             tokio::select! {
                 f = rx.recv() => {
                     let Some(f) = f else { break };
-                    writer.feed_frame(&f);
+                    if send(&mut writer, f).await.is_err() { break; }
+                    let mut failed = false;
                     while writer.buffered() < (1 << 20) {
                         match rx.try_recv() {
-                            Ok(f) => writer.feed_frame(&f),
+                            Ok(f) => if send(&mut writer, f).await.is_err() { failed = true; break },
                             Err(_) => break,
                         }
                     }
-                    if writer.flush().await.is_err() { break; }
+                    if failed || writer.flush().await.is_err() { break; }
                 }
                 _ = tick.tick() => {
                     writer.feed_frame(&hb);
@@ -109,6 +110,24 @@ pub(crate) fn spawn(
         let _ = events.send(Event::Gone(id, why)).await;
     });
     tx
+}
+
+/// Frames at least this big are written straight from their own buffer rather than copied
+/// into the writer's (batches of big items: a copy of every byte saved).
+const DIRECT_FRAME: usize = 64 << 10;
+
+/// Queues a small frame in the writer's buffer, or writes a big one as it is (after what
+/// is buffered, so frames keep their order).
+async fn send(
+    writer: &mut protocol::MessageWriter,
+    frame: Bytes,
+) -> Result<(), protocol::ProtocolError> {
+    if frame.len() >= DIRECT_FRAME {
+        writer.write_frame(frame).await
+    } else {
+        writer.feed_frame(&frame);
+        Ok(())
+    }
 }
 
 /// Asks for a node's status over an open status connection (which may serve many).

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use protocol::{Connection, Msg, SetupDone};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::node::Node;
@@ -41,7 +40,7 @@ pub(super) async fn serve_root(
     kick: CancellationToken,
 ) {
     let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let (tx, mut rx) = crate::outbox::outbox(1024, crate::outbox::OUTBOX_BYTES);
     let heartbeat = node.config.heartbeat;
     let writer_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat);
@@ -49,12 +48,19 @@ pub(super) async fn serve_root(
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { break };
-                    if feed(&mut writer, &m).is_err() { break; }
+                    let fed = feed(&mut writer, &m);
+                    rx.taken(&m);
+                    drop(m);
+                    if fed.is_err() { break; }
                     // Write whatever else is ready in one go.
                     while writer.buffered() < (1 << 20) {
                         match rx.try_recv() {
-                            Ok(m) => if feed(&mut writer, &m).is_err() { break },
-                            Err(_) => break,
+                            Some(m) => {
+                                let fed = feed(&mut writer, &m);
+                                rx.taken(&m);
+                                if fed.is_err() { break }
+                            }
+                            None => break,
                         }
                     }
                     if writer.flush().await.is_err() { break; }
@@ -214,7 +220,7 @@ async fn setup_chain(
     node: &Arc<Node>,
     spec: protocol::ChainSpec,
     tagged_items: bool,
-    out: mpsc::Sender<Msg>,
+    out: crate::outbox::Outbox,
 ) -> Result<(Pool, u32, u32), SetupError> {
     let node = node.clone();
     let workers = node.config.workers.max(1);

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use protocol::{Credit, Msg, TaskCounters};
-use tokio::sync::mpsc;
+use protocol::{Credit, TaskCounters};
 
 use super::counters::Counters;
 use super::grant;
@@ -194,7 +193,7 @@ impl Pool {
         workers: u32,
         node: Arc<str>,
         labels: &[String],
-        out: mpsc::Sender<Msg>,
+        out: crate::outbox::Outbox,
     ) -> Result<Pool, SetupError> {
         // What this chain's items took last time, else nothing: small units and a small
         // window until the first unit is measured.

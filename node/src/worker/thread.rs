@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::{Continuation, Failure, Msg, Outputs, Packed, TaskIndex, U32s};
-use tokio::sync::mpsc;
 
 use super::counters::StageCounts;
 use super::frames::fit_in_frames;
@@ -87,7 +86,7 @@ impl Worker {
         mut self,
         rx: crossbeam_channel::Receiver<Work>,
         tx: crossbeam_channel::Sender<Work>,
-        out: mpsc::Sender<Msg>,
+        out: crate::outbox::Outbox,
     ) {
         loop {
             self.shared.wait_unpaused();
