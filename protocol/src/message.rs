@@ -235,6 +235,21 @@ pub struct Setup {
     /// Whether the root feeds and wants *tagged* items (a type tag byte first, as Python
     /// handlers do; docs/ABI.md, "Item tags"). Without it items are raw bytes both ways.
     pub tagged_items: bool,
+    /// Modules not shipped to this node, whose bytes in [`ChainSpec::modules`] are empty: no
+    /// task it can run (by its labels) uses them, so it neither receives nor compiles them.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub withheld: Vec<Withheld>,
+}
+
+/// A module a node does not receive (see [`Setup::withheld`]), with what the node must know
+/// of it all the same: whether it is a component, which decides the form of the items its
+/// tasks hand on (docs/ABI.md, "Item tags").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withheld {
+    /// Index into [`ChainSpec::modules`].
+    pub module: u32,
+    /// Whether it is a component (a Python task) rather than a core module.
+    pub component: bool,
 }
 
 /// The chain is ready.

@@ -117,6 +117,10 @@ fn every_message() -> Vec<Msg> {
             },
             send_failed_items: true,
             tagged_items: false,
+            withheld: vec![Withheld {
+                module: 1,
+                component: true,
+            }],
         })),
         Msg::Items(Items {
             seq: 3,
