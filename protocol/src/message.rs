@@ -54,6 +54,9 @@ pub enum Msg {
     SetupDone(SetupDone),
     /// Outputs and completion of a run of inputs of one batch.
     Outputs(Outputs),
+    /// Some outputs of one input whose outputs do not fit one message; the [`Outputs`]
+    /// completing the input follows on the same connection.
+    Partial(Partial),
     /// The node's current credit window.
     Credit(Credit),
     /// Answer to [`Msg::Reset`].
@@ -93,6 +96,7 @@ impl Msg {
             Msg::Status(_) => "Status",
             Msg::SetupDone(_) => "SetupDone",
             Msg::Outputs(_) => "Outputs",
+            Msg::Partial(_) => "Partial",
             Msg::Credit(_) => "Credit",
             Msg::ResetDone => "ResetDone",
             Msg::Paused => "Paused",
@@ -374,6 +378,20 @@ pub struct Outputs {
     /// it from this message on: the input completes when all of it has.
     #[serde(deserialize_with = "bounded::seq")]
     pub continuations: Vec<Continuation>,
+}
+
+/// Outputs of input `index` of batch `seq`, ahead of the [`Outputs`] that completes it: an
+/// input whose outputs exceed one message sends them in parts. The root holds the parts and
+/// hands them over only with the completion, so a node lost before it delivered nothing of
+/// the input, which then runs again whole elsewhere (docs/SCHEDULING.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// The batch.
+    pub seq: u64,
+    /// Index of the input within its batch.
+    pub index: u32,
+    /// Outputs of the input, in order; those of the completion come after them.
+    pub items: Packed,
 }
 
 // --- continuations (scheduling, issue #10) ---

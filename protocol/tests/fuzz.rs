@@ -189,6 +189,11 @@ fn every_message() -> Vec<Msg> {
                 items: ["c", "d"].into_iter().collect(),
             }],
         }),
+        Msg::Partial(Partial {
+            seq: 3,
+            index: 2,
+            items: ["p", "q"].into_iter().collect(),
+        }),
         Msg::Credit(Credit { items: 1, bytes: 2 }),
         Msg::ResetDone,
         Msg::Paused,

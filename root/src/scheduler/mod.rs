@@ -12,7 +12,8 @@
 //! - `order`: the reorder buffer of ordered delivery; `placement`: tasks on labelled nodes;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
 //! - `observer`: the hook through which the dashboard sees failures and node losses;
-//! - `silence`: nodes that hold items and complete none are lost after a limit.
+//! - `silence`: nodes that hold items and complete none are lost after a limit;
+//! - `partial`: outputs sent ahead of their input's completion, held until it arrives.
 
 mod commands;
 mod dispatch;
@@ -21,6 +22,7 @@ mod inflight;
 mod ledger;
 mod observer;
 mod order;
+mod partial;
 mod placement;
 mod queue;
 mod retry;
@@ -362,6 +364,7 @@ impl Scheduler {
                         }
                         self.on_outputs(id, o)
                     }
+                    Msg::Partial(p) => self.on_partial(id, p),
                     Msg::Credit(c) => {
                         if let Some(n) = self.nodes.get_mut(&id) {
                             n.credit = c;
