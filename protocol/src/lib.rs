@@ -19,6 +19,7 @@ pub mod ids;
 pub mod message;
 pub mod packed;
 pub mod secure;
+mod aead;
 
 pub use connection::{Connection, MessageReader, MessageWriter, ReadHalf};
 pub use error::{ErrorKind, ProtocolError, WireError};

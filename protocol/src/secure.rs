@@ -99,7 +99,11 @@ pub fn psk(token: &Token) -> [u8; 32] {
 
 fn builder<'a>(psk: &'a [u8; 32], prologue: &'a [u8]) -> Result<snow::Builder<'a>, SecureError> {
     let params = NOISE_PATTERN.parse()?;
-    Ok(snow::Builder::new(params).psk(0, psk)?.prologue(prologue)?)
+    Ok(
+        snow::Builder::with_resolver(params, Box::new(crate::aead::Resolver))
+            .psk(0, psk)?
+            .prologue(prologue)?,
+    )
 }
 
 /// The client's side of the handshake, between its first message and the server's answer.
