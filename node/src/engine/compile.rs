@@ -52,9 +52,7 @@ pub(super) enum TaskKind {
     Component(TaskPre<HostState>),
     /// A task this node lacks the labels for: not compiled, never instantiated; its items
     /// go back to the root. Whether it is a component is all that is known of it.
-    Absent {
-        component: bool,
-    },
+    Absent { component: bool },
 }
 
 impl CompiledTask {

@@ -245,7 +245,10 @@ mod tests {
         assert!(sent[0].starts_with(b"3-0-") && sent[2].starts_with(b"3-2-"));
         let parts = outs(&msgs);
         assert!(parts.iter().all(|p| p.failures.is_empty()));
-        let last = msgs.iter().rposition(|m| matches!(m, Msg::Partial(_))).unwrap();
+        let last = msgs
+            .iter()
+            .rposition(|m| matches!(m, Msg::Partial(_)))
+            .unwrap();
         let completes_13 = msgs
             .iter()
             .position(|m| matches!(m, Msg::Outputs(o) if o.first + o.counts.0.len() as u32 > 13))

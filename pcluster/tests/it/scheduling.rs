@@ -329,7 +329,11 @@ async fn tasks_run_only_on_nodes_with_their_labels() {
             check.lock().unwrap().verify().unwrap();
             let mut status = Vec::new();
             for node in nodes {
-                status.push(root::node_status(node, &RootOptions::default()).await.unwrap());
+                status.push(
+                    root::node_status(node, &RootOptions::default())
+                        .await
+                        .unwrap(),
+                );
             }
             root.close().await.unwrap();
             status

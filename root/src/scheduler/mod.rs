@@ -44,9 +44,9 @@ pub use handlers::{Handler, Handlers, InputDone};
 pub(crate) use observer::Observer;
 pub(crate) use observer::SharedObserver;
 
+use crate::RootOptions;
 use crate::conn::Event;
 use crate::error::RootError;
-use crate::RootOptions;
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Queue};
