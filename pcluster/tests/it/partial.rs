@@ -100,11 +100,9 @@ async fn outputs_past_the_frame_limit_arrive_once_even_when_a_node_dies() {
     tally.check(ids.first.0..ids.first.0 + n as u64);
     root.close().await.unwrap();
 
-    let root = Arc::new(
-        Root::with_nodes(RootOptions::default(), &nodes)
-            .await
-            .unwrap(),
-    );
+    let root = Root::with_nodes(RootOptions::default(), &nodes)
+        .await
+        .unwrap();
     let tally = Tally::default();
     tally.setup(&root, 0).await;
     let n = 6;
@@ -142,11 +140,9 @@ async fn outputs_sent_ahead_by_a_node_that_dies_are_never_delivered() {
     let ghost = dies_after_parts(ghosts.clone()).await;
 
     // The ghost alone first, so it surely takes inputs; the real node joins once it has.
-    let root = Arc::new(
-        Root::with_nodes(RootOptions::default(), &[ghost])
-            .await
-            .unwrap(),
-    );
+    let root = Root::with_nodes(RootOptions::default(), &[ghost])
+        .await
+        .unwrap();
     let tally = Tally::default();
     tally.setup(&root, 0).await;
     let n = 3;
