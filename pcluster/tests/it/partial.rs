@@ -99,6 +99,17 @@ async fn outputs_past_the_frame_limit_arrive_once_even_when_a_node_dies() {
     root.wait_empty().await.unwrap();
     tally.check(ids.first.0..ids.first.0 + n as u64);
     root.close().await.unwrap();
+    // The nodes free themselves when they read the first root's goodbye.
+    poll_until(LONG, "both nodes free", || async {
+        let mut free = true;
+        for node in nodes {
+            free &= root::node_status(node, &RootOptions::default())
+                .await
+                .is_ok_and(|s| s.state == protocol::NodeState::Free);
+        }
+        free
+    })
+    .await;
 
     let root = Root::with_nodes(RootOptions::default(), &nodes)
         .await
