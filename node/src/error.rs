@@ -28,6 +28,13 @@ pub enum SetupError {
         /// wasmtime's reason.
         reason: String,
     },
+    /// The root withheld a module that a task this node can run uses (the root and the
+    /// node disagree on the node's labels).
+    #[error("module {module} was not sent, yet a task this node's labels allow uses it")]
+    Withheld {
+        /// Its index in the chain's module list.
+        module: u32,
+    },
     /// One task cannot run.
     #[error("task {} `{task}`: {problem}", index.0)]
     Task {

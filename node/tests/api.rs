@@ -107,6 +107,7 @@ async fn a_node_serves_a_chain_and_stops_when_told() {
             // Failures then carry the whole item, for a root that tries items again.
             send_failed_items: true,
             tagged_items: false,
+            withheld: Vec::new(),
         }))
     };
     root.write_message(&setup("whisper")).await.unwrap();

@@ -16,6 +16,8 @@ mod e2e;
 mod lifecycle;
 #[path = "it/logserver.rs"]
 mod logserver;
+#[path = "it/partial.rs"]
+mod partial;
 #[path = "it/python.rs"]
 mod python;
 #[path = "it/reliability.rs"]

@@ -337,6 +337,7 @@ mod tests {
             },
             send_failed_items: false,
             tagged_items: false,
+            withheld: Vec::new(),
         }));
         let mut buf = BytesMut::new();
         encode_frame(&msg, &mut buf, 64 << 20).unwrap();

@@ -54,6 +54,9 @@ pub enum Msg {
     SetupDone(SetupDone),
     /// Outputs and completion of a run of inputs of one batch.
     Outputs(Outputs),
+    /// Some outputs of one input whose outputs do not fit one message; the [`Outputs`]
+    /// completing the input follows on the same connection.
+    Partial(Partial),
     /// The node's current credit window.
     Credit(Credit),
     /// Answer to [`Msg::Reset`].
@@ -93,6 +96,7 @@ impl Msg {
             Msg::Status(_) => "Status",
             Msg::SetupDone(_) => "SetupDone",
             Msg::Outputs(_) => "Outputs",
+            Msg::Partial(_) => "Partial",
             Msg::Credit(_) => "Credit",
             Msg::ResetDone => "ResetDone",
             Msg::Paused => "Paused",
@@ -235,6 +239,21 @@ pub struct Setup {
     /// Whether the root feeds and wants *tagged* items (a type tag byte first, as Python
     /// handlers do; docs/ABI.md, "Item tags"). Without it items are raw bytes both ways.
     pub tagged_items: bool,
+    /// Modules not shipped to this node, whose bytes in [`ChainSpec::modules`] are empty: no
+    /// task it can run (by its labels) uses them, so it neither receives nor compiles them.
+    #[serde(deserialize_with = "bounded::seq")]
+    pub withheld: Vec<Withheld>,
+}
+
+/// A module a node does not receive (see [`Setup::withheld`]), with what the node must know
+/// of it all the same: whether it is a component, which decides the form of the items its
+/// tasks hand on (docs/ABI.md, "Item tags").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withheld {
+    /// Index into [`ChainSpec::modules`].
+    pub module: u32,
+    /// Whether it is a component (a Python task) rather than a core module.
+    pub component: bool,
 }
 
 /// The chain is ready.
@@ -359,6 +378,20 @@ pub struct Outputs {
     /// it from this message on: the input completes when all of it has.
     #[serde(deserialize_with = "bounded::seq")]
     pub continuations: Vec<Continuation>,
+}
+
+/// Outputs of input `index` of batch `seq`, ahead of the [`Outputs`] that completes it: an
+/// input whose outputs exceed one message sends them in parts. The root holds the parts and
+/// hands them over only with the completion, so a node lost before it delivered nothing of
+/// the input, which then runs again whole elsewhere (docs/SCHEDULING.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// The batch.
+    pub seq: u64,
+    /// Index of the input within its batch.
+    pub index: u32,
+    /// Outputs of the input, in order; those of the completion come after them.
+    pub items: Packed,
 }
 
 // --- continuations (scheduling, issue #10) ---

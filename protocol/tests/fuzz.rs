@@ -117,6 +117,10 @@ fn every_message() -> Vec<Msg> {
             },
             send_failed_items: true,
             tagged_items: false,
+            withheld: vec![Withheld {
+                module: 1,
+                component: true,
+            }],
         })),
         Msg::Items(Items {
             seq: 3,
@@ -184,6 +188,11 @@ fn every_message() -> Vec<Msg> {
                 stage: TaskIndex(1),
                 items: ["c", "d"].into_iter().collect(),
             }],
+        }),
+        Msg::Partial(Partial {
+            seq: 3,
+            index: 2,
+            items: ["p", "q"].into_iter().collect(),
         }),
         Msg::Credit(Credit { items: 1, bytes: 2 }),
         Msg::ResetDone,

@@ -53,6 +53,9 @@ pub struct RootOptions {
     /// JSON, `p` pickle, `r` raw; docs/ABI.md, "Item tags"), as the Python package uses them:
     /// Python tasks then see each item's type, and outputs of Rust tasks come back as `b`.
     pub tagged_items: bool,
+    /// Bytes of outputs held, over all nodes, for inputs whose outputs came in several
+    /// messages and are not complete yet (docs/SCHEDULING.md); an input past it fails.
+    pub partial_bytes: u64,
 }
 
 impl Default for RootOptions {
@@ -78,6 +81,7 @@ impl Default for RootOptions {
             reorder_bytes: 64 << 20,
             retries: 0,
             tagged_items: false,
+            partial_bytes: 1 << 30,
         }
     }
 }

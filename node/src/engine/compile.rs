@@ -6,6 +6,9 @@
 //! chain; items crossing between core and component tasks are converted by the rules of
 //! [`super::tags`].
 //!
+//! Only the tasks this node can run (by its labels) are compiled: a module that none of them
+//! uses is not compiled, and the root does not even send it ([`protocol::Withheld`]).
+//!
 //! A module may say which of its tasks are generators, in a custom section the SDK writes
 //! ([`GENERATORS_SECTION`]): a task listed there whose chain entry lacks `generator = true`
 //! fails the setup, instead of failing every item that emits twice at run time.
@@ -13,10 +16,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use protocol::{ChainSpec, Limits, TaskIndex};
+use protocol::{ChainSpec, Limits, TaskIndex, Withheld};
 use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 
-use super::cache::{Compiled, ModuleCache, Origin};
+use super::cache::{Compiled, ModuleCache, Origin, is_component};
 use super::component::{self, TaskPre};
 use super::host::{HostState, linker};
 use super::tags::{self, Convert};
@@ -47,12 +50,23 @@ pub(super) enum TaskKind {
     },
     /// A component of the `pcluster:task` world.
     Component(TaskPre<HostState>),
+    /// A task this node lacks the labels for: not compiled, never instantiated; its items
+    /// go back to the root. Whether it is a component is all that is known of it.
+    Absent { component: bool },
 }
 
 impl CompiledTask {
     /// Whether the task is a component (it takes and makes tagged items).
     pub fn is_component(&self) -> bool {
-        matches!(self.kind, TaskKind::Component(_))
+        matches!(
+            self.kind,
+            TaskKind::Component(_) | TaskKind::Absent { component: true }
+        )
+    }
+
+    /// Whether this node runs the task (it carries the labels the task needs).
+    pub fn is_placed(&self) -> bool {
+        !matches!(self.kind, TaskKind::Absent { .. })
     }
 }
 
@@ -137,24 +151,48 @@ fn declared_generators(module: &[u8]) -> Option<HashSet<String>> {
     names
 }
 
-/// Compiles (or finds in the cache) every module of `spec` and checks every task's exports.
-/// Returns the chain and how many modules were compiled and found cached. `tagged_items`:
-/// the root feeds and wants tagged items (docs/ABI.md, "Item tags").
+/// Compiles (or finds in the cache) every module of `spec` that a task this node can run uses
+/// (a node with `labels`), and checks those tasks' exports. Returns the chain and how many
+/// modules were compiled and found cached. `tagged_items`: the root feeds and wants tagged
+/// items (docs/ABI.md, "Item tags"). `withheld`: modules the root did not send.
 ///
 /// # Errors
-/// The first module that does not compile or task that cannot run, named.
+/// The first module that does not compile or task that cannot run, named; a task this node
+/// can run whose module was withheld.
 pub fn compile_chain(
     cache: &ModuleCache,
     spec: &ChainSpec,
     tagged_items: bool,
+    labels: &[String],
+    withheld: &[Withheld],
 ) -> Result<(CompiledChain, u32, u32), SetupError> {
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
     }
     let graph = super::graph::graph(&spec.tasks)?;
+    let placed: Vec<bool> = spec
+        .tasks
+        .iter()
+        .map(|t| t.labels.iter().all(|l| labels.contains(l)))
+        .collect();
+    let mut needed = vec![false; spec.modules.len()];
+    for (t, &placed) in spec.tasks.iter().zip(&placed) {
+        if placed && let Some(n) = needed.get_mut(t.module as usize) {
+            *n = true;
+        }
+    }
     let mut modules = Vec::with_capacity(spec.modules.len());
     let (mut compiled, mut cached) = (0, 0);
     for (i, bytes) in spec.modules.iter().enumerate() {
+        let absent = withheld.iter().find(|w| w.module as usize == i);
+        if !needed[i] {
+            let component = absent.map_or_else(|| is_component(bytes), |w| w.component);
+            modules.push(NodeModule::Absent { component });
+            continue;
+        }
+        if absent.is_some() {
+            return Err(SetupError::Withheld { module: i as u32 });
+        }
         let (m, hit) = cache
             .get_or_compile(bytes)
             .map_err(|e| SetupError::Compile {
@@ -170,7 +208,7 @@ pub fn compile_chain(
             Compiled::Module(_) => declared_generators(bytes),
             Compiled::Component(_) => None,
         };
-        modules.push((m, generators));
+        modules.push(NodeModule::Here(m, generators));
     }
     let linker = linker();
     let mut component_linker = None;
@@ -183,12 +221,23 @@ pub fn compile_chain(
             task: name.clone(),
             problem,
         };
-        let (module, generators) = modules.get(t.module as usize).ok_or_else(|| {
+        let module = modules.get(t.module as usize).ok_or_else(|| {
             ctx(TaskProblem::NoSuchModule {
                 module: t.module,
                 count: modules.len(),
             })
         })?;
+        let (module, generators) = match module {
+            NodeModule::Here(m, g) if placed[i] => (m, g),
+            NodeModule::Here(m, _) => {
+                tasks.push(absent(t, matches!(m, Compiled::Component(_))));
+                continue;
+            }
+            NodeModule::Absent { component } => {
+                tasks.push(absent(t, *component));
+                continue;
+            }
+        };
         let task = match module {
             Compiled::Module(module) => compile_task(&linker, module, &name, t).map_err(ctx)?,
             Compiled::Component(c) => {
@@ -234,6 +283,26 @@ pub fn compile_chain(
         compiled,
         cached,
     ))
+}
+
+/// A module of the chain as this node has it.
+enum NodeModule {
+    /// Compiled, with the generators it declares.
+    Here(Compiled, Option<HashSet<String>>),
+    /// Used by no task this node can run: not compiled (and withheld by the root).
+    Absent { component: bool },
+}
+
+/// A task this node does not run (it lacks the labels).
+fn absent(t: &protocol::TaskSpec, component: bool) -> CompiledTask {
+    CompiledTask {
+        name: t.function.as_str().into(),
+        generator: t.generator,
+        labels: t.labels.clone(),
+        args: Vec::new(),
+        kind: TaskKind::Absent { component },
+        input: Convert::Keep,
+    }
 }
 
 /// Checks one task's exports against the ABI and prepares its instantiation.

@@ -109,6 +109,11 @@ impl TaskInstance {
                 this.component_init(&task.name, &task.args)?;
                 return Ok(this);
             }
+            TaskKind::Absent { .. } => {
+                return Err(TaskProblem::NotPlaced {
+                    labels: task.labels.join(","),
+                });
+            }
         };
         let instance = pre.instantiate(&mut store).map_err(instantiate)?;
         let memory = instance

@@ -134,8 +134,7 @@ pub(super) async fn serve_root(
                     pool = None;
                     let started = Instant::now();
                     let whole_items = setup.send_failed_items;
-                    let tagged = setup.tagged_items;
-                    let set_up = setup_chain(&node, setup.chain, tagged, tx.clone())
+                    let set_up = setup_chain(&node, *setup, tx.clone())
                         .await
                         .map_err(RequestError::from)
                         .and_then(|(p, compiled, cached)| {
@@ -218,10 +217,15 @@ pub(super) async fn serve_root(
 
 async fn setup_chain(
     node: &Arc<Node>,
-    spec: protocol::ChainSpec,
-    tagged_items: bool,
+    setup: protocol::Setup,
     out: crate::outbox::Outbox,
 ) -> Result<(Pool, u32, u32), SetupError> {
+    let protocol::Setup {
+        chain: spec,
+        tagged_items,
+        withheld,
+        ..
+    } = setup;
     let node = node.clone();
     let workers = node.config.workers.max(1);
     crate::budget::check(
@@ -232,12 +236,17 @@ async fn setup_chain(
         node.config.memory_mb,
     )?;
     tokio::task::spawn_blocking(move || {
-        let (chain, compiled, cached) = compile_chain(&node.cache, &spec, tagged_items)?;
+        let (chain, compiled, cached) = compile_chain(
+            &node.cache,
+            &spec,
+            tagged_items,
+            &node.config.labels,
+            &withheld,
+        )?;
         let pool = Pool::start(
             Arc::new(chain),
             node.config.workers.max(1),
             node.addr.clone(),
-            &node.config.labels,
             out,
         )?;
         Ok((pool, compiled, cached))

@@ -1,9 +1,11 @@
 //! Outputs split into messages that fit in a frame, by runs of whole inputs: an input's
-//! outputs travel with its completion, so they are never split. Failures (which may carry
-//! whole items) count towards the size, and a message that still cannot be encoded turns
-//! into failures of its inputs rather than vanishing.
+//! outputs travel with its completion. An input whose outputs alone exceed a message sends
+//! them ahead in [`Partial`] messages, which the root holds until the completion arrives
+//! (docs/SCHEDULING.md). Failures (which may carry whole items) count towards the size, and
+//! a message that still cannot be encoded turns into failures of its inputs rather than
+//! vanishing.
 
-use protocol::{Continuation, Failure, Outputs, Packed, U32s};
+use protocol::{Continuation, Failure, Msg, Outputs, Packed, Partial, U32s};
 
 /// Encoded bytes of a message holding `bytes` bytes of `items` outputs, beyond its failures.
 fn size(bytes: usize, items: usize) -> usize {
@@ -20,17 +22,18 @@ fn continuation_size(c: &Continuation) -> usize {
     size(c.items.data.len(), c.items.len()) + 16
 }
 
-/// Splits outputs into messages that fit in a frame, by runs of whole inputs. An input whose
-/// own outputs exceed the limit is reported failed instead: outputs travel with their input's
-/// completion, so one input's outputs must fit in one message (its failures and the items
-/// it hands back for other nodes travel with them too). Whole failed items that do
-/// not fit are left out of their failure (its start and message stay).
-pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
+/// Splits outputs into messages that fit in a frame, by runs of whole inputs, in the order
+/// they must be sent. An input whose own outputs exceed the limit sends them ahead in
+/// [`Partial`] messages, its completion (with its failures and the items it hands back)
+/// following with none; it fails instead only when one output alone, or its failures and
+/// continuations, exceed a message. Whole failed items that do not fit are left out of their
+/// failure (its start and message stay).
+pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Msg> {
     // The common case, checked per message: everything fits at once.
     let failed_bytes: usize = o.failures.iter().map(failure_size).sum::<usize>()
         + o.continuations.iter().map(continuation_size).sum::<usize>();
     if size(o.items.data.len(), o.items.len()) + 4 * o.counts.0.len() + failed_bytes <= limit {
-        return vec![o];
+        return vec![Msg::Outputs(o)];
     }
     let Outputs {
         seq,
@@ -58,7 +61,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         failures: Vec::new(),
         continuations: Vec::new(),
     };
-    let mut parts: Vec<Outputs> = Vec::new();
+    let mut parts: Vec<Msg> = Vec::new();
     let mut cur = empty(first);
     let mut cur_failed = 0usize;
     let mut it = items.iter();
@@ -80,10 +83,28 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         }
         let own_failed: usize = own_failures.iter().map(failure_size).sum::<usize>()
             + own_conts.iter().map(continuation_size).sum::<usize>();
-        let (own, too_big) = if size(own_bytes, own.len()) + own_failed > limit {
-            (Vec::new(), true)
-        } else {
+        let (own, too_big) = if size(own_bytes, own.len()) + own_failed <= limit {
             (own, false)
+        } else if own_failed <= limit / 2 && own.iter().all(|x| size(x.len(), 1) <= limit) {
+            // Sent ahead in parts; the completion carries none of them.
+            let mut part = Packed::new();
+            for x in own {
+                if !part.is_empty() && size(part.data.len() + x.len(), part.len() + 1) > limit {
+                    let items = std::mem::take(&mut part);
+                    parts.push(Msg::Partial(Partial { seq, index, items }));
+                }
+                part.push(x);
+            }
+            if !part.is_empty() {
+                parts.push(Msg::Partial(Partial {
+                    seq,
+                    index,
+                    items: part,
+                }));
+            }
+            (Vec::new(), false)
+        } else {
+            (Vec::new(), true)
         };
         if size(
             cur.items.data.len() + own_bytes,
@@ -94,7 +115,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
             > limit
             && !cur.counts.0.is_empty()
         {
-            parts.push(std::mem::replace(&mut cur, empty(index)));
+            parts.push(Msg::Outputs(std::mem::replace(&mut cur, empty(index))));
             cur_failed = 0;
         }
         cur.counts.0.push(own.len() as u32);
@@ -110,7 +131,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
                 item_start: Vec::new(),
                 item: None,
                 message: format!(
-                    "the outputs of this input ({own_bytes} bytes) exceed the {limit}-byte message limit"
+                    "an output of this input, or its failures and continuations, exceed the {limit}-byte message limit ({own_bytes} bytes of outputs)"
                 ),
             });
         }
@@ -119,7 +140,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Outputs> {
         cur.failures.extend(own_failures);
         cur.continuations.extend(own_conts);
     }
-    parts.push(cur);
+    parts.push(Msg::Outputs(cur));
     parts
 }
 
@@ -175,24 +196,74 @@ mod tests {
         buf.len()
     }
 
+    /// The outputs messages among `msgs`, in order.
+    fn outs(msgs: &[Msg]) -> Vec<&Outputs> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Msg::Outputs(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The partial messages among `msgs`, in order.
+    fn partials(msgs: &[Msg]) -> Vec<&Partial> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                Msg::Partial(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn encoded_msg(m: &Msg) -> usize {
+        let mut buf = bytes::BytesMut::new();
+        protocol::codec::encode_frame(m, &mut buf, usize::MAX).unwrap();
+        buf.len()
+    }
+
     #[test]
-    fn outputs_are_split_by_whole_inputs_and_oversized_inputs_fail() {
+    fn outputs_are_split_by_whole_inputs_and_oversized_inputs_go_ahead_in_parts() {
         let o = outputs(vec![2, 0, 1, 3], 44);
-        let parts = fit_in_frames(o.clone(), 250);
-        assert!(parts.len() > 1);
+        let msgs = fit_in_frames(o.clone(), 250);
+        let parts = outs(&msgs);
+        assert!(parts.len() > 1 && partials(&msgs).is_empty());
         let firsts: Vec<u32> = parts.iter().map(|p| p.first).collect();
         assert_eq!(firsts[0], 10);
         let total: usize = parts.iter().map(|p| p.counts.0.len()).sum();
         assert_eq!(total, 4);
-        // Too small for input 13's three outputs: it fails alone, the rest arrive.
-        let parts = fit_in_frames(o, 200);
-        let failed: Vec<u32> = parts
+        // Too small for input 13's three outputs: they go ahead in two parts, before the
+        // message that completes input 13 (with none of them); nothing fails.
+        let msgs = fit_in_frames(o, 200);
+        for m in &msgs {
+            assert!(encoded_msg(m) <= 200, "{}", encoded_msg(m));
+        }
+        let ahead = partials(&msgs);
+        assert_eq!(ahead.iter().map(|p| p.index).collect::<Vec<_>>(), [13, 13]);
+        let sent: Vec<&[u8]> = ahead.iter().flat_map(|p| p.items.iter()).collect();
+        assert_eq!(sent.len(), 3);
+        assert!(sent[0].starts_with(b"3-0-") && sent[2].starts_with(b"3-2-"));
+        let parts = outs(&msgs);
+        assert!(parts.iter().all(|p| p.failures.is_empty()));
+        let last = msgs
+            .iter()
+            .rposition(|m| matches!(m, Msg::Partial(_)))
+            .unwrap();
+        let completes_13 = msgs
+            .iter()
+            .position(|m| matches!(m, Msg::Outputs(o) if o.first + o.counts.0.len() as u32 > 13))
+            .unwrap();
+        assert!(last < completes_13, "the parts go first");
+        let counts: Vec<u32> = parts.iter().flat_map(|p| p.counts.0.clone()).collect();
+        assert_eq!(counts, [2, 0, 1, 0]);
+        // One output alone past the limit: that input fails, the others arrive.
+        let msgs = fit_in_frames(outputs(vec![1, 1], 300), 200);
+        let failed: Vec<u32> = outs(&msgs)
             .iter()
             .flat_map(|p| p.failures.iter().map(|f| f.index))
             .collect();
-        assert_eq!(failed, [13]);
-        let delivered: usize = parts.iter().map(|p| p.items.len()).sum();
-        assert_eq!(delivered, 3);
+        assert_eq!(failed, [10, 11]);
+        assert!(partials(&msgs).is_empty());
     }
 
     #[test]
@@ -200,7 +271,8 @@ mod tests {
         // 700 outputs of 100 KB: one message would be 70 MB.
         let o = outputs(vec![1; 700], 100_000);
         let limit = 48 << 20;
-        let parts = fit_in_frames(o, limit);
+        let msgs = fit_in_frames(o, limit);
+        let parts = outs(&msgs);
         assert_eq!(parts.len(), 2);
         for p in &parts {
             assert!(encoded(p) <= limit, "{}", encoded(p));
@@ -209,6 +281,13 @@ mod tests {
             parts[1].first,
             parts[0].first + parts[0].counts.0.len() as u32
         );
+        // One input of 700 such outputs: parts within the limit, then its completion.
+        let msgs = fit_in_frames(outputs(vec![700], 100_000), limit);
+        assert_eq!(partials(&msgs).len(), 2);
+        for m in &msgs {
+            assert!(encoded_msg(m) <= limit, "{}", encoded_msg(m));
+        }
+        assert!(matches!(msgs.last(), Some(Msg::Outputs(o)) if o.counts.0 == [0]));
     }
 
     #[test]
@@ -222,7 +301,8 @@ mod tests {
             message: "boom".into(),
         };
         o.failures = vec![failure(12), failure(10)];
-        let parts = fit_in_frames(o, 900);
+        let msgs = fit_in_frames(o, 900);
+        let parts = outs(&msgs);
         assert!(parts.len() >= 2);
         for p in &parts {
             assert!(encoded(p) <= 900, "{}", encoded(p));

@@ -192,17 +192,12 @@ impl Pool {
         chain: Arc<CompiledChain>,
         workers: u32,
         node: Arc<str>,
-        labels: &[String],
         out: crate::outbox::Outbox,
     ) -> Result<Pool, SetupError> {
         // What this chain's items took last time, else nothing: small units and a small
         // window until the first unit is measured.
         let hint = speed_hint(&chain);
-        let runnable = chain
-            .tasks
-            .iter()
-            .map(|t| t.labels.iter().all(|l| labels.contains(l)))
-            .collect();
+        let runnable = chain.tasks.iter().map(|t| t.is_placed()).collect();
         let mut shared = PoolShared::new(chain, workers, hint);
         shared.runnable = runnable;
         let shared = Arc::new(shared);

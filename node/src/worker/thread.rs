@@ -127,8 +127,8 @@ impl Worker {
                 .in_flight
                 .fetch_sub(outputs.counts.0.len() as u64, Ordering::Relaxed);
             let mut gone = false;
-            for part in fit_in_frames(outputs, MAX_OUTPUT_MESSAGE) {
-                if out.blocking_send(Msg::Outputs(part)).is_err() {
+            for msg in fit_in_frames(outputs, MAX_OUTPUT_MESSAGE) {
+                if out.blocking_send(msg).is_err() {
                     // The root's connection is gone; it re-dispatches what it did not get.
                     gone = true;
                     break;

@@ -111,6 +111,7 @@ pub async fn setup(client: &mut Client, session: u64, chain: ChainSpec) -> Msg {
         chain,
         send_failed_items: false,
         tagged_items: false,
+        withheld: Vec::new(),
     };
     client
         .conn

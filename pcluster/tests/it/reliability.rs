@@ -588,6 +588,7 @@ async fn a_silent_root_is_dropped_after_the_root_timeout() {
         chain: w1(),
         send_failed_items: false,
         tagged_items: false,
+        withheld: Vec::new(),
     };
     conn.write_message(&Msg::Setup(Box::new(setup)))
         .await
@@ -881,6 +882,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
                 chain: spec,
                 send_failed_items: false,
                 tagged_items: false,
+                withheld: Vec::new(),
             }));
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {

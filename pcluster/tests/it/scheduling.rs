@@ -267,8 +267,10 @@ async fn a_branching_chain_survives_a_killed_node() {
 }
 
 /// Two nodes labelled `a` and `b`, and W1 with `w1_identity` needing `a` and the two tasks
-/// after it needing `b`: the outputs are exact and each node's counters show only its own
-/// tasks ran there. Without node `b`, setup fails naming the task and the label.
+/// after it needing `b`, the `b` tasks in a module of their own: the outputs are exact, each
+/// node's counters show only its own tasks ran there, and each node received and compiled
+/// (or found cached) only its own module. Without node `b`, setup fails naming the task and
+/// the label. A node carrying both labels gets both modules and runs the whole chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_run_only_on_nodes_with_their_labels() {
     let dir = temp_dir("sched-labels");
@@ -276,11 +278,22 @@ async fn tasks_run_only_on_nodes_with_their_labels() {
     let port = free_port("127.0.14.2".parse().unwrap());
     let _a = node_process("127.0.14.2", port, log_port, 1, &["--labels", "a"]).await;
     let _b = node_process("127.0.14.3", port, log_port, 1, &["--labels", "b"]).await;
-    let (a, b) = (addr("127.0.14.2", port), addr("127.0.14.3", port));
+    let _ab = node_process("127.0.14.4", port, log_port, 1, &["--labels", "b,a"]).await;
+    let (a, b, ab) = (
+        addr("127.0.14.2", port),
+        addr("127.0.14.3", port),
+        addr("127.0.14.4", port),
+    );
     let mut spec = w1();
+    // The `b` tasks' module: the same code with a custom section (name `x`, payload `b`)
+    // appended, so its bytes (and hash) differ.
+    let mut module_b = spec.modules[0].to_vec();
+    module_b.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'b']);
+    spec.modules.push(module_b.into());
     spec.tasks[0].labels = vec!["a".into()];
     for t in &mut spec.tasks[1..] {
         t.labels = vec!["b".into()];
+        t.module = 1;
     }
 
     let alone = Root::with_nodes(RootOptions::default(), &[a])
@@ -293,31 +306,52 @@ async fn tasks_run_only_on_nodes_with_their_labels() {
     );
     alone.close().await.unwrap();
 
-    let root = Root::with_nodes(RootOptions::default(), &[a, b])
-        .await
-        .unwrap();
     let n = 50_000u64;
-    let check = Arc::new(Mutex::new(kit::W1Check::new(n)));
-    let c = check.clone();
-    root.setup_with(
-        spec,
-        move |id, item| c.lock().unwrap().add_for(id.0, item),
-        |f| panic!("no item fails: {f}"),
-    )
-    .await
-    .unwrap();
-    for chunk in kit::w1_batches(n, 4096) {
-        root.feed_packed(chunk).await.unwrap();
-    }
-    root.wait_empty().await.unwrap();
-    check.lock().unwrap().verify().unwrap();
-    let status_a = root::node_status(a, &RootOptions::default()).await.unwrap();
-    let status_b = root::node_status(b, &RootOptions::default()).await.unwrap();
-    root.close().await.unwrap();
+    let run = |nodes: Vec<SocketAddr>| {
+        let spec = spec.clone();
+        async move {
+            let root = Root::with_nodes(RootOptions::default(), &nodes)
+                .await
+                .unwrap();
+            let check = Arc::new(Mutex::new(kit::W1Check::new(n)));
+            let c = check.clone();
+            root.setup_with(
+                spec,
+                move |id, item| c.lock().unwrap().add_for(id.0, item),
+                |f| panic!("no item fails: {f}"),
+            )
+            .await
+            .unwrap();
+            for chunk in kit::w1_batches(n, 4096) {
+                root.feed_packed(chunk).await.unwrap();
+            }
+            root.wait_empty().await.unwrap();
+            check.lock().unwrap().verify().unwrap();
+            let mut status = Vec::new();
+            for node in nodes {
+                status.push(
+                    root::node_status(node, &RootOptions::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            root.close().await.unwrap();
+            status
+        }
+    };
+    let status = run(vec![a, b]).await;
+    let (status_a, status_b) = (&status[0], &status[1]);
     let calls = |s: &protocol::NodeStatus| s.tasks.iter().map(|t| t.items_in).collect::<Vec<_>>();
-    assert_eq!(calls(&status_a), [n, 0, 0], "{status_a:?}");
-    assert_eq!(calls(&status_b), [0, n, 2 * n], "{status_b:?}");
+    assert_eq!(calls(status_a), [n, 0, 0], "{status_a:?}");
+    assert_eq!(calls(status_b), [0, n, 2 * n], "{status_b:?}");
     assert_eq!(status_a.labels, ["a"]);
+    // One setup each, and one module looked up each: its own.
+    let modules = |s: &protocol::NodeStatus| s.modules_compiled + s.module_cache_hits;
+    assert_eq!((modules(status_a), modules(status_b)), (1, 1), "{status:?}");
+
+    let status = run(vec![ab]).await;
+    assert_eq!(calls(&status[0]), [n, n, 2 * n], "{status:?}");
+    assert_eq!(modules(&status[0]), 2, "{status:?}");
 }
 
 /// The labelled chain of the test above, with node `b` killed (SIGKILL) mid-run: node `a`

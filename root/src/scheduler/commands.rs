@@ -41,15 +41,9 @@ impl Scheduler {
                 if let Some(o) = &self.observer {
                     o.node_added(addr);
                 }
-                if let Some(chain) = self.chain.clone() {
+                if self.chain.is_some() {
                     // A node joining a running cluster gets the current chain.
-                    let msg = Msg::Setup(Box::new(Setup {
-                        session: self.session,
-                        chain,
-                        send_failed_items: self.options.retries > 0,
-                        tagged_items: self.options.tagged_items,
-                    }));
-                    self.send(id, &msg).await;
+                    self.send_setup(id).await;
                 }
                 let _ = reply.send(Ok(id));
             }
@@ -77,19 +71,13 @@ impl Scheduler {
                 }
                 handlers.observer = self.observer.clone();
                 self.handlers = Some(handlers);
-                self.chain = Some(chain.clone());
-                let msg = Msg::Setup(Box::new(Setup {
-                    session: self.session,
-                    chain,
-                    send_failed_items: self.options.retries > 0,
-                    tagged_items: self.options.tagged_items,
-                }));
+                self.chain = Some(chain);
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for id in &ids {
                     if let Some(n) = self.nodes.get_mut(id) {
                         n.ready = false;
                     }
-                    self.send(*id, &msg).await;
+                    self.send_setup(*id).await;
                 }
                 self.waiters.push(Waiter {
                     kind: WaitKind::Setup,
@@ -169,6 +157,26 @@ impl Scheduler {
             }
             Cmd::Close(_) => {}
         }
+    }
+
+    /// Sends the chain to node `id`, with only the modules of the tasks it can run (its
+    /// labels): the others are withheld, so it neither receives nor compiles them.
+    async fn send_setup(&mut self, id: NodeId) {
+        let (Some(chain), Some(node)) = (self.chain.as_ref(), self.nodes.get(&id)) else {
+            return;
+        };
+        let (chain, withheld) = match super::placement::for_node(chain, &node.labels) {
+            Some((chain, withheld)) => (chain, withheld),
+            None => (chain.clone(), Vec::new()),
+        };
+        let msg = Msg::Setup(Box::new(Setup {
+            session: self.session,
+            chain,
+            send_failed_items: self.options.retries > 0,
+            tagged_items: self.options.tagged_items,
+            withheld,
+        }));
+        self.send(id, &msg).await;
     }
 
     async fn broadcast(&mut self, kind: WaitKind, msg: Msg, reply: super::Reply) {

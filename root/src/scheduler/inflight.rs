@@ -10,6 +10,7 @@ use bytes::Bytes;
 use protocol::{Credit, Ids, ItemId, Packed, TaskIndex};
 use tokio::sync::mpsc;
 
+use super::partial::Partials;
 use super::queue::Chunk;
 use super::retry::{Retry, Try};
 
@@ -68,6 +69,8 @@ pub(crate) struct NodeConn {
     pub batches: HashMap<u64, InFlight>,
     /// When it last completed something, or began to hold items (see `silence`).
     pub progress: Instant,
+    /// Outputs of its inputs too big for one message, held until they complete.
+    pub partials: Partials,
 }
 
 impl NodeConn {
@@ -84,6 +87,7 @@ impl NodeConn {
             next_seq: 0,
             batches: HashMap::new(),
             progress: Instant::now(),
+            partials: Partials::default(),
         }
     }
 
@@ -134,6 +138,7 @@ impl NodeConn {
     pub fn forget(&mut self) {
         self.ready = false;
         self.batches.clear();
+        self.partials.clear();
         self.in_items = 0;
         self.in_bytes = 0;
     }

@@ -12,15 +12,19 @@
 //! - `order`: the reorder buffer of ordered delivery; `placement`: tasks on labelled nodes;
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
 //! - `observer`: the hook through which the dashboard sees failures and node losses;
-//! - `silence`: nodes that hold items and complete none are lost after a limit.
+//! - `lost`: a lost node's items back in the queue, silent nodes, no node left;
+//! - `silence`: nodes that hold items and complete none are lost after a limit;
+//! - `partial`: outputs sent ahead of their input's completion, held until it arrives.
 
 mod commands;
 mod dispatch;
 mod handlers;
 mod inflight;
 mod ledger;
+mod lost;
 mod observer;
 mod order;
+mod partial;
 mod placement;
 mod queue;
 mod retry;
@@ -40,9 +44,9 @@ pub use handlers::{Handler, Handlers, InputDone};
 pub(crate) use observer::Observer;
 pub(crate) use observer::SharedObserver;
 
+use crate::RootOptions;
 use crate::conn::Event;
 use crate::error::RootError;
-use crate::{ItemFailure, RootOptions};
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Queue};
@@ -301,53 +305,6 @@ impl Scheduler {
         ));
     }
 
-    /// Nodes that hold items and completed none for longer than the chain allows are lost.
-    fn drop_silent(&mut self) {
-        let Some(chain) = &self.chain else { return };
-        let limit = silence::completion_limit(
-            chain.tasks.len(),
-            chain.limits.deadline_ms,
-            self.options.heartbeat_timeout,
-        );
-        let now = Instant::now();
-        let silent: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| silence::is_silent(!n.batches.is_empty(), n.progress, now, limit))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in silent {
-            let why = format!("held items and completed none for {} s", limit.as_secs());
-            self.node_lost(id, &why);
-        }
-    }
-
-    /// No node came back within the no-node timeout: every wait ends with an error.
-    fn stalled(&mut self) {
-        let stall = Stall {
-            pending: self.waiting(),
-            lost: self.lost.join(", "),
-            unplaced: if self.nodes.is_empty() {
-                None
-            } else {
-                self.unplaced()
-            },
-        };
-        tracing::warn!(
-            pending = stall.pending,
-            task = stall.unplaced.as_ref().map(|(t, _)| t.as_str()),
-            "no node (for some task) for {:?}; giving up on waits",
-            self.options.no_node_timeout
-        );
-        for (_, r) in self.wait_empty.drain(..) {
-            let _ = r.send(Err(stall.error()));
-        }
-        for r in self.wait_input.drain(..).chain(self.wait_node.drain(..)) {
-            let _ = r.send(Err(stall.error()));
-        }
-        self.stall.send_replace(Some(stall));
-    }
-
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Gone(id, why) => self.node_lost(id, &why),
@@ -362,6 +319,7 @@ impl Scheduler {
                         }
                         self.on_outputs(id, o)
                     }
+                    Msg::Partial(p) => self.on_partial(id, p),
                     Msg::Credit(c) => {
                         if let Some(n) = self.nodes.get_mut(&id) {
                             n.credit = c;
@@ -441,104 +399,6 @@ impl Scheduler {
                 }
             }
         }
-    }
-
-    fn node_lost(&mut self, id: NodeId, why: &str) {
-        let Some(node) = self.nodes.remove(&id) else {
-            return;
-        };
-        let addr = node.addr.to_string();
-        let requeue = inflight::requeue(
-            node.batches,
-            &mut self.attempts,
-            self.options.max_redispatch,
-        );
-        let back = requeue
-            .chunks
-            .iter()
-            .map(|c| c.items.len() as u64)
-            .sum::<u64>();
-        for c in requeue.chunks {
-            self.queue.push_front(c);
-        }
-        let mut back = back;
-        for mut r in requeue.retries {
-            if let retry::Origin::HandedBack { lost } = &mut r.origin {
-                // A continuation is work the root owns, like an input: sent again, up to
-                // the poison limit.
-                *lost += 1;
-                back += 1;
-                if *lost <= self.options.max_redispatch {
-                    self.retries.queue.push_front(r);
-                    continue;
-                }
-                let message = format!(
-                    "poison item: its node was lost {} times while holding it (last: {why})",
-                    *lost
-                );
-                self.give_up(&r, addr.clone(), message);
-                continue;
-            }
-            if r.attempt >= self.options.retries {
-                // Counted as a try: a retry that takes nodes down stops here.
-                let message = format!("its node was lost while trying the item again: {why}");
-                self.give_up(&r, addr.clone(), message);
-            } else {
-                r.attempt += 1;
-                self.retries.queue.push_front(r);
-            }
-        }
-        self.counters.redispatched += back;
-        self.lost.push(addr.clone());
-        if let Some(o) = &self.observer {
-            o.node_lost(node.addr);
-        }
-        tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
-        for w in &mut self.waiters {
-            if w.nodes.remove(&id) && w.kind == WaitKind::Setup && w.error.is_none() {
-                w.error = Some(RootError::Setup {
-                    addr: addr.clone(),
-                    message: format!("node lost during setup: {why}"),
-                });
-            }
-        }
-        for p in requeue.poison {
-            let failure = ItemFailure {
-                input: p.id,
-                node: addr.clone(),
-                task: String::new(),
-                task_index: None,
-                item_start: p.item[..p.item.len().min(200)].to_vec(),
-                input_item: p.item,
-                message: format!(
-                    "poison item: its node was lost {} times while holding it (last: {why})",
-                    p.attempts
-                ),
-            };
-            self.deliver(Delivery::failed(p.id, failure, p.attempts, p.elapsed));
-        }
-        // No node left, or none left that can run some task (labels): items wait, for
-        // up to the no-node timeout.
-        if self.chain.is_some() && !self.placeable() {
-            self.no_nodes_since.get_or_insert_with(Instant::now);
-        }
-    }
-
-    /// Whether every task of the chain has a connected node that can run it (true without
-    /// a chain; false without nodes).
-    fn placeable(&self) -> bool {
-        self.unplaced().is_none()
-    }
-
-    /// The first task of the chain that no connected node can run, with a label to name.
-    fn unplaced(&self) -> Option<(String, String)> {
-        let chain = self.chain.as_ref()?;
-        let nodes: Vec<&[String]> = self.nodes.values().map(|n| n.labels.as_slice()).collect();
-        let tasks = chain
-            .tasks
-            .iter()
-            .map(|t| (t.function.as_str(), t.labels.as_slice()));
-        placement::unplaceable(tasks, &nodes)
     }
 
     /// Items waiting in the root: fresh inputs and descendants (retries, continuations).

@@ -2,7 +2,9 @@
 //! Fresh inputs go only to nodes that can run the first task, descendants only to nodes that
 //! can run the task they enter at; a node that meets a task it cannot run hands the items
 //! back (continuations). A setup with a task no node can run fails, naming the task and a
-//! label.
+//! label. Each node receives only the modules of tasks it can run ([`for_node`]).
+
+use protocol::{ChainSpec, Withheld};
 
 /// Whether a node with `node` labels can run a task that needs `task` labels.
 pub(crate) fn can_run(node: &[String], task: &[String]) -> bool {
@@ -28,6 +30,49 @@ pub(crate) fn unplaceable<'a>(
         return Some((name.to_string(), label));
     }
     None
+}
+
+/// The chain as `node` (its labels) receives it, and the modules withheld from it: a module
+/// that no task the node can run uses is sent empty, with only whether it is a component
+/// (`None`: every module is needed there, send the chain as it is).
+pub(crate) fn for_node(chain: &ChainSpec, node: &[String]) -> Option<(ChainSpec, Vec<Withheld>)> {
+    let mut needed = vec![false; chain.modules.len()];
+    for t in &chain.tasks {
+        if can_run(node, &t.labels)
+            && let Some(n) = needed.get_mut(t.module as usize)
+        {
+            *n = true;
+        }
+    }
+    if needed.iter().all(|&n| n) {
+        return None;
+    }
+    let mut shipped = ChainSpec {
+        name: chain.name.clone(),
+        version: chain.version.clone(),
+        modules: Vec::with_capacity(chain.modules.len()),
+        tasks: chain.tasks.clone(),
+        limits: chain.limits.clone(),
+    };
+    let mut withheld = Vec::new();
+    for (i, (bytes, needed)) in chain.modules.iter().zip(needed).enumerate() {
+        if needed {
+            shipped.modules.push(bytes.clone());
+        } else {
+            shipped.modules.push(serde_bytes::ByteBuf::new());
+            withheld.push(Withheld {
+                module: i as u32,
+                component: is_component(bytes),
+            });
+        }
+    }
+    Some((shipped, withheld))
+}
+
+/// Whether wasm `bytes` are a component rather than a core module: the header's version
+/// and layer fields (`0d 00 01 00` for a component, `01 00 00 00` for a module).
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
 
 #[cfg(test)]
@@ -61,5 +106,43 @@ mod tests {
             Some(("t".into(), "a,b".into())),
             "each label exists, no node has both"
         );
+    }
+
+    #[test]
+    fn a_node_receives_only_the_modules_of_tasks_it_can_run() {
+        let task = |module, labels: &[&str]| protocol::TaskSpec {
+            function: format!("f{module}"),
+            module,
+            generator: false,
+            args: Vec::new(),
+            next: None,
+            labels: v(labels),
+        };
+        let core = b"\0asm\x01\0\0\0core".to_vec();
+        let component = b"\0asm\x0d\0\x01\0py".to_vec();
+        let chain = ChainSpec {
+            name: "c".into(),
+            version: "1".into(),
+            modules: vec![core.clone().into(), component.clone().into()],
+            tasks: vec![task(0, &["a"]), task(1, &["b"]), task(0, &[])],
+            limits: protocol::Limits::default(),
+        };
+        let (for_a, withheld) = for_node(&chain, &v(&["a"])).expect("module 1 withheld");
+        assert_eq!(for_a.modules[0].as_slice(), core.as_slice());
+        assert!(for_a.modules[1].is_empty());
+        assert_eq!(
+            withheld,
+            [Withheld {
+                module: 1,
+                component: true
+            }]
+        );
+        assert_eq!(for_a.tasks, chain.tasks, "every task is named everywhere");
+        // Node `b` runs task 1 (module 1) and task 2 (module 0, no labels): it needs both.
+        assert!(for_node(&chain, &v(&["b"])).is_none());
+        assert!(for_node(&chain, &v(&["a", "b"])).is_none(), "all of it");
+        let none = v(&[]);
+        let (plain, withheld) = for_node(&chain, &none).expect("module 1 withheld");
+        assert!(plain.modules[1].is_empty() && withheld.len() == 1);
     }
 }

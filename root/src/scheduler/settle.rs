@@ -5,9 +5,10 @@
 //! continuations the node handed back become descendants the root now owns; the input
 //! completes when its last descendant does (the ledger).
 
-use protocol::{Continuation, Failure, ItemId, NodeId, Outputs, Packed};
+use protocol::{Continuation, Failure, ItemId, NodeId, Outputs, Packed, Partial};
 
 use super::handlers::{Delivery, InputDone};
+use super::partial::Added;
 use super::retry::{Origin, Retry};
 use super::{Counters, Scheduler};
 use crate::ItemFailure;
@@ -43,6 +44,7 @@ impl Scheduler {
         };
         if o.failures.is_empty()
             && o.continuations.is_empty()
+            && node.partials.is_empty()
             && batch.tries.is_none()
             && self.attempts.is_empty()
             && !handlers.wants_done()
@@ -99,7 +101,7 @@ impl Scheduler {
         let mut finished_parents = Vec::new();
         for i in 0..n {
             let idx = first + i;
-            let count = o.counts.0[i] as usize;
+            let mut count = o.counts.0[i] as usize;
             let Some(input) = batch.ids.get(idx) else {
                 break; // checked above: every index of the range has an id
             };
@@ -156,6 +158,36 @@ impl Scheduler {
                     message: f.message,
                 });
             }
+            // Outputs sent ahead in parts come first; an input whose parts went past the
+            // bound fails instead, all of its outputs dropped.
+            let held = if node.partials.is_empty() {
+                None
+            } else {
+                node.partials.take(o.seq, idx as u32)
+            };
+            let held = match held {
+                Some(h) if h.over => {
+                    for _ in 0..count {
+                        items.next();
+                    }
+                    count = 0;
+                    own_failures.push(ItemFailure {
+                        input,
+                        node: addr.to_string(),
+                        task: String::new(),
+                        task_index: None,
+                        item_start: Vec::new(),
+                        input_item: input_item(),
+                        message: format!(
+                            "its outputs came in several messages and exceed the {} bytes the root holds for inputs not yet complete (partial_bytes)",
+                            self.options.partial_bytes
+                        ),
+                    });
+                    None
+                }
+                h => h.map(|h| h.items),
+            };
+            let ahead = held.as_ref().map_or(0, Packed::len);
             // Work the node handed back: the root owns it from here, as descendants.
             while let Some(c) = continuations.next_if(|c| c.index as usize <= idx) {
                 if c.index as usize != idx {
@@ -181,6 +213,10 @@ impl Scheduler {
             if !slow {
                 // The fast path: outputs and failures go at once; with retries outstanding
                 // only the input's completion waits.
+                for item in held.iter().flatten() {
+                    handlers.output(input, item);
+                }
+                c.outputs += ahead as u64;
                 for _ in 0..count {
                     let Some(item) = items.next() else { break };
                     handlers.output(input, item);
@@ -203,8 +239,9 @@ impl Scheduler {
                 }
                 continue;
             }
-            let mut outputs = Packed::with_capacity(count, 0);
-            for _ in 0..count {
+            let mut outputs = held.unwrap_or_else(|| Packed::with_capacity(count, 0));
+            let count = count + ahead;
+            for _ in ahead..count {
                 let Some(item) = items.next() else { break };
                 outputs.push(item);
             }
@@ -270,6 +307,32 @@ impl Scheduler {
         self.counters.completed += c.completed;
         for input in finished_parents {
             self.finish_parent(input);
+        }
+    }
+
+    /// Outputs an input sends ahead of its completion: held (bounded) until it arrives.
+    pub(super) fn on_partial(&mut self, id: NodeId, p: Partial) {
+        let held: u64 = self.nodes.values().map(|n| n.partials.bytes()).sum();
+        let room = self.options.partial_bytes.saturating_sub(held);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(batch) = node.batches.get(&p.seq) else {
+            tracing::warn!(node = %node.addr, seq = p.seq, "partial outputs for an unknown batch; ignored");
+            return;
+        };
+        let index = p.index as usize;
+        if index >= batch.done.len() || p.items.validate().is_err() {
+            tracing::warn!(node = %node.addr, seq = p.seq, "malformed partial outputs; ignored");
+            return;
+        }
+        if batch.done[index] {
+            return;
+        }
+        node.progress = std::time::Instant::now();
+        if let Added::Over(_) = node.partials.add(p.seq, p.index, &p.items, room) {
+            tracing::warn!(node = %node.addr, bound = self.options.partial_bytes,
+                "an input's outputs exceed what the root holds for inputs not yet complete; it fails");
         }
     }
 
