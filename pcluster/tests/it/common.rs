@@ -243,3 +243,52 @@ impl Cluster {
             .collect()
     }
 }
+
+/// A scripted peer posing as a node on `ip` (no token): for each connection it completes the
+/// handshake, greets as `name` with one worker, and hands the connection to `serve`. Returns
+/// its address. Tests use it for peers that misbehave in ways a real node never does.
+pub async fn scripted_node<F, Fut>(ip: &str, name: &'static str, serve: F) -> SocketAddr
+where
+    F: Fn(protocol::Connection) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                let Ok(accepted) =
+                    protocol::handshake::accept(stream, None, 64 << 20, Duration::from_secs(5))
+                        .await
+                else {
+                    return;
+                };
+                let mut conn = accepted.conn;
+                let welcome = protocol::Welcome {
+                    node: name.into(),
+                    busy_with: None,
+                    workers: 1,
+                    labels: Vec::new(),
+                };
+                if conn
+                    .write_message(&protocol::Msg::Welcome(welcome))
+                    .await
+                    .is_ok()
+                {
+                    serve(conn).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A node's answer to setup, granting `items` and `bytes` of credit.
+pub fn setup_done(items: u32, bytes: u64) -> protocol::Msg {
+    protocol::Msg::SetupDone(protocol::SetupDone {
+        compiled: 0,
+        cached: 0,
+        credit: protocol::Credit { items, bytes },
+    })
+}

@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::handshake;
-use protocol::{Credit, Msg, Partial, SetupDone, Welcome};
+use protocol::{Msg, Partial};
 use root::{ChainSpec, Root, RootOptions};
-use tokio::net::TcpListener;
 
 use crate::common::*;
 
@@ -173,62 +171,35 @@ async fn outputs_sent_ahead_by_a_node_that_dies_are_never_delivered() {
 /// A peer that answers setup, and for each batch sends one wrong output of every input ahead
 /// (`Partial`), then closes the connection. Counts the parts it sent.
 async fn dies_after_parts(sent: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.23.5:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                let Ok(accepted) =
-                    handshake::accept(stream, None, 64 << 20, Duration::from_secs(5)).await
-                else {
-                    return;
-                };
-                let mut conn = accepted.conn;
-                let welcome = Welcome {
-                    node: "ghost".into(),
-                    busy_with: None,
-                    workers: 1,
-                    labels: Vec::new(),
-                };
-                if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
-                    return;
-                }
-                while let Ok(Some(msg)) = conn.read_message().await {
-                    match msg {
-                        Msg::Setup(_) => {
-                            let done = Msg::SetupDone(SetupDone {
-                                compiled: 0,
-                                cached: 0,
-                                credit: Credit {
-                                    items: 16,
-                                    bytes: 64 << 20,
-                                },
+    scripted_node("127.0.23.5", "ghost", move |mut conn| {
+        let sent = sent.clone();
+        async move {
+            while let Ok(Some(msg)) = conn.read_message().await {
+                match msg {
+                    Msg::Setup(_)
+                        if conn.write_message(&setup_done(16, 64 << 20)).await.is_err() =>
+                    {
+                        return;
+                    }
+                    Msg::Items(items) => {
+                        for index in 0..items.items.len() as u32 {
+                            let part = Msg::Partial(Partial {
+                                seq: items.seq,
+                                index,
+                                items: ["ghost output"].into_iter().collect(),
                             });
-                            if conn.write_message(&done).await.is_err() {
+                            if conn.write_message(&part).await.is_err() {
                                 return;
                             }
+                            sent.fetch_add(1, Ordering::SeqCst);
                         }
-                        Msg::Items(items) => {
-                            for index in 0..items.items.len() as u32 {
-                                let part = Msg::Partial(Partial {
-                                    seq: items.seq,
-                                    index,
-                                    items: ["ghost output"].into_iter().collect(),
-                                });
-                                if conn.write_message(&part).await.is_err() {
-                                    return;
-                                }
-                                sent.fetch_add(1, Ordering::SeqCst);
-                            }
-                            // Dead before any completion.
-                            return;
-                        }
-                        _ => {}
+                        // Dead before any completion.
+                        return;
                     }
+                    _ => {}
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }

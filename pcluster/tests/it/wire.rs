@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use protocol::auth::Token;
 use protocol::handshake::{self, Role};
-use protocol::{Credit, ErrorKind, Msg, SetupDone, Welcome};
+use protocol::{ErrorKind, Msg};
 use root::{Root, RootOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{assert_same, chain, local_node, setup_collect, w1};
+use crate::common::{assert_same, chain, local_node, scripted_node, setup_collect, setup_done, w1};
 
 const TOKEN: &str = "wire test token";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -217,64 +217,37 @@ async fn a_thousand_connections_held_open_do_not_keep_a_root_out() {
 /// A peer that completes the handshake, answers setup and heartbeats, takes items and never
 /// returns outputs. Counts the items it swallowed.
 async fn black_hole(swallowed: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.4:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let swallowed = swallowed.clone();
+    scripted_node("127.0.0.4", "black hole", move |conn| {
+        let swallowed = swallowed.clone();
+        async move {
+            let (mut reader, mut writer) = conn.split();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(16);
             tokio::spawn(async move {
-                let Ok(accepted) =
-                    handshake::accept(stream, None, 64 << 20, Duration::from_secs(5)).await
-                else {
-                    return;
-                };
-                let mut conn = accepted.conn;
-                let welcome = Welcome {
-                    node: "black hole".into(),
-                    busy_with: None,
-                    workers: 1,
-                    labels: Default::default(),
-                };
-                if conn.write_message(&Msg::Welcome(welcome)).await.is_err() {
-                    return;
-                }
-                let (mut reader, mut writer) = conn.split();
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(16);
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_millis(200));
-                    loop {
-                        let msg = tokio::select! {
-                            m = rx.recv() => match m { Some(m) => m, None => return },
-                            _ = tick.tick() => Msg::Heartbeat,
-                        };
-                        if writer.write_message(&msg).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                while let Ok(Some(msg)) = reader.read_message().await {
-                    match msg {
-                        Msg::Setup(_) => {
-                            let done = Msg::SetupDone(SetupDone {
-                                compiled: 0,
-                                cached: 0,
-                                credit: Credit {
-                                    items: 4096,
-                                    bytes: 16 << 20,
-                                },
-                            });
-                            let _ = tx.send(done).await;
-                        }
-                        Msg::Items(items) => {
-                            swallowed.fetch_add(items.items.len() as u64, Ordering::SeqCst);
-                        }
-                        _ => {}
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    let msg = tokio::select! {
+                        m = rx.recv() => match m { Some(m) => m, None => return },
+                        _ = tick.tick() => Msg::Heartbeat,
+                    };
+                    if writer.write_message(&msg).await.is_err() {
+                        return;
                     }
                 }
             });
+            while let Ok(Some(msg)) = reader.read_message().await {
+                match msg {
+                    Msg::Setup(_) => {
+                        let _ = tx.send(setup_done(4096, 16 << 20)).await;
+                    }
+                    Msg::Items(items) => {
+                        swallowed.fetch_add(items.items.len() as u64, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
