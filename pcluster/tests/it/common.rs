@@ -221,11 +221,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(name: &str) -> Cluster {
+        Cluster::start_with(name, &[]).await
+    }
+
+    /// The same, with `node_args` added to each node's command line.
+    pub async fn start_with(name: &str, node_args: &[&str]) -> Cluster {
         let dir = temp_dir(name);
         let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
         let port = free_port("127.0.0.2".parse().unwrap());
-        let a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-        let b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+        let a = node_process("127.0.0.2", port, log_port, 1, node_args).await;
+        let b = node_process("127.0.0.3", port, log_port, 1, node_args).await;
         Cluster {
             log,
             log_port,
@@ -291,4 +296,15 @@ pub fn setup_done(items: u32, bytes: u64) -> protocol::Msg {
         cached: 0,
         credit: protocol::Credit { items, bytes },
     })
+}
+
+/// The lines of an output file, sorted.
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
 }

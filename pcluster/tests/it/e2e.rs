@@ -43,13 +43,7 @@ async fn w1_over_a_scan_with_two_node_processes() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "pcluster run failed: {stderr}");
     eprintln!("{stderr}");
-    let mut outputs: Vec<String> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    outputs.sort();
-    assert_same(&outputs, &w1_expected(n));
+    assert_same(&sorted_lines(&output), &w1_expected(n));
 
     // Both nodes took part: their counters say so.
     for addr in [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")] {

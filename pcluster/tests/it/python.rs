@@ -41,21 +41,8 @@ fn package() -> PathBuf {
 
 /// A log server and two single-worker node processes sharing the test cache.
 async fn cluster(name: &str) -> Cluster {
-    let dir = temp_dir(name);
-    let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.0.2".parse().unwrap());
     let cache = cache_dir();
-    let cache = cache.to_str().unwrap();
-    let extra = ["--cache-dir", cache];
-    let a = node_process("127.0.0.2", port, log_port, 1, &extra).await;
-    let b = node_process("127.0.0.3", port, log_port, 1, &extra).await;
-    Cluster {
-        log,
-        log_port,
-        port,
-        nodes: vec![a, b],
-        dir,
-    }
+    Cluster::start_with(name, &["--cache-dir", cache.to_str().unwrap()]).await
 }
 
 /// `pcluster run <chain> --input <input>` against the cluster's nodes.

@@ -110,13 +110,7 @@ async fn strangers_announcing_big_frames_cannot_take_a_nodes_memory_nor_stall_a_
     let rounds_during_run = rounds.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let live = sender.await.expect("the strangers' task");
-    let mut outputs: Vec<String> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    outputs.sort();
-    assert_same(&outputs, &w1_expected(n));
+    assert_same(&sorted_lines(&output), &w1_expected(n));
 
     let peak_kib = status_kib(Process::Pid(pid), Field::PeakRss).expect("the node's VmHWM");
     let sent = sent.load(Ordering::Relaxed);
