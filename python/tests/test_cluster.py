@@ -125,6 +125,13 @@ def test_readme_example_with_python_tasks(cluster: Cluster) -> None:
     wait_until("four drop lines", lambda: len(tagged_lines(cluster, "item dropped", "DropItem")) >= 4)
 
 
+def feed_waiting_for_input(root: pcluster.Root, items: List[str], step: int = 10_000) -> None:
+    """pipeline-cluster's loop: wait until the root takes input, then feed the next step."""
+    for start in range(0, len(items), step):
+        root.wait_input()
+        root.feed(items[start : start + step])
+
+
 def test_a_loop_of_wait_input_and_feed_over_100_000_items(root: pcluster.Root, tmp_path: Path) -> None:
     chain = chain_file(
         tmp_path,
@@ -134,10 +141,7 @@ def test_a_loop_of_wait_input_and_feed_over_100_000_items(root: pcluster.Root, t
     outputs: List[bytes] = []
     root.setup("w1", "1.0", str(chain), output_handler=outputs.append)
     n = 100_000
-    items = [f"item-{i}" for i in range(n)]
-    for start in range(0, n, 10_000):
-        root.wait_input()
-        root.feed(items[start : start + 10_000])
+    feed_waiting_for_input(root, [f"item-{i}" for i in range(n)])
     root.wait_empty()
     expected = sorted(f"item-{i}".encode() for i in range(0, n, 2) for _ in range(2))
     assert len(outputs) == n
@@ -155,10 +159,7 @@ def test_a_loop_of_100_000_items_through_python_tasks(root: pcluster.Root) -> No
     root.setup("w1-py", "1.0", taskchain, local_packages=[str(PACKAGE)],
                        output_handler=outputs.append)
     n = 100_000
-    items = [f"item-{i}" for i in range(n)]
-    for start in range(0, n, 10_000):
-        root.wait_input()
-        root.feed(items[start : start + 10_000])
+    feed_waiting_for_input(root, [f"item-{i}" for i in range(n)])
     root.wait_empty()
     # str in, str out: the items kept their type through the Python tasks.
     assert sorted(outputs) == sorted(f"item-{i}" for i in range(0, n, 2) for _ in range(2))
