@@ -214,8 +214,9 @@ async fn run_on_cluster(
         let state = Arc::new(SinkState::default());
         let failed = Arc::new(Mutex::new(FailedOut::new(files.failed)));
         let lines = lines::LineIndex::default();
+        let has_journal = files.journal.is_some();
         let sink = Sink {
-            out: writer::OutWriter::new(files.output, {
+            out: writer::OutWriter::new(files.output, files.journal, {
                 let state = state.clone();
                 move |e| state.fail(e)
             }),
@@ -223,8 +224,7 @@ async fn run_on_cluster(
             tag: args.tag,
             lines: lines.clone(),
             written: files.output_bytes,
-            journal: files.journal.map(|file| Journal {
-                file,
+            journal: has_journal.then(|| Journal {
                 buf: String::new(),
                 last_flush: Instant::now(),
             }),

@@ -124,13 +124,12 @@ impl SinkState {
 }
 
 /// The joblog being written; see [`joblog`] for the order of writes.
+/// Joblog lines not yet handed to the output thread (which owns the file).
 pub struct Journal {
-    pub file: std::fs::File,
     pub buf: String,
     pub last_flush: Instant,
 }
 
-/// How long joblog lines may wait in memory.
 const JOURNAL_EVERY: Duration = Duration::from_millis(200);
 /// Bytes of joblog lines buffered before a write.
 const JOURNAL_BYTES: usize = 256 << 10;
@@ -176,6 +175,8 @@ impl Sink {
         line.len() + 1
     }
 
+    /// Hands the joblog lines gathered so far to the output thread, which writes them after
+    /// the outputs they count.
     fn flush_journal(&mut self) {
         let Some(j) = self.journal.as_mut() else {
             return;
@@ -183,20 +184,9 @@ impl Sink {
         if j.buf.is_empty() {
             return;
         }
-        // Outputs first: a joblog line never names bytes the output file lacks.
-        if let Err(e) = self.out.flush() {
-            self.fail(e);
-            return;
-        }
-        let Some(j) = self.journal.as_mut() else {
-            return;
-        };
-        let r = j.file.write_all(j.buf.as_bytes());
-        j.buf.clear();
+        let lines = std::mem::take(&mut j.buf).into_bytes();
         j.last_flush = Instant::now();
-        if let Err(e) = r {
-            self.fail(e);
-        }
+        self.out.journal(lines);
     }
 }
 
@@ -298,13 +288,10 @@ impl Drop for Sink {
         if self.stopped && self.state.broken_pipe.load(Ordering::Relaxed) {
             return;
         }
+        // The last joblog lines go after the last outputs; the sync makes the joblog durable.
+        self.flush_journal();
         if let Err(e) = self.out.flush() {
             self.fail(e);
-            return;
-        }
-        self.flush_journal();
-        if let Some(j) = self.journal.as_mut() {
-            let _ = j.file.sync_data();
         }
     }
 }

@@ -2,7 +2,8 @@
 //! root's thread (which reads the nodes' sockets) never waits on the file. Small outputs
 //! are gathered in a buffer; big ones are handed over as shared slices of the frame they
 //! arrived in and written from there (vectored writes), never copied. What is handed over
-//! and not yet written is bounded in bytes.
+//! and not yet written is bounded in bytes. The joblog is written by the same thread, each
+//! part after the outputs it counts, so the root's thread never waits for a flush.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,8 @@ const IOV: usize = 64;
 
 enum Cmd {
     Write(Vec<Bytes>, usize),
+    /// Joblog lines: written once everything before is in the output.
+    Journal(Vec<u8>),
     /// Everything before has been written (or failed): answer with the outcome.
     Flush(SyncSender<io::Result<()>>),
 }
@@ -67,6 +70,7 @@ impl OutWriter {
     /// as soon as it meets it (and drops every write after).
     pub fn new(
         out: Box<dyn Write + Send>,
+        journal: Option<std::fs::File>,
         on_error: impl Fn(io::Error) + Send + 'static,
     ) -> OutWriter {
         let (tx, rx) = sync_channel(64);
@@ -81,7 +85,7 @@ impl OutWriter {
                         failed.store(true, Ordering::Relaxed);
                         on_error(e);
                     };
-                    serve(out, &rx, &gate, &on_error);
+                    serve(out, journal, &rx, &gate, &on_error);
                 })
                 .expect("spawn the output thread")
         };
@@ -140,7 +144,20 @@ impl OutWriter {
         }
     }
 
-    /// Writes everything handed over so far; the first error the thread met, if any.
+    /// Appends `lines` to the joblog once every output handed over before is written.
+    pub fn journal(&mut self, lines: Vec<u8>) {
+        self.ship();
+        let n = lines.len();
+        self.gate.take(n);
+        if let Some(tx) = &self.tx
+            && tx.send(Cmd::Journal(lines)).is_err()
+        {
+            self.gate.give(n);
+        }
+    }
+
+    /// Writes everything handed over so far (and makes the joblog durable); the first error
+    /// the thread met, if any.
     pub fn sync(&mut self) -> io::Result<()> {
         self.ship();
         let (ack, done) = sync_channel(1);
@@ -185,6 +202,7 @@ impl Drop for OutWriter {
 /// error at each flush.
 fn serve(
     mut out: Box<dyn Write + Send>,
+    mut journal: Option<std::fs::File>,
     rx: &Receiver<Cmd>,
     gate: &Gate,
     on_error: &dyn Fn(io::Error),
@@ -201,10 +219,22 @@ fn serve(
                 }
                 gate.give(n);
             }
+            Cmd::Journal(lines) => {
+                if error.is_none()
+                    && let Some(j) = journal.as_mut()
+                    && let Err(e) = out.flush().and_then(|()| j.write_all(&lines))
+                {
+                    on_error(io::Error::new(e.kind(), e.to_string()));
+                    error = Some(e);
+                }
+                gate.give(lines.len());
+            }
             Cmd::Flush(ack) => {
                 let r = match &error {
                     Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    None => out.flush(),
+                    None => out
+                        .flush()
+                        .and_then(|()| journal.as_ref().map_or(Ok(()), |j| j.sync_data())),
                 };
                 let _ = ack.send(r);
             }
@@ -278,6 +308,7 @@ mod tests {
                 got: got.clone(),
                 step: 7_777,
             }),
+            None,
             |e| panic!("{e}"),
         );
         let mut want = Vec::new();
@@ -310,7 +341,7 @@ mod tests {
     #[test]
     fn a_write_error_is_reported_at_the_next_sync() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut w = OutWriter::new(Box::new(Broken), {
+        let mut w = OutWriter::new(Box::new(Broken), None, {
             let seen = seen.clone();
             move |e| seen.lock().unwrap().push(e.kind())
         });
