@@ -56,7 +56,7 @@ use retry::Retries;
 pub(crate) enum Cmd {
     Attach {
         addr: std::net::SocketAddr,
-        conn: protocol::Connection,
+        conn: Box<protocol::Connection>,
         workers: u32,
         labels: Vec<String>,
         reply: Reply<NodeId>,
