@@ -199,18 +199,34 @@ fn binary_framing_round_trips_any_bytes_and_tags_records() {
 
     // --tag: each record is `LINE<TAB>item`, in any order without --keep-order.
     let out = identity_run(&dir, &input, "--binary", &["--tag"]);
+    check_tagged(&out, &items, None);
+}
+
+/// Every item exactly once in `out`, each record `LINE<TAB>item`, in any order: records
+/// ending with `sep`, or (`None`) each after its u32 little-endian length.
+fn check_tagged(out: &[u8], items: &[Vec<u8>], sep: Option<u8>) {
     let mut seen = vec![false; items.len()];
-    let mut rest = &out[..];
+    let mut rest = out;
     while !rest.is_empty() {
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        let rec = &rest[4..4 + len];
-        rest = &rest[4 + len..];
+        let rec = match sep {
+            None => {
+                let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                let rec = &rest[4..4 + len];
+                rest = &rest[4 + len..];
+                rec
+            }
+            Some(sep) => {
+                let end = rest.iter().position(|&b| b == sep).expect("a separator");
+                let rec = &rest[..end];
+                rest = &rest[end + 1..];
+                rec
+            }
+        };
         let tab = rec.iter().position(|&b| b == b'\t').expect("a tag");
         let line: usize = std::str::from_utf8(&rec[..tab]).unwrap().parse().unwrap();
-        assert_eq!(
-            &rec[tab + 1..],
-            &items[line - 1][..],
-            "record of item {line}"
+        assert!(
+            rec[tab + 1..] == items[line - 1][..],
+            "record of item {line} differs"
         );
         assert!(
             !std::mem::replace(&mut seen[line - 1], true),
@@ -218,6 +234,33 @@ fn binary_framing_round_trips_any_bytes_and_tags_records() {
         );
     }
     assert!(seen.iter().all(|s| *s), "every item once");
+}
+
+#[test]
+fn big_items_come_out_whole_in_every_framing_with_tags() {
+    // Items past 64 KiB travel as slices of their frames and are written from there.
+    let dir = temp_dir("bytes-big-framings");
+    let mut rng = Rng(0x5151_7777);
+    let all: Vec<u8> = (0..=255).collect();
+    let big = |rng: &mut Rng, alphabet: &[u8]| -> Vec<u8> {
+        let len = 65_536 + (rng.next() % 150_000) as usize;
+        (0..len)
+            .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+            .collect()
+    };
+    let items: Vec<Vec<u8>> = (0..48).map(|_| big(&mut rng, &all)).collect();
+    let input: Vec<u8> = items.iter().flat_map(|i| binary_record(i)).collect();
+    let out = identity_run(&dir, &input, "--binary", &["--tag"]);
+    check_tagged(&out, &items, None);
+
+    let no_nul: Vec<u8> = (1..=255).collect();
+    let items: Vec<Vec<u8>> = (0..48).map(|_| big(&mut rng, &no_nul)).collect();
+    let input: Vec<u8> = items
+        .iter()
+        .flat_map(|i| [&i[..], b"\0"].concat())
+        .collect();
+    let out = identity_run(&dir, &input, "--null", &["--tag"]);
+    check_tagged(&out, &items, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
