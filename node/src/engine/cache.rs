@@ -194,6 +194,7 @@ impl ModuleCache {
     }
 
     /// Bytes of compiled code held in memory.
+    #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.lock().bytes()
     }

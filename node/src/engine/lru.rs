@@ -48,11 +48,13 @@ impl<K: Eq + Hash + Clone, V> Lru<K, V> {
     }
 
     /// Bytes of all entries.
+    #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.entries.values().map(|e| e.bytes).sum()
     }
 
     /// Entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

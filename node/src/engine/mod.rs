@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
-pub use cache::{CACHE_DIR_ENV, ModuleCache, OTHER_CODE_BYTES, default_cache_dir};
+pub use cache::{CACHE_DIR_ENV, ModuleCache, default_cache_dir};
 pub use compile::{CompiledChain, compile_chain};
 pub use graph::{Graph, GraphError};
 pub use host::{Entry, LogCtx, OutBuf};

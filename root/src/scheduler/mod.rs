@@ -47,6 +47,7 @@ pub(crate) use observer::SharedObserver;
 use crate::RootOptions;
 use crate::conn::Event;
 use crate::error::RootError;
+use crate::events::EventsTx;
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Queue};
@@ -170,7 +171,7 @@ pub(crate) struct Scheduler {
     wait_empty: Vec<(u64, Reply)>,
     wait_node: Vec<Reply>,
     paused: bool,
-    events_tx: mpsc::Sender<Event>,
+    events_tx: EventsTx,
     frame: BytesMut,
     /// Ordered delivery (with `keep_order`).
     order: Option<Reorder<Delivery>>,
@@ -191,7 +192,7 @@ pub(crate) async fn run(
     stall: watch::Sender<Option<Stall>>,
     session: SessionId,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<Event>(256);
+    let (events_tx, mut events) = crate::events::channel(256, options.outputs_bytes);
     let mut s = Scheduler {
         order: options
             .keep_order
