@@ -189,7 +189,7 @@ impl ModuleCache {
         let evicted_any = !evicted.is_empty();
         drop(evicted);
         if compiled || evicted_any {
-            release_free_heap();
+            crate::heap::release_free();
         }
     }
 
@@ -201,24 +201,6 @@ impl ModuleCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru<CodeKey, Compiled>> {
         self.modules.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Gives the heap's free pages back to the system. Compiling a big component (a CPython
-/// one) allocates hundreds of MiB on several threads; glibc keeps them in its arenas after
-/// they are freed, so the node's RSS would stay that high for good (measured: ~340 MiB
-/// after compiling the Python example, ~130 MiB after this).
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: glibc's `malloc_trim` only returns whole free pages of its arenas to the
-        // system; it takes the arenas' locks itself and touches no memory in use.
-        unsafe {
-            malloc_trim(0);
-        }
     }
 }
 
