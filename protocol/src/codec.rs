@@ -2,7 +2,8 @@
 //!
 //! The one framer of the protocol: handshake and messages alike go through
 //! [`MessageCodec`]. This is the only file that names bincode, so the encoding can be
-//! swapped here alone.
+//! swapped here alone ([`crate::split`] frames big batches in parts through
+//! [`encode_part`] and [`decode_part`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +22,19 @@ fn config() -> impl bincode::config::Config {
 /// small frame cannot make us allocate much. Integer lists claim up to 8 bytes per element
 /// encoded in as little as one, hence the factor.
 fn decode_limited(payload: &[u8]) -> Result<(Msg, usize), bincode::error::DecodeError> {
+    decode_bounded(payload, payload.len())
+}
+
+/// Decodes a `T` from the start of `bytes`, part of a frame of `frame` bytes (which sets the
+/// allocation limit).
+fn decode_bounded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    frame: usize,
+) -> Result<(T, usize), bincode::error::DecodeError> {
     use bincode::serde::decode_from_slice as d;
+    let payload = bytes;
     let c = bincode::config::standard();
-    match payload.len() {
+    match frame {
         0..=4096 => d(payload, c.with_limit::<{ 32 << 10 }>()),
         4097..=262_144 => d(payload, c.with_limit::<{ 2 << 20 }>()),
         262_145..=8_388_608 => d(payload, c.with_limit::<{ 64 << 20 }>()),
@@ -60,6 +71,32 @@ pub fn encode_frame(msg: &Msg, dst: &mut BytesMut, max_frame: usize) -> Result<(
     }
     dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Appends the encoding of `value` (a part of a message) to `dst`.
+///
+/// # Errors
+/// When it does not encode.
+pub(crate) fn encode_part<T: serde::Serialize>(
+    value: &T,
+    dst: &mut BytesMut,
+) -> Result<(), ProtocolError> {
+    let mut writer = dst.writer();
+    bincode::serde::encode_into_std_write(value, &mut writer, config())
+        .map(|_| ())
+        .map_err(|e| ProtocolError::Malformed(format!("cannot encode a message part: {e}")))
+}
+
+/// Decodes a `T` (a part of a message) from the start of `bytes`, within a frame of
+/// `frame` bytes; the value and the bytes it took.
+///
+/// # Errors
+/// When the bytes do not start with one.
+pub(crate) fn decode_part<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    frame: usize,
+) -> Result<(T, usize), ProtocolError> {
+    decode_bounded(bytes, frame).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 /// Decodes one frame's payload (without its length prefix).
@@ -196,15 +233,23 @@ impl Decoder for MessageCodec {
             if let Some(b) = &mut self.budget {
                 b.hold(src.len())?;
             }
-            // Grow with what arrives (at most doubling what was received, from 64 KiB)
+            // Grow with what arrives (to at most four times what was received, from 64 KiB)
             // rather than trusting the announced size, so peers announcing big frames and
-            // sending little cannot make us reserve memory.
-            src.reserve((4 + size - src.len()).min(src.len().max(64 << 10)));
+            // sending little cannot make us reserve memory. Four, not two: every growth
+            // copies what arrived so far, and big frames are the common case of big items.
+            src.reserve((4 + size - src.len()).min((3 * src.len()).max(64 << 10)));
             return Ok(None);
         }
-        let frame = src.split_to(4 + size);
+        let mut frame = src.split_to(4 + size);
         if let Some(b) = &mut self.budget {
             b.hold(0)?;
+        }
+        if size >= crate::split::SPLIT_BYTES {
+            let payload = frame.split_off(4).freeze();
+            if let Some(msg) = crate::split::decode_split(&payload) {
+                return msg.map(Some);
+            }
+            return decode_payload(&payload).map(Some);
         }
         decode_payload(&frame[4..]).map(Some)
     }
@@ -266,11 +311,11 @@ mod tests {
         let mut codec = MessageCodec::new(64 << 20);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(buf.capacity() <= 104 + (64 << 10), "{}", buf.capacity());
-        // With a mebibyte received, at most another mebibyte ahead.
+        // With a mebibyte received, at most three more ahead.
         buf.extend_from_slice(&vec![0; 1 << 20]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(
-            buf.capacity() <= 2 * buf.len() + (64 << 10),
+            buf.capacity() <= 4 * buf.len() + (64 << 10),
             "{}",
             buf.capacity()
         );

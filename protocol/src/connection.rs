@@ -2,7 +2,8 @@
 //! half so one task can read while another writes; with a token, both halves go through the
 //! record layer ([`crate::secure`]) below the framing, which stays the same.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +19,7 @@ use crate::codec::{MessageCodec, encode_frame};
 use crate::error::ProtocolError;
 use crate::message::Msg;
 use crate::secure::{Keys, SEAL_CHUNK, Sealer, SecureError, SecureRead};
+use crate::split::Frame;
 
 /// The reading side of a TCP connection: plain bytes, or the bytes that records carry.
 #[derive(Debug)]
@@ -96,17 +98,26 @@ impl MessageReader {
     }
 }
 
-/// Writing half: buffers encoded frames and writes them on [`MessageWriter::flush`].
+/// Writing half: buffers encoded frames and writes them on [`MessageWriter::flush`]. Small
+/// frames are copied into one buffer; the bytes of big batches ([`Frame`]s in parts) are
+/// queued as they are and written with the rest in vectored writes.
 #[derive(Debug)]
 pub struct MessageWriter {
     inner: OwnedWriteHalf,
     buf: BytesMut,
+    /// What goes before `buf`, in order, when big batches are queued.
+    queued: VecDeque<Bytes>,
+    /// Bytes in `queued`.
+    queued_bytes: usize,
     max_frame: usize,
     /// With a token: seals `buf` into `sealed` on each flush.
     sealer: Option<Sealer>,
     /// Sealed records on their way out, at most [`SEAL_CHUNK`] of payload at a time; reused.
     sealed: Vec<u8>,
 }
+
+/// Slices handed to one vectored write.
+const IOV: usize = 64;
 
 impl MessageWriter {
     /// Encodes `msg` into the write buffer without writing it yet.
@@ -117,14 +128,47 @@ impl MessageWriter {
         encode_frame(msg, &mut self.buf, self.max_frame)
     }
 
+    /// Like [`MessageWriter::feed`], but a big batch in `msg` is queued where it lies,
+    /// without a copy (it becomes shared, and stays in `msg`).
+    ///
+    /// # Errors
+    /// When the message does not fit in a frame.
+    pub fn feed_mut(&mut self, msg: &mut Msg) -> Result<(), ProtocolError> {
+        match crate::split::encode_split(msg, self.max_frame)? {
+            Some(frame) => {
+                self.queue(frame);
+                Ok(())
+            }
+            None => self.feed(msg),
+        }
+    }
+
     /// Queues a frame encoded earlier with [`crate::codec::encode_frame`].
     pub fn feed_frame(&mut self, frame: &[u8]) {
         self.buf.extend_from_slice(frame);
     }
 
-    /// Bytes waiting in the buffer.
+    /// Queues an encoded frame: its batch's bytes as they are, the rest copied.
+    pub fn queue(&mut self, frame: Frame) {
+        if frame.data.is_empty() {
+            self.buf.extend_from_slice(&frame.head);
+            self.buf.extend_from_slice(&frame.tail);
+            return;
+        }
+        self.buf.extend_from_slice(&frame.head);
+        if !self.buf.is_empty() {
+            let before = self.buf.split().freeze();
+            self.queued_bytes += before.len();
+            self.queued.push_back(before);
+        }
+        self.queued_bytes += frame.data.len();
+        self.queued.push_back(frame.data);
+        self.buf.extend_from_slice(&frame.tail);
+    }
+
+    /// Bytes waiting to be written.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.queued_bytes
     }
 
     /// Writes everything buffered.
@@ -132,6 +176,28 @@ impl MessageWriter {
     /// # Errors
     /// On socket errors.
     pub async fn flush(&mut self) -> Result<(), ProtocolError> {
+        if !self.queued.is_empty() {
+            if !self.buf.is_empty() {
+                let rest = self.buf.split().freeze();
+                self.queued_bytes += rest.len();
+                self.queued.push_back(rest);
+            }
+            match &mut self.sealer {
+                None => write_queued(&mut self.inner, &mut self.queued).await?,
+                Some(sealer) => {
+                    for part in &self.queued {
+                        for chunk in part.chunks(SEAL_CHUNK) {
+                            self.sealed.clear();
+                            sealer.seal(chunk, &mut self.sealed)?;
+                            self.inner.write_all(&self.sealed).await?;
+                        }
+                    }
+                    self.queued.clear();
+                }
+            }
+            self.queued_bytes = 0;
+            return Ok(());
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -158,24 +224,43 @@ impl MessageWriter {
         self.flush().await
     }
 
-    /// Writes a pre-encoded frame.
-    ///
-    /// # Errors
-    /// On socket errors.
-    pub async fn write_frame(&mut self, frame: Bytes) -> Result<(), ProtocolError> {
-        if self.sealer.is_some() {
-            self.feed_frame(&frame);
-            return self.flush().await;
-        }
-        self.flush().await?;
-        self.inner.write_all(&frame).await?;
-        Ok(())
-    }
-
     /// Closes the writing direction.
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
         let _ = self.inner.shutdown().await;
+    }
+}
+
+/// Writes every queued slice, many per system call; empties the queue.
+async fn write_queued(w: &mut OwnedWriteHalf, queued: &mut VecDeque<Bytes>) -> io::Result<()> {
+    loop {
+        while queued.front().is_some_and(Bytes::is_empty) {
+            queued.pop_front();
+        }
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let n = {
+            let slices: Vec<IoSlice<'_>> =
+                queued.iter().take(IOV).map(|b| IoSlice::new(b)).collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = queued.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                queued.pop_front();
+            } else {
+                let _ = front.split_to(left);
+                left = 0;
+            }
+        }
     }
 }
 
@@ -250,6 +335,8 @@ impl Connection {
             writer: MessageWriter {
                 inner: w,
                 buf: BytesMut::with_capacity(write),
+                queued: VecDeque::new(),
+                queued_bytes: 0,
                 max_frame,
                 sealer,
                 sealed: Vec::new(),

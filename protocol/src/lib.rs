@@ -19,13 +19,15 @@ pub mod ids;
 pub mod message;
 pub mod packed;
 pub mod secure;
+pub mod split;
 
 pub use connection::{Connection, MessageReader, MessageWriter, ReadHalf};
 pub use error::{ErrorKind, ProtocolError, WireError};
 pub use handshake::{PROTOCOL_VERSION, Role};
 pub use ids::{ItemId, NodeId, SessionId, TaskIndex};
 pub use message::*;
-pub use packed::{Packed, PackedError, U32s};
+pub use packed::{Data, Packed, PackedError, U32s};
+pub use split::Frame;
 
 /// Default port of a node.
 pub const DEFAULT_NODE_PORT: u16 = 6000;

@@ -480,7 +480,7 @@ pub struct NodeStatus {
 }
 
 /// Lists decoded without trusting their announced length.
-mod bounded {
+pub(crate) mod bounded {
     use std::marker::PhantomData;
 
     use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
@@ -491,7 +491,7 @@ mod bounded {
     /// A list that reserves room for what a few KiB could hold and grows with the elements
     /// that actually decode, each of which took bytes of the frame: serde's own cap is 1 MiB
     /// per list, so a 4 KiB frame announcing long lists could reserve mebibytes.
-    pub(super) fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    pub(crate) fn seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
     where
         D: Deserializer<'de>,
         T: Deserialize<'de>,

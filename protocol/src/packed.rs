@@ -2,8 +2,13 @@
 //!
 //! Decoding a batch of thousands of items is then two memcpys, and walking it allocates
 //! nothing. Lengths travel as raw little-endian `u32`s rather than a serde sequence, which
-//! would decode element by element.
+//! would decode element by element. The bytes are [`Data`]: a vector while a batch is
+//! built, or a shared slice of the frame it arrived in (big batches are decoded without a
+//! copy, and written from where they are: [`crate::split`]).
 
+use std::ops::Deref;
+
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A list of `u32` that (de)serializes as one byte string.
@@ -40,7 +45,7 @@ impl<'de> Deserialize<'de> for U32s {
 /// A byte string copied once from the frame: asking for borrowed bytes lets the decoder
 /// hand over its slice, where asking for an owned buffer makes it zero-fill one and copy
 /// into it (a pass over every item byte for nothing).
-fn bytes_once<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+fn bytes_once<'de, D: Deserializer<'de>>(d: D) -> Result<Data, D::Error> {
     struct Once;
     impl<'de> serde::de::Visitor<'de> for Once {
         type Value = Vec<u8>;
@@ -57,7 +62,115 @@ fn bytes_once<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
             Ok(v)
         }
     }
-    d.deserialize_bytes(Once)
+    d.deserialize_bytes(Once).map(Data::Owned)
+}
+
+/// The bytes of a [`Packed`] batch: owned while it is built, or shared with the frame it
+/// came in (or with the sender that keeps it to send again) once it is whole.
+#[derive(Clone, Debug)]
+pub enum Data {
+    /// A growable buffer.
+    Owned(Vec<u8>),
+    /// A slice of a shared buffer (a received frame, or a batch kept after sending).
+    Shared(Bytes),
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data::Owned(Vec::new())
+    }
+}
+
+impl Deref for Data {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Owned(v) => v,
+            Data::Shared(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Data {}
+
+impl From<Vec<u8>> for Data {
+    fn from(v: Vec<u8>) -> Self {
+        Data::Owned(v)
+    }
+}
+
+impl From<Bytes> for Data {
+    fn from(b: Bytes) -> Self {
+        Data::Shared(b)
+    }
+}
+
+impl Data {
+    /// The growable buffer, copying shared bytes into one first.
+    #[inline]
+    pub fn make_mut(&mut self) -> &mut Vec<u8> {
+        if let Data::Shared(b) = self {
+            *self = Data::Owned(b.to_vec());
+        }
+        match self {
+            Data::Owned(v) => v,
+            Data::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    /// Appends bytes.
+    #[inline]
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.make_mut().extend_from_slice(bytes);
+    }
+
+    /// Keeps the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            Data::Owned(v) => v.truncate(len),
+            Data::Shared(b) => b.truncate(len),
+        }
+    }
+
+    /// Removes every byte (an owned buffer keeps its allocation).
+    pub fn clear(&mut self) {
+        match self {
+            Data::Owned(v) => v.clear(),
+            Data::Shared(_) => *self = Data::default(),
+        }
+    }
+
+    /// The bytes as a shared buffer, without a copy: an owned buffer becomes shared (and
+    /// stays so), so a batch can be sent and kept at once.
+    pub fn share(&mut self) -> Bytes {
+        if let Data::Owned(v) = self {
+            *self = Data::Shared(Bytes::from(std::mem::take(v)));
+        }
+        match self {
+            Data::Shared(b) => b.clone(),
+            Data::Owned(_) => unreachable!("made shared above"),
+        }
+    }
+
+    /// `item`, a slice of these bytes, as a shared buffer without a copy when they are
+    /// shared (`None` when they are owned).
+    pub fn shared_slice(&self, item: &[u8]) -> Option<Bytes> {
+        match self {
+            Data::Shared(b) if !item.is_empty() => Some(b.slice_ref(item)),
+            _ => None,
+        }
+    }
+}
+
+fn serialize_data<S: Serializer>(d: &Data, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(d)
 }
 
 /// A batch whose item lengths do not add up to its bytes.
@@ -76,11 +189,8 @@ pub struct Packed {
     /// Each item's length.
     pub lens: U32s,
     /// All items' bytes, back to back.
-    #[serde(
-        serialize_with = "serde_bytes::serialize",
-        deserialize_with = "bytes_once"
-    )]
-    pub data: Vec<u8>,
+    #[serde(serialize_with = "serialize_data", deserialize_with = "bytes_once")]
+    pub data: Data,
 }
 
 impl Packed {
@@ -93,7 +203,7 @@ impl Packed {
     pub fn with_capacity(items: usize, bytes: usize) -> Self {
         Packed {
             lens: U32s(Vec::with_capacity(items)),
-            data: Vec::with_capacity(bytes),
+            data: Data::Owned(Vec::with_capacity(bytes)),
         }
     }
 
@@ -124,6 +234,27 @@ impl Packed {
     #[inline]
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// Items `items` (whose bytes are `bytes`) as a batch of their own: a big run shares
+    /// these bytes (which become shared, without a copy), a small one is copied.
+    ///
+    /// # Panics
+    /// If the ranges are out of bounds.
+    pub fn run(&mut self, items: std::ops::Range<usize>, bytes: std::ops::Range<usize>) -> Packed {
+        let lens = U32s(self.lens.0[items].to_vec());
+        let data = if bytes.len() >= crate::split::SPLIT_BYTES {
+            Data::Shared(self.data.share().slice(bytes))
+        } else {
+            Data::Owned(self.data[bytes].to_vec())
+        };
+        Packed { lens, data }
+    }
+
+    /// Appends every item of `other`.
+    pub fn append(&mut self, other: &Packed) {
+        self.lens.0.extend_from_slice(&other.lens.0);
+        self.data.extend_from_slice(&other.data);
     }
 
     /// Removes every item, keeping the allocations.
@@ -221,7 +352,7 @@ mod tests {
     fn inconsistent_batch_is_rejected_and_iteration_stays_in_bounds() {
         let p = Packed {
             lens: U32s(vec![2, 100]),
-            data: b"abc".to_vec(),
+            data: b"abc".to_vec().into(),
         };
         assert_eq!(
             p.validate(),

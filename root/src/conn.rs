@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use protocol::Frame;
 use protocol::handshake::{self, Role};
 use protocol::{Connection, Msg, NodeId, NodeStatus, SessionId, Welcome};
 use tokio::net::TcpStream;
@@ -59,9 +59,9 @@ pub(crate) fn spawn(
     events: EventsTx,
     heartbeat: Duration,
     heartbeat_timeout: Duration,
-) -> mpsc::Sender<Bytes> {
+) -> mpsc::Sender<Frame> {
     let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(4096);
+    let (tx, mut rx) = mpsc::channel::<Frame>(4096);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat);
         let mut hb = bytes::BytesMut::new();
@@ -71,15 +71,14 @@ pub(crate) fn spawn(
             tokio::select! {
                 f = rx.recv() => {
                     let Some(f) = f else { break };
-                    if send(&mut writer, f).await.is_err() { break; }
-                    let mut failed = false;
+                    writer.queue(f);
                     while writer.buffered() < (1 << 20) {
                         match rx.try_recv() {
-                            Ok(f) => if send(&mut writer, f).await.is_err() { failed = true; break },
+                            Ok(f) => writer.queue(f),
                             Err(_) => break,
                         }
                     }
-                    if failed || writer.flush().await.is_err() { break; }
+                    if writer.flush().await.is_err() { break; }
                 }
                 _ = tick.tick() => {
                     writer.feed_frame(&hb);
@@ -111,24 +110,6 @@ pub(crate) fn spawn(
         let _ = events.send(Event::Gone(id, why)).await;
     });
     tx
-}
-
-/// Frames at least this big are written straight from their own buffer rather than copied
-/// into the writer's (batches of big items: a copy of every byte saved).
-const DIRECT_FRAME: usize = 64 << 10;
-
-/// Queues a small frame in the writer's buffer, or writes a big one as it is (after what
-/// is buffered, so frames keep their order).
-async fn send(
-    writer: &mut protocol::MessageWriter,
-    frame: Bytes,
-) -> Result<(), protocol::ProtocolError> {
-    if frame.len() >= DIRECT_FRAME {
-        writer.write_frame(frame).await
-    } else {
-        writer.feed_frame(&frame);
-        Ok(())
-    }
 }
 
 /// Asks for a node's status over an open status connection (which may serve many).

@@ -73,7 +73,7 @@ impl Default for RootOptions {
             batch_bytes: 4 << 20,
             node_bytes: 16 << 20,
             queue_items: 1 << 18,
-            queue_bytes: 16 << 20,
+            queue_bytes: 8 << 20,
             max_item_bytes: 16 << 20,
             max_frame: protocol::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(1),

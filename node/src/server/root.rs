@@ -17,9 +17,10 @@ use crate::worker::Pool;
 
 /// Encodes `m` for the root. Outputs that cannot be encoded are sent as failures of their
 /// inputs instead, so the root never waits for them; any other failure closes the
-/// connection (the root then sends what the node held elsewhere).
-fn feed(writer: &mut protocol::MessageWriter, m: &Msg) -> Result<(), protocol::ProtocolError> {
-    match (writer.feed(m), m) {
+/// connection (the root then sends what the node held elsewhere). Big batches of outputs
+/// are queued as they lie, not copied.
+fn feed(writer: &mut protocol::MessageWriter, m: &mut Msg) -> Result<(), protocol::ProtocolError> {
+    match (writer.feed_mut(m), &*m) {
         (Err(e), Msg::Outputs(o)) => {
             tracing::error!("cannot send outputs of batch {}: {e}", o.seq);
             writer.feed(&Msg::Outputs(crate::worker::undeliverable(
@@ -47,17 +48,17 @@ pub(super) async fn serve_root(
         loop {
             tokio::select! {
                 m = rx.recv() => {
-                    let Some(m) = m else { break };
-                    let fed = feed(&mut writer, &m);
+                    let Some(mut m) = m else { break };
                     rx.taken(&m);
+                    let fed = feed(&mut writer, &mut m);
                     drop(m);
                     if fed.is_err() { break; }
                     // Write whatever else is ready in one go.
                     while writer.buffered() < (1 << 20) {
                         match rx.try_recv() {
-                            Some(m) => {
-                                let fed = feed(&mut writer, &m);
+                            Some(mut m) => {
                                 rx.taken(&m);
+                                let fed = feed(&mut writer, &mut m);
                                 if fed.is_err() { break }
                             }
                             None => break,

@@ -227,17 +227,32 @@ impl Worker {
                 *c += 1;
             }
         }
-        let mut packed = Packed::with_capacity(self.cur.entries.len(), self.cur.data.len());
         let exit = self.shared.chain.exit;
+        let big = self.cur.data.len() >= protocol::split::SPLIT_BYTES;
+        let mut packed = Packed::with_capacity(
+            self.cur.entries.len(),
+            if exit == Convert::Keep && big {
+                0
+            } else {
+                self.cur.data.len()
+            },
+        );
         if exit == Convert::Keep {
             packed.lens.0.extend(self.cur.entries.iter().map(|e| e.len));
-            packed.data.extend_from_slice(&self.cur.data);
+            if big {
+                // Big outputs leave as they are, not copied; the next unit's buffer starts
+                // as large, so it does not grow (and copy) again.
+                let cap = self.cur.data.len();
+                packed.data = std::mem::replace(&mut self.cur.data, Vec::with_capacity(cap)).into();
+            } else {
+                packed.data.extend_from_slice(&self.cur.data);
+            }
         } else {
             // Tags added or dropped on the way out (docs/ABI.md, "Item tags").
             for e in &self.cur.entries {
                 let item = self.cur.item(e);
                 packed.lens.0.push(exit.len_after(item) as u32);
-                exit.apply_into(item, &mut packed.data);
+                exit.apply_into(item, packed.data.make_mut());
             }
         }
         for f in &mut failures {

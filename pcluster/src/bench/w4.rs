@@ -1,8 +1,9 @@
 //! W4 of `pcluster bench`: big items (5,000 × 100 KB by default) through a one-task identity
 //! chain in a whole `pcluster run` process (input file → nodes → output file, start-up and
 //! setup included), several runs in a row on the same nodes, every output verified, with the
-//! root's and the nodes' peak RSS, and the loopback limit measured in the same run: a plain
-//! TCP copy of the same bytes between two threads.
+//! root's and the nodes' peak RSS, and two limits measured in the same run: a plain TCP copy
+//! of the same bytes between two threads (loopback), and the copies the design cannot avoid
+//! done by three bare threads (the pipeline floor, [`pipeline_floor_mb_per_s`]).
 //!
 //! [`w4`] takes [`W4Options`] so callers can add rows with other `pcluster run` options (a
 //! token, encryption).
@@ -60,6 +61,8 @@ pub struct W4Run {
 pub struct W4Report {
     pub options: W4Options,
     pub runs: Vec<W4Run>,
+    /// The pipeline floor for the same file, MB/s.
+    pub floor_mb_s: f64,
 }
 
 /// Item `i` of `len` bytes: its number, then letters that depend on it, so a corrupted or
@@ -92,8 +95,10 @@ pub fn w4(
             w.write_all(&item(i, options.item_bytes))?;
             w.write_all(b"\n")?;
         }
-        w.flush()?;
+        // On disk before any run: its writeback must not land in a measured run.
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
+    let floor_mb_s = pipeline_floor_mb_per_s(&input, &dir.join("w4-floor.txt"))?;
     let bytes = options.items * options.item_bytes as u64;
     let mut runs = Vec::new();
     for run in 0..options.runs {
@@ -147,6 +152,7 @@ pub fn w4(
     Ok(W4Report {
         options: options.clone(),
         runs,
+        floor_mb_s,
     })
 }
 
@@ -213,12 +219,83 @@ pub fn loopback_mb_per_s(bytes: u64) -> anyhow::Result<f64> {
     Ok(bytes as f64 / secs / 1e6)
 }
 
+/// The least W4's data path costs here and now, in MB/s of input: the copies the design
+/// cannot avoid, done by three bare threads in one process with nothing else: one reads
+/// `input` and sends it over loopback TCP; one receives it, copies every byte in and out
+/// (as a node copies items into and out of a task's memory) and sends it on; one receives
+/// that and writes it to `output`. No framing, no items, no processes: an upper bound for
+/// `pcluster run` on the same machine.
+///
+/// # Errors
+/// On file or socket errors.
+pub fn pipeline_floor_mb_per_s(input: &Path, output: &Path) -> anyhow::Result<f64> {
+    const CHUNK: usize = 1 << 20;
+    let bytes = std::fs::metadata(input)?.len();
+    let to_node = TcpListener::bind("127.0.0.1:0")?;
+    let to_root = TcpListener::bind("127.0.0.1:0")?;
+    let (a, b) = (to_node.local_addr()?, to_root.local_addr()?);
+    let t = Instant::now();
+    let reader = {
+        let input = input.to_path_buf();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = std::fs::File::open(input)?;
+            let mut s = TcpStream::connect(a)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                s.write_all(&buf[..n])?;
+            }
+        })
+    };
+    let node = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut r, _) = to_node.accept()?;
+        let mut s = TcpStream::connect(b)?;
+        let (mut buf, mut guest, mut out) = (vec![0u8; CHUNK], vec![0u8; CHUNK], vec![0u8; CHUNK]);
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            guest[..n].copy_from_slice(&buf[..n]);
+            out[..n].copy_from_slice(std::hint::black_box(&guest[..n]));
+            s.write_all(&out[..n])?;
+        }
+    });
+    let (mut r, _) = to_root.accept()?;
+    let mut f = std::fs::File::create(output)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n])?;
+        got += n as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for h in [reader, node] {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??;
+    }
+    drop(f);
+    let _ = std::fs::remove_file(output);
+    ensure!(
+        got == bytes,
+        "the pipeline floor moved {got} of {bytes} bytes"
+    );
+    Ok(bytes as f64 / secs / 1e6)
+}
+
 /// The report's lines for a W4 measurement.
 pub fn lines(r: &W4Report, loopback_mb_s: f64) -> Vec<String> {
     let o = &r.options;
     let mut v = vec![format!(
-        "{}: {} items of {} bytes through a one-task identity chain, whole `pcluster run` process (start-up and setup included), outputs verified each run; loopback TCP copy of the same bytes: {loopback_mb_s:.0} MB/s",
-        o.name, o.items, o.item_bytes
+        "{}: {} items of {} bytes through a one-task identity chain, whole `pcluster run` process (start-up and setup included), outputs verified each run; loopback TCP copy of the same bytes: {loopback_mb_s:.0} MB/s; pipeline floor (file → TCP → copy in and out → TCP → file, three bare threads): {:.0} MB/s",
+        o.name, o.items, o.item_bytes, r.floor_mb_s
     )];
     for (i, run) in r.runs.iter().enumerate() {
         let nodes: Vec<String> = run
@@ -227,11 +304,12 @@ pub fn lines(r: &W4Report, loopback_mb_s: f64) -> Vec<String> {
             .map(|m| format!("{m:.0} MiB"))
             .collect();
         v.push(format!(
-            "  run {}: {:.3} s, {:.0} MB/s ({:.0}% of loopback), root peak RSS {:.0} MiB, nodes {}",
+            "  run {}: {:.3} s, {:.0} MB/s ({:.0}% of loopback, {:.0}% of the floor), root peak RSS {:.0} MiB, nodes {}",
             i + 1,
             run.secs,
             run.mb_per_s,
             100.0 * run.mb_per_s / loopback_mb_s,
+            100.0 * run.mb_per_s / r.floor_mb_s,
             run.root_rss_mib,
             nodes.join(", ")
         ));
@@ -250,6 +328,15 @@ mod tests {
         assert!(a.starts_with(b"0000003-"));
         assert_ne!(a[8..], item(4, 100)[8..]);
         assert!(!a.contains(&b'\n'));
+    }
+
+    #[test]
+    fn the_pipeline_floor_moves_every_byte() {
+        let dir = kit::temp_dir("w4-floor").unwrap();
+        let input = dir.join("in");
+        std::fs::write(&input, vec![7u8; 3 << 20]).unwrap();
+        assert!(pipeline_floor_mb_per_s(&input, &dir.join("out")).unwrap() > 0.0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -87,9 +87,10 @@ fn records(r: &mut impl Read, b: &mut Batcher<'_>) -> std::io::Result<()> {
             }
         } else {
             // Read into the batch's buffer, then record the item (or drop it when skipped).
-            let start = b.items.data.len();
-            b.items.data.resize(start + len as usize, 0);
-            if read_full(r, &mut b.items.data[start..])? < len as usize {
+            let data = b.items.data.make_mut();
+            let start = data.len();
+            data.resize(start + len as usize, 0);
+            if read_full(r, &mut data[start..])? < len as usize {
                 return Err(truncated(record, "bytes"));
             }
             if skip {

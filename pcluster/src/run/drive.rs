@@ -90,7 +90,7 @@ impl Interrupts<'_> {
 pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let args = d.args;
     let skipped = d.skip.as_ref().map_or(0, |s| s.len());
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, mut rx) = mpsc::channel(4);
     input::spawn(
         d.input,
         ReaderConfig {

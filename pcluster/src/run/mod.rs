@@ -20,6 +20,7 @@ mod lines;
 mod nodes;
 mod output;
 mod progress;
+mod writer;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -153,7 +154,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail on the user's side fails before any node is contacted.
     let chain = root::chain::load(&args.chain)?;
     let files = open_files(&args, &chain)?;
-    let rt = runtime(false)?;
+    let rt = runtime(std::env::var_os("PCL_MT").is_some())?;
     rt.block_on(run_on_cluster(args, chain, files, started))
 }
 
@@ -215,7 +216,10 @@ async fn run_on_cluster(
         let failed = Arc::new(Mutex::new(FailedOut::new(files.failed)));
         let lines = lines::LineIndex::default();
         let sink = Sink {
-            out: std::io::BufWriter::with_capacity(1 << 20, files.output),
+            out: writer::OutWriter::new(files.output, {
+                let state = state.clone();
+                move |e| state.fail(e)
+            }),
             framing: args.framing(),
             tag: args.tag,
             lines: lines.clone(),

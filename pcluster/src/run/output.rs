@@ -104,6 +104,17 @@ impl SinkState {
     }
 
     /// Counts a failure; cancels `halt` at `halt_at`.
+    /// Output can no longer be written: a closed pipe ends the run quietly, any other error
+    /// is reported; either way the run stops.
+    pub fn fail(&self, e: std::io::Error) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            self.broken_pipe.store(true, Ordering::Relaxed);
+        } else if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+        self.stop.cancel();
+    }
+
     pub fn count_failure(&self, halt_at: Option<u64>) {
         let n = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
         if halt_at.is_some_and(|h| n >= h) {
@@ -125,7 +136,7 @@ const JOURNAL_EVERY: Duration = Duration::from_millis(200);
 const JOURNAL_BYTES: usize = 256 << 10;
 
 pub struct Sink {
-    pub out: std::io::BufWriter<Box<dyn Write + Send>>,
+    pub out: super::writer::OutWriter,
     pub framing: super::input::Framing,
     pub tag: bool,
     pub lines: LineIndex,
@@ -149,12 +160,20 @@ pub struct Sink {
 impl Sink {
     fn fail(&mut self, e: std::io::Error) {
         self.stopped = true;
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            self.state.broken_pipe.store(true, Ordering::Relaxed);
-        } else if let Ok(mut slot) = self.state.error.lock() {
-            slot.get_or_insert(e);
+        self.state.fail(e);
+    }
+
+    /// The tag of `input`'s outputs (its line and a tab) into `buf`; its length.
+    #[inline]
+    fn tag(&self, input: ItemId, buf: &mut [u8; 24]) -> usize {
+        if !self.tag {
+            return 0;
         }
-        self.state.stop.cancel();
+        let mut b = itoa::Buffer::new();
+        let line = b.format(self.lines.line(input.0)).as_bytes();
+        buf[..line.len()].copy_from_slice(line);
+        buf[line.len()] = b'\t';
+        line.len() + 1
     }
 
     fn flush_journal(&mut self) {
@@ -184,22 +203,44 @@ impl Sink {
 impl Handler for Sink {
     #[inline]
     fn output(&mut self, input: ItemId, item: &[u8]) {
-        if self.stopped {
+        if self.stopped || self.out.failed() {
+            self.stopped = true;
             return;
         }
-        let mut b = itoa::Buffer::new();
         let mut tag = [0u8; 24];
-        let prefix: &[u8] = if self.tag {
-            let line = b.format(self.lines.line(input.0)).as_bytes();
-            tag[..line.len()].copy_from_slice(line);
-            tag[line.len()] = b'\t';
-            &tag[..=line.len()]
-        } else {
-            &[]
-        };
-        match self.framing.write_item(&mut self.out, prefix, item) {
+        let n = self.tag(input, &mut tag);
+        match self.framing.write_item(&mut self.out, &tag[..n], item) {
             Ok(n) => self.written += n,
             Err(e) => self.fail(e),
+        }
+    }
+
+    fn output_shared(&mut self, input: ItemId, item: bytes::Bytes) {
+        if self.stopped || self.out.failed() {
+            self.stopped = true;
+            return;
+        }
+        let mut tag = [0u8; 24];
+        let n = self.tag(input, &mut tag);
+        let len = item.len() + n;
+        match self.framing.separator() {
+            Some(sep) => {
+                self.out.write_shared(&tag[..n], item, &[sep]);
+                self.written += len as u64 + 1;
+            }
+            None => {
+                let Ok(len32) = u32::try_from(len) else {
+                    self.fail(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "item over 4 GiB",
+                    ));
+                    return;
+                };
+                let mut head = len32.to_le_bytes().to_vec();
+                head.extend_from_slice(&tag[..n]);
+                self.out.write_shared(&head, item, &[]);
+                self.written += len as u64 + 4;
+            }
         }
     }
 

@@ -71,13 +71,13 @@ impl Scheduler {
                 return;
             };
             let seq = node.next_seq();
-            let msg = Msg::Items(Items {
+            let mut msg = Msg::Items(Items {
                 seq,
                 ids,
                 items,
                 stage: protocol::TaskIndex(0),
             });
-            let frame = self.encode(&msg);
+            let frame = self.encode_batch(&mut msg);
             let Msg::Items(Items { ids, items, .. }) = msg else {
                 unreachable!("built as Items above")
             };

@@ -20,6 +20,12 @@ pub trait Handler: Send {
     /// An output of input `input`.
     fn output(&mut self, input: ItemId, item: &[u8]);
 
+    /// A big output of input `input` as a shared slice of the frame it arrived in, so it
+    /// can be kept or handed to another thread without a copy. By default, [`Handler::output`].
+    fn output_shared(&mut self, input: ItemId, item: bytes::Bytes) {
+        self.output(input, &item);
+    }
+
     /// An item that failed.
     fn failure(&mut self, f: ItemFailure) {
         tracing::warn!("{f}");
@@ -156,6 +162,20 @@ impl Handlers {
         match &mut self.inner {
             HandlersInner::Closures(c) => (c.output)(input, item),
             HandlersInner::Handler(h) => h.output(input, item),
+        }
+    }
+
+    /// `item`, a slice of `data`: a big one shared when the data is (a frame as it
+    /// arrived), so the handler may keep it without a copy.
+    #[inline]
+    pub(crate) fn output_in(&mut self, input: ItemId, item: &[u8], data: &protocol::Data) {
+        if item.len() >= protocol::split::SPLIT_BYTES
+            && let HandlersInner::Handler(h) = &mut self.inner
+            && let Some(shared) = data.shared_slice(item)
+        {
+            h.output_shared(input, shared);
+        } else {
+            self.output(input, item);
         }
     }
 

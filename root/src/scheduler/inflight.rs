@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use protocol::Frame;
 use protocol::{Credit, Ids, ItemId, Packed, TaskIndex};
 use tokio::sync::mpsc;
 
@@ -57,7 +57,7 @@ impl Room {
 /// One node as the scheduler sees it.
 pub(crate) struct NodeConn {
     pub addr: SocketAddr,
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: mpsc::Sender<Frame>,
     pub credit: Credit,
     pub ready: bool,
     pub draining: bool,
@@ -74,7 +74,7 @@ pub(crate) struct NodeConn {
 }
 
 impl NodeConn {
-    pub fn new(addr: SocketAddr, tx: mpsc::Sender<Bytes>) -> NodeConn {
+    pub fn new(addr: SocketAddr, tx: mpsc::Sender<Frame>) -> NodeConn {
         NodeConn {
             addr,
             tx,

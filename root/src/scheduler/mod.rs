@@ -34,7 +34,8 @@ mod silence;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use protocol::Frame;
 use protocol::{ErrorKind, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -252,7 +253,7 @@ pub(crate) async fn run(
     // Tell every node we leave for good so they free themselves at once.
     let mut bye = BytesMut::new();
     let _ = protocol::codec::encode_frame(&Msg::Bye, &mut bye, 1024);
-    let bye = bye.freeze();
+    let bye = Frame::whole(bye.freeze());
     for n in s.nodes.values() {
         let _ = n.tx.send(bye.clone()).await;
     }
@@ -272,10 +273,19 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Scheduler {
-    fn encode(&mut self, msg: &Msg) -> Result<Bytes, protocol::ProtocolError> {
+    fn encode(&mut self, msg: &Msg) -> Result<Frame, protocol::ProtocolError> {
         self.frame.clear();
         protocol::codec::encode_frame(msg, &mut self.frame, self.options.max_frame)?;
-        Ok(self.frame.split().freeze())
+        Ok(Frame::whole(self.frame.split().freeze()))
+    }
+
+    /// Encodes a batch: big ones in parts, their bytes shared with the batch kept in `msg`
+    /// (so they are neither copied to be sent nor to be sent again).
+    fn encode_batch(&mut self, msg: &mut Msg) -> Result<Frame, protocol::ProtocolError> {
+        match protocol::split::encode_split(msg, self.options.max_frame)? {
+            Some(frame) => Ok(frame),
+            None => self.encode(msg),
+        }
     }
 
     async fn send(&mut self, node: NodeId, msg: &Msg) {

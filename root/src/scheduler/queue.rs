@@ -110,43 +110,65 @@ impl Queue {
             return Some((c.ids, c.items));
         }
         let mut ids = Vec::with_capacity(cut.items.min(front.remaining()));
-        let mut items = Packed::new();
+        let mut items: Option<Packed> = None;
+        let mut taken = 0u64;
         let mut contiguous = true;
         while ids.len() < cut.items {
             let Some(front) = self.chunks.front_mut() else {
                 break;
             };
-            if front.pos >= front.items.len() {
-                self.chunks.pop_front();
-                continue;
+            // The run of this chunk's items that goes, moved at once: shared when big (no
+            // copy), copied when small or when a batch joins runs of several chunks.
+            let (start, start_byte) = (front.pos, front.byte_pos);
+            let (mut full, mut bad) = (false, false);
+            while ids.len() < cut.items && front.pos < front.items.len() {
+                let len = front.items.lens.0[front.pos] as usize;
+                if !ids.is_empty() && taken + len as u64 > cut.bytes {
+                    full = true;
+                    break;
+                }
+                let Some(id) = front.next_id() else {
+                    bad = true;
+                    break;
+                };
+                if id >= cut.below_id {
+                    full = true;
+                    break;
+                }
+                if let Some(&first) = ids.first() {
+                    contiguous &= id == first + ids.len() as u64;
+                }
+                ids.push(id);
+                front.pos += 1;
+                front.byte_pos += len;
+                taken += len as u64;
+                self.items -= 1;
+                self.bytes -= len as u64;
             }
-            let len = front.items.lens.0[front.pos] as usize;
-            if !ids.is_empty() && (items.bytes() + len) as u64 > cut.bytes {
-                break;
+            if front.pos > start {
+                let run = front
+                    .items
+                    .run(start..front.pos, start_byte..front.byte_pos);
+                match &mut items {
+                    None => items = Some(run),
+                    Some(p) => p.append(&run),
+                }
             }
-            let Some(id) = front.next_id() else {
+            if bad {
                 // Ids and items disagree: drop the rest of this chunk rather than loop.
                 self.items -= front.remaining() as u64;
                 self.bytes -= (front.items.bytes() - front.byte_pos) as u64;
                 self.chunks.pop_front();
                 continue;
-            };
-            if id >= cut.below_id {
-                break;
             }
-            if let Some(&first) = ids.first() {
-                contiguous &= id == first + ids.len() as u64;
-            }
-            ids.push(id);
-            items.push(&front.items.data[front.byte_pos..front.byte_pos + len]);
-            front.pos += 1;
-            front.byte_pos += len;
-            self.items -= 1;
-            self.bytes -= len as u64;
             if front.pos >= front.items.len() {
                 self.chunks.pop_front();
             }
+            if full {
+                break;
+            }
         }
+        let items = items?;
         let first = *ids.first()?;
         let ids = if contiguous {
             Ids::Range {

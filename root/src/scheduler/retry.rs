@@ -154,13 +154,13 @@ impl Scheduler {
                     origin: r.origin,
                 })
                 .collect();
-            let msg = Msg::Items(Items {
+            let mut msg = Msg::Items(Items {
                 seq,
                 ids,
                 items: pack(&batch),
                 stage,
             });
-            let frame = match self.encode(&msg) {
+            let frame = match self.encode_batch(&mut msg) {
                 Ok(f) => f,
                 Err(e) => {
                     for r in batch {

@@ -70,7 +70,7 @@ impl Scheduler {
                 freed_bytes += u64::from(batch.items.lens.0[idx]);
                 for _ in 0..count {
                     let Some(item) = items.next() else { break };
-                    handlers.output(input, item);
+                    handlers.output_in(input, item, &o.items.data);
                 }
                 outputs += u64::from(count);
             }

@@ -1,0 +1,330 @@
+//! `pcluster run`'s output writer: outputs are written on a thread of their own, so the
+//! root's thread (which reads the nodes' sockets) never waits on the file. Small outputs
+//! are gathered in a buffer; big ones are handed over as shared slices of the frame they
+//! arrived in and written from there (vectored writes), never copied. What is handed over
+//! and not yet written is bounded in bytes.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+/// Bytes gathered before they go to the thread.
+const BATCH: usize = 1 << 20;
+/// Bytes handed to the thread and not yet written, at most (one output may pass it alone).
+pub const IN_FLIGHT: usize = 4 << 20;
+/// Slices per vectored write.
+const IOV: usize = 64;
+
+enum Cmd {
+    Write(Vec<Bytes>, usize),
+    /// Everything before has been written (or failed): answer with the outcome.
+    Flush(SyncSender<io::Result<()>>),
+}
+
+/// Bytes in flight, and a wait for room.
+#[derive(Default)]
+struct Gate {
+    bytes: Mutex<usize>,
+    room: Condvar,
+}
+
+impl Gate {
+    /// Waits until `n` more bytes fit (or nothing is in flight), then counts them.
+    fn take(&self, n: usize) {
+        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        while *held > 0 && *held + n > IN_FLIGHT {
+            held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        *held += n;
+    }
+
+    fn give(&self, n: usize) {
+        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(n);
+        self.room.notify_all();
+    }
+}
+
+/// Writes outputs to `out` on a thread of its own; implements [`Write`] for small pieces and
+/// takes big outputs as shared slices ([`OutWriter::write_shared`]).
+pub struct OutWriter {
+    buf: Vec<u8>,
+    parts: Vec<Bytes>,
+    parts_bytes: usize,
+    tx: Option<SyncSender<Cmd>>,
+    gate: Arc<Gate>,
+    /// Set by the thread when a write failed.
+    failed: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl OutWriter {
+    /// Starts the thread writing to `out`; it calls `on_error` with the first write error
+    /// as soon as it meets it (and drops every write after).
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        on_error: impl Fn(io::Error) + Send + 'static,
+    ) -> OutWriter {
+        let (tx, rx) = sync_channel(64);
+        let gate = Arc::new(Gate::default());
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (gate, failed) = (gate.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("pcluster-output".into())
+                .spawn(move || {
+                    let on_error = |e: io::Error| {
+                        failed.store(true, Ordering::Relaxed);
+                        on_error(e);
+                    };
+                    serve(out, &rx, &gate, &on_error);
+                })
+                .expect("spawn the output thread")
+        };
+        OutWriter {
+            failed,
+            buf: Vec::with_capacity(BATCH),
+            parts: Vec::new(),
+            parts_bytes: 0,
+            tx: Some(tx),
+            gate,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether a write has failed (outputs handed over since are dropped).
+    #[inline]
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes `head`, then `item` from where it lies, then `tail`.
+    pub fn write_shared(&mut self, head: &[u8], item: Bytes, tail: &[u8]) {
+        self.buf.extend_from_slice(head);
+        self.seal_buf();
+        self.parts_bytes += item.len();
+        self.parts.push(item);
+        self.buf.extend_from_slice(tail);
+        if self.parts_bytes + self.buf.len() >= BATCH {
+            self.ship();
+        }
+    }
+
+    /// Moves the gathered bytes into the parts to ship.
+    fn seal_buf(&mut self) {
+        if !self.buf.is_empty() {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH));
+            self.parts_bytes += full.len();
+            self.parts.push(Bytes::from(full));
+        }
+    }
+
+    /// Hands everything gathered to the thread (waiting for room).
+    fn ship(&mut self) {
+        self.seal_buf();
+        if self.parts.is_empty() {
+            return;
+        }
+        let n = self.parts_bytes;
+        self.gate.take(n);
+        let parts = std::mem::take(&mut self.parts);
+        self.parts_bytes = 0;
+        if let Some(tx) = &self.tx
+            && tx.send(Cmd::Write(parts, n)).is_err()
+        {
+            self.gate.give(n);
+        }
+    }
+
+    /// Writes everything handed over so far; the first error the thread met, if any.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.ship();
+        let (ack, done) = sync_channel(1);
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Cmd::Flush(ack)).is_ok());
+        if !sent {
+            return Err(io::Error::other("the output thread is gone"));
+        }
+        done.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the output thread is gone")))
+    }
+}
+
+impl Write for OutWriter {
+    #[inline]
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= BATCH {
+            self.ship();
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sync()
+    }
+}
+
+impl Drop for OutWriter {
+    fn drop(&mut self) {
+        self.ship();
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread: writes what comes, in order; after an error it drops writes and reports the
+/// error at each flush.
+fn serve(
+    mut out: Box<dyn Write + Send>,
+    rx: &Receiver<Cmd>,
+    gate: &Gate,
+    on_error: &dyn Fn(io::Error),
+) {
+    let mut error: Option<io::Error> = None;
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Cmd::Write(parts, n) => {
+                if error.is_none()
+                    && let Err(e) = write_all_parts(&mut out, parts)
+                {
+                    on_error(io::Error::new(e.kind(), e.to_string()));
+                    error = Some(e);
+                }
+                gate.give(n);
+            }
+            Cmd::Flush(ack) => {
+                let r = match &error {
+                    Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    None => out.flush(),
+                };
+                let _ = ack.send(r);
+            }
+        }
+    }
+    if error.is_none() {
+        let _ = out.flush();
+    }
+}
+
+/// Writes every part, many per system call.
+fn write_all_parts(out: &mut dyn Write, mut parts: Vec<Bytes>) -> io::Result<()> {
+    let mut at = 0;
+    while at < parts.len() {
+        if parts[at].is_empty() {
+            at += 1;
+            continue;
+        }
+        let n = {
+            let slices: Vec<IoSlice<'_>> = parts[at..]
+                .iter()
+                .take(IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            out.write_vectored(&slices)?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 && at < parts.len() {
+            let len = parts[at].len();
+            if len <= left {
+                left -= len;
+                at += 1;
+            } else {
+                let _ = parts[at].split_to(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `step` bytes per call, into a shared buffer.
+    struct Slow {
+        got: Arc<Mutex<Vec<u8>>>,
+        step: usize,
+    }
+
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(self.step);
+            self.got.lock().unwrap().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn small_and_shared_pieces_arrive_whole_and_in_order() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut w = OutWriter::new(
+            Box::new(Slow {
+                got: got.clone(),
+                step: 7_777,
+            }),
+            |e| panic!("{e}"),
+        );
+        let mut want = Vec::new();
+        for i in 0..300u32 {
+            let small = format!("line {i}\n");
+            w.write_all(small.as_bytes()).unwrap();
+            want.extend_from_slice(small.as_bytes());
+            let big = Bytes::from(vec![b'a' + (i % 26) as u8; 70_000 + i as usize]);
+            w.write_shared(b"7\t", big.clone(), b"\n");
+            want.extend_from_slice(b"7\t");
+            want.extend_from_slice(&big);
+            want.push(b'\n');
+        }
+        w.sync().unwrap();
+        assert_eq!(got.lock().unwrap().len(), want.len(), "all written at sync");
+        drop(w);
+        assert!(*got.lock().unwrap() == want);
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_error_is_reported_at_the_next_sync() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut w = OutWriter::new(Box::new(Broken), {
+            let seen = seen.clone();
+            move |e| seen.lock().unwrap().push(e.kind())
+        });
+        w.write_all(b"x\n").unwrap();
+        let e = w.sync().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(w.failed());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [io::ErrorKind::BrokenPipe],
+            "told at once"
+        );
+        // Later writes do not block or panic; the error stays.
+        w.write_shared(b"", Bytes::from(vec![0; 100_000]), b"\n");
+        assert_eq!(w.sync().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}

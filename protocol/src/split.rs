@@ -1,0 +1,365 @@
+//! Frames of big batches in three parts — the message's head, the batch's bytes, its tail —
+//! so the bytes of items are never copied to be framed: a sender writes them from where
+//! they lie (vectored writes), a receiver keeps them as a slice of the frame it read.
+//!
+//! The bytes on the wire are exactly those of the whole-message encoding ([`crate::codec`]):
+//! bincode writes a struct as its fields in order and a byte string as a varint length then
+//! the bytes, so `Items`, `Outputs` and `Partial` cut at their batch's bytes are the
+//! encodings of the fields before and after. The tests hold both encodings to each other.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::codec::{decode_part, encode_part};
+use crate::error::ProtocolError;
+use crate::message::{Continuation, Failure, Items, Msg, Outputs, Partial};
+use crate::packed::{Data, Packed, U32s};
+use crate::{Ids, TaskIndex};
+
+/// Batches whose bytes reach this size travel in parts; smaller ones are copied into the
+/// frame (a copy is cheaper than a vectored write and a shared buffer).
+pub const SPLIT_BYTES: usize = 64 << 10;
+
+/// Variant indexes of the messages that carry a batch (their place in [`Msg`]).
+const ITEMS: u32 = 6;
+const OUTPUTS: u32 = 14;
+const PARTIAL: u32 = 15;
+
+/// An encoded frame, length prefix included: `head`, then `data`, then `tail` (the last two
+/// empty for a frame in one piece).
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    /// The length prefix and the message up to its batch's bytes (or the whole frame).
+    pub head: Bytes,
+    /// The batch's bytes, shared with whoever keeps the batch.
+    pub data: Bytes,
+    /// The rest of the message.
+    pub tail: Bytes,
+}
+
+impl Frame {
+    /// A frame in one piece.
+    pub fn whole(bytes: Bytes) -> Frame {
+        Frame {
+            head: bytes,
+            ..Frame::default()
+        }
+    }
+
+    /// Bytes of the frame, prefix included.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.data.len() + self.tail.len()
+    }
+
+    /// Whether the frame is empty (never, for an encoded one).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The batch of a message that carries one.
+fn batch_of(msg: &mut Msg) -> Option<&mut Packed> {
+    match msg {
+        Msg::Items(i) => Some(&mut i.items),
+        Msg::Outputs(o) => Some(&mut o.items),
+        Msg::Partial(p) => Some(&mut p.items),
+        _ => None,
+    }
+}
+
+/// Encodes `msg` in parts when it carries a batch of at least [`SPLIT_BYTES`]: the batch's
+/// bytes become shared (no copy) and stay in `msg`. `Ok(None)` for any other message.
+///
+/// # Errors
+/// When the message does not encode or its frame would exceed `max_frame`.
+pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, ProtocolError> {
+    if batch_of(msg).is_none_or(|b| b.bytes() < SPLIT_BYTES) {
+        return Ok(None);
+    }
+    let mut head = BytesMut::with_capacity(256);
+    head.put_u32(0);
+    let mut tail = BytesMut::new();
+    let data = match msg {
+        Msg::Items(i) => {
+            encode_part(&(ITEMS, i.seq, &i.ids, &i.items.lens), &mut head)?;
+            encode_part(&i.stage, &mut tail)?;
+            i.items.data.share()
+        }
+        Msg::Outputs(o) => {
+            encode_part(
+                &(OUTPUTS, o.seq, o.first, &o.counts, &o.items.lens),
+                &mut head,
+            )?;
+            encode_part(&(&o.failures, &o.continuations), &mut tail)?;
+            o.items.data.share()
+        }
+        Msg::Partial(p) => {
+            encode_part(&(PARTIAL, p.seq, p.index, &p.items.lens), &mut head)?;
+            p.items.data.share()
+        }
+        _ => return Ok(None),
+    };
+    encode_part(&(data.len() as u64), &mut head)?;
+    let len = head.len() - 4 + data.len() + tail.len();
+    if len > max_frame {
+        return Err(ProtocolError::FrameTooLarge {
+            size: len,
+            limit: max_frame,
+        });
+    }
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(Some(Frame {
+        head: head.freeze(),
+        data,
+        tail: tail.freeze(),
+    }))
+}
+
+/// The tail of an [`Outputs`], decoded with the same bounds as the whole message.
+#[derive(Deserialize)]
+struct OutputsTail {
+    #[serde(deserialize_with = "crate::message::bounded::seq")]
+    failures: Vec<Failure>,
+    #[serde(deserialize_with = "crate::message::bounded::seq")]
+    continuations: Vec<Continuation>,
+}
+
+/// Reads the byte string at `at`: its bytes as a slice of `payload`, and where it ends.
+fn data_at(payload: &Bytes, at: usize) -> Result<(Bytes, usize), ProtocolError> {
+    let (len, used): (u64, usize) = decode_part(&payload[at..], payload.len())?;
+    let start = at + used;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+        .filter(|&e| e <= payload.len())
+        .ok_or_else(|| {
+            ProtocolError::Malformed(format!(
+                "a batch of {len} bytes in a {}-byte frame",
+                payload.len()
+            ))
+        })?;
+    Ok((payload.slice(start..end), end))
+}
+
+/// Decodes a frame's payload that carries a batch of at least [`SPLIT_BYTES`], keeping the
+/// batch's bytes as a slice of it; `None` for any other payload (decode it whole).
+pub fn decode_split(payload: &Bytes) -> Option<Result<Msg, ProtocolError>> {
+    if payload.len() < SPLIT_BYTES
+        || !matches!(payload.first(), Some(&b) if [ITEMS, OUTPUTS, PARTIAL].contains(&u32::from(b)))
+    {
+        return None;
+    }
+    Some(decode_split_inner(payload))
+}
+
+fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
+    let all = payload.len();
+    let (msg, end) = match u32::from(payload[0]) {
+        ITEMS => {
+            let ((seq, ids, lens), used): ((u64, Ids, U32s), usize) =
+                decode_part(&payload[1..], all)?;
+            let (data, at) = data_at(payload, 1 + used)?;
+            let (stage, used): (TaskIndex, usize) = decode_part(&payload[at..], all)?;
+            let items = Packed {
+                lens,
+                data: Data::Shared(data),
+            };
+            (
+                Msg::Items(Items {
+                    seq,
+                    ids,
+                    items,
+                    stage,
+                }),
+                at + used,
+            )
+        }
+        OUTPUTS => {
+            let ((seq, first, counts, lens), used): ((u64, u32, U32s, U32s), usize) =
+                decode_part(&payload[1..], all)?;
+            let (data, at) = data_at(payload, 1 + used)?;
+            let (tail, used): (OutputsTail, usize) = decode_part(&payload[at..], all)?;
+            (
+                Msg::Outputs(Outputs {
+                    seq,
+                    first,
+                    counts,
+                    items: Packed {
+                        lens,
+                        data: Data::Shared(data),
+                    },
+                    failures: tail.failures,
+                    continuations: tail.continuations,
+                }),
+                at + used,
+            )
+        }
+        _ => {
+            let ((seq, index, lens), used): ((u64, u32, U32s), usize) =
+                decode_part(&payload[1..], all)?;
+            let (data, at) = data_at(payload, 1 + used)?;
+            (
+                Msg::Partial(Partial {
+                    seq,
+                    index,
+                    items: Packed {
+                        lens,
+                        data: Data::Shared(data),
+                    },
+                }),
+                at,
+            )
+        }
+    };
+    if end != all {
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes after a {} message",
+            all - end,
+            msg.name()
+        )));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_payload, encode_frame};
+    use crate::message::FailedTask;
+
+    fn packed(n: usize, len: usize, salt: u8) -> Packed {
+        (0..n)
+            .map(|i| vec![salt.wrapping_add(i as u8); len + i % 3])
+            .collect()
+    }
+
+    fn messages() -> Vec<Msg> {
+        vec![
+            Msg::Items(Items {
+                seq: 300,
+                ids: Ids::Range {
+                    start: 1 << 40,
+                    count: 40,
+                },
+                items: packed(40, 2000, 1),
+                stage: TaskIndex(3),
+            }),
+            Msg::Items(Items {
+                seq: 1,
+                ids: Ids::List(vec![5, 70_000]),
+                items: packed(2, 100_000, 2),
+                stage: TaskIndex(0),
+            }),
+            Msg::Outputs(Outputs {
+                seq: 7,
+                first: 9,
+                counts: U32s(vec![1, 0, 2]),
+                items: packed(3, 40_000, 3),
+                failures: vec![Failure {
+                    index: 10,
+                    task: Some(FailedTask {
+                        index: TaskIndex(1),
+                        name: "f".into(),
+                    }),
+                    item_start: b"abc".to_vec(),
+                    item: Some(vec![9; 300]),
+                    message: "boom".into(),
+                }],
+                continuations: vec![Continuation {
+                    index: 11,
+                    stage: TaskIndex(2),
+                    items: packed(2, 10, 4),
+                }],
+            }),
+            Msg::Partial(Partial {
+                seq: 8,
+                index: 250,
+                items: packed(1, 70_000, 5),
+            }),
+        ]
+    }
+
+    fn joined(f: &Frame) -> Vec<u8> {
+        [&f.head[..], &f.data[..], &f.tail[..]].concat()
+    }
+
+    #[test]
+    fn parts_are_the_whole_encoding_cut_at_the_batch() {
+        for msg in messages() {
+            let mut whole = BytesMut::new();
+            encode_frame(&msg, &mut whole, 64 << 20).unwrap();
+            let mut m = msg.clone();
+            let f = encode_split(&mut m, 64 << 20).unwrap().expect("split");
+            assert_eq!(joined(&f), whole[..], "{}", msg.name());
+            assert_eq!(m, msg, "the message keeps its batch");
+            assert!(matches!(batch_of(&mut m).unwrap().data, Data::Shared(_)));
+        }
+    }
+
+    #[test]
+    fn split_decoding_gives_the_same_message_without_copying_the_batch() {
+        for msg in messages() {
+            let mut whole = BytesMut::new();
+            encode_frame(&msg, &mut whole, 64 << 20).unwrap();
+            let payload = Bytes::copy_from_slice(&whole[4..]);
+            let mut got = decode_split(&payload).expect("a batch").unwrap();
+            assert_eq!(got, decode_payload(&payload).unwrap());
+            assert_eq!(got, msg);
+            let data = &batch_of(&mut got).unwrap().data;
+            let inside = payload.as_ptr_range().contains(&data.as_ptr());
+            assert!(inside, "the batch is a slice of the frame");
+        }
+    }
+
+    #[test]
+    fn small_batches_and_other_messages_are_not_split() {
+        let mut small = Msg::Partial(Partial {
+            seq: 1,
+            index: 0,
+            items: packed(2, 10, 0),
+        });
+        assert!(encode_split(&mut small, 1 << 20).unwrap().is_none());
+        assert!(
+            encode_split(&mut Msg::Heartbeat, 1 << 20)
+                .unwrap()
+                .is_none()
+        );
+        let mut buf = BytesMut::new();
+        encode_frame(&small, &mut buf, 1 << 20).unwrap();
+        assert!(decode_split(&Bytes::copy_from_slice(&buf[4..])).is_none());
+    }
+
+    #[test]
+    fn a_split_frame_over_the_limit_is_refused() {
+        let mut msg = messages().remove(1);
+        assert!(matches!(
+            encode_split(&mut msg, 150_000),
+            Err(ProtocolError::FrameTooLarge { limit: 150_000, .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_or_lying_frames_are_errors_not_panics() {
+        for msg in messages() {
+            let mut whole = BytesMut::new();
+            encode_frame(&msg, &mut whole, 64 << 20).unwrap();
+            let payload = Bytes::copy_from_slice(&whole[4..]);
+            // Cut anywhere past the threshold: always an error.
+            for cut in [SPLIT_BYTES, payload.len() - 1, payload.len() - 5] {
+                let short = payload.slice(..cut.min(payload.len() - 1));
+                if let Some(r) = decode_split(&short) {
+                    assert!(r.is_err(), "{} cut at {cut}", msg.name());
+                }
+            }
+            // A trailing byte.
+            let mut long = payload.to_vec();
+            long.push(0);
+            assert!(decode_split(&Bytes::from(long)).unwrap().is_err());
+        }
+        // A batch length far past the frame.
+        let mut lying = vec![PARTIAL as u8, 1, 0, 0, 253];
+        lying.extend_from_slice(&u64::MAX.to_le_bytes());
+        lying.resize(SPLIT_BYTES + 10, 0);
+        assert!(decode_split(&Bytes::from(lying)).unwrap().is_err());
+    }
+}
