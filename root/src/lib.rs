@@ -235,7 +235,7 @@ impl Root {
         }
         self.call(|reply| Cmd::Attach {
             addr,
-            conn,
+            conn: Box::new(conn),
             workers: welcome.workers,
             labels: welcome.labels,
             reply,

@@ -23,7 +23,7 @@ impl Scheduler {
                 self.next_node += 1;
                 let tx = crate::conn::spawn(
                     id,
-                    conn,
+                    *conn,
                     self.events_tx.clone(),
                     self.options.heartbeat,
                     self.options.heartbeat_timeout,

@@ -57,7 +57,8 @@ use retry::Retries;
 pub(crate) enum Cmd {
     Attach {
         addr: std::net::SocketAddr,
-        conn: protocol::Connection,
+        /// Boxed: a connection's buffers would make every command that big.
+        conn: Box<protocol::Connection>,
         workers: u32,
         labels: Vec<String>,
         reply: Reply<NodeId>,
