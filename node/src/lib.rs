@@ -7,11 +7,13 @@
 //! - `worker`: the worker pool and the per-unit chain execution.
 //! - `engine`: wasmtime: engine, module cache, task instances and host functions.
 //! - [`budget`]: the node-wide memory budget a chain must fit in.
+//! - `heap`: glibc settings that keep the node's heap from holding on to freed memory.
 //! - [`error`]: typed errors (setup, item, request) and their mapping to the wire.
 
 pub mod budget;
 mod engine;
 pub mod error;
+mod heap;
 mod outbox;
 mod server;
 mod worker;

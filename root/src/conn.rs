@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::RootOptions;
 use crate::error::RootError;
+use crate::events::EventsTx;
 
 /// What a node connection tells the scheduler.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ pub(crate) async fn connect(
 pub(crate) fn spawn(
     id: NodeId,
     conn: Connection,
-    events: mpsc::Sender<Event>,
+    events: EventsTx,
     heartbeat: Duration,
     heartbeat_timeout: Duration,
 ) -> mpsc::Sender<Frame> {

@@ -8,7 +8,8 @@
 //! - [`blocking`]: [`blocking::BlockingRoot`], the same API for callers without async.
 //! - [`chain`]: chain files and building task crates to wasm.
 //! - [`scan`]: finding nodes on a network.
-//! - `conn`: one node connection (reader and writer tasks).
+//! - `conn`: one node connection (reader and writer tasks); `events`: the channel from them
+//!   to the scheduler, bounded in messages and bytes.
 //! - `options`: [`RootOptions`]; `probe`: [`node_status`] and [`release_node`].
 //! - [`dashboard`] (feature `dashboard`): a live web page of a run or of nodes, and the
 //!   monitor behind it and behind `pcluster top`.
@@ -50,6 +51,7 @@ mod conn;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
 pub mod error;
+mod events;
 pub mod graph;
 mod options;
 mod probe;

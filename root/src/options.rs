@@ -56,6 +56,10 @@ pub struct RootOptions {
     /// Bytes of outputs held, over all nodes, for inputs whose outputs came in several
     /// messages and are not complete yet (docs/SCHEDULING.md); an input past it fails.
     pub partial_bytes: u64,
+    /// Item bytes of messages from the nodes (outputs) waiting for the scheduler, over all
+    /// nodes; past it the root stops reading from the nodes until it catches up (one message
+    /// past it is taken alone).
+    pub outputs_bytes: u64,
 }
 
 impl Default for RootOptions {
@@ -82,6 +86,7 @@ impl Default for RootOptions {
             retries: 0,
             tagged_items: false,
             partial_bytes: 1 << 30,
+            outputs_bytes: 16 << 20,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! (`Module::serialize`, keyed by content hash and the engine's compatibility hash, which
 //! covers the wasmtime version and settings), so a restarted node, a second node process and
 //! CI compile each only once.
+//!
+//! In memory the cache is bounded in bytes (the size of each compiled image): it keeps what
+//! the current chain uses, and of the rest at most [`OTHER_CODE_BYTES`], least recently used
+//! first out ([`super::lru`]); the disk keeps everything, so an evicted module comes back
+//! cheaply (a file mapped, nothing compiled).
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,6 +19,28 @@ use wasmtime::Module;
 use wasmtime::component::Component;
 
 use super::engine;
+use super::lru::Lru;
+
+/// Bytes of compiled code the in-memory cache keeps beyond what the current chain uses:
+/// dozens of Rust task modules (about 0.5 MB each), but not a CPython component that no
+/// chain uses any more (a 35 MB image, ~60 MiB resident with wasmtime's tables of it;
+/// measured), which comes back from the disk cache in tens of milliseconds when needed.
+pub const OTHER_CODE_BYTES: u64 = 16 << 20;
+
+/// A compiled module's key in the cache: the SHA-256 of its wasm bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodeKey([u8; 32]);
+
+/// What [`ModuleCache::get_or_compile`] found.
+#[derive(Clone)]
+pub struct Found {
+    /// The compiled module or component.
+    pub code: Compiled,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Its key, for [`ModuleCache::keep_only`].
+    pub key: CodeKey,
+}
 
 /// The environment variable naming the on-disk cache directory (`off` disables it).
 pub const CACHE_DIR_ENV: &str = "PCLUSTER_CACHE_DIR";
@@ -52,15 +78,33 @@ pub enum Origin {
     Disk,
 }
 
+impl Compiled {
+    /// Bytes of its compiled image in memory (code and data, about its serialized size).
+    pub fn image_bytes(&self) -> u64 {
+        let range = match self {
+            Compiled::Module(m) => m.image_range(),
+            Compiled::Component(c) => c.image_range(),
+        };
+        range.end.addr().saturating_sub(range.start.addr()) as u64
+    }
+}
+
 /// Compiled modules and components keyed by the SHA-256 of their bytes.
-#[derive(Default)]
 pub struct ModuleCache {
-    modules: Mutex<HashMap<[u8; 32], Compiled>>,
+    modules: Mutex<Lru<CodeKey, Compiled>>,
     dir: Option<PathBuf>,
+    /// Bytes of code kept beyond what the current chain uses.
+    budget: u64,
     /// Modules compiled since start.
     pub compiled: AtomicU64,
     /// Module lookups served from the cache (memory or disk).
     pub hits: AtomicU64,
+}
+
+impl Default for ModuleCache {
+    fn default() -> Self {
+        ModuleCache::with_dir(None)
+    }
 }
 
 impl std::fmt::Debug for ModuleCache {
@@ -81,9 +125,17 @@ pub fn is_component(bytes: &[u8]) -> bool {
 impl ModuleCache {
     /// A cache that also keeps compiled code in `dir` (created when needed).
     pub fn with_dir(dir: Option<PathBuf>) -> ModuleCache {
+        ModuleCache::with_budget(dir, OTHER_CODE_BYTES)
+    }
+
+    /// A cache keeping `budget` bytes of code beyond what the current chain uses.
+    pub fn with_budget(dir: Option<PathBuf>, budget: u64) -> ModuleCache {
         ModuleCache {
+            modules: Mutex::default(),
             dir,
-            ..ModuleCache::default()
+            budget,
+            compiled: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -91,11 +143,16 @@ impl ModuleCache {
     ///
     /// # Errors
     /// When the bytes are not a valid module or component.
-    pub fn get_or_compile(&self, bytes: &[u8]) -> wasmtime::Result<(Compiled, Origin)> {
+    pub fn get_or_compile(&self, bytes: &[u8]) -> wasmtime::Result<Found> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(m) = self.lock().get(&hash) {
+        let key = CodeKey(hash);
+        if let Some(m) = self.lock().get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((m.clone(), Origin::Memory));
+            return Ok(Found {
+                code: m.clone(),
+                origin: Origin::Memory,
+                key,
+            });
         }
         let component = is_component(bytes);
         let file = self
@@ -109,30 +166,40 @@ impl ModuleCache {
                 (c, Origin::Disk)
             }
             None => {
-                let c = if component {
-                    Compiled::Component(Component::new(engine(), bytes)?)
-                } else {
-                    Compiled::Module(Module::new(engine(), bytes)?)
-                };
+                let c = compile(bytes, component, file.as_deref())?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(f) = &file
-                    && let Err(e) = store(f, &c)
-                {
-                    tracing::warn!(file = %f.display(), "cannot write the compiled-code cache: {e:#}");
-                }
                 (c, Origin::Compiled)
             }
         };
-        let mut map = self.lock();
-        // A node keeps a handful of chains; bound the cache anyway.
-        if map.len() >= 64 {
-            map.clear();
-        }
-        map.insert(hash, compiled.clone());
-        Ok((compiled, origin))
+        self.lock()
+            .insert(key, compiled.clone(), compiled.image_bytes());
+        Ok(Found {
+            code: compiled,
+            origin,
+            key,
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Compiled>> {
+    /// Makes `current` (the modules of the chain just set up) the ones kept whatever they
+    /// weigh, and evicts the least recently used others past the budget. Their memory goes
+    /// back to the system once no chain holds them any more; so does the heap compiling
+    /// left free (`compiled`: something was compiled in this process).
+    pub fn keep_only(&self, current: &[CodeKey], compiled: bool) {
+        let evicted = self.lock().trim(current, self.budget);
+        let evicted_any = !evicted.is_empty();
+        drop(evicted);
+        if compiled || evicted_any {
+            crate::heap::release_free();
+        }
+    }
+
+    /// Bytes of compiled code held in memory.
+    #[cfg(test)]
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru<CodeKey, Compiled>> {
         self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -170,13 +237,46 @@ fn load(file: &Path, component: bool) -> Option<Compiled> {
     }
 }
 
-/// Writes the serialized code to a temporary file and renames it into place, so a reader
-/// (another node process) never sees half a file.
-fn store(file: &Path, c: &Compiled) -> wasmtime::Result<()> {
-    let bytes = match c {
-        Compiled::Module(m) => m.serialize()?,
-        Compiled::Component(c) => c.serialize()?,
+/// Compiles `bytes` with an engine of its own, dropped once done, and loads the result into
+/// the process's engine: wasmtime's compiler keeps its scratch space (sized by the largest
+/// function it compiled, tens of MiB for CPython's interpreter loop) for the life of its
+/// engine. With a cache `file` the code is written there and mapped from it, so its pages
+/// are the file's (shared by the node processes of a machine, reclaimable).
+fn compile(bytes: &[u8], component: bool, file: Option<&Path>) -> wasmtime::Result<Compiled> {
+    let image = {
+        let scratch = wasmtime::Engine::new(&super::config())?;
+        if component {
+            scratch.precompile_component(bytes)?
+        } else {
+            scratch.precompile_module(bytes)?
+        }
     };
+    if let Some(f) = file {
+        match store(f, &image) {
+            Ok(()) => {
+                if let Some(c) = load(f, component) {
+                    return Ok(c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %f.display(), "cannot write the compiled-code cache: {e:#}");
+            }
+        }
+    }
+    // SAFETY: `image` is what `precompile_*` just produced with this engine's configuration
+    // (wasmtime checks the header and settings again and refuses a mismatch).
+    unsafe {
+        Ok(if component {
+            Compiled::Component(Component::deserialize(engine(), &image)?)
+        } else {
+            Compiled::Module(Module::deserialize(engine(), &image)?)
+        })
+    }
+}
+
+/// Writes compiled code to a temporary file and renames it into place, so a reader
+/// (another node process) never sees half a file.
+fn store(file: &Path, image: &[u8]) -> wasmtime::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -184,7 +284,7 @@ fn store(file: &Path, c: &Compiled) -> wasmtime::Result<()> {
         file.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
         std::process::id()
     ));
-    std::fs::write(&tmp, &bytes)?;
+    std::fs::write(&tmp, image)?;
     if let Err(e) = std::fs::rename(&tmp, file) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
@@ -202,16 +302,64 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let wasm = wat::parse_str("(module (func (export \"f\")))").unwrap();
         let first = ModuleCache::with_dir(Some(dir.clone()));
-        let (_, origin) = first.get_or_compile(&wasm).unwrap();
-        assert_eq!(origin, Origin::Compiled);
-        assert_eq!(first.get_or_compile(&wasm).unwrap().1, Origin::Memory);
+        assert_eq!(
+            first.get_or_compile(&wasm).unwrap().origin,
+            Origin::Compiled
+        );
+        assert_eq!(first.get_or_compile(&wasm).unwrap().origin, Origin::Memory);
         let second = ModuleCache::with_dir(Some(dir.clone()));
-        let (m, origin) = second.get_or_compile(&wasm).unwrap();
-        assert_eq!(origin, Origin::Disk);
-        assert!(matches!(m, Compiled::Module(m) if m.get_export("f").is_some()));
+        let found = second.get_or_compile(&wasm).unwrap();
+        assert_eq!(found.origin, Origin::Disk);
+        assert!(matches!(found.code, Compiled::Module(m) if m.get_export("f").is_some()));
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(files.len(), 1, "one entry, no temporary left");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A module whose compiled image weighs about `kib` KiB (a data segment of that size).
+    fn module_of(kib: usize, tag: u32) -> Vec<u8> {
+        let data = "\\00".repeat(kib << 10);
+        wat::parse_str(format!(
+            "(module (memory 1) (data (i32.const {tag}) \"{data}\") (func (export \"f\")))"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn memory_keeps_the_current_chain_and_a_budget_of_others() {
+        let cache = ModuleCache::with_budget(None, 150 << 10);
+        let origin = |kib, tag| cache.get_or_compile(&module_of(kib, tag)).unwrap().origin;
+        let a = cache.get_or_compile(&module_of(80, 1)).unwrap();
+        let weight = a.code.image_bytes();
+        assert!(
+            (80 << 10..150 << 10).contains(&weight),
+            "weighed by its image: {weight}"
+        );
+        cache.keep_only(&[a.key], true);
+        let b = cache.get_or_compile(&module_of(80, 2)).unwrap();
+        cache.keep_only(&[b.key], true);
+        // One of 80 KiB fits the budget beside the current chain's; `a` is used again.
+        assert_eq!(origin(80, 1), Origin::Memory);
+        let c = cache.get_or_compile(&module_of(1, 3)).unwrap();
+        cache.keep_only(&[c.key], true);
+        // Two do not: the least recently used (`b`) went.
+        assert_eq!(origin(80, 1), Origin::Memory);
+        assert_eq!(origin(80, 2), Origin::Compiled);
+        cache.keep_only(&[c.key], true);
+        // Now `a` is the older: it goes.
+        assert_eq!(origin(80, 2), Origin::Memory);
+        assert_eq!(origin(80, 1), Origin::Compiled);
+        cache.keep_only(&[c.key], true);
+        assert!(cache.bytes() <= (150 << 10) + c.code.image_bytes());
+        // The current chain's code stays whatever the budget.
+        let tiny = ModuleCache::with_budget(None, 0);
+        let a = tiny.get_or_compile(&module_of(80, 1)).unwrap();
+        tiny.keep_only(&[a.key], true);
+        assert_eq!(
+            tiny.get_or_compile(&module_of(80, 1)).unwrap().origin,
+            Origin::Memory
+        );
+        assert_eq!(tiny.bytes(), weight);
     }
 
     #[test]

@@ -183,6 +183,7 @@ pub fn compile_chain(
     }
     let mut modules = Vec::with_capacity(spec.modules.len());
     let (mut compiled, mut cached) = (0, 0);
+    let mut keys = Vec::with_capacity(spec.modules.len());
     for (i, bytes) in spec.modules.iter().enumerate() {
         let absent = withheld.iter().find(|w| w.module as usize == i);
         if !needed[i] {
@@ -193,13 +194,15 @@ pub fn compile_chain(
         if absent.is_some() {
             return Err(SetupError::Withheld { module: i as u32 });
         }
-        let (m, hit) = cache
+        let found = cache
             .get_or_compile(bytes)
             .map_err(|e| SetupError::Compile {
                 module: i as u32,
                 reason: format!("{e:#}"),
             })?;
-        if hit == Origin::Compiled {
+        keys.push(found.key);
+        let m = found.code;
+        if found.origin == Origin::Compiled {
             compiled += 1;
         } else {
             cached += 1;
@@ -210,6 +213,8 @@ pub fn compile_chain(
         };
         modules.push(NodeModule::Here(m, generators));
     }
+    // This chain's code is now the current one; code of earlier chains goes past a budget.
+    cache.keep_only(&keys, compiled > 0);
     let linker = linker();
     let mut component_linker = None;
     let mut tasks = Vec::with_capacity(spec.tasks.len());

@@ -1,6 +1,7 @@
 //! The WebAssembly side of a node: the process-wide `Engine` and its epoch ticker.
 //!
 //! - [`cache`]: compiled modules and components by content hash, in memory and on disk.
+//! - [`lru`]: which compiled code the in-memory cache keeps (bounded in bytes).
 //! - [`component`]: component tasks (wit/task.wit): their linker (WASI p2, sandboxed) and
 //!   bindings.
 //! - [`tags`]: what each boundary of a chain does to item tags.
@@ -18,6 +19,7 @@ mod component_calls;
 mod graph;
 mod host;
 mod instance;
+mod lru;
 pub mod tags;
 
 use std::sync::OnceLock;
@@ -34,14 +36,19 @@ pub use instance::TaskInstance;
 /// How often the epoch advances; per-item deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// The engine's settings; code compiled with an engine of the same settings loads into it.
+fn config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
 /// The process's one engine, with a thread ticking its epoch.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = match Engine::new(&config) {
+        let engine = match Engine::new(&config()) {
             Ok(e) => e,
             Err(e) => panic!("cannot create the wasmtime engine: {e}"),
         };

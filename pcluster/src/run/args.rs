@@ -102,6 +102,8 @@ pub struct RunArgs {
     pub dashboard_public: bool,
     #[command(flatten)]
     pub token: TokenArg,
+    #[command(flatten)]
+    pub bounds: super::bounds::Bounds,
 }
 
 impl RunArgs {
@@ -129,7 +131,7 @@ impl RunArgs {
         if self.resume && self.joblog.is_none() {
             bail!("--resume needs --joblog FILE");
         }
-        Ok(())
+        self.bounds.check(super::bounds::machine_mb())
     }
 }
 

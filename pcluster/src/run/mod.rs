@@ -6,12 +6,13 @@
 //! stops reading and lets the inputs in flight finish (up to `--drain-timeout`), a second one
 //! stops at once; either way only whole lines of completed inputs are written.
 //!
-//! - `args`: the command line; `input`: the reader; `lines`: id → line numbers;
-//!   `output`: the sink (outputs, failures, joblog); `joblog`: its format and resuming;
-//!   `nodes`: membership; `drive`: feeding, draining and stopping.
+//! - `args`: the command line (`bounds`: its memory bounds); `input`: the reader; `lines`:
+//!   id → line numbers; `output`: the sink (outputs, failures, joblog); `joblog`: its format
+//!   and resuming; `nodes`: membership; `drive`: feeding, draining and stopping.
 
 mod args;
 mod binary;
+mod bounds;
 mod drive;
 mod input;
 mod joblog;
@@ -199,7 +200,7 @@ async fn run_on_cluster(
         keep_order: args.keep_order,
         retries: args.retries,
         no_node_timeout: Duration::from_secs_f64(args.no_node_timeout),
-        ..Default::default()
+        ..args.bounds.options()
     };
     let root = Arc::new(root::Root::new(options));
     let sources = nodes::Sources {

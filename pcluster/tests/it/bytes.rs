@@ -303,3 +303,73 @@ async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
         .await
         .expect("4 × 3 × 64 MiB + 96 MiB fits in 4096 MiB");
 }
+
+/// `pcluster run` with every memory bound at 1 MiB, items from 1 KB to 2.5 MB (past every
+/// bound: each passes alone): all outputs exact, in order with `-k`; a bound of 0 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_one_mib_bounds_completes_exactly() {
+    let dir = temp_dir("bytes-small-bounds");
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
+    let port = free_port("127.0.0.2".parse().unwrap());
+    let _a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
+    let _b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+    let nodes = format!("127.0.0.2:{port},127.0.0.3:{port}");
+    let n = 400;
+    let mut text = Vec::new();
+    let mut expected = Vec::with_capacity(n);
+    for i in 0..n {
+        let len = if i % 50 == 7 {
+            2_500_000
+        } else {
+            1_000 + i * 500
+        };
+        let item = big_item(i, len);
+        text.extend_from_slice(&item);
+        text.push(b'\n');
+        expected.push(item);
+    }
+    let input = dir.join("in.txt");
+    std::fs::write(&input, &text).unwrap();
+    drop(text);
+    let chain = chain_file(&dir, "identity", "w1_identity", "");
+    let bounds = [
+        "--queue-mb",
+        "1",
+        "--node-mb",
+        "1",
+        "--outputs-mb",
+        "1",
+        "--partial-mb",
+        "1",
+        "--reorder-mb",
+        "1",
+    ];
+    for keep_order in [false, true] {
+        let output = dir.join(format!("out-{keep_order}.txt"));
+        let mut extra = bounds.to_vec();
+        if keep_order {
+            extra.push("-k");
+        }
+        let stderr = run_on(&chain, &nodes, &input, &output, &extra, LONG).await;
+        let mut got: Vec<Vec<u8>> = std::fs::read(&output)
+            .unwrap()
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(got.pop(), Some(Vec::new()), "ends with a newline");
+        if !keep_order {
+            got.sort();
+        }
+        assert!(got == expected, "-k {keep_order}: outputs differ: {stderr}");
+    }
+    let refused = pcluster_cmd()
+        .arg("run")
+        .arg(&chain)
+        .args(["--nodes", &nodes, "--node-mb", "0", "-i"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--node-mb must be at least 1"), "{stderr}");
+}

@@ -48,6 +48,7 @@ pub(crate) use observer::SharedObserver;
 use crate::RootOptions;
 use crate::conn::Event;
 use crate::error::RootError;
+use crate::events::EventsTx;
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Queue};
@@ -56,6 +57,7 @@ use retry::Retries;
 pub(crate) enum Cmd {
     Attach {
         addr: std::net::SocketAddr,
+        /// Boxed: a connection's buffers would make every command that big.
         conn: Box<protocol::Connection>,
         workers: u32,
         labels: Vec<String>,
@@ -171,7 +173,7 @@ pub(crate) struct Scheduler {
     wait_empty: Vec<(u64, Reply)>,
     wait_node: Vec<Reply>,
     paused: bool,
-    events_tx: mpsc::Sender<Event>,
+    events_tx: EventsTx,
     frame: BytesMut,
     /// Ordered delivery (with `keep_order`).
     order: Option<Reorder<Delivery>>,
@@ -192,7 +194,7 @@ pub(crate) async fn run(
     stall: watch::Sender<Option<Stall>>,
     session: SessionId,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<Event>(256);
+    let (events_tx, mut events) = crate::events::channel(256, options.outputs_bytes);
     let mut s = Scheduler {
         order: options
             .keep_order

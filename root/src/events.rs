@@ -1,0 +1,172 @@
+//! The channel from the node connections to the scheduler, bounded in messages and in the
+//! item bytes they carry: a reader takes room for a message's outputs before queueing it and
+//! the scheduler gives the room back as it takes the message, so outputs waiting for the
+//! scheduler never hold more than [`RootOptions::outputs_bytes`](crate::RootOptions) whatever
+//! the items weigh. A full channel stops the readers, and TCP then stops the nodes.
+
+use std::sync::Arc;
+
+use protocol::Msg;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::conn::Event;
+
+/// The item bytes `e` is charged: outputs, failed items and continuations of an outputs
+/// message, the outputs of a partial one; other messages are small and charged nothing.
+pub(crate) fn charge(e: &Event) -> u64 {
+    match e {
+        Event::Msg(_, Msg::Outputs(o)) => {
+            o.items.bytes() as u64
+                + o.failures
+                    .iter()
+                    .map(|f| f.item.as_ref().map_or(0, |i| i.len() as u64))
+                    .sum::<u64>()
+                + o.continuations
+                    .iter()
+                    .map(|c| c.items.bytes() as u64)
+                    .sum::<u64>()
+        }
+        Event::Msg(_, Msg::Partial(p)) => p.items.bytes() as u64,
+        _ => 0,
+    }
+}
+
+/// The sending side, cloned into every connection's reader.
+#[derive(Clone, Debug)]
+pub(crate) struct EventsTx {
+    tx: mpsc::Sender<(Event, u32)>,
+    room: Arc<Semaphore>,
+    /// The bound in bytes (also the most one message takes, so one past it passes alone).
+    limit: u32,
+}
+
+/// The scheduler's side; closes the room when dropped, so readers waiting for it stop.
+#[derive(Debug)]
+pub(crate) struct EventsRx {
+    rx: mpsc::Receiver<(Event, u32)>,
+    room: Arc<Semaphore>,
+}
+
+/// The scheduler is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed;
+
+/// A channel of `messages` messages and `bytes` item bytes (at least 1, at most 4 GiB).
+pub(crate) fn channel(messages: usize, bytes: u64) -> (EventsTx, EventsRx) {
+    let (tx, rx) = mpsc::channel(messages);
+    let limit = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+    let room = Arc::new(Semaphore::new(limit as usize));
+    (
+        EventsTx {
+            tx,
+            room: room.clone(),
+            limit,
+        },
+        EventsRx { rx, room },
+    )
+}
+
+impl EventsTx {
+    /// Queues `e`, waiting for room in messages and bytes.
+    ///
+    /// # Errors
+    /// When the scheduler is gone.
+    pub(crate) async fn send(&self, e: Event) -> Result<(), Closed> {
+        let bytes = u32::try_from(charge(&e))
+            .unwrap_or(u32::MAX)
+            .min(self.limit);
+        if bytes > 0 {
+            self.room
+                .acquire_many(bytes)
+                .await
+                .map_err(|_| Closed)?
+                .forget();
+        }
+        self.tx.send((e, bytes)).await.map_err(|_| {
+            self.room.add_permits(bytes as usize);
+            Closed
+        })
+    }
+}
+
+impl EventsRx {
+    /// The next event; its bytes are free again (the scheduler handles it before it takes
+    /// another).
+    pub(crate) async fn recv(&mut self) -> Option<Event> {
+        let (e, bytes) = self.rx.recv().await?;
+        self.room.add_permits(bytes as usize);
+        Some(e)
+    }
+}
+
+impl Drop for EventsRx {
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use protocol::{NodeId, Outputs, Packed, U32s};
+
+    use super::*;
+
+    fn outputs(bytes: usize) -> Event {
+        let items: Packed = [vec![7u8; bytes]].into_iter().collect();
+        Event::Msg(
+            NodeId(1),
+            Msg::Outputs(Outputs {
+                seq: 1,
+                first: 0,
+                counts: U32s(vec![1]),
+                items,
+                failures: vec![],
+                continuations: vec![],
+            }),
+        )
+    }
+
+    /// Whether `f` is still waiting after a while (a wait that should not end cannot be
+    /// waited for).
+    async fn blocked(f: impl std::future::Future) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), f)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_bytes_and_a_gone_scheduler_stops_them() {
+        let (tx, mut rx) = channel(64, 100);
+        tx.send(outputs(60)).await.unwrap();
+        // 60 more bytes do not fit until the first message is taken; an event without
+        // bytes always does.
+        assert!(blocked(tx.send(outputs(60))).await, "waits for room");
+        tx.send(Event::Gone(NodeId(2), "closed".into()))
+            .await
+            .unwrap();
+        let second = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(outputs(60)).await }
+        });
+        assert!(matches!(rx.recv().await, Some(Event::Msg(..))));
+        assert_eq!(
+            second.await.unwrap(),
+            Ok(()),
+            "room once the first is taken"
+        );
+        assert!(matches!(rx.recv().await, Some(Event::Gone(..))));
+        assert!(matches!(rx.recv().await, Some(Event::Msg(..))));
+        // One message bigger than the bound passes alone.
+        tx.send(outputs(500)).await.unwrap();
+        assert!(blocked(tx.send(outputs(1))).await, "nothing beside it");
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(outputs(1)).await }
+        });
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Err(Closed));
+        assert_eq!(tx.send(outputs(1)).await, Err(Closed));
+    }
+}
