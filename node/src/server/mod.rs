@@ -123,7 +123,6 @@ pub async fn run(
     }
     // Compile-ready before the first root arrives.
     let _ = crate::engine::engine();
-    crate::heap::pin_mmap_threshold();
     let node = Arc::new(Node {
         addr: local.to_string().into(),
         started: Instant::now(),
