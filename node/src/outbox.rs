@@ -12,23 +12,10 @@ use tokio::sync::mpsc;
 /// through when none is queued, however big).
 pub const OUTBOX_BYTES: u64 = 16 << 20;
 
-/// The bytes a message is charged: the item bytes it carries (outputs, failed items,
-/// continuations); other messages are small and charged nothing.
+/// The item bytes `m` is charged (outputs, whole failed items, continuations, and the
+/// outputs of a [`Msg::Partial`]).
 pub fn charge(m: &Msg) -> u64 {
-    match m {
-        Msg::Outputs(o) => {
-            o.items.bytes() as u64
-                + o.failures
-                    .iter()
-                    .map(|f| f.item.as_ref().map_or(0, |i| i.len() as u64))
-                    .sum::<u64>()
-                + o.continuations
-                    .iter()
-                    .map(|c| c.items.bytes() as u64)
-                    .sum::<u64>()
-        }
-        _ => 0,
-    }
+    m.item_bytes()
 }
 
 /// Bytes held by messages on their way to the writer.

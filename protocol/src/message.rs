@@ -78,6 +78,28 @@ pub enum Msg {
 }
 
 impl Msg {
+    /// Bytes of items the message carries — a batch's items, outputs, whole failed items,
+    /// continuations — which byte bounds on queues of messages count (other messages are
+    /// small and count 0).
+    pub fn item_bytes(&self) -> u64 {
+        match self {
+            Msg::Items(i) => i.items.bytes() as u64,
+            Msg::Outputs(o) => {
+                o.items.bytes() as u64
+                    + o.failures
+                        .iter()
+                        .map(|f| f.item.as_ref().map_or(0, |i| i.len() as u64))
+                        .sum::<u64>()
+                    + o.continuations
+                        .iter()
+                        .map(|c| c.items.bytes() as u64)
+                        .sum::<u64>()
+            }
+            Msg::Partial(p) => p.items.bytes() as u64,
+            _ => 0,
+        }
+    }
+
     /// The variant's name, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {

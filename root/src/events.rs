@@ -11,22 +11,10 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::conn::Event;
 
-/// The item bytes `e` is charged: outputs, failed items and continuations of an outputs
-/// message, the outputs of a partial one; other messages are small and charged nothing.
+/// The item bytes `e` is charged ([`Msg::item_bytes`]; a node lost is charged nothing).
 pub(crate) fn charge(e: &Event) -> u64 {
     match e {
-        Event::Msg(_, Msg::Outputs(o)) => {
-            o.items.bytes() as u64
-                + o.failures
-                    .iter()
-                    .map(|f| f.item.as_ref().map_or(0, |i| i.len() as u64))
-                    .sum::<u64>()
-                + o.continuations
-                    .iter()
-                    .map(|c| c.items.bytes() as u64)
-                    .sum::<u64>()
-        }
-        Event::Msg(_, Msg::Partial(p)) => p.items.bytes() as u64,
+        Event::Msg(_, m) => Msg::item_bytes(m),
         _ => 0,
     }
 }
