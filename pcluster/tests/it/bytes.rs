@@ -77,12 +77,9 @@ pub fn summary_peak_rss_mib(stderr: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_items_twice_over_the_same_nodes_never_build_a_frame_past_the_limit() {
-    let dir = temp_dir("bytes-big-items");
-    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.0.2".parse().unwrap());
-    let _a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-    let _b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
-    let nodes = format!("127.0.0.2:{port},127.0.0.3:{port}");
+    let cluster = Cluster::start("bytes-big-items").await;
+    let dir = cluster.dir.clone();
+    let nodes = cluster.addrs().join(",");
 
     // 1,000 items of 100 KB: 100 MB, more than a 64 MiB frame if sent as one batch.
     let n = 1_000;
@@ -308,12 +305,9 @@ async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
 /// bound: each passes alone): all outputs exact, in order with `-k`; a bound of 0 is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_one_mib_bounds_completes_exactly() {
-    let dir = temp_dir("bytes-small-bounds");
-    let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.0.2".parse().unwrap());
-    let _a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-    let _b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
-    let nodes = format!("127.0.0.2:{port},127.0.0.3:{port}");
+    let cluster = Cluster::start("bytes-small-bounds").await;
+    let dir = cluster.dir.clone();
+    let nodes = cluster.addrs().join(",");
     let n = 400;
     let mut text = Vec::new();
     let mut expected = Vec::with_capacity(n);
