@@ -86,7 +86,7 @@ impl Default for RootOptions {
             retries: 0,
             tagged_items: false,
             partial_bytes: 1 << 30,
-            outputs_bytes: 16 << 20,
+            outputs_bytes: 8 << 20,
         }
     }
 }
