@@ -356,6 +356,19 @@ mod tests {
             long.push(0);
             assert!(decode_split(&Bytes::from(long)).unwrap().is_err());
         }
+        // Any byte of the head changed, to any of a few values: an error or a message,
+        // never a panic.
+        for msg in messages() {
+            let mut whole = BytesMut::new();
+            encode_frame(&msg, &mut whole, 64 << 20).unwrap();
+            for at in 4..100.min(whole.len()) {
+                for x in [0x01, 0x80, 0xfb, 0xff] {
+                    let mut bad = whole[4..].to_vec();
+                    bad[at - 4] ^= x;
+                    let _ = decode_split(&Bytes::from(bad));
+                }
+            }
+        }
         // A batch length far past the frame.
         let mut lying = vec![PARTIAL as u8, 1, 0, 0, 253];
         lying.extend_from_slice(&u64::MAX.to_le_bytes());

@@ -159,14 +159,29 @@ async fn a_flipped_byte_loses_that_node_and_its_items_are_redone_exactly() {
     let (a, stop_a) = local_node("127.0.0.2", 0, 1, Some(TOKEN)).await;
     let (b, stop_b) = local_node("127.0.0.3", 0, 1, Some(TOKEN)).await;
     let flipped = Arc::new(AtomicBool::new(false));
-    // Past the handshake, the welcome and the setup answer (well under 1 KiB), early in the
-    // outputs: behind the proxy, b may get only a small share of the items.
+    // Past the handshake, the welcome and the setup answer (well under 1 KiB), early in b's
+    // outputs.
     let via = proxy(b, Arc::default(), Some(4_096), flipped.clone()).await;
-    let root = Root::with_nodes(options(Some(TOKEN)), &[a, via])
+    let root = Root::with_nodes(options(Some(TOKEN)), &[via])
         .await
         .expect("root");
+    let collected = setup_collect(&root, chain("identity", &[("w1_identity", false, "")]))
+        .await
+        .expect("setup");
     let items = marked(200_000);
-    let got = run_items(&root, &items).await;
+    let mut chunks = items.chunks(5_000);
+    // b alone takes the first items, so it surely holds some when its outputs are corrupted
+    // (with both nodes from the start, a could take nearly all of them).
+    root.feed(chunks.next().unwrap()).await.expect("feed");
+    root.add_node(a).await.expect("a joins");
+    for chunk in chunks {
+        root.feed(chunk).await.expect("feed");
+    }
+    tokio::time::timeout(DEADLINE, root.wait_empty())
+        .await
+        .expect("run ends")
+        .expect("run succeeds");
+    let got = collected.texts();
     assert!(flipped.load(Ordering::SeqCst), "the proxy flipped a byte");
     assert_same(&got, &sorted(items));
     let counters = root.counters().await.expect("counters");
