@@ -7,7 +7,8 @@
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use protocol::auth::Token;
 use pyo3::exceptions::PyValueError;
@@ -23,6 +24,19 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// How long closing waits for the nodes to say goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wakes a thread parked in [`Root::wait_for`].
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
 
 /// The first exception a handler raised, kept for the next waiting call.
 type HandlerError = Arc<Mutex<Option<PyErr>>>;
@@ -84,17 +98,32 @@ impl Root {
             ));
         }
         let mut fut = std::pin::pin!(fut);
+        // Polled here rather than by `block_on`, and woken by the thread's own park timeout:
+        // Ctrl-C is then answered within SIGNAL_POLL whatever the runtime does (its timers
+        // are driven by its one worker, which a busy or stuck handler would hold).
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         loop {
             let step = py.detach(|| {
-                self.rt
-                    .block_on(async { tokio::time::timeout(SIGNAL_POLL, fut.as_mut()).await })
+                let mut cx = Context::from_waker(&waker);
+                let _runtime = self.rt.enter();
+                let until = Instant::now() + SIGNAL_POLL;
+                loop {
+                    if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+                        return Some(r);
+                    }
+                    let now = Instant::now();
+                    if now >= until {
+                        return None;
+                    }
+                    std::thread::park_timeout(until - now);
+                }
             });
             match step {
-                Ok(result) => {
+                Some(result) => {
                     self.raise_handler_error()?;
                     return result;
                 }
-                Err(_elapsed) => py.check_signals()?,
+                None => py.check_signals()?,
             }
         }
     }

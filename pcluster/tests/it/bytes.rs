@@ -288,7 +288,16 @@ async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
         ),
         "{e}"
     );
-    drop(root);
+    // close() returns once the node has freed itself, so the next root finds it free.
+    root.close().await.expect("close");
+    let status = root::node_status(addr, &root::RootOptions::default())
+        .await
+        .expect("status");
+    assert_eq!(
+        status.state,
+        protocol::NodeState::Free,
+        "free when close() returns"
+    );
 
     // The same chain with smaller instances fits, on the same node.
     let small = root::Limits {

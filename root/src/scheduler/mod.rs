@@ -255,16 +255,37 @@ pub(crate) async fn run(
     let mut bye = BytesMut::new();
     let _ = protocol::codec::encode_frame(&Msg::Bye, &mut bye, 1024);
     let bye = Frame::whole(bye.freeze());
-    for n in s.nodes.values() {
-        let _ = n.tx.send(bye.clone()).await;
+    let mut leaving: HashSet<NodeId> = HashSet::new();
+    for (id, n) in &s.nodes {
+        if n.tx.send(bye.clone()).await.is_ok() {
+            leaving.insert(*id);
+        }
     }
     s.nodes.clear();
     // Dropping the handlers lets them flush whatever they buffer before close() returns.
     s.handlers = None;
+    // A node frees itself and then closes the connection: waiting for that close means a
+    // root started after close() returns finds the nodes free (a bounded wait: a node
+    // that vanished without a word does not hold the caller).
+    let deadline = tokio::time::sleep(BYE_WAIT);
+    tokio::pin!(deadline);
+    while !leaving.is_empty() {
+        tokio::select! {
+            e = events.recv() => match e {
+                Some(Event::Gone(id, _)) => { leaving.remove(&id); }
+                Some(Event::Msg(..)) => {}
+                None => break,
+            },
+            () = &mut deadline => break,
+        }
+    }
     if let Some(reply) = closing {
         let _ = reply.send(Ok(()));
     }
 }
+
+/// How long closing waits for the nodes to acknowledge the goodbye by closing.
+const BYE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
