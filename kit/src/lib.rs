@@ -6,6 +6,7 @@
 //! | waits on a condition with a deadline, free ports, "is it listening" | `wait.rs` |
 //! | a child-process guard; starting `pcluster log` and `pcluster node` | `process.rs` |
 //! | resident memory from `/proc`: reading and sampling | `rss.rs` |
+//! | CPU time from `/proc`: of a process, a thread, finished children | `cpu.rs` |
 //! | the example module, chain specs over its tasks, chain files | `chain.rs` |
 //! | W1: inputs, expected outputs, the exact check of outputs | `w1.rs` |
 //! | the native floors: W1 and W2 through tasks-example's own functions | `floors.rs` |
@@ -14,6 +15,7 @@
 //! of the shipped command. The integration tests wrap what they use in panicking helpers.
 
 mod chain;
+mod cpu;
 mod floors;
 mod process;
 mod rss;
@@ -30,6 +32,7 @@ pub use chain::{
     TaskDef, W1_TASKS, chain_file_text, chain_spec, repo, tasks_example_dir, tasks_example_wasm,
     w1_chain, write_chain_file,
 };
+pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
 pub use process::{Child, LISTEN_DEADLINE, Pcluster};
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};

@@ -213,7 +213,12 @@ pub(super) async fn serve_root(
     drop(pool);
     node.disconnected(conn_id, said_bye);
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    if said_bye {
+        // The root wants nothing more and waits for this close to know the node is free.
+        writer_task.abort();
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    }
 }
 
 async fn setup_chain(

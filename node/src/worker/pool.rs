@@ -179,6 +179,8 @@ pub struct Pool {
     /// Shared state.
     pub shared: Arc<PoolShared>,
     queue: Option<crossbeam_channel::Sender<Work>>,
+    /// Never sent on: dropping it wakes every worker waiting for work, to exit.
+    stopping: Option<crossbeam_channel::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -202,11 +204,13 @@ impl Pool {
         shared.runnable = runnable;
         let shared = Arc::new(shared);
         let (tx, rx) = crossbeam_channel::bounded::<Work>(1 << 16);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SetupError>>();
         let mut threads = Vec::with_capacity(workers as usize);
         for w in 0..workers {
             let shared = shared.clone();
             let rx = rx.clone();
+            let stop = stop_rx.clone();
             let tx = tx.clone();
             let out = out.clone();
             let ready = ready_tx.clone();
@@ -225,7 +229,7 @@ impl Pool {
                         }
                     };
                     drop(ready);
-                    worker.run(rx, tx, out);
+                    worker.run(rx, stop, tx, out);
                 });
             match spawned {
                 Ok(h) => threads.push(h),
@@ -236,6 +240,7 @@ impl Pool {
         let mut pool = Pool {
             shared,
             queue: Some(tx),
+            stopping: Some(stop_tx),
             threads,
         };
         for _ in 0..workers {
@@ -344,6 +349,7 @@ impl Pool {
         }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.queue = None;
+        self.stopping = None;
         self.shared.set_paused(false);
         // Threads finish on their own; joining here could block an I/O task for a deadline.
         self.threads.clear();

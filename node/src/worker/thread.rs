@@ -85,6 +85,7 @@ impl Worker {
     pub(super) fn run(
         mut self,
         rx: crossbeam_channel::Receiver<Work>,
+        stop: crossbeam_channel::Receiver<()>,
         tx: crossbeam_channel::Sender<Work>,
         out: crate::outbox::Outbox,
     ) {
@@ -93,12 +94,14 @@ impl Worker {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
-            // Workers hold a sender for fan-out parts, so the channel never closes: poll the
-            // stop flag instead.
-            let work = match rx.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(w) => w,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            // Workers hold a sender for fan-out parts, so the work channel never closes:
+            // the pool's stop closes `stop` instead, waking every waiting worker at once.
+            let work = crossbeam_channel::select! {
+                recv(rx) -> w => match w {
+                    Ok(w) => w,
+                    Err(_) => return,
+                },
+                recv(stop) -> _ => return,
             };
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;

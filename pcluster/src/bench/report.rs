@@ -78,11 +78,11 @@ pub(super) fn print_report(r: &Report) {
         nodes.join(", ")
     );
     if let Some((w4, loopback)) = &r.w4 {
-        for line in w4::lines(w4, *loopback) {
+        for line in w4::lines(w4, *loopback, node::cores()) {
             println!("{line}");
         }
         if let Some((encrypted, ratio)) = &r.w4_encrypted {
-            for line in w4::lines(encrypted, *loopback) {
+            for line in w4::lines(encrypted, *loopback, node::cores()) {
                 println!("{line}");
             }
             println!(

@@ -3,7 +3,8 @@
 //! setup included), several runs in a row on the same nodes, every output verified, with the
 //! root's and the nodes' peak RSS, and two limits measured in the same run: a plain TCP copy
 //! of the same bytes between two threads (loopback), and the copies the design cannot avoid
-//! done by three bare threads (the pipeline floor, [`pipeline_floor_mb_per_s`]).
+//! done by three bare threads (the pipeline floor, [`pipeline_floor`]), with the CPU time
+//! each took: a floor that needs more CPU than the cores have bounds W4 below what it moves.
 //!
 //! [`w4`] takes [`W4Options`] so callers can add rows with other `pcluster run` options (a
 //! token, encryption).
@@ -15,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use kit::{Pcluster, RssSampler};
+use kit::{Cpu, CpuTime, Pcluster, RssSampler};
 
 /// What a W4 measurement runs.
 #[derive(Clone, Debug)]
@@ -54,6 +55,10 @@ pub struct W4Run {
     pub root_rss_mib: f64,
     /// Each node's largest RSS seen during the run, in MiB.
     pub node_rss_mib: Vec<f64>,
+    /// The CPU time of the `pcluster run` process.
+    pub root_cpu: CpuTime,
+    /// The CPU time all nodes took during the run.
+    pub nodes_cpu: CpuTime,
 }
 
 /// A W4 measurement.
@@ -61,8 +66,10 @@ pub struct W4Run {
 pub struct W4Report {
     pub options: W4Options,
     pub runs: Vec<W4Run>,
-    /// The pipeline floor for the same file, MB/s.
-    pub floor_mb_s: f64,
+    /// The pipeline floor for the same file (its fastest of three).
+    pub floor: Floor,
+    /// Input bytes of one run.
+    pub bytes: u64,
 }
 
 /// Item `i` of `len` bytes: its number, then letters that depend on it, so a corrupted or
@@ -100,9 +107,12 @@ pub fn w4(
     }
     // The best of three: a floor is an upper bound, and one run of it varies with the
     // machine's moment as much as W4 does.
-    let mut floor_mb_s = 0f64;
+    let mut floor = Floor::default();
     for _ in 0..3 {
-        floor_mb_s = floor_mb_s.max(pipeline_floor_mb_per_s(&input, &dir.join("w4-floor.txt"))?);
+        let f = pipeline_floor(&input, &dir.join("w4-floor.txt"))?;
+        if f.mb_s > floor.mb_s {
+            floor = f;
+        }
     }
     let bytes = options.items * options.item_bytes as u64;
     let mut runs = Vec::new();
@@ -111,6 +121,16 @@ pub fn w4(
             .iter()
             .map(|&p| RssSampler::start(p, Duration::from_millis(20)))
             .collect();
+        let nodes_cpu = || -> CpuTime {
+            node_pids
+                .iter()
+                .filter_map(|&p| kit::cpu_time(Cpu::Pid(p)))
+                .fold(CpuTime::default(), |a, b| a + b)
+        };
+        let cpu = (
+            kit::cpu_time(Cpu::Children).unwrap_or_default(),
+            nodes_cpu(),
+        );
         let t = Instant::now();
         let out = pcluster
             .command()
@@ -126,6 +146,8 @@ pub fn w4(
             .stderr(Stdio::piped())
             .output()?;
         let secs = t.elapsed().as_secs_f64();
+        let root_cpu = kit::cpu_time(Cpu::Children).unwrap_or_default() - cpu.0;
+        let nodes_cpu = nodes_cpu() - cpu.1;
         let node_rss_mib = samplers
             .into_iter()
             .map(|s| s.finish() as f64 / 1024.0)
@@ -150,6 +172,8 @@ pub fn w4(
             mb_per_s: bytes as f64 / secs / 1e6,
             root_rss_mib,
             node_rss_mib,
+            root_cpu,
+            nodes_cpu,
         });
         let _ = std::fs::remove_file(&output);
     }
@@ -157,7 +181,8 @@ pub fn w4(
     Ok(W4Report {
         options: options.clone(),
         runs,
-        floor_mb_s,
+        floor,
+        bytes,
     })
 }
 
@@ -233,7 +258,7 @@ pub fn loopback_mb_per_s(bytes: u64) -> anyhow::Result<f64> {
 ///
 /// # Errors
 /// On file or socket errors.
-pub fn pipeline_floor_mb_per_s(input: &Path, output: &Path) -> anyhow::Result<f64> {
+pub fn pipeline_floor(input: &Path, output: &Path) -> anyhow::Result<Floor> {
     const CHUNK: usize = 1 << 20;
     let bytes = std::fs::metadata(input)?.len();
     let to_node = TcpListener::bind("127.0.0.1:0")?;
@@ -242,33 +267,36 @@ pub fn pipeline_floor_mb_per_s(input: &Path, output: &Path) -> anyhow::Result<f6
     let t = Instant::now();
     let reader = {
         let input = input.to_path_buf();
-        std::thread::spawn(move || -> std::io::Result<()> {
+        std::thread::spawn(move || -> std::io::Result<CpuTime> {
+            let cpu = thread_cpu();
             let mut f = std::fs::File::open(input)?;
             let mut s = TcpStream::connect(a)?;
             let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = f.read(&mut buf)?;
                 if n == 0 {
-                    return Ok(());
+                    return Ok(thread_cpu() - cpu);
                 }
                 s.write_all(&buf[..n])?;
             }
         })
     };
-    let node = std::thread::spawn(move || -> std::io::Result<()> {
+    let node = std::thread::spawn(move || -> std::io::Result<CpuTime> {
+        let cpu = thread_cpu();
         let (mut r, _) = to_node.accept()?;
         let mut s = TcpStream::connect(b)?;
         let (mut buf, mut guest, mut out) = (vec![0u8; CHUNK], vec![0u8; CHUNK], vec![0u8; CHUNK]);
         loop {
             let n = r.read(&mut buf)?;
             if n == 0 {
-                return Ok(());
+                return Ok(thread_cpu() - cpu);
             }
             guest[..n].copy_from_slice(&buf[..n]);
             out[..n].copy_from_slice(std::hint::black_box(&guest[..n]));
             s.write_all(&out[..n])?;
         }
     });
+    let mut cpu = thread_cpu();
     let (mut r, _) = to_root.accept()?;
     let mut f = std::fs::File::create(output)?;
     let mut buf = vec![0u8; CHUNK];
@@ -282,9 +310,11 @@ pub fn pipeline_floor_mb_per_s(input: &Path, output: &Path) -> anyhow::Result<f6
         got += n as u64;
     }
     let secs = t.elapsed().as_secs_f64();
+    cpu = thread_cpu() - cpu;
     for h in [reader, node] {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??;
+        cpu = cpu
+            + h.join()
+                .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??;
     }
     drop(f);
     let _ = std::fs::remove_file(output);
@@ -292,16 +322,53 @@ pub fn pipeline_floor_mb_per_s(input: &Path, output: &Path) -> anyhow::Result<f6
         got == bytes,
         "the pipeline floor moved {got} of {bytes} bytes"
     );
-    Ok(bytes as f64 / secs / 1e6)
+    Ok(Floor {
+        mb_s: bytes as f64 / secs / 1e6,
+        cpu,
+    })
 }
 
-/// The report's lines for a W4 measurement.
-pub fn lines(r: &W4Report, loopback_mb_s: f64) -> Vec<String> {
+/// The pipeline floor of one file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Floor {
+    /// MB of input per second.
+    pub mb_s: f64,
+    /// The CPU time its three threads took (zero where `/proc` cannot tell).
+    pub cpu: CpuTime,
+}
+
+impl Floor {
+    /// The most MB/s `bytes` can move on `cores` if the floor's CPU time is all the work
+    /// and every core does it all the time.
+    pub fn cpu_bound_mb_s(&self, bytes: u64, cores: u32) -> Option<f64> {
+        (self.cpu.total() > 0.0).then(|| bytes as f64 * f64::from(cores) / self.cpu.total() / 1e6)
+    }
+}
+
+fn thread_cpu() -> CpuTime {
+    kit::cpu_time(Cpu::Thread).unwrap_or_default()
+}
+
+/// The report's lines for a W4 measurement on `cores` cores.
+pub fn lines(r: &W4Report, loopback_mb_s: f64, cores: u32) -> Vec<String> {
     let o = &r.options;
-    let mut v = vec![format!(
-        "{}: {} items of {} bytes through a one-task identity chain, whole `pcluster run` process (start-up and setup included), outputs verified each run; loopback TCP copy of the same bytes: {loopback_mb_s:.0} MB/s; pipeline floor (file → TCP → copy in and out → TCP → file, three bare threads): {:.0} MB/s",
-        o.name, o.items, o.item_bytes, r.floor_mb_s
-    )];
+    let f = &r.floor;
+    let bound = f
+        .cpu_bound_mb_s(r.bytes, cores)
+        .map(|b| format!("; with its CPU time alone, {cores} cores move at most {b:.0} MB/s"))
+        .unwrap_or_default();
+    let mut v = vec![
+        format!(
+            "{}: {} items of {} bytes through a one-task identity chain, whole `pcluster run` process (start-up and setup included), outputs verified each run; loopback TCP copy of the same bytes: {loopback_mb_s:.0} MB/s",
+            o.name, o.items, o.item_bytes
+        ),
+        format!(
+            "  pipeline floor (file → TCP → copy in and out → TCP → file, three bare threads): {:.0} MB/s, CPU {:.2} s ({:.2} s of it in the kernel){bound}",
+            f.mb_s,
+            f.cpu.total(),
+            f.cpu.sys
+        ),
+    ];
     for (i, run) in r.runs.iter().enumerate() {
         let nodes: Vec<String> = run
             .node_rss_mib
@@ -309,14 +376,18 @@ pub fn lines(r: &W4Report, loopback_mb_s: f64) -> Vec<String> {
             .map(|m| format!("{m:.0} MiB"))
             .collect();
         v.push(format!(
-            "  run {}: {:.3} s, {:.0} MB/s ({:.0}% of loopback, {:.0}% of the floor), root peak RSS {:.0} MiB, nodes {}",
+            "  run {}: {:.3} s, {:.0} MB/s ({:.0}% of loopback, {:.0}% of the floor), root peak RSS {:.0} MiB, nodes {}; CPU: root {:.2} s ({:.2} kernel), nodes {:.2} s ({:.2} kernel)",
             i + 1,
             run.secs,
             run.mb_per_s,
             100.0 * run.mb_per_s / loopback_mb_s,
-            100.0 * run.mb_per_s / r.floor_mb_s,
+            100.0 * run.mb_per_s / f.mb_s,
             run.root_rss_mib,
-            nodes.join(", ")
+            nodes.join(", "),
+            run.root_cpu.total(),
+            run.root_cpu.sys,
+            run.nodes_cpu.total(),
+            run.nodes_cpu.sys,
         ));
     }
     v
@@ -339,8 +410,14 @@ mod tests {
     fn the_pipeline_floor_moves_every_byte() {
         let dir = kit::temp_dir("w4-floor").unwrap();
         let input = dir.join("in");
-        std::fs::write(&input, vec![7u8; 3 << 20]).unwrap();
-        assert!(pipeline_floor_mb_per_s(&input, &dir.join("out")).unwrap() > 0.0);
+        // Big enough that its kernel time shows in ticks of 10 ms.
+        std::fs::write(&input, vec![7u8; 32 << 20]).unwrap();
+        let floor = pipeline_floor(&input, &dir.join("out")).unwrap();
+        assert!(floor.mb_s > 0.0);
+        if kit::cpu_time(Cpu::Thread).is_some() {
+            assert!(floor.cpu.sys > 0.0, "the kernel's copies take system time");
+            assert!(floor.cpu_bound_mb_s(32 << 20, 2).unwrap() > 0.0);
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,4 +1,5 @@
-//! Sending work: batches cut from the queue's front to the ready node with the most room,
+//! Sending work: batches cut from the queue's front to the ready node with the most room
+//! (the largest free share of its credit, in items or bytes, whichever is tighter),
 //! within its credit in items and bytes, far below the frame limit, and, with ordered
 //! delivery, within the reorder window. Retries go first.
 
@@ -32,9 +33,12 @@ impl Scheduler {
                 .filter(|(_, n)| {
                     n.ready && !n.draining && super::placement::can_run(&n.labels, &first_labels)
                 })
-                .map(|(id, n)| (*id, n.room().capped(node_bytes, n.in_bytes)))
-                .max_by_key(|&(_, room)| room.items);
-            let Some((id, room)) = best else {
+                .map(|(id, n)| {
+                    let share = n.free_share(node_bytes);
+                    (*id, n.room().capped(node_bytes, n.in_bytes), share)
+                })
+                .max_by_key(|&(_, room, share)| (share, room.items));
+            let Some((id, room, _)) = best else {
                 return;
             };
             let want = (self.options.batch_items as u64)

@@ -99,6 +99,16 @@ impl NodeConn {
         }
     }
 
+    /// The share of its credit a node has free, in millionths, by the tighter of items and
+    /// bytes (the root's own `node_bytes` bound included). Work goes to the node with the
+    /// largest: by items alone, big items all went to one node while bytes bound them.
+    pub fn free_share(&self, node_bytes: u64) -> u64 {
+        free_share(
+            (self.in_items, u64::from(self.credit.items)),
+            (self.in_bytes, self.credit.bytes.min(node_bytes)),
+        )
+    }
+
     pub fn next_seq(&mut self) -> u64 {
         let s = self.next_seq;
         self.next_seq += 1;
@@ -226,6 +236,18 @@ pub(crate) fn requeue(
     out
 }
 
+/// Of `(held, limit)` in items and in bytes, the smaller free share, in millionths.
+fn free_share(items: (u64, u64), bytes: (u64, u64)) -> u64 {
+    let share = |(held, limit): (u64, u64)| {
+        if limit == 0 {
+            return 0;
+        }
+        let free = u128::from(limit.saturating_sub(held));
+        (free * 1_000_000 / u128::from(limit)) as u64
+    };
+    share(items).min(share(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +264,22 @@ mod tests {
             stage: TaskIndex(0),
             tries: None,
         }
+    }
+
+    #[test]
+    fn the_free_share_is_that_of_the_tighter_bound() {
+        // Big items: plenty of item room on both, bytes decide.
+        let a = free_share((4, 1024), (12 << 20, 16 << 20));
+        let b = free_share((2, 1024), (2 << 20, 16 << 20));
+        assert!(b > a, "the node holding fewer bytes has more room");
+        assert_eq!(a, 250_000);
+        // Small items: bytes hardly used, items decide.
+        assert_eq!(free_share((768, 1024), (1 << 10, 16 << 20)), 250_000);
+        // Full, over-full (a smaller grant) and empty limits have no room.
+        assert_eq!(free_share((1024, 1024), (0, 1 << 20)), 0);
+        assert_eq!(free_share((1, 1024), (2 << 20, 1 << 20)), 0);
+        assert_eq!(free_share((0, 0), (0, 1 << 20)), 0);
+        assert_eq!(free_share((0, 1), (0, u64::MAX)), 1_000_000);
     }
 
     #[test]
