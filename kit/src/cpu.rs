@@ -43,6 +43,12 @@ impl Sub for CpuTime {
     }
 }
 
+impl std::iter::Sum for CpuTime {
+    fn sum<I: Iterator<Item = CpuTime>>(iter: I) -> CpuTime {
+        iter.fold(CpuTime::default(), |a, b| a + b)
+    }
+}
+
 /// Whose CPU time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cpu {
@@ -114,14 +120,19 @@ mod tests {
         let Some(before) = cpu_time(Cpu::Thread) else {
             return; // not Linux
         };
+        // Busy for up to 5 s of wall time: ticks of 10 ms must show by then.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
         let mut after = before;
-        while (after - before).total() < 0.02 {
+        while (after - before).total() < 0.02 && start.elapsed().as_secs() < 5 {
             for i in 0..1_000_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
             after = cpu_time(Cpu::Thread).unwrap();
         }
-        assert!(after.user >= before.user && after.total() > before.total());
+        assert!(
+            after.user >= before.user && (after - before).total() >= 0.02,
+            "{before:?} → {after:?}"
+        );
     }
 }

@@ -398,13 +398,16 @@ impl Root {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(root) = root {
-            py.detach(|| {
-                self.rt.block_on(async {
-                    tokio::time::timeout(CLOSE_TIMEOUT, root.close_shared()).await
-                })
-            })
-            .map_err(|_| PclusterError::new_err("the nodes did not answer the goodbye in time"))?
-            .map_err(error)?;
+            // Like every wait, Ctrl-C interrupts it (the nodes then free themselves when the
+            // root's connections close).
+            self.wait_for(py, async move {
+                match tokio::time::timeout(CLOSE_TIMEOUT, root.close_shared()).await {
+                    Ok(closed) => closed.map_err(error),
+                    Err(_) => Err(PclusterError::new_err(
+                        "the nodes did not answer the goodbye in time",
+                    )),
+                }
+            })?;
         }
         Ok(())
     }

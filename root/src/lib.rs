@@ -499,6 +499,9 @@ impl Root {
 
     /// Says goodbye to every node (they free themselves at once) and stops the scheduler,
     /// after handing over every output that arrived before; the handlers are dropped then.
+    /// Returns once every node has acknowledged by closing its connection, so a root started
+    /// next finds them free; a node that does not within 3 s is not waited for (a warning
+    /// names it).
     ///
     /// # Errors
     /// Already shut down.

@@ -318,6 +318,7 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     };
     let input = c.dir.join("in.txt");
     kit::write_w1_input(&input, 1_000).unwrap();
+    let fresh: Vec<u64> = c.nodes.iter().map(rss_mib).collect();
     let samplers: Vec<kit::RssSampler> = c
         .nodes
         .iter()
@@ -329,7 +330,7 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The most each node held while it ran Python.
+    // The most each node held while it ran Python (for the message).
     let with_python: Vec<u64> = samplers.into_iter().map(|s| s.finish() / 1024).collect();
     let rust = chain_file(&c.dir, "identity", "w1_identity", "");
     let out = run(&c, &rust, &input, &[]);
@@ -340,15 +341,16 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     );
     assert_eq!(sorted_lines(&out.stdout).len(), 1_000);
     // The component's image alone is ~35 MB; with wasmtime's tables of it and the Python
-    // instance, a node holds ~37 MiB more while it has it (measured).
+    // instance, a node holds ~37 MiB more while it has it (measured): a node back within
+    // 20 MiB of what it held before Python does not have it.
     let what = format!(
-        "the nodes' RSS to fall by 24 MiB from their peak with Python (MiB: {with_python:?})"
+        "the nodes' RSS back within 20 MiB of before Python (MiB: {fresh:?} before, {with_python:?} at most with Python)"
     );
     wait_until(LONG, &what, || {
         c.nodes
             .iter()
-            .zip(&with_python)
-            .all(|(n, &peak)| rss_mib(n) + 24 <= peak)
+            .zip(&fresh)
+            .all(|(n, &before)| rss_mib(n) <= before + 20)
     })
     .await;
 }

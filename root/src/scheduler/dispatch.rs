@@ -25,8 +25,11 @@ impl Scheduler {
             .map(|t| t.labels.clone())
             .unwrap_or_default();
         while self.queue.items() > 0 {
-            // The ready node with the most room (of those that can run the first task).
+            // Of the ready nodes that can run the first task and have room for a batch worth
+            // sending, the one with the largest free share of its credit.
             let node_bytes = self.options.node_bytes;
+            let queued = self.queue.items();
+            let batch_items = self.options.batch_items as u64;
             let best = self
                 .nodes
                 .iter()
@@ -37,19 +40,11 @@ impl Scheduler {
                     let share = n.free_share(node_bytes);
                     (*id, n.room().capped(node_bytes, n.in_bytes), share)
                 })
+                .filter(|(_, room, _)| worth_a_batch(room, batch_items, queued))
                 .max_by_key(|&(_, room, share)| (share, room.items));
             let Some((id, room, _)) = best else {
                 return;
             };
-            let want = (self.options.batch_items as u64)
-                .min(u64::from(room.window) / 4)
-                .max(1);
-            if room.items == 0
-                || room.bytes == 0
-                || (room.items < want && self.queue.items() > room.items)
-            {
-                return;
-            }
             let below_id = self
                 .order
                 .as_ref()
@@ -117,5 +112,36 @@ impl Scheduler {
                 return;
             }
         }
+    }
+}
+
+/// Whether a node with `room` should get a batch now: it has room in items and bytes, and
+/// either room for a batch of a useful size (a quarter of its window, at most `batch_items`)
+/// or for everything queued; otherwise waiting for more room makes fewer, fuller batches.
+fn worth_a_batch(room: &super::inflight::Room, batch_items: u64, queued: u64) -> bool {
+    let want = batch_items.min(u64::from(room.window) / 4).max(1);
+    room.items > 0 && room.bytes > 0 && (room.items >= want || queued <= room.items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::inflight::Room;
+    use super::worth_a_batch;
+
+    #[test]
+    fn a_node_gets_a_batch_when_it_has_room_for_a_useful_one_or_for_all() {
+        let room = |items, bytes| Room {
+            items,
+            bytes,
+            window: 1024,
+        };
+        assert!(worth_a_batch(&room(256, 1 << 20), 4096, 10_000));
+        assert!(
+            !worth_a_batch(&room(255, 1 << 20), 4096, 10_000),
+            "too little room"
+        );
+        assert!(worth_a_batch(&room(10, 1 << 20), 4096, 10), "room for all");
+        assert!(!worth_a_batch(&room(1024, 0), 4096, 10), "no bytes");
+        assert!(!worth_a_batch(&room(0, 1 << 20), 4096, 0), "no items");
     }
 }

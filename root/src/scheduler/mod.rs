@@ -251,24 +251,24 @@ pub(crate) async fn run(
         s.dispatch().await;
         s.check_waits();
     }
-    // Tell every node we leave for good so they free themselves at once.
+    // Tell every node we leave for good so they free themselves at once. A node frees itself
+    // and then closes the connection: waiting for that close means a root started after
+    // close() returns finds the nodes free. The wait is bounded, and a node whose channel is
+    // full (it stopped reading) is not waited on: it will not read the goodbye either.
+    let deadline = tokio::time::sleep(BYE_WAIT);
+    tokio::pin!(deadline);
     let mut bye = BytesMut::new();
     let _ = protocol::codec::encode_frame(&Msg::Bye, &mut bye, 1024);
     let bye = Frame::whole(bye.freeze());
-    let mut leaving: HashSet<NodeId> = HashSet::new();
+    let mut leaving: HashMap<NodeId, std::net::SocketAddr> = HashMap::new();
     for (id, n) in &s.nodes {
-        if n.tx.send(bye.clone()).await.is_ok() {
-            leaving.insert(*id);
+        if n.tx.try_send(bye.clone()).is_ok() {
+            leaving.insert(*id, n.addr);
         }
     }
     s.nodes.clear();
     // Dropping the handlers lets them flush whatever they buffer before close() returns.
     s.handlers = None;
-    // A node frees itself and then closes the connection: waiting for that close means a
-    // root started after close() returns finds the nodes free (a bounded wait: a node
-    // that vanished without a word does not hold the caller).
-    let deadline = tokio::time::sleep(BYE_WAIT);
-    tokio::pin!(deadline);
     while !leaving.is_empty() {
         tokio::select! {
             e = events.recv() => match e {
@@ -276,7 +276,12 @@ pub(crate) async fn run(
                 Some(Event::Msg(..)) => {}
                 None => break,
             },
-            () = &mut deadline => break,
+            () = &mut deadline => {
+                let addrs: Vec<String> = leaving.values().map(ToString::to_string).collect();
+                tracing::warn!(nodes = %addrs.join(", "), wait_s = BYE_WAIT.as_secs(),
+                    "closing without the nodes' acknowledgement of the goodbye");
+                break;
+            }
         }
     }
     if let Some(reply) = closing {

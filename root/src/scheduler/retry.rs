@@ -115,21 +115,28 @@ impl Scheduler {
                 .map_or(&[], |t| t.labels.as_slice());
             // Only nodes that can run the stage the front items enter at; with none, they
             // wait (as items wait when no node is left).
-            let ready: Vec<(NodeId, u64, u64)> = self
+            let ready: Vec<(NodeId, u64, u64, u64)> = self
                 .nodes
                 .iter()
                 .filter(|(_, n)| {
                     n.ready && !n.draining && super::placement::can_run(&n.labels, labels)
                 })
-                .map(|(id, n)| (*id, n.room().capped(self.options.node_bytes, n.in_bytes)))
-                .filter(|(_, r)| r.items > 0 && r.bytes > 0)
-                .map(|(id, r)| (id, r.items, r.bytes))
+                .map(|(id, n)| {
+                    let share = n.free_share(self.options.node_bytes);
+                    (
+                        *id,
+                        n.room().capped(self.options.node_bytes, n.in_bytes),
+                        share,
+                    )
+                })
+                .filter(|(_, r, _)| r.items > 0 && r.bytes > 0)
+                .map(|(id, r, share)| (id, r.items, r.bytes, share))
                 .collect();
-            let other = ready.iter().any(|(id, _, _)| Some(*id) != avoid);
-            let Some(&(id, items, bytes)) = ready
+            let other = ready.iter().any(|(id, ..)| Some(*id) != avoid);
+            let Some(&(id, items, bytes, _)) = ready
                 .iter()
-                .filter(|(id, _, _)| !other || Some(*id) != avoid)
-                .max_by_key(|(_, items, _)| *items)
+                .filter(|(id, ..)| !other || Some(*id) != avoid)
+                .max_by_key(|(_, items, _, share)| (*share, *items))
             else {
                 return;
             };
