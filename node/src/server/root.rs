@@ -81,8 +81,8 @@ pub(super) async fn serve_root(
     // re-dispatches what it held.
     let mut draining = false;
     let mut said_bye = false;
-    let mut drain_check = tokio::time::interval(Duration::from_millis(10));
-    let drain_started = Instant::now();
+    // Set when draining starts: by then the items in flight must be done.
+    let mut drain_deadline = tokio::time::Instant::now();
     let root = peer.to_string();
     loop {
         let msg = tokio::select! {
@@ -100,16 +100,24 @@ pub(super) async fn serve_root(
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
+                drain_deadline = tokio::time::Instant::now() + node.config.drain_timeout;
                 tracing::info!(node = &*node.addr, "draining: finishing the items in flight");
                 let _ = tx.send(Msg::Draining).await;
-                continue;
-            }
-            _ = drain_check.tick(), if draining => {
-                let idle = pool.as_ref().is_none_or(|p| p.shared.in_flight.load(Ordering::Relaxed) == 0);
-                if idle || drain_started.elapsed() > node.config.drain_timeout {
+                if idle(pool.as_ref()) {
                     break;
                 }
                 continue;
+            }
+            () = drained(pool.as_ref()), if draining => {
+                if idle(pool.as_ref()) {
+                    break;
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(drain_deadline), if draining => {
+                tracing::warn!(node = &*node.addr, timeout_s = node.config.drain_timeout.as_secs(),
+                    "drain timed out with items in flight");
+                break;
             }
         };
         let msg = match msg {
@@ -259,4 +267,18 @@ async fn setup_chain(
     })
     .await
     .map_err(|e| SetupError::Join(e.to_string()))?
+}
+
+/// Whether the connection's pool (if any) holds no inputs.
+fn idle(pool: Option<&Pool>) -> bool {
+    pool.is_none_or(|p| p.shared.in_flight.load(Ordering::Relaxed) == 0)
+}
+
+/// Waits until the pool's inputs in flight fall to zero (at once if a fall happened since
+/// the last wait; the caller checks again). Without a pool, never.
+async fn drained(pool: Option<&Pool>) {
+    match pool {
+        Some(p) => p.shared.drained.notified().await,
+        None => std::future::pending().await,
+    }
 }

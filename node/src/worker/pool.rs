@@ -73,6 +73,8 @@ pub struct PoolShared {
     pub(super) paused: Mutex<bool>,
     pub(super) resume: Condvar,
     pub(super) stop: AtomicBool,
+    /// Notified when `in_flight` falls to zero (a draining node waits for it).
+    pub drained: tokio::sync::Notify,
     pub(super) workers: u32,
     /// Failures carry the whole failing item (the root tries items again).
     pub send_failed_items: AtomicBool,
@@ -101,6 +103,7 @@ impl PoolShared {
             paused: Mutex::new(false),
             resume: Condvar::new(),
             stop: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
             workers,
             send_failed_items: AtomicBool::new(false),
             runnable: vec![true; tasks],
@@ -155,6 +158,13 @@ impl PoolShared {
         Credit {
             items: grant::window_items(self.item_ns(), self.workers),
             bytes: WINDOW_BYTES,
+        }
+    }
+
+    /// Counts `n` inputs as answered; wakes a drain waiting for none to be left.
+    pub(super) fn answered(&self, n: u64) {
+        if n > 0 && self.in_flight.fetch_sub(n, Ordering::Relaxed) == n {
+            self.drained.notify_one();
         }
     }
 
@@ -328,9 +338,7 @@ impl Pool {
                 byte_start,
             };
             if queue.try_send(Work::Unit(u)).is_err() {
-                self.shared
-                    .in_flight
-                    .fetch_sub(u64::from(n - first), Ordering::Relaxed);
+                self.shared.answered(u64::from(n - first));
                 return Err(RequestError::OverCredit);
             }
             first += count;

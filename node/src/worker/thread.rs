@@ -126,9 +126,7 @@ impl Worker {
             }
             self.shared.idle.fetch_add(1, Ordering::Relaxed);
             let Some(outputs) = done else { continue };
-            self.shared
-                .in_flight
-                .fetch_sub(outputs.counts.0.len() as u64, Ordering::Relaxed);
+            self.shared.answered(outputs.counts.0.len() as u64);
             let mut gone = false;
             for msg in fit_in_frames(outputs, MAX_OUTPUT_MESSAGE) {
                 if out.blocking_send(msg).is_err() {

@@ -231,8 +231,10 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let failed = d.state.failed();
     let secs = d.started.elapsed().as_secs_f64();
     {
-        eprintln!(
-            "pcluster run: {} inputs done of {} read, {} outputs, {} failed ({} refused), {} re-dispatched, {:.2} s ({:.0} inputs/s), peak RSS {:.1} MiB",
+        // One write: stderr is unbuffered, and a line written piece by piece could be cut by
+        // another writer's (a log line's).
+        let line = format!(
+            "pcluster run: {} inputs done of {} read, {} outputs, {} failed ({} refused), {} re-dispatched, {:.2} s ({:.0} inputs/s), peak RSS {:.1} MiB\n",
             c.completed,
             c.fed + refused,
             c.outputs,
@@ -243,6 +245,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             c.completed as f64 / secs.max(1e-9),
             kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
     let not_done = c.fed - c.completed.min(c.fed);
     if let Some(e) = read_error {
