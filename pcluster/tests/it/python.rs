@@ -303,10 +303,9 @@ async fn a_tagged_root_keeps_item_types_across_python_and_rust_tasks() {
     root.close().await.unwrap();
 }
 
-/// A node that ran a Python chain does not keep its component once a Rust chain follows
-/// (nor once its root has left): the memory cache keeps the current chain's code and only a
-/// small budget of others (the disk cache keeps the rest), and compiling leaves no heap
-/// behind.
+/// A node that ran a Python chain does not keep its component once a Rust chain follows:
+/// the memory cache keeps the current chain's code and only a small budget of others
+/// (the disk cache keeps the rest), and compiling leaves no heap behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     if !componentize_py() {
@@ -316,22 +315,31 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     let rss_mib = |node: &Child| {
         status_kib(Process::Pid(node.id()), Field::Rss).expect("the node's RSS") / 1024
     };
+    // The Python W1 chain, set up and run by a library root that keeps it set up while the
+    // nodes' memory is read.
+    let options = root::RootOptions {
+        tagged_items: true,
+        ..root::RootOptions::default()
+    };
+    let nodes: Vec<std::net::SocketAddr> = c.addrs().iter().map(|a| a.parse().unwrap()).collect();
+    let py_root = root::Root::with_nodes(options, &nodes).await.unwrap();
+    let chain = root::chain::load(&repo().join("examples/python/w1.toml")).unwrap();
+    let got = setup_collect(&py_root, chain).await.unwrap();
+    py_root
+        .feed((0..1_000).map(|i| format!("sitem-{i}").into_bytes()))
+        .await
+        .unwrap();
+    py_root.wait_empty().await.unwrap();
+    assert_eq!(
+        got.outputs.lock().unwrap().len(),
+        1_000,
+        "every even item twice"
+    );
+    let with_python: Vec<u64> = c.nodes.iter().map(rss_mib).collect();
+    py_root.close().await.unwrap();
+
     let input = c.dir.join("in.txt");
     kit::write_w1_input(&input, 1_000).unwrap();
-    let fresh: Vec<u64> = c.nodes.iter().map(rss_mib).collect();
-    let samplers: Vec<kit::RssSampler> = c
-        .nodes
-        .iter()
-        .map(|n| kit::RssSampler::start(n.id(), Duration::from_millis(20)))
-        .collect();
-    let out = run(&c, &repo().join("examples/python/w1.toml"), &input, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The most each node held while it ran Python (for the message).
-    let with_python: Vec<u64> = samplers.into_iter().map(|s| s.finish() / 1024).collect();
     let rust = chain_file(&c.dir, "identity", "w1_identity", "");
     let out = run(&c, &rust, &input, &[]);
     assert!(
@@ -341,16 +349,17 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     );
     assert_eq!(sorted_lines(&out.stdout).len(), 1_000);
     // The component's image alone is ~35 MB; with wasmtime's tables of it and the Python
-    // instance, a node holds ~37 MiB more while it has it (measured): a node back within
-    // 20 MiB of what it held before Python does not have it.
+    // instance, a node holds ~37 MiB more while it has it (measured).
     let what = format!(
-        "the nodes' RSS back within 20 MiB of before Python (MiB: {fresh:?} before, {with_python:?} at most with Python)"
+        "the nodes' RSS (MiB, {with_python:?} with the Python chain set up) to fall by 24 MiB"
     );
     wait_until(LONG, &what, || {
         c.nodes
             .iter()
-            .zip(&fresh)
-            .all(|(n, &before)| rss_mib(n) <= before + 20)
+            .zip(&with_python)
+            .all(|(n, &held)| rss_mib(n) + 24 <= held)
     })
     .await;
+    let after: Vec<u64> = c.nodes.iter().map(rss_mib).collect();
+    eprintln!("nodes' RSS (MiB): {with_python:?} with the Python chain set up, {after:?} after");
 }
