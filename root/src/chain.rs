@@ -382,6 +382,8 @@ pub fn build_task_crate(dir: &Path) -> Result<PathBuf, ChainError> {
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_MAKEFLAGS")
+        // A build reads nothing: whatever our stdin is must not reach cargo or rustc.
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .status()
         .map_err(|source| ChainError::Cargo {
