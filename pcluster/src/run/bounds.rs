@@ -99,26 +99,23 @@ mod tests {
         Ok(*a)
     }
 
+    /// The byte bounds of `o`: queue, per node, outputs, partial outputs, reorder buffer.
+    fn byte_bounds(o: &root::RootOptions) -> (u64, u64, u64, u64, u64) {
+        (
+            o.queue_bytes,
+            o.node_bytes,
+            o.outputs_bytes,
+            o.partial_bytes,
+            o.reorder_bytes,
+        )
+    }
+
     #[test]
     fn defaults_are_the_libraries_and_flags_set_bytes() {
         let a = parse(&[]).unwrap();
-        let o = a.bounds.options();
-        let d = root::RootOptions::default();
         assert_eq!(
-            (
-                o.queue_bytes,
-                o.node_bytes,
-                o.outputs_bytes,
-                o.partial_bytes,
-                o.reorder_bytes
-            ),
-            (
-                d.queue_bytes,
-                d.node_bytes,
-                d.outputs_bytes,
-                d.partial_bytes,
-                d.reorder_bytes
-            )
+            byte_bounds(&a.bounds.options()),
+            byte_bounds(&root::RootOptions::default())
         );
         a.bounds.check(24_000).unwrap();
         let a = parse(&[
@@ -134,15 +131,8 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let o = a.bounds.options();
         assert_eq!(
-            (
-                o.queue_bytes,
-                o.node_bytes,
-                o.outputs_bytes,
-                o.partial_bytes,
-                o.reorder_bytes
-            ),
+            byte_bounds(&a.bounds.options()),
             (1 << 20, 2 << 20, 3 << 20, 4 << 20, 5 << 20)
         );
     }

@@ -66,6 +66,25 @@ pub fn big_item(i: usize, len: usize) -> Vec<u8> {
     item
 }
 
+/// `dir/in.txt` with one [`big_item`] per line, item `i` of the `i`-th length; returns its
+/// path and the items.
+fn big_lines_input(
+    dir: &Path,
+    lens: impl Iterator<Item = usize>,
+) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+    let mut text = Vec::new();
+    let mut expected = Vec::new();
+    for (i, len) in lens.enumerate() {
+        let item = big_item(i, len);
+        text.extend_from_slice(&item);
+        text.push(b'\n');
+        expected.push(item);
+    }
+    let input = dir.join("in.txt");
+    std::fs::write(&input, &text).unwrap();
+    (input, expected)
+}
+
 /// The root's peak RSS in MiB, from the summary `pcluster run` prints.
 pub fn summary_peak_rss_mib(stderr: &str) -> f64 {
     let at = stderr
@@ -83,17 +102,7 @@ async fn big_items_twice_over_the_same_nodes_never_build_a_frame_past_the_limit(
 
     // 1,000 items of 100 KB: 100 MB, more than a 64 MiB frame if sent as one batch.
     let n = 1_000;
-    let mut text = Vec::with_capacity(n * 100_001);
-    let mut expected = Vec::with_capacity(n);
-    for i in 0..n {
-        let item = big_item(i, 100_000);
-        text.extend_from_slice(&item);
-        text.push(b'\n');
-        expected.push(item);
-    }
-    let input = dir.join("in.txt");
-    std::fs::write(&input, &text).unwrap();
-    drop(text);
+    let (input, expected) = big_lines_input(&dir, (0..n).map(|_| 100_000));
     let chain = chain_file(&dir, "identity", "w1_identity", "");
     // The second run starts from the speed the nodes remember from the first.
     for run in 0..2 {
@@ -318,22 +327,14 @@ async fn a_run_with_one_mib_bounds_completes_exactly() {
     let dir = cluster.dir.clone();
     let nodes = cluster.addrs().join(",");
     let n = 400;
-    let mut text = Vec::new();
-    let mut expected = Vec::with_capacity(n);
-    for i in 0..n {
-        let len = if i % 50 == 7 {
+    let lens = (0..n).map(|i| {
+        if i % 50 == 7 {
             2_500_000
         } else {
             1_000 + i * 500
-        };
-        let item = big_item(i, len);
-        text.extend_from_slice(&item);
-        text.push(b'\n');
-        expected.push(item);
-    }
-    let input = dir.join("in.txt");
-    std::fs::write(&input, &text).unwrap();
-    drop(text);
+        }
+    });
+    let (input, expected) = big_lines_input(&dir, lens);
     let chain = chain_file(&dir, "identity", "w1_identity", "");
     let bounds = [
         "--queue-mb",
