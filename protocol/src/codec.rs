@@ -192,6 +192,10 @@ impl Drop for FrameBudget {
 pub struct MessageCodec {
     max_frame: usize,
     budget: Option<FrameBudget>,
+    /// Bytes of the last whole frame this peer sent: a trusted peer's next frame may be
+    /// given that much room at once (bytes it did send), so frames of a steady size are read
+    /// into one buffer rather than one grown (and copied) several times.
+    last_frame: usize,
 }
 
 impl MessageCodec {
@@ -200,6 +204,7 @@ impl MessageCodec {
         MessageCodec {
             max_frame,
             budget: None,
+            last_frame: 0,
         }
     }
 
@@ -233,13 +238,20 @@ impl Decoder for MessageCodec {
             if let Some(b) = &mut self.budget {
                 b.hold(src.len())?;
             }
-            // Grow with what arrives (to at most four times what was received, from 64 KiB)
-            // rather than trusting the announced size, so peers announcing big frames and
-            // sending little cannot make us reserve memory. Four, not two: every growth
-            // copies what arrived so far, and big frames are the common case of big items.
-            src.reserve((4 + size - src.len()).min((3 * src.len()).max(64 << 10)));
+            // Grow with what arrives (to at most four times what was received, from 64 KiB,
+            // or, once trusted, to the size of the peer's last frame) rather than trusting
+            // the announced size, so peers announcing big frames and sending little cannot
+            // make us reserve memory. Four, not two: every growth copies what arrived so
+            // far, and big frames are the common case of big items.
+            let sent = if self.budget.is_none() {
+                self.last_frame
+            } else {
+                0
+            };
+            src.reserve((4 + size - src.len()).min((3 * src.len()).max(64 << 10).max(sent)));
             return Ok(None);
         }
+        self.last_frame = 4 + size;
         let mut frame = src.split_to(4 + size);
         if let Some(b) = &mut self.budget {
             b.hold(0)?;
@@ -412,7 +424,8 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_frame(&outputs(vec![]), &mut buf, 1024).unwrap();
         let mut payload = buf[4..].to_vec();
-        let at = payload.len() - 3; // counts (empty: one length byte), items (2), failures (1)
+        // counts (empty: one length byte), items (lengths, bytes, gaps: 3), failures (1)
+        let at = payload.len() - 4;
         assert_eq!(payload[at - 1], 0, "the empty list's length");
         payload.splice(at - 1..at, [3, 1, 2, 3]);
         assert!(decode_payload(&payload).is_err());

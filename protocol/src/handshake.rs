@@ -30,8 +30,8 @@ use crate::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 
 /// The magic bytes that open every pcluster connection.
 pub const MAGIC: &[u8; 8] = b"PCLUSTER";
-/// The protocol version this build speaks (2: the encrypted wire).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks (2: the encrypted wire; 3: batches with gaps).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Set in the role byte by a client that holds a token and so speaks Noise next.
 pub const SECURE: u8 = 0x80;
 
@@ -506,7 +506,8 @@ mod tests {
         stream.read_to_end(&mut answer).await.unwrap();
         assert_eq!(&answer[..8], MAGIC);
         assert_eq!(answer[10], STATUS_VERSION);
-        assert!(String::from_utf8_lossy(&answer[13..]).contains("node speaks 2, you speak 99"));
+        let reason = format!("node speaks {PROTOCOL_VERSION}, you speak 99");
+        assert!(String::from_utf8_lossy(&answer[13..]).contains(&reason));
         assert!(matches!(
             server.await.unwrap(),
             Err(ProtocolError::VersionMismatch {

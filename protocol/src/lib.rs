@@ -26,7 +26,7 @@ pub use error::{ErrorKind, ProtocolError, WireError};
 pub use handshake::{PROTOCOL_VERSION, Role};
 pub use ids::{ItemId, NodeId, SessionId, TaskIndex};
 pub use message::*;
-pub use packed::{Data, Packed, PackedError, U32s};
+pub use packed::{Data, Gaps, Packed, PackedError, U32s};
 pub use split::Frame;
 
 /// Default port of a node.

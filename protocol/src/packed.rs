@@ -1,4 +1,6 @@
-//! Packed item batches: every item's bytes in one buffer plus a list of lengths.
+//! Packed item batches: every item's bytes in one buffer plus a list of lengths, and
+//! optionally a gap of a few bytes after each item (the separators of the input the bytes
+//! were read from, sent as they lie rather than copied out: [`Gaps`]).
 //!
 //! Decoding a batch of thousands of items is then two memcpys, and walking it allocates
 //! nothing. Lengths travel as raw little-endian `u32`s rather than a serde sequence, which
@@ -39,6 +41,28 @@ impl<'de> Deserialize<'de> for U32s {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
         ))
+    }
+}
+
+/// Bytes after each item of a batch that belong to no item: a batch read from a file of
+/// lines shares the file's bytes, each item followed by its `\n` (or `\r\n`), instead of
+/// copying the items out. Empty: no gaps (every batch built item by item). At most
+/// [`MAX_GAP`] per item.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gaps(pub Vec<u8>);
+
+/// The largest gap after an item.
+pub const MAX_GAP: u8 = 2;
+
+impl Serialize for Gaps {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Gaps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Gaps(serde_bytes::ByteBuf::deserialize(d)?.into_vec()))
     }
 }
 
@@ -173,24 +197,38 @@ fn serialize_data<S: Serializer>(d: &Data, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(d)
 }
 
-/// A batch whose item lengths do not add up to its bytes.
+/// A batch whose item lengths (and gaps) do not add up to its bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("item lengths add up to {lengths} bytes but the batch holds {bytes}")]
-pub struct PackedError {
-    /// The sum of the lengths.
-    pub lengths: u64,
-    /// The bytes the batch holds.
-    pub bytes: usize,
+pub enum PackedError {
+    /// The lengths and gaps do not add up to the bytes.
+    #[error("item lengths and gaps add up to {lengths} bytes but the batch holds {bytes}")]
+    Bytes {
+        /// The sum of the lengths and gaps.
+        lengths: u64,
+        /// The bytes the batch holds.
+        bytes: usize,
+    },
+    /// There are gaps, but not one per item, or one too wide.
+    #[error("{gaps} gaps (at most {MAX_GAP} bytes each) for {items} items")]
+    Gaps {
+        /// Gaps given.
+        gaps: usize,
+        /// Items.
+        items: usize,
+    },
 }
 
-/// Items packed into one buffer: item `i` is `data[offset_i .. offset_i + lens[i]]`.
+/// Items packed into one buffer: item `i` is `data[offset_i .. offset_i + lens[i]]`, where
+/// `offset_{i+1} = offset_i + lens[i] + gaps[i]` (gaps are zero when there are none).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packed {
     /// Each item's length.
     pub lens: U32s,
-    /// All items' bytes, back to back.
+    /// All items' bytes, back to back (with their gaps).
     #[serde(serialize_with = "serialize_data", deserialize_with = "bytes_once")]
     pub data: Data,
+    /// The bytes after each item that are not part of it; empty when there are none.
+    pub gaps: Gaps,
 }
 
 impl Packed {
@@ -204,7 +242,30 @@ impl Packed {
         Packed {
             lens: U32s(Vec::with_capacity(items)),
             data: Data::Owned(Vec::with_capacity(bytes)),
+            gaps: Gaps::default(),
         }
+    }
+
+    /// The bytes after item `i` that are not part of it.
+    #[inline]
+    pub fn gap(&self, i: usize) -> usize {
+        self.gaps.0.get(i).map_or(0, |&g| usize::from(g))
+    }
+
+    /// Bytes that items `first .. first + count` take in `data`, their gaps included.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    pub fn span(&self, first: usize, count: usize) -> usize {
+        let lens: usize = self.lens.0[first..first + count]
+            .iter()
+            .map(|&l| l as usize)
+            .sum();
+        let gaps: usize = match self.gaps.0.get(first..first + count) {
+            Some(g) => g.iter().map(|&g| usize::from(g)).sum(),
+            None => 0,
+        };
+        lens + gaps
     }
 
     /// Appends one item.
@@ -215,6 +276,9 @@ impl Packed {
     pub fn push(&mut self, item: &[u8]) {
         let len = u32::try_from(item.len()).expect("item under 4 GiB");
         self.lens.0.push(len);
+        if !self.gaps.0.is_empty() {
+            self.gaps.0.push(0);
+        }
         self.data.extend_from_slice(item);
     }
 
@@ -230,7 +294,7 @@ impl Packed {
         self.lens.0.is_empty()
     }
 
-    /// Total bytes of all items.
+    /// Total bytes of all items (and of their gaps).
     #[inline]
     pub fn bytes(&self) -> usize {
         self.data.len()
@@ -242,17 +306,27 @@ impl Packed {
     /// # Panics
     /// If the ranges are out of bounds.
     pub fn run(&mut self, items: std::ops::Range<usize>, bytes: std::ops::Range<usize>) -> Packed {
+        let gaps = Gaps(self.gaps.0.get(items.clone()).unwrap_or_default().to_vec());
         let lens = U32s(self.lens.0[items].to_vec());
         let data = if bytes.len() >= crate::split::SPLIT_BYTES {
             Data::Shared(self.data.share().slice(bytes))
         } else {
             Data::Owned(self.data[bytes].to_vec())
         };
-        Packed { lens, data }
+        Packed { lens, data, gaps }
     }
 
-    /// Appends every item of `other`.
+    /// Appends every item of `other` (with its gaps, if either batch has some).
     pub fn append(&mut self, other: &Packed) {
+        if !other.gaps.0.is_empty() && self.gaps.0.is_empty() {
+            self.gaps.0.resize(self.lens.0.len(), 0);
+        }
+        if !self.gaps.0.is_empty() {
+            match other.gaps.0.is_empty() {
+                true => self.gaps.0.resize(self.gaps.0.len() + other.len(), 0),
+                false => self.gaps.0.extend_from_slice(&other.gaps.0),
+            }
+        }
         self.lens.0.extend_from_slice(&other.lens.0);
         self.data.extend_from_slice(&other.data);
     }
@@ -261,6 +335,7 @@ impl Packed {
     pub fn clear(&mut self) {
         self.lens.0.clear();
         self.data.clear();
+        self.gaps.0.clear();
     }
 
     /// Checks that the lengths add up to the data, so iteration cannot go out of bounds.
@@ -269,11 +344,21 @@ impl Packed {
     /// # Errors
     /// When they do not.
     pub fn validate(&self) -> Result<(), PackedError> {
-        let total: u64 = self.lens.0.iter().map(|&l| u64::from(l)).sum();
+        let gaps = &self.gaps.0;
+        if !gaps.is_empty()
+            && (gaps.len() != self.lens.0.len() || gaps.iter().any(|&g| g > MAX_GAP))
+        {
+            return Err(PackedError::Gaps {
+                gaps: gaps.len(),
+                items: self.lens.0.len(),
+            });
+        }
+        let total: u64 = self.lens.0.iter().map(|&l| u64::from(l)).sum::<u64>()
+            + gaps.iter().map(|&g| u64::from(g)).sum::<u64>();
         if total == self.data.len() as u64 {
             Ok(())
         } else {
-            Err(PackedError {
+            Err(PackedError::Bytes {
                 lengths: total,
                 bytes: self.data.len(),
             })
@@ -286,6 +371,7 @@ impl Packed {
     pub fn iter(&self) -> PackedIter<'_> {
         PackedIter {
             lens: self.lens.0.iter(),
+            gaps: self.gaps.0.iter(),
             data: &self.data,
         }
     }
@@ -313,6 +399,7 @@ impl<T: AsRef<[u8]>> FromIterator<T> for Packed {
 #[derive(Debug, Clone)]
 pub struct PackedIter<'a> {
     lens: std::slice::Iter<'a, u32>,
+    gaps: std::slice::Iter<'a, u8>,
     data: &'a [u8],
 }
 
@@ -326,7 +413,12 @@ impl<'a> Iterator for PackedIter<'a> {
             return None;
         }
         let (item, rest) = self.data.split_at(len);
-        self.data = rest;
+        let gap = self
+            .gaps
+            .next()
+            .map_or(0, |&g| usize::from(g))
+            .min(rest.len());
+        self.data = &rest[gap..];
         Some(item)
     }
 
@@ -353,14 +445,72 @@ mod tests {
         let p = Packed {
             lens: U32s(vec![2, 100]),
             data: b"abc".to_vec().into(),
+            gaps: Gaps::default(),
         };
         assert_eq!(
             p.validate(),
-            Err(PackedError {
+            Err(PackedError::Bytes {
                 lengths: 102,
                 bytes: 3
             })
         );
         assert_eq!(p.iter().count(), 1);
+    }
+
+    /// `a\nbb\r\n\nccc`, shared as it lies: items `a`, `bb`, ``, `ccc`.
+    fn lines() -> Packed {
+        Packed {
+            lens: U32s(vec![1, 2, 0, 3]),
+            data: Data::Shared(Bytes::from_static(b"a\nbb\r\n\nccc")),
+            gaps: Gaps(vec![1, 2, 1, 0]),
+        }
+    }
+
+    #[test]
+    fn items_with_gaps_skip_their_separators() {
+        let p = lines();
+        assert!(p.validate().is_ok());
+        let items: Vec<&[u8]> = p.iter().collect();
+        assert_eq!(items, vec![&b"a"[..], b"bb", b"", b"ccc"]);
+        assert_eq!(p.span(1, 2), 5, "bb\r\n and \n");
+        assert_eq!(p.gap(1), 2);
+    }
+
+    #[test]
+    fn runs_and_appends_keep_the_gaps_where_they_are() {
+        let mut p = lines();
+        let mut run = p.run(1..3, 2..7);
+        assert!(run.validate().is_ok());
+        assert_eq!(run.iter().collect::<Vec<_>>(), vec![&b"bb"[..], b""]);
+        // A gapless batch joined to a gapped one, and the other way round.
+        let mut plain: Packed = ["x", "yz"].into_iter().collect();
+        plain.append(&run);
+        assert!(plain.validate().is_ok());
+        assert_eq!(
+            plain.iter().collect::<Vec<_>>(),
+            vec![&b"x"[..], b"yz", b"bb", b""]
+        );
+        run.append(&["q"].into_iter().collect());
+        run.push(b"r");
+        assert!(run.validate().is_ok());
+        assert_eq!(
+            run.iter().collect::<Vec<_>>(),
+            vec![&b"bb"[..], b"", b"q", b"r"]
+        );
+    }
+
+    #[test]
+    fn gaps_that_do_not_fit_the_items_are_refused() {
+        let mut p = lines();
+        p.gaps.0.pop();
+        assert_eq!(p.validate(), Err(PackedError::Gaps { gaps: 3, items: 4 }));
+        let mut p = lines();
+        p.gaps.0[3] = 3;
+        p.lens.0[3] = 0;
+        assert!(matches!(p.validate(), Err(PackedError::Gaps { .. })));
+        let mut p = lines();
+        p.gaps.0[0] = 2;
+        assert!(matches!(p.validate(), Err(PackedError::Bytes { .. })));
+        assert!(p.iter().count() <= 4, "iteration stays in bounds");
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::codec::{decode_part, encode_part};
 use crate::error::ProtocolError;
 use crate::message::{Continuation, Failure, Items, Msg, Outputs, Partial};
-use crate::packed::{Data, Packed, U32s};
+use crate::packed::{Data, Gaps, Packed, U32s};
 use crate::{Ids, TaskIndex};
 
 /// Batches whose bytes reach this size travel in parts; smaller ones are copied into the
@@ -82,7 +82,7 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
     let data = match msg {
         Msg::Items(i) => {
             encode_part(&(ITEMS, i.seq, &i.ids, &i.items.lens), &mut head)?;
-            encode_part(&i.stage, &mut tail)?;
+            encode_part(&(&i.items.gaps, i.stage), &mut tail)?;
             i.items.data.share()
         }
         Msg::Outputs(o) => {
@@ -90,11 +90,12 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
                 &(OUTPUTS, o.seq, o.first, &o.counts, &o.items.lens),
                 &mut head,
             )?;
-            encode_part(&(&o.failures, &o.continuations), &mut tail)?;
+            encode_part(&(&o.items.gaps, &o.failures, &o.continuations), &mut tail)?;
             o.items.data.share()
         }
         Msg::Partial(p) => {
             encode_part(&(PARTIAL, p.seq, p.index, &p.items.lens), &mut head)?;
+            encode_part(&p.items.gaps, &mut tail)?;
             p.items.data.share()
         }
         _ => return Ok(None),
@@ -118,6 +119,7 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
 /// The tail of an [`Outputs`], decoded with the same bounds as the whole message.
 #[derive(Deserialize)]
 struct OutputsTail {
+    gaps: Gaps,
     #[serde(deserialize_with = "crate::message::bounded::seq")]
     failures: Vec<Failure>,
     #[serde(deserialize_with = "crate::message::bounded::seq")]
@@ -159,10 +161,12 @@ fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
             let ((seq, ids, lens), used): ((u64, Ids, U32s), usize) =
                 decode_part(&payload[1..], all)?;
             let (data, at) = data_at(payload, 1 + used)?;
-            let (stage, used): (TaskIndex, usize) = decode_part(&payload[at..], all)?;
+            let ((gaps, stage), used): ((Gaps, TaskIndex), usize) =
+                decode_part(&payload[at..], all)?;
             let items = Packed {
                 lens,
                 data: Data::Shared(data),
+                gaps,
             };
             (
                 Msg::Items(Items {
@@ -187,6 +191,7 @@ fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
                     items: Packed {
                         lens,
                         data: Data::Shared(data),
+                        gaps: tail.gaps,
                     },
                     failures: tail.failures,
                     continuations: tail.continuations,
@@ -198,6 +203,7 @@ fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
             let ((seq, index, lens), used): ((u64, u32, U32s), usize) =
                 decode_part(&payload[1..], all)?;
             let (data, at) = data_at(payload, 1 + used)?;
+            let (gaps, used): (Gaps, usize) = decode_part(&payload[at..], all)?;
             (
                 Msg::Partial(Partial {
                     seq,
@@ -205,9 +211,10 @@ fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
                     items: Packed {
                         lens,
                         data: Data::Shared(data),
+                        gaps,
                     },
                 }),
-                at,
+                at + used,
             )
         }
     };
@@ -233,6 +240,20 @@ mod tests {
             .collect()
     }
 
+    /// Items of `len` bytes each followed by `\n`, shared as they lie (a file's lines).
+    fn lines(n: usize, len: usize) -> Packed {
+        let mut data = Vec::new();
+        for i in 0..n {
+            data.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+            data.push(b'\n');
+        }
+        Packed {
+            lens: U32s(vec![len as u32; n]),
+            data: Data::Shared(Bytes::from(data)),
+            gaps: Gaps(vec![1; n]),
+        }
+    }
+
     fn messages() -> Vec<Msg> {
         vec![
             Msg::Items(Items {
@@ -248,6 +269,12 @@ mod tests {
                 seq: 1,
                 ids: Ids::List(vec![5, 70_000]),
                 items: packed(2, 100_000, 2),
+                stage: TaskIndex(0),
+            }),
+            Msg::Items(Items {
+                seq: 2,
+                ids: Ids::Range { start: 0, count: 3 },
+                items: lines(3, 30_000),
                 stage: TaskIndex(0),
             }),
             Msg::Outputs(Outputs {

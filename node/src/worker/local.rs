@@ -65,10 +65,7 @@ impl LocalChain {
             };
             // One worker: units never split, so every unit yields its outputs.
             out.extend(self.worker.run_unit(&u, &self.tx));
-            byte_start += batch.items.lens.0[first as usize..(first + count) as usize]
-                .iter()
-                .map(|&l| l as usize)
-                .sum::<usize>();
+            byte_start += batch.items.span(first as usize, count as usize);
             first += count;
         }
         out

@@ -327,10 +327,7 @@ impl Pool {
         let mut byte_start = 0usize;
         while first < n {
             let count = unit.min(n - first);
-            let bytes: usize = batch.items.lens.0[first as usize..(first + count) as usize]
-                .iter()
-                .map(|&l| l as usize)
-                .sum();
+            let bytes = batch.items.span(first as usize, count as usize);
             let u = Unit {
                 batch: batch.clone(),
                 first,

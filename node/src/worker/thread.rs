@@ -550,7 +550,7 @@ fn unit_items(unit: &Unit) -> impl Iterator<Item = (u32, &[u8])> {
     let mut offset = unit.byte_start;
     lens.iter().enumerate().map(move |(i, &l)| {
         let item = &batch.items.data[offset..offset + l as usize];
-        offset += l as usize;
+        offset += l as usize + batch.items.gap(first + i);
         (i as u32, item)
     })
 }

@@ -8,22 +8,8 @@ use std::io::{BufReader, Read};
 use protocol::Packed;
 use tokio::sync::mpsc;
 
-use super::input::{Batcher, Read_, ReaderConfig, Refused, write_failed};
+use super::input::{Batcher, Read_, ReaderConfig, Refused, read_full, write_failed};
 use super::lines::LineRuns;
-
-/// Fills `buf` from `r`; the bytes read, fewer only at the end of the input.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
 
 fn truncated(record: u64, what: &str) -> std::io::Error {
     std::io::Error::new(
@@ -149,6 +135,7 @@ mod tests {
             framing: Framing::Binary,
             batch_items: 2,
             batch_bytes: 1 << 20,
+            window: 1 << 20,
             max_item_bytes: max,
             skip: None,
             failed: failed.clone(),

@@ -32,6 +32,8 @@ pub struct Drive<'a> {
     pub root: Arc<root::Root>,
     pub args: &'a RunArgs,
     pub input: Box<dyn std::io::Read + Send>,
+    /// Whether the input is a regular file.
+    pub input_is_file: bool,
     pub lines: LineIndex,
     pub state: Arc<SinkState>,
     pub failed: Arc<Mutex<FailedOut>>,
@@ -97,6 +99,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             framing: args.framing(),
             batch_items: d.root.options().batch_items,
             batch_bytes: READ_BATCH_BYTES,
+            window: input::window(d.input_is_file),
             max_item_bytes: d.root.options().max_item_bytes,
             skip: d.skip,
             failed: d.failed.clone(),

@@ -38,6 +38,8 @@ use crate::setup::{Console, fresh_token, init_tracing, runtime};
 /// Files opened before any node is contacted, so a typo costs nothing.
 struct Files {
     input: Box<dyn std::io::Read + Send>,
+    /// Whether the input is a regular file (read a big buffer at a time without waiting).
+    input_is_file: bool,
     output: Box<dyn std::io::Write + Send>,
     /// Bytes already in the output (a resumed run appends).
     output_bytes: u64,
@@ -47,12 +49,23 @@ struct Files {
 }
 
 fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Files> {
-    let input: Box<dyn std::io::Read + Send> = match &args.input {
-        Some(p) => Box::new(
-            std::fs::File::open(p)
-                .with_context(|| format!("cannot open --input {}", p.display()))?,
-        ),
-        None => Box::new(std::io::stdin()),
+    let (input, input_is_file): (Box<dyn std::io::Read + Send>, bool) = match &args.input {
+        Some(p) => {
+            let f = std::fs::File::open(p)
+                .with_context(|| format!("cannot open --input {}", p.display()))?;
+            let is_file = f.metadata().is_ok_and(|m| m.is_file());
+            (Box::new(f), is_file)
+        }
+        None => {
+            use std::os::fd::AsFd as _;
+            let stdin = std::io::stdin();
+            let is_file = stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| std::fs::File::from(fd).metadata())
+                .is_ok_and(|m| m.is_file());
+            (Box::new(stdin), is_file)
+        }
     };
     let mut resume = None;
     let mut output_bytes = 0;
@@ -128,6 +141,7 @@ fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Fil
     };
     Ok(Files {
         input,
+        input_is_file,
         output,
         output_bytes,
         failed,
@@ -248,6 +262,7 @@ async fn run_on_cluster(
             root: root.clone(),
             args: &args,
             input: files.input,
+            input_is_file: files.input_is_file,
             lines,
             state,
             failed,

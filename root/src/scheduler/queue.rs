@@ -139,11 +139,12 @@ impl Queue {
                     contiguous &= id == first + ids.len() as u64;
                 }
                 ids.push(id);
+                let span = len + front.items.gap(front.pos);
                 front.pos += 1;
-                front.byte_pos += len;
-                taken += len as u64;
+                front.byte_pos += span;
+                taken += span as u64;
                 self.items -= 1;
-                self.bytes -= len as u64;
+                self.bytes -= span as u64;
             }
             if front.pos > start {
                 let run = front
