@@ -226,6 +226,29 @@ mod tests {
     };
 
     #[test]
+    fn items_read_with_their_separators_are_cut_whole_and_counted_with_them() {
+        // `a\nbb\r\n\nccc` as read, then a gapless chunk: cuts of two items each.
+        let read = Packed {
+            lens: protocol::U32s(vec![1, 2, 0, 3]),
+            data: protocol::Data::Shared(bytes::Bytes::from_static(b"a\nbb\r\n\nccc")),
+            gaps: protocol::Gaps(vec![1, 2, 1, 0]),
+        };
+        let mut q = Queue::default();
+        q.push_back(Chunk::new(Ids::Range { start: 0, count: 4 }, read));
+        q.push_back(Chunk::new(Ids::Range { start: 4, count: 1 }, packed(&["dd"])));
+        assert_eq!((q.items(), q.bytes()), (5, 12));
+        let two = Cut { items: 2, ..ALL };
+        let mut got = Vec::new();
+        while let Some((_, items)) = q.take(two) {
+            assert!(items.validate().is_ok());
+            got.push(items.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
+        }
+        let want: [&[&[u8]]; 3] = [&[b"a", b"bb"], &[b"", b"ccc"], &[b"dd"]];
+        assert_eq!(got, want);
+        assert_eq!((q.items(), q.bytes()), (0, 0));
+    }
+
+    #[test]
     fn a_fitting_fresh_chunk_goes_whole() {
         let mut q = Queue::default();
         q.push_back(Chunk::new(
