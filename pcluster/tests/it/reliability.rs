@@ -1156,7 +1156,11 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
         let (mut s, _) = fake.accept().await.unwrap();
         let mut pre = [0u8; 11];
         s.read_exact(&mut pre).await.unwrap();
-        let reason = b"protocol version mismatch: node speaks 3, you speak 2";
+        let reason = format!(
+            "protocol version mismatch: node speaks {}, you speak {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        );
+        let reason = reason.as_bytes();
         let mut answer = preamble(PROTOCOL_VERSION + 1, 1);
         answer.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         answer.extend_from_slice(reason);
@@ -1172,18 +1176,18 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
             RootError::Node {
                 source: ProtocolError::VersionMismatch {
                     ours: PROTOCOL_VERSION,
-                    theirs: 3
+                    theirs
                 },
                 ..
-            }
+            } if theirs == PROTOCOL_VERSION + 1
         ),
         "{err}"
     );
-    assert!(
-        err.to_string()
-            .contains("protocol version mismatch: we speak 2, peer speaks 3"),
-        "{err}"
+    let mismatch = format!(
+        "protocol version mismatch: we speak {PROTOCOL_VERSION}, peer speaks {}",
+        PROTOCOL_VERSION + 1
     );
+    assert!(err.to_string().contains(&mismatch), "{err}");
 
     // Both processes are alive, small, and serve a real run.
     alive(&mut node, &mut log, "after the flood");

@@ -235,7 +235,10 @@ mod tests {
         };
         let mut q = Queue::default();
         q.push_back(Chunk::new(Ids::Range { start: 0, count: 4 }, read));
-        q.push_back(Chunk::new(Ids::Range { start: 4, count: 1 }, packed(&["dd"])));
+        q.push_back(Chunk::new(
+            Ids::Range { start: 4, count: 1 },
+            packed(&["dd"]),
+        ));
         assert_eq!((q.items(), q.bytes()), (5, 12));
         let two = Cut { items: 2, ..ALL };
         let mut got = Vec::new();
