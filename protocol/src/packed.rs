@@ -2,7 +2,7 @@
 //! optionally a gap of a few bytes after each item (the separators of the input the bytes
 //! were read from, sent as they lie rather than copied out: [`Gaps`]).
 //!
-//! Decoding a batch of thousands of items is then two memcpys, and walking it allocates
+//! Decoding a batch of thousands of items is then a few memcpys, and walking it allocates
 //! nothing. Lengths travel as raw little-endian `u32`s rather than a serde sequence, which
 //! would decode element by element. The bytes are [`Data`]: a vector while a batch is
 //! built, or a shared slice of the frame it arrived in (big batches are decoded without a
@@ -252,6 +252,16 @@ impl Packed {
         self.gaps.0.get(i).map_or(0, |&g| usize::from(g))
     }
 
+    /// Bytes item `i` takes in `data`, its gap included (what it counts for in
+    /// [`Packed::bytes`]).
+    ///
+    /// # Panics
+    /// If `i` is out of bounds.
+    #[inline]
+    pub fn item_bytes(&self, i: usize) -> usize {
+        self.lens.0[i] as usize + self.gap(i)
+    }
+
     /// Bytes that items `first .. first + count` take in `data`, their gaps included.
     ///
     /// # Panics
@@ -474,6 +484,12 @@ mod tests {
         assert_eq!(items, vec![&b"a"[..], b"bb", b"", b"ccc"]);
         assert_eq!(p.span(1, 2), 5, "bb\r\n and \n");
         assert_eq!(p.gap(1), 2);
+        let each: usize = (0..p.len()).map(|i| p.item_bytes(i)).sum();
+        assert_eq!(
+            each,
+            p.bytes(),
+            "items and their gaps make up the batch's bytes"
+        );
     }
 
     #[test]

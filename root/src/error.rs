@@ -68,6 +68,9 @@ pub enum RootError {
         /// Nodes that were lost, comma-separated.
         lost: String,
     },
+    /// A packed batch given to feed is not well formed.
+    #[error("a packed batch to feed is malformed: {0}")]
+    Packed(#[from] protocol::PackedError),
     /// An input item is larger than allowed.
     #[error("item of {size} bytes exceeds the per-item limit of {limit} bytes")]
     ItemTooLarge {

@@ -365,8 +365,10 @@ impl Root {
     /// Queues a packed batch as it is (the fastest way to feed); returns the ids given.
     ///
     /// # Errors
-    /// As [`Root::feed`].
+    /// As [`Root::feed`], and [`RootError::Packed`] when the lengths (and gaps) do not fit
+    /// the bytes.
     pub async fn feed_packed(&self, items: Packed) -> Result<FedIds, RootError> {
+        items.validate()?;
         if let Some(&big) = items
             .lens
             .0

@@ -298,7 +298,7 @@ pub fn pipeline_floor(input: &Path, output: &Path) -> anyhow::Result<Floor> {
             s.write_all(&out[..n])?;
         }
     });
-    let mut cpu = thread_cpu();
+    let mut ends = thread_cpu();
     let (mut r, _) = to_root.accept()?;
     let mut f = std::fs::File::create(output)?;
     let mut buf = vec![0u8; CHUNK];
@@ -312,12 +312,13 @@ pub fn pipeline_floor(input: &Path, output: &Path) -> anyhow::Result<Floor> {
         got += n as u64;
     }
     let secs = t.elapsed().as_secs_f64();
-    cpu = thread_cpu() - cpu;
-    for h in [reader, node] {
-        cpu = cpu
-            + h.join()
-                .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??;
-    }
+    ends = thread_cpu() - ends;
+    let joined = |h: std::thread::JoinHandle<std::io::Result<CpuTime>>| -> anyhow::Result<CpuTime> {
+        Ok(h.join()
+            .map_err(|_| anyhow::anyhow!("a pipeline thread panicked"))??)
+    };
+    ends = ends + joined(reader)?;
+    let middle = joined(node)?;
     drop(f);
     let _ = std::fs::remove_file(output);
     ensure!(
@@ -326,7 +327,9 @@ pub fn pipeline_floor(input: &Path, output: &Path) -> anyhow::Result<Floor> {
     );
     Ok(Floor {
         mb_s: bytes as f64 / secs / 1e6,
-        cpu,
+        cpu: ends + middle,
+        ends,
+        middle,
     })
 }
 
@@ -337,6 +340,10 @@ pub struct Floor {
     pub mb_s: f64,
     /// The CPU time its three threads took (zero where `/proc` cannot tell).
     pub cpu: CpuTime,
+    /// Of which the two ends' (a root's part: read the file and send, receive and write).
+    pub ends: CpuTime,
+    /// And the middle's (a node's part: receive, copy in and out, send).
+    pub middle: CpuTime,
 }
 
 impl Floor {
@@ -365,10 +372,12 @@ pub fn lines(r: &W4Report, loopback_mb_s: f64, cores: u32) -> Vec<String> {
             o.name, o.items, o.item_bytes
         ),
         format!(
-            "  pipeline floor (file → TCP → copy in and out → TCP → file, three bare threads): {:.0} MB/s, CPU {:.2} s ({:.2} s of it in the kernel){bound}",
+            "  pipeline floor (file → TCP → copy in and out → TCP → file, three bare threads): {:.0} MB/s, CPU {:.2} s ({:.2} s of it in the kernel; the ends, a root's part, {:.2} s, the middle, the nodes' part, {:.2} s){bound}",
             f.mb_s,
             f.cpu.total(),
-            f.cpu.sys
+            f.cpu.sys,
+            f.ends.total(),
+            f.middle.total(),
         ),
     ];
     for (i, run) in r.runs.iter().enumerate() {

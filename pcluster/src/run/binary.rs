@@ -135,7 +135,7 @@ mod tests {
             framing: Framing::Binary,
             batch_items: 2,
             batch_bytes: 1 << 20,
-            window: 1 << 20,
+            regular_file: true,
             max_item_bytes: max,
             skip: None,
             failed: failed.clone(),

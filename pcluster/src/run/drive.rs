@@ -99,7 +99,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             framing: args.framing(),
             batch_items: d.root.options().batch_items,
             batch_bytes: READ_BATCH_BYTES,
-            window: input::window(d.input_is_file),
+            regular_file: d.input_is_file,
             max_item_bytes: d.root.options().max_item_bytes,
             skip: d.skip,
             failed: d.failed.clone(),

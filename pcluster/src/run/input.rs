@@ -93,8 +93,9 @@ pub struct ReaderConfig {
     pub batch_items: usize,
     /// A batch is sent once it holds this many bytes (checked per item: one compare).
     pub batch_bytes: usize,
-    /// Bytes read at a time for separated items ([`window`]).
-    pub window: usize,
+    /// Whether the input is a regular file: read a big buffer at a time and send items as
+    /// slices of it ([`window`]).
+    pub regular_file: bool,
     pub max_item_bytes: u64,
     /// Lines (1-based) already done by the run being resumed.
     pub skip: Option<Arc<super::joblog::LineSet>>,
@@ -146,15 +147,14 @@ impl Batcher<'_> {
     }
 }
 
-/// Bytes read at a time for separated items: batches are cut from this buffer and share it
-/// (no copy), each item keeping its separator after it as a gap the node skips; an item
-/// still unfinished at the end of the buffer moves to the next one (the only copy). From a
-/// regular file, 1 MiB: bigger buffers are colder when their bytes are sent (W4 measured
-/// 2 MiB 15 % slower). From a pipe, whose reads wait for the writer, 64 KiB (what a pipe
-/// holds), so a slow writer's items do not wait for a big buffer to fill.
-pub fn window(regular_file: bool) -> usize {
+/// Bytes read at a time for separated items. From a regular file, 1 MiB, read whole: W4
+/// measured 2 MiB 15 % slower (bigger buffers are colder when their bytes are sent). From a
+/// pipe or a terminal, 64 KiB (what a pipe holds), cut as soon as a read brings a separator,
+/// so a slow writer's items go at once.
+fn window(regular_file: bool) -> usize {
     if regular_file { 1 << 20 } else { 64 << 10 }
 }
+
 /// Batches whose items average fewer bytes than this are copied out into a buffer of their
 /// own: for small items the copy costs less than the gaps do on the wire and at the node.
 const SHARE_ITEM_BYTES: usize = 512;
@@ -163,18 +163,26 @@ const SHARE_ITEM_BYTES: usize = 512;
 pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match read_some(r, &mut buf[got..])? {
+            0 => break,
+            n => got += n,
         }
     }
     Ok(got)
 }
 
-/// Read buffers of one size given back once every batch cut from them is done, so
-/// the next read goes into memory already mapped (no page faults, no zeroing).
+/// One read (retried when interrupted); 0 at the end of the input.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Read buffers of one size given back once every batch cut from them is done, so the next
+/// read goes into memory already mapped (no page faults, no zeroing).
 #[derive(Clone)]
 struct Pool {
     idle: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -232,10 +240,14 @@ impl Drop for Lent {
     }
 }
 
-/// A batch being cut from a read buffer: its items' lengths, gaps and lines are in the
-/// [`Batcher`]; its bytes are `data[start..end]`.
+/// A read buffer being cut into batches: the items of the batch being built are
+/// `data[start..end]` (their lengths, gaps and lines are in the [`Batcher`]).
 struct Cut {
     data: Bytes,
+    /// The size of the buffer `data` holds (a slice keeps all of it alive).
+    size: usize,
+    /// Whether batches share `data` (with gaps) rather than copy their items out.
+    share: bool,
     start: usize,
     end: usize,
 }
@@ -244,51 +256,72 @@ impl Batcher<'_> {
     /// Adds an item of `len` bytes followed by a `gap`, at the end of the cut.
     fn push_cut(&mut self, c: &mut Cut, line: u64, len: usize, gap: usize) -> bool {
         self.lines.push(self.items.len() as u32, line);
-        self.items.lens.0.push(len as u32);
-        self.items.gaps.0.push(gap as u8);
+        if c.share {
+            self.items.lens.0.push(len as u32);
+            self.items.gaps.0.push(gap as u8);
+        } else {
+            self.items.push(&c.data[c.end..c.end + len]);
+        }
         c.end += len + gap;
-        if self.items.len() >= self.cfg.batch_items || c.end - c.start >= self.cfg.batch_bytes {
+        let bytes = if c.share {
+            c.end - c.start
+        } else {
+            self.items.bytes()
+        };
+        if self.items.len() >= self.cfg.batch_items || bytes >= self.cfg.batch_bytes {
             return self.flush_cut(c);
         }
         true
     }
 
-    /// Sends the batch cut so far: sharing its bytes, or copied out when items are small.
+    /// Sends the batch built so far. A shared one goes as a slice of the buffer, unless its
+    /// items are small or the slice is small beside the buffer it would keep alive: then
+    /// its items are copied out.
     fn flush_cut(&mut self, c: &mut Cut) -> bool {
+        let (start, end) = (c.start, c.end);
+        c.start = c.end;
         if self.items.is_empty() {
-            c.start = c.end;
             return true;
         }
-        let data = c.data.slice(c.start..c.end);
-        c.start = c.end;
-        let mut items = std::mem::take(&mut self.items);
-        if data.len() / items.len() < SHARE_ITEM_BYTES {
-            let mut packed = Packed::with_capacity(items.len(), data.len());
-            let mut at = 0;
-            for (&len, &gap) in items.lens.0.iter().zip(&items.gaps.0) {
-                packed.push(&data[at..at + len as usize]);
-                at += len as usize + usize::from(gap);
-            }
-            items = packed;
-        } else {
-            items.data = Data::Shared(data);
-        }
         let room = self.cfg.batch_items.min(1024);
-        self.items = Packed::with_capacity(room, 0);
-        self.items.gaps.0.reserve(room);
+        let mut items = std::mem::replace(&mut self.items, Packed::with_capacity(room, 0));
+        if c.share {
+            self.items.gaps.0.reserve(room);
+            let data = &c.data[start..end];
+            if data.len() / items.len() < SHARE_ITEM_BYTES || data.len() * 4 < c.size {
+                let mut packed = Packed::with_capacity(items.len(), data.len());
+                let mut at = 0;
+                for (&len, &gap) in items.lens.0.iter().zip(&items.gaps.0) {
+                    packed.push(&data[at..at + len as usize]);
+                    at += len as usize + usize::from(gap);
+                }
+                items = packed;
+            } else {
+                items.data = Data::Shared(c.data.slice(start..end));
+            }
+        } else {
+            self.items = Packed::with_capacity(room, self.cfg.batch_bytes.min(1 << 20));
+        }
         let lines = std::mem::take(&mut self.lines);
         self.tx
             .blocking_send(Read_::Batch(ReadBatch { items, lines }))
             .is_ok()
     }
 
-    /// Sends the batch so far, then skips `n` bytes that go nowhere (a skipped or refused
-    /// item) and, for a refused one, reports it (after its batch, to keep input order).
+    /// Passes over `n` bytes that go nowhere: a skipped item (its batch goes on), or a
+    /// refused one, reported after the batch so far to keep input order.
     fn pass_cut(&mut self, c: &mut Cut, n: usize, refused: Option<Refused>) -> bool {
-        let ok = self.flush_cut(c);
+        // A shared batch is one slice: it ends here.
+        let sent = if c.share || refused.is_some() {
+            self.flush_cut(c)
+        } else {
+            true
+        };
         c.end += n;
-        c.start = c.end;
-        ok && refused.is_none_or(|r| self.tx.blocking_send(Read_::Refused(r)).is_ok())
+        if c.share {
+            c.start = c.end;
+        }
+        sent && refused.is_none_or(|r| self.tx.blocking_send(Read_::Refused(r)).is_ok())
     }
 }
 
@@ -305,6 +338,10 @@ fn read(
     let max = cfg.max_item_bytes as usize;
     // An item may be as long as the limit, plus its `\r`.
     let limit = max + usize::from(lines);
+    let regular = cfg.regular_file;
+    // A resumed run skips lines here and there: its batches are copied, so a skip does not
+    // cut one short.
+    let share = regular && cfg.skip.is_none();
     let mut line = 1u64;
     let mut b = Batcher {
         cfg,
@@ -316,23 +353,57 @@ fn read(
     let mut carry: Vec<u8> = Vec::new();
     // Bytes of an over-long item already streamed out (`Some` while skipping one).
     let mut too_long: Option<u64> = None;
-    let pool = Pool::new(cfg.window);
+    let pool = Pool::new(window(regular));
     loop {
-        let mut buf = if carry.len() * 2 > cfg.window {
+        let mut buf = if carry.len() * 2 > pool.size {
             vec![0; (carry.len() * 2).min(limit + 2)]
         } else {
             pool.take()
         };
         buf[..carry.len()].copy_from_slice(&carry);
-        let got = read_full(&mut input, &mut buf[carry.len()..])?;
-        let eof = carry.len() + got < buf.len();
-        let len = carry.len() + got;
+        let mut filled = carry.len();
+        // No separator in what was carried over.
+        let mut scan = carry.len();
+        let eof = loop {
+            if filled == buf.len() {
+                break false;
+            }
+            let n = if regular {
+                read_full(&mut input, &mut buf[filled..])
+            } else {
+                read_some(&mut input, &mut buf[filled..])
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    // What was read before goes.
+                    b.flush_cut(&mut Cut {
+                        data: Bytes::new(),
+                        size: 0,
+                        share: false,
+                        start: 0,
+                        end: 0,
+                    });
+                    return Err(e);
+                }
+            };
+            filled += n;
+            if n == 0 || (regular && filled < buf.len()) {
+                break true;
+            }
+            if !regular && memchr::memchr(sep, &buf[scan..filled]).is_some() {
+                break false;
+            }
+            scan = filled;
+        };
+        let size = buf.len();
         let mut c = Cut {
-            data: pool.share(buf, len),
+            data: pool.share(buf, filled),
+            size,
+            share,
             start: 0,
             end: 0,
         };
-        // No separator in what was carried over.
         let mut scan = carry.len();
         while let Some(at) = memchr::memchr(sep, &c.data[scan..]) {
             let end = scan + at;
@@ -358,10 +429,8 @@ fn read(
             }
             line += 1;
         }
-        if !b.flush_cut(&mut c) {
-            return Ok(());
-        }
-        let rest = &c.data[c.end..];
+        let data = c.data.clone();
+        let rest = &data[c.end..];
         if eof {
             // The end: a last item without a separator.
             let len = rest.len();
@@ -377,9 +446,13 @@ fn read(
                     b.pass_cut(&mut c, len, Some(Refused { line, bytes }));
                 } else if !cfg.skip.as_ref().is_some_and(|s| s.contains(line)) {
                     b.push_cut(&mut c, line, len - cr, cr);
-                    b.flush_cut(&mut c);
                 }
             }
+            b.flush_cut(&mut c);
+            return Ok(());
+        }
+        // A buffer's batch goes with it (from a pipe: what one read brought).
+        if !b.flush_cut(&mut c) {
             return Ok(());
         }
         carry.clear();
@@ -402,13 +475,15 @@ pub(super) fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// Items with their lines, refusals `(line, bytes)`, and what went to --failed.
     type Outcome = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<u8>);
 
     fn run(input: &'static [u8], framing: Framing, max: u64) -> Outcome {
-        read_all(input.to_vec(), framing, max, 2, None, window(false)).0
+        read_all(input.to_vec(), framing, max, 2, None, false).0
     }
 
     /// What [`read`] makes of `input`, and whether every batch of big items shared the
@@ -419,14 +494,14 @@ mod tests {
         max: u64,
         batch_items: usize,
         skip: Option<super::super::joblog::LineSet>,
-        window: usize,
+        regular_file: bool,
     ) -> (Outcome, bool) {
         let failed = Arc::new(Mutex::new(FailedOut::memory()));
         let cfg = ReaderConfig {
             framing,
             batch_items,
             batch_bytes: 1 << 20,
-            window,
+            regular_file,
             max_item_bytes: max,
             skip: skip.map(Arc::new),
             failed: failed.clone(),
@@ -438,15 +513,14 @@ mod tests {
         drop(tx);
         let mut items = Vec::new();
         let mut refused = Vec::new();
-        let mut shared = true;
+        // Whether any batch of big items is a slice of a read buffer, with gaps.
+        let mut shared = false;
         while let Some(r) = rx.blocking_recv() {
             match r {
                 Read_::Batch(b) => {
                     assert!(b.items.validate().is_ok());
-                    if b.items.bytes() / b.items.len() >= SHARE_ITEM_BYTES {
-                        shared &= matches!(b.items.data, Data::Shared(_))
-                            && b.items.gaps.0.len() == b.items.len();
-                    }
+                    shared |= matches!(b.items.data, Data::Shared(_))
+                        && b.items.gaps.0.len() == b.items.len();
                     for (i, item) in b.items.iter().enumerate() {
                         items.push((b.lines.line_of(i as u32), item.to_vec()));
                     }
@@ -508,22 +582,28 @@ mod tests {
         }
         let mut skip = super::super::joblog::LineSet::default();
         skip.insert(7);
-        let want: Vec<(u64, Vec<u8>)> = (1..=40)
-            .filter(|&i| i != 7 && i != 20)
-            .map(|i| (i as u64, item(i)))
-            .collect();
-        for regular_file in [true, false] {
+        // A regular file's batches share its buffers; a pipe's, or a resumed run's, copy.
+        for (regular_file, skip, shares) in [
+            (true, None, true),
+            (true, Some(skip.clone()), false),
+            (false, None, false),
+        ] {
+            let skipped = skip.is_some();
+            let want: Vec<(u64, Vec<u8>)> = (1..=40)
+                .filter(|&i| !(i == 7 && skipped) && i != 20)
+                .map(|i| (i as u64, item(i)))
+                .collect();
             let ((items, refused, raw), shared) = read_all(
                 input.clone(),
                 Framing::Lines,
                 1_500_000,
                 4096,
-                Some(skip.clone()),
-                window(regular_file),
+                skip,
+                regular_file,
             );
-            assert!(
-                shared,
-                "big items go as slices of the buffer they were read into"
+            assert_eq!(
+                shared, shares,
+                "regular file {regular_file}, skip {skipped}"
             );
             assert_eq!(items.len(), want.len());
             assert!(items == want, "every item whole, with its line");
@@ -531,5 +611,43 @@ mod tests {
             assert_eq!(raw.len(), 5_000_001);
             assert!(raw[..5_000_000] == item(20)[..] && raw.ends_with(b"\n"));
         }
+    }
+
+    #[test]
+    fn a_pipe_s_items_go_as_soon_as_a_read_brings_them() {
+        use std::io::Write as _;
+        let (r, mut w) = std::io::pipe().unwrap();
+        let cfg = ReaderConfig {
+            framing: Framing::Lines,
+            batch_items: 4096,
+            batch_bytes: 1 << 20,
+            regular_file: false,
+            max_item_bytes: 100,
+            skip: None,
+            failed: Arc::new(Mutex::new(FailedOut::memory())),
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let reader = std::thread::spawn(move || read(Box::new(r), &cfg, &tx));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut next = || {
+            let wait = async { tokio::time::timeout(Duration::from_secs(30), rx.recv()).await };
+            let got = rt.block_on(wait);
+            match got.expect("a batch while the writer waits") {
+                Some(Read_::Batch(b)) => b.items.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // The writer waits for each item to be read before it writes the next one.
+        w.write_all(b"first\n").unwrap();
+        assert_eq!(next(), [b"first".to_vec()]);
+        w.write_all(b"sec").unwrap();
+        w.write_all(b"ond\r\nthird").unwrap();
+        assert_eq!(next(), [b"second".to_vec()]);
+        drop(w);
+        assert_eq!(next(), [b"third".to_vec()]);
+        reader.join().unwrap().unwrap();
     }
 }

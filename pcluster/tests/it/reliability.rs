@@ -145,6 +145,15 @@ async fn killed_nodes_lose_and_duplicate_nothing() {
     let n = 3_000_000u64;
     let tally = Tally::new(n);
     tally.setup(&root, w1()).await.unwrap();
+    // A batch whose lengths do not fit its bytes is refused by name and takes no id: every
+    // id below is checked, and none may be missing or extra.
+    let malformed = Packed {
+        lens: protocol::U32s(vec![2, 5]),
+        data: b"abc".to_vec().into(),
+        gaps: protocol::Gaps(vec![0, 1]),
+    };
+    let refused = root.feed_packed(malformed).await;
+    assert!(matches!(refused, Err(RootError::Packed(_))), "{refused:?}");
     let started = Instant::now();
     let feeder = feed_in_background(root.clone(), n, w1_item);
 

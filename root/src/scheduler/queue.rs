@@ -122,8 +122,8 @@ impl Queue {
             let (start, start_byte) = (front.pos, front.byte_pos);
             let (mut full, mut bad) = (false, false);
             while ids.len() < cut.items && front.pos < front.items.len() {
-                let len = front.items.lens.0[front.pos] as usize;
-                if !ids.is_empty() && taken + len as u64 > cut.bytes {
+                let span = front.items.item_bytes(front.pos);
+                if !ids.is_empty() && taken + span as u64 > cut.bytes {
                     full = true;
                     break;
                 }
@@ -139,7 +139,6 @@ impl Queue {
                     contiguous &= id == first + ids.len() as u64;
                 }
                 ids.push(id);
-                let span = len + front.items.gap(front.pos);
                 front.pos += 1;
                 front.byte_pos += span;
                 taken += span as u64;

@@ -67,7 +67,7 @@ impl Scheduler {
                 };
                 batch.done[idx] = true;
                 settled += 1;
-                freed_bytes += u64::from(batch.items.lens.0[idx]);
+                freed_bytes += batch.items.item_bytes(idx) as u64;
                 for _ in 0..count {
                     let Some(item) = items.next() else { break };
                     handlers.output_in(input, item, &o.items.data);
@@ -116,7 +116,7 @@ impl Scheduler {
             batch.done[idx] = true;
             batch.remaining -= 1;
             settled += 1;
-            freed_bytes += u64::from(batch.items.lens.0[idx]);
+            freed_bytes += batch.items.item_bytes(idx) as u64;
             // This item's try (0: the input itself).
             let attempt = batch.tries.as_ref().map_or(0, |t| t[idx].attempt);
             let input_item = || batch.items.iter().nth(idx).unwrap_or_default().to_vec();
