@@ -250,12 +250,17 @@ struct Cut {
     share: bool,
     start: usize,
     end: usize,
+    /// Items added from this buffer, and their bytes.
+    items: usize,
+    bytes: usize,
 }
 
 impl Batcher<'_> {
     /// Adds an item of `len` bytes followed by a `gap`, at the end of the cut.
     fn push_cut(&mut self, c: &mut Cut, line: u64, len: usize, gap: usize) -> bool {
         self.lines.push(self.items.len() as u32, line);
+        c.items += 1;
+        c.bytes += len;
         if c.share {
             self.items.lens.0.push(len as u32);
             self.items.gaps.0.push(gap as u8);
@@ -300,7 +305,9 @@ impl Batcher<'_> {
                 items.data = Data::Shared(c.data.slice(start..end));
             }
         } else {
-            self.items = Packed::with_capacity(room, self.cfg.batch_bytes.min(1 << 20));
+            // Sized like the batch just sent, so items are not copied again as it grows.
+            let bytes = items.bytes();
+            self.items = Packed::with_capacity(room, (bytes + bytes / 8).max(room * 16));
         }
         let lines = std::mem::take(&mut self.lines);
         self.tx
@@ -354,6 +361,8 @@ fn read(
     // Bytes of an over-long item already streamed out (`Some` while skipping one).
     let mut too_long: Option<u64> = None;
     let pool = Pool::new(window(regular));
+    // Whether the last buffer's items were small (see [`SHARE_ITEM_BYTES`]).
+    let mut small = false;
     loop {
         let mut buf = if carry.len() * 2 > pool.size {
             vec![0; (carry.len() * 2).min(limit + 2)]
@@ -383,6 +392,8 @@ fn read(
                         share: false,
                         start: 0,
                         end: 0,
+                        items: 0,
+                        bytes: 0,
                     });
                     return Err(e);
                 }
@@ -400,9 +411,11 @@ fn read(
         let mut c = Cut {
             data: pool.share(buf, filled),
             size,
-            share,
+            share: share && !small,
             start: 0,
             end: 0,
+            items: 0,
+            bytes: 0,
         };
         let mut scan = carry.len();
         while let Some(at) = memchr::memchr(sep, &c.data[scan..]) {
@@ -454,6 +467,11 @@ fn read(
         // A buffer's batch goes with it (from a pipe: what one read brought).
         if !b.flush_cut(&mut c) {
             return Ok(());
+        }
+        // Small items are copied as they are read in the next buffer (no gaps to note and
+        // then skip); items of the next buffer are shared again once big.
+        if c.items > 0 {
+            small = c.bytes / c.items < SHARE_ITEM_BYTES;
         }
         carry.clear();
         if rest.len() > limit || too_long.is_some() {
