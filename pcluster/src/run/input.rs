@@ -1,9 +1,10 @@
 //! Reading items for `pcluster run` on a thread of its own: lines (a trailing `\r` is
-//! dropped) or NUL-terminated records (length-prefixed ones in [`super::binary`]), read into
-//! pooled buffers and sent as slices of them (each item followed by its separator, a gap the
-//! node skips), in batches that remember each item's line number. An item over the size
-//! limit is not kept in memory: its bytes stream to the failed-items writer and the run goes
-//! on. Lines a resumed run already did are skipped.
+//! dropped) or NUL-terminated records (length-prefixed ones in [`super::binary`]), in
+//! batches that remember each item's line number. From a regular file, big items are read
+//! into pooled buffers and sent as slices of them, each followed by its separator (a gap the
+//! node skips); small items, a pipe's, and a resumed run's are copied into batches of their
+//! own. An item over the size limit is not kept in memory: its bytes stream to the
+//! failed-items writer and the run goes on. Lines a resumed run already did are skipped.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
