@@ -471,8 +471,8 @@ fn read(
         }
         // Small items are copied as they are read in the next buffer (no gaps to note and
         // then skip); items of the next buffer are shared again once big.
-        if c.items > 0 {
-            small = c.bytes / c.items < SHARE_ITEM_BYTES;
+        if let Some(average) = c.bytes.checked_div(c.items) {
+            small = average < SHARE_ITEM_BYTES;
         }
         carry.clear();
         if rest.len() > limit || too_long.is_some() {
