@@ -8,7 +8,8 @@ use std::io::{BufReader, Read};
 use protocol::Packed;
 use tokio::sync::mpsc;
 
-use super::input::{Batcher, Read_, ReaderConfig, Refused, read_full, write_failed};
+use super::buffers::read_full;
+use super::input::{Batcher, Read_, ReaderConfig, Refused, write_failed};
 use super::lines::LineRuns;
 
 fn truncated(record: u64, what: &str) -> std::io::Error {

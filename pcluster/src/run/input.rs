@@ -13,6 +13,7 @@ use bytes::Bytes;
 use protocol::{Data, Packed};
 use tokio::sync::mpsc;
 
+use super::buffers::{Pool, read_full, read_some};
 use super::lines::LineRuns;
 use super::output::FailedOut;
 
@@ -159,87 +160,6 @@ fn window(regular_file: bool) -> usize {
 /// Batches whose items average fewer bytes than this are copied out into a buffer of their
 /// own: for small items the copy costs less than the gaps do on the wire and at the node.
 const SHARE_ITEM_BYTES: usize = 512;
-
-/// Fills `buf` from `r`; the bytes read, fewer only at the end of the input.
-pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match read_some(r, &mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
-}
-
-/// One read (retried when interrupted); 0 at the end of the input.
-fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match r.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
-/// Read buffers of one size given back once every batch cut from them is done, so the next
-/// read goes into memory already mapped (no page faults, no zeroing).
-#[derive(Clone)]
-struct Pool {
-    idle: Arc<Mutex<Vec<Vec<u8>>>>,
-    size: usize,
-}
-
-/// Idle buffers a [`Pool`] keeps.
-const POOL_IDLE: usize = 4;
-
-impl Pool {
-    fn new(size: usize) -> Pool {
-        Pool {
-            idle: Arc::default(),
-            size,
-        }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        let idle = self.idle.lock().ok().and_then(|mut p| p.pop());
-        idle.unwrap_or_else(|| vec![0; self.size])
-    }
-
-    /// The first `len` bytes of `buf` as shared bytes; `buf` comes back when they are dropped.
-    fn share(&self, buf: Vec<u8>, len: usize) -> Bytes {
-        let pooled = buf.len() == self.size;
-        Bytes::from_owner(Lent {
-            buf,
-            len,
-            pool: pooled.then(|| self.clone()),
-        })
-    }
-}
-
-/// A buffer lent out as [`Bytes`].
-struct Lent {
-    buf: Vec<u8>,
-    len: usize,
-    pool: Option<Pool>,
-}
-
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.pool
-            && let Ok(mut idle) = pool.idle.lock()
-            && idle.len() < POOL_IDLE
-        {
-            idle.push(std::mem::take(&mut self.buf));
-        }
-    }
-}
 
 /// A read buffer being cut into batches: the items of the batch being built are
 /// `data[start..end]` (their lengths, gaps and lines are in the [`Batcher`]).

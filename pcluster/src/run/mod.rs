@@ -13,6 +13,7 @@
 mod args;
 mod binary;
 mod bounds;
+mod buffers;
 mod drive;
 mod input;
 mod joblog;
