@@ -339,9 +339,8 @@ impl Conn {
         match &mut self.sealer {
             None => self.stream.write_all(&self.plain),
             Some(sealer) => {
-                self.sealed.clear();
-                sealer.seal(&self.plain, &mut self.sealed)?;
-                self.stream.write_all(&self.sealed)
+                let n = sealer.seal(&self.plain, &mut self.sealed)?;
+                self.stream.write_all(&self.sealed[..n])
             }
         }
     }

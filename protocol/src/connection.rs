@@ -187,9 +187,8 @@ impl MessageWriter {
                 Some(sealer) => {
                     for part in &self.queued {
                         for chunk in part.chunks(SEAL_CHUNK) {
-                            self.sealed.clear();
-                            sealer.seal(chunk, &mut self.sealed)?;
-                            self.inner.write_all(&self.sealed).await?;
+                            let n = sealer.seal(chunk, &mut self.sealed)?;
+                            self.inner.write_all(&self.sealed[..n]).await?;
                         }
                     }
                     self.queued.clear();
@@ -205,9 +204,8 @@ impl MessageWriter {
             None => self.inner.write_all(&self.buf).await?,
             Some(sealer) => {
                 for part in self.buf.chunks(SEAL_CHUNK) {
-                    self.sealed.clear();
-                    sealer.seal(part, &mut self.sealed)?;
-                    self.inner.write_all(&self.sealed).await?;
+                    let n = sealer.seal(part, &mut self.sealed)?;
+                    self.inner.write_all(&self.sealed[..n]).await?;
                 }
             }
         }

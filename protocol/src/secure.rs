@@ -214,24 +214,30 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// Appends `plain`, sealed in records of at most [`MAX_PLAIN`] payload bytes, to `out`.
+    /// Seals `plain` in records of at most [`MAX_PLAIN`] payload bytes at the front of
+    /// `out`; the bytes written. `out` is a reused buffer: it grows (zeroed) only when too
+    /// short, and its bytes past those written are left as they were, so a flush does not
+    /// zero a buffer the cipher is about to overwrite anyway.
     ///
     /// # Errors
     /// Only if the nonce counter is exhausted (2^64 records).
-    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
-        out.reserve(plain.len() + plain.len().div_ceil(MAX_PLAIN) * (2 + TAG_LEN));
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<usize, SecureError> {
+        let need = plain.len() + plain.len().div_ceil(MAX_PLAIN) * (2 + TAG_LEN);
+        if out.len() < need {
+            out.resize(need, 0);
+        }
+        let mut at = 0;
         for chunk in plain.chunks(MAX_PLAIN) {
-            let start = out.len();
             let len = chunk.len() + TAG_LEN;
-            out.resize(start + 2 + len, 0);
             let n = self
                 .keys
-                .write_message(self.nonce, chunk, &mut out[start + 2..])?;
+                .write_message(self.nonce, chunk, &mut out[at + 2..at + 2 + len])?;
             debug_assert_eq!(n, len);
             self.nonce += 1;
-            out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            out[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            at += 2 + len;
         }
-        Ok(())
+        Ok(at)
     }
 }
 
@@ -260,25 +266,33 @@ impl Opener {
         Ok(Some(2 + len))
     }
 
-    /// Opens the record at the front of `raw` if it is whole: its payload replaces the
-    /// contents of `plain`, and the bytes it took from `raw` are returned.
+    /// Opens the record at the front of `raw` if it is whole: its payload goes to the front
+    /// of `plain` (a reused buffer, grown only when too short), and the bytes it took from
+    /// `raw` and the payload's length are returned.
     ///
     /// # Errors
     /// [`SecureError::Decrypt`] when it does not open, [`SecureError::Malformed`] for an
     /// impossible length.
-    pub fn open(&mut self, raw: &[u8], plain: &mut Vec<u8>) -> Result<Option<usize>, SecureError> {
+    pub fn open(
+        &mut self,
+        raw: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<Option<(usize, usize)>, SecureError> {
         let Some(total) = Self::record_len(raw)? else {
             return Ok(None);
         };
         if raw.len() < total {
             return Ok(None);
         }
-        plain.clear();
-        plain.resize(total - 2 - TAG_LEN, 0);
-        let n = self.keys.read_message(self.nonce, &raw[2..total], plain)?;
-        plain.truncate(n);
+        let len = total - 2 - TAG_LEN;
+        if plain.len() < len {
+            plain.resize(len, 0);
+        }
+        let n = self
+            .keys
+            .read_message(self.nonce, &raw[2..total], &mut plain[..len])?;
         self.nonce += 1;
-        Ok(Some(total))
+        Ok(Some((total, n)))
     }
 }
 
@@ -292,8 +306,10 @@ pub struct SecureRead<R> {
     raw: Vec<u8>,
     start: usize,
     end: usize,
+    /// The payload of the last record opened is `plain[pos..len]`.
     plain: Vec<u8>,
     pos: usize,
+    len: usize,
     failed: Option<SecureError>,
 }
 
@@ -308,6 +324,7 @@ impl<R> SecureRead<R> {
             end: 0,
             plain: Vec::new(),
             pos: 0,
+            len: 0,
             failed: None,
         }
     }
@@ -324,8 +341,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
             if let Some(e) = &this.failed {
                 return Poll::Ready(Err(e.clone().into()));
             }
-            if this.pos < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.pos);
+            if this.pos < this.len {
+                let n = buf.remaining().min(this.len - this.pos);
                 buf.put_slice(&this.plain[this.pos..this.pos + n]);
                 this.pos += n;
                 return Poll::Ready(Ok(()));
@@ -335,9 +352,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
             }
             let pending = &this.raw[this.start..this.end];
             match this.opener.open(pending, &mut this.plain) {
-                Ok(Some(used)) => {
+                Ok(Some((used, len))) => {
                     this.start += used;
-                    this.pos = 0;
+                    (this.pos, this.len) = (0, len);
                     continue;
                 }
                 Ok(None) => {}
@@ -391,16 +408,19 @@ mod tests {
         let ((mut cs, mut co), (mut ss, mut so)) = (client.split(), server.split());
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut wire = Vec::new();
-        cs.seal(b"hello", &mut wire).unwrap();
-        cs.seal(&big, &mut wire).unwrap();
+        let mut out = Vec::new();
+        for plain in [&b"hello"[..], &big] {
+            let n = cs.seal(plain, &mut out).unwrap();
+            wire.extend_from_slice(&out[..n]);
+        }
         // 5 bytes in one record, 200,000 in four (three full, one partial).
         let mut plain = Vec::new();
         let mut got = Vec::new();
         let mut at = 0;
         let mut records = 0;
-        while let Some(used) = so.open(&wire[at..], &mut plain).unwrap() {
+        while let Some((used, len)) = so.open(&wire[at..], &mut plain).unwrap() {
             assert!(used <= 2 + MAX_RECORD);
-            got.extend_from_slice(&plain);
+            got.extend_from_slice(&plain[..len]);
             at += used;
             records += 1;
         }
@@ -408,10 +428,10 @@ mod tests {
         assert_eq!(&got[..5], b"hello");
         assert_eq!(&got[5..], &big[..]);
         // The other direction has its own keys and counter.
-        let mut back = Vec::new();
-        ss.seal(b"answer", &mut back).unwrap();
-        assert_eq!(co.open(&back, &mut plain).unwrap(), Some(back.len()));
-        assert_eq!(plain, b"answer");
+        let mut back = vec![7; 3];
+        let n = ss.seal(b"answer", &mut back).unwrap();
+        assert_eq!(co.open(&back[..n], &mut plain).unwrap(), Some((n, 6)));
+        assert_eq!(&plain[..6], b"answer");
         assert!(
             !wire.windows(5).any(|w| w == b"hello"),
             "sealed bytes hide the payload"
@@ -423,7 +443,8 @@ mod tests {
         let (client, server) = pair("t", "t").unwrap();
         let ((mut cs, _), (_, mut so)) = (client.split(), server.split());
         let mut wire = Vec::new();
-        cs.seal(b"first", &mut wire).unwrap();
+        let n = cs.seal(b"first", &mut wire).unwrap();
+        wire.truncate(n);
         let first = wire.clone();
         let mut plain = Vec::new();
         for at in [2, 10, wire.len() - 1] {
@@ -435,7 +456,7 @@ mod tests {
             };
             assert_eq!(o.open(&bad, &mut plain), Err(SecureError::Decrypt), "{at}");
         }
-        assert_eq!(so.open(&wire, &mut plain).unwrap(), Some(wire.len()));
+        assert_eq!(so.open(&wire, &mut plain).unwrap(), Some((wire.len(), 5)));
         // The same record again is a replay: the counter moved on.
         assert_eq!(so.open(&first, &mut plain), Err(SecureError::Decrypt));
         // A length field below a tag is refused before anything is decrypted.
@@ -446,8 +467,8 @@ mod tests {
         // Our own record sent back to us does not open either (keys differ per direction).
         let (mut cs2, mut co2) = pair("t", "t").unwrap().0.split();
         let mut own = Vec::new();
-        cs2.seal(b"mine", &mut own).unwrap();
-        assert_eq!(co2.open(&own, &mut plain), Err(SecureError::Decrypt));
+        let n = cs2.seal(b"mine", &mut own).unwrap();
+        assert_eq!(co2.open(&own[..n], &mut plain), Err(SecureError::Decrypt));
     }
 
     #[test]
@@ -466,9 +487,11 @@ mod tests {
         let (mut cs, _) = client.split();
         let (_, so) = server.split();
         let big: Vec<u8> = (0..150_000u32).map(|i| (i * 7) as u8).collect();
-        let mut wire = Vec::new();
-        cs.seal(&big, &mut wire).unwrap();
-        cs.seal(b"tail", &mut wire).unwrap();
+        let (mut wire, mut out) = (Vec::new(), Vec::new());
+        for plain in [&big[..], b"tail"] {
+            let n = cs.seal(plain, &mut out).unwrap();
+            wire.extend_from_slice(&out[..n]);
+        }
         let (mut tx, rx) = tokio::io::duplex(1000);
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
