@@ -303,22 +303,8 @@ fn read(
             } else {
                 read_some(&mut input, &mut buf[filled..])
             };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    // What was read before goes.
-                    b.flush_cut(&mut Cut {
-                        data: Bytes::new(),
-                        size: 0,
-                        share: false,
-                        start: 0,
-                        end: 0,
-                        items: 0,
-                        bytes: 0,
-                    });
-                    return Err(e);
-                }
-            };
+            // Every pass ends by sending its batch: nothing read is pending here.
+            let n = n?;
             filled += n;
             if n == 0 || (regular && filled < buf.len()) {
                 break true;
