@@ -145,7 +145,6 @@ mod tests {
         let loaded = root::chain::load(&path).unwrap();
         let expected = chain_spec("c", b"\0asm not really", &tasks, Limits::default());
         assert_eq!(loaded, expected);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

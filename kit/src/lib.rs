@@ -107,16 +107,53 @@ impl Error {
     }
 }
 
-/// A fresh, empty directory under the system temp dir, named after this process and `name`.
+/// A fresh, empty directory under the system temp dir, named after this process and `name`,
+/// removed with everything in it when the guard is dropped.
 ///
 /// # Errors
 /// When it cannot be created.
-pub fn temp_dir(name: &str) -> Result<PathBuf, Error> {
+pub fn temp_dir(name: &str) -> Result<TempDir, Error> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("pcluster-{}-{n}-{name}", std::process::id()));
     // A leftover of an earlier process with the same pid: start empty.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-    Ok(dir)
+    Ok(TempDir(dir))
+}
+
+/// A directory of [`temp_dir`]'s. Dropping it removes it, unless the thread is panicking: a
+/// failed test keeps its logs and outputs where its message says, to be read afterwards.
+/// Tests and benches write hundreds of megabytes each; left behind, a few runs fill a disk.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for the failure above: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

@@ -257,6 +257,5 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "item-0\nitem-1\nitem-2\n"
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -291,7 +291,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !args.no_skew {
         rows.extend(skew::rows(&pcluster, &dir, &module).await?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 
     if let Some(ratio) = w1_ratio {
         println!(

@@ -429,7 +429,6 @@ mod tests {
             assert!(floor.cpu.total() > 0.0, "{:?}", floor.cpu);
             assert!(floor.cpu_bound_mb_s(64 << 20, 2).unwrap() > 0.0);
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

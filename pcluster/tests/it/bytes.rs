@@ -97,7 +97,7 @@ pub fn summary_peak_rss_mib(stderr: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_items_twice_over_the_same_nodes_never_build_a_frame_past_the_limit() {
     let cluster = Cluster::start("bytes-big-items").await;
-    let dir = cluster.dir.clone();
+    let dir = cluster.dir.to_path_buf();
     let nodes = cluster.addrs().join(",");
 
     // 1,000 items of 100 KB: 100 MB, more than a 64 MiB frame if sent as one batch.
@@ -324,7 +324,7 @@ async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_one_mib_bounds_completes_exactly() {
     let cluster = Cluster::start("bytes-small-bounds").await;
-    let dir = cluster.dir.clone();
+    let dir = cluster.dir.to_path_buf();
     let nodes = cluster.addrs().join(",");
     let n = 400;
     let lens = (0..n).map(|i| {

@@ -50,8 +50,8 @@ where
     }
 }
 
-/// A fresh, empty directory under the system temp dir, named after `name`.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, named after `name`: removed when the test passes; kept when it fails.
+pub fn temp_dir(name: &str) -> kit::TempDir {
     kit::temp_dir(name).expect("a temp dir")
 }
 
@@ -216,7 +216,8 @@ pub struct Cluster {
     pub log_port: u16,
     pub port: u16,
     pub nodes: Vec<Child>,
-    pub dir: PathBuf,
+    /// Last, so that the processes are gone before their directory is.
+    pub dir: kit::TempDir,
 }
 
 impl Cluster {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ const BIG: (usize, usize) = (7, 250);
 struct LogServer {
     child: Child,
     addr: SocketAddr,
-    dir: PathBuf,
+    dir: kit::TempDir,
 }
 
 impl LogServer {
@@ -70,7 +69,6 @@ impl LogServer {
             self.stderr()
         );
         let contents = std::fs::read(self.dir.join("cluster.log")).expect("read the log file");
-        let _ = std::fs::remove_dir_all(&self.dir);
         String::from_utf8(contents).expect("the log file is UTF-8")
     }
 }
