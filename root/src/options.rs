@@ -73,7 +73,7 @@ impl Default for RootOptions {
             batch_bytes: 4 << 20,
             node_bytes: 16 << 20,
             queue_items: 1 << 18,
-            queue_bytes: 8 << 20,
+            queue_bytes: 4 << 20,
             max_item_bytes: 16 << 20,
             max_frame: protocol::DEFAULT_MAX_FRAME,
             heartbeat: Duration::from_secs(1),
@@ -86,7 +86,7 @@ impl Default for RootOptions {
             retries: 0,
             tagged_items: false,
             partial_bytes: 1 << 30,
-            outputs_bytes: 8 << 20,
+            outputs_bytes: 2 << 20,
         }
     }
 }
