@@ -15,6 +15,7 @@ use super::input::{self, Read_, ReaderConfig};
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
+use super::readahead::{CloseOnDrop, ReadAhead};
 use crate::setup::{Signal, next_signal};
 
 /// Why feeding stopped before the input's end.
@@ -45,11 +46,13 @@ pub struct Drive<'a> {
 /// Bytes of one batch of read items: each batch goes to a node whole (no copy) within the
 /// root's batch cut.
 const READ_BATCH_BYTES: usize = 1 << 20;
-/// Batches read ahead of the root's queue: one to hand over while the next is read. Every
-/// buffer more in flight between the reader, the nodes and the writer is memory the kernel
-/// copies into and out of after it left the cache; with 100 KB items, 8 batches here (and
-/// 8 MiB queued, 8 MiB of outputs) made `pcluster run` ~10 % slower than 2 (4 MiB, 2 MiB).
-const READ_AHEAD_BATCHES: usize = 2;
+/// Batches read ahead of the root's queue, and their bytes: one 1 MiB batch to hand over
+/// while the next is read, or many small ones. Every buffer more in flight between the
+/// reader, the nodes and the writer is memory the kernel copies into and out of after it
+/// left the cache: with 100 KB items, 8 MiB here (and 8 MiB queued, 8 MiB of outputs) made
+/// `pcluster run` ~10 % slower than 2 MiB (4 MiB, 2 MiB).
+const READ_AHEAD_BATCHES: usize = 8;
+const READ_AHEAD_BYTES: u64 = 2 << 20;
 
 /// Signals, as a stream: a first and a second one mean different things.
 fn signals() -> mpsc::Receiver<Signal> {
@@ -98,6 +101,9 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let args = d.args;
     let skipped = d.skip.as_ref().map_or(0, |s| s.len());
     let (tx, mut rx) = mpsc::channel(READ_AHEAD_BATCHES);
+    let read_ahead = ReadAhead::new(READ_AHEAD_BYTES);
+    // However the feeding ends, a reader waiting for room stops.
+    let _close = CloseOnDrop(read_ahead.clone());
     input::spawn(
         d.input,
         ReaderConfig {
@@ -108,6 +114,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             max_item_bytes: d.root.options().max_item_bytes,
             skip: d.skip,
             failed: d.failed.clone(),
+            read_ahead,
         },
         tx,
     );

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::buffers::{Pool, read_full, read_some};
 use super::lines::LineRuns;
 use super::output::FailedOut;
+use super::readahead::{Held, ReadAhead};
 
 /// How items are separated in the input and the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,9 @@ impl Framing {
 pub struct ReadBatch {
     pub items: Packed,
     pub lines: LineRuns,
+    /// Its bytes in the read-ahead, given back when the batch is dropped.
+    #[allow(dead_code)] // A guard: only its drop matters.
+    pub held: Held,
 }
 
 /// An item the reader refused (it never reaches a node).
@@ -103,6 +107,8 @@ pub struct ReaderConfig {
     pub skip: Option<Arc<super::joblog::LineSet>>,
     /// Where refused items are written, raw.
     pub failed: Arc<Mutex<FailedOut>>,
+    /// Bytes read and not yet in the root's queue: the reader waits past them.
+    pub read_ahead: Arc<ReadAhead>,
 }
 
 /// Reads `input` on a thread of its own; batches and refusals go to `tx` in input order.
@@ -138,8 +144,16 @@ impl Batcher<'_> {
             Packed::with_capacity(cap, (bytes + bytes / 8).max(cap * 16)),
         );
         let lines = std::mem::take(&mut self.lines);
+        self.send(items, lines)
+    }
+
+    /// Sends a batch once the read-ahead has room for it.
+    fn send(&self, items: Packed, lines: LineRuns) -> bool {
+        let Some(held) = self.cfg.read_ahead.acquire(items.bytes() as u64) else {
+            return false;
+        };
         self.tx
-            .blocking_send(Read_::Batch(ReadBatch { items, lines }))
+            .blocking_send(Read_::Batch(ReadBatch { items, lines, held }))
             .is_ok()
     }
 
@@ -231,9 +245,7 @@ impl Batcher<'_> {
             self.items = Packed::with_capacity(room, (bytes + bytes / 8).max(room * 16));
         }
         let lines = std::mem::take(&mut self.lines);
-        self.tx
-            .blocking_send(Read_::Batch(ReadBatch { items, lines }))
-            .is_ok()
+        self.send(items, lines)
     }
 
     /// Passes over `n` bytes that go nowhere: a skipped item (its batch goes on), or a
@@ -430,6 +442,7 @@ mod tests {
             max_item_bytes: max,
             skip: skip.map(Arc::new),
             failed: failed.clone(),
+            read_ahead: super::super::readahead::ReadAhead::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(1024);
         std::thread::scope(|s| {
@@ -550,6 +563,7 @@ mod tests {
             max_item_bytes: 100,
             skip: None,
             failed: Arc::new(Mutex::new(FailedOut::memory())),
+            read_ahead: super::super::readahead::ReadAhead::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(16);
         let reader = std::thread::spawn(move || read(Box::new(r), &cfg, &tx));

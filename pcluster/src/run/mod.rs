@@ -21,6 +21,7 @@ mod lines;
 mod nodes;
 mod output;
 mod progress;
+mod readahead;
 mod writer;
 
 use std::io::Write as _;
