@@ -126,12 +126,20 @@ pub fn temp_dir(name: &str) -> Result<TempDir, Error> {
 /// failed test keeps its logs and outputs where its message says, to be read afterwards.
 /// Tests and benches write hundreds of megabytes each; left behind, a few runs fill a disk.
 #[derive(Debug)]
+#[must_use = "the directory is removed when this is dropped"]
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Where it is.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// Leaves the directory in place (for a failure to be looked into) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let me = std::mem::ManuallyDrop::new(self);
+        me.0.clone()
     }
 }
 

@@ -191,10 +191,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let pcluster = Pcluster::new(std::env::current_exe()?);
     let dir = kit::temp_dir("bench")?;
+    let result = bench_in(args, &dir).await;
+    if result.is_err() {
+        // Its inputs, outputs and logs, for the failure to be looked into.
+        eprintln!(
+            "pcluster bench: its files are kept in {}",
+            dir.keep().display()
+        );
+    }
+    result
+}
+
+async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
+    let pcluster = Pcluster::new(std::env::current_exe()?);
     let module = kit::tasks_example_wasm()?;
-    let cluster = Cluster::start(&pcluster, &dir, args.nodes, args.workers, &[]).await?;
+    let cluster = Cluster::start(&pcluster, dir, args.nodes, args.workers, &[]).await?;
     let workers = u64::from(args.nodes * args.workers);
     let w1_floors = w1_floors(&module, args.items.min(FLOOR_ITEMS))?;
 
@@ -216,7 +228,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if python {
         root.reset().await?;
-        rows.push(python::w2_py(&root, &dir, workers).await?);
+        rows.push(python::w2_py(&root, dir, workers).await?);
     }
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
@@ -239,7 +251,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ] {
         if n > 0 {
             rows.push(w1_process(
-                &pcluster, &cluster, &dir, name, n, w1_floors, extra,
+                &pcluster, &cluster, dir, name, n, w1_floors, extra,
             )?);
         }
     }
@@ -250,7 +262,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let pids: Vec<u32> = cluster.processes[1..].iter().map(|p| p.id()).collect();
-        let report = w4::w4(&pcluster, &cluster.nodes_arg(), &pids, &dir, &options)?;
+        let report = w4::w4(&pcluster, &cluster.nodes_arg(), &pids, dir, &options)?;
         let loopback = w4::loopback_mb_per_s(options.items * options.item_bytes as u64)?;
         Some((report, loopback))
     } else {
@@ -260,7 +272,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rows.push(python::w1_py(
             &pcluster,
             &cluster,
-            &dir,
+            dir,
             args.py_items,
             workers,
         )?);
@@ -277,7 +289,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|r| r.secs);
     let encrypted = encrypted::encrypted(
         &pcluster,
-        &dir,
+        dir,
         &args,
         w1_floors,
         plain_w1,
@@ -289,7 +301,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ratio
     });
     if !args.no_skew {
-        rows.extend(skew::rows(&pcluster, &dir, &module).await?);
+        rows.extend(skew::rows(&pcluster, dir, &module).await?);
     }
 
     if let Some(ratio) = w1_ratio {

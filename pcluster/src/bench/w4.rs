@@ -351,7 +351,8 @@ impl AlignedBuf {
 
     fn new(len: usize) -> AlignedBuf {
         let bytes = vec![0u8; len + Self::PAGE];
-        let start = bytes.as_ptr().align_offset(Self::PAGE);
+        // `align_offset` may in principle give up (usize::MAX): then start unaligned.
+        let start = bytes.as_ptr().align_offset(Self::PAGE).min(Self::PAGE);
         AlignedBuf { bytes, start, len }
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RunArgs;
-use super::input::{self, Read_, ReaderConfig};
+use super::input::{self, Read_, ReadBatch, ReaderConfig};
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
@@ -150,11 +150,14 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             }
         };
         match r {
-            Read_::Batch(b) => {
-                let n = b.items.len() as u64;
+            Read_::Batch(ReadBatch { items, lines, held }) => {
+                let n = items.len() as u64;
                 // Ids are consecutive in feed order and this loop is the only feeder.
-                d.lines.add(next_id, &b.lines);
-                match int.until(d.root.feed_packed(b.items)).await {
+                d.lines.add(next_id, &lines);
+                let fed = int.until(d.root.feed_packed(items)).await;
+                // Handed over: the reader may read the next batch.
+                drop(held);
+                match fed {
                     Ok(Ok(fed)) => {
                         debug_assert_eq!(fed.first.0, next_id);
                         next_id += n;

@@ -1,12 +1,12 @@
-//! The reader's read-ahead, bounded in bytes: batches read and not yet taken into the root's
-//! queue. The channel to the root bounds them in batches, but a batch is up to 1 MiB of
+//! The reader's read-ahead, bounded in bytes: batches read and not yet handed to the root.
+//! The channel to the root bounds them in batches, but a batch is up to 1 MiB of
 //! items or one item as long as `--max-item` allows, so the bytes need a bound of their own.
 //! It is small on purpose: every buffer in flight between the reader, the nodes and the
 //! writer is memory the kernel copies into and out of after it has left the cache.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// Bytes of read batches not yet in the root's queue.
+/// Bytes of read batches not yet handed to the root.
 #[derive(Debug)]
 pub struct ReadAhead {
     state: Mutex<State>,
@@ -29,15 +29,17 @@ impl ReadAhead {
         })
     }
 
-    /// Waits until `bytes` more fit (a batch alone always does, however big); `None` once
-    /// the run no longer takes batches ([`ReadAhead::close`]).
+    /// Waits while the limit is reached, then counts `bytes` (so the last batch let in may
+    /// pass the limit: a batch of 1 MiB and one item still has a second behind it, and one
+    /// past the whole limit goes alone); `None` once the run no longer takes batches
+    /// ([`ReadAhead::close`]).
     pub fn acquire(self: &Arc<Self>, bytes: u64) -> Option<Held> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if s.closed {
                 return None;
             }
-            if s.held == 0 || s.held.saturating_add(bytes) <= self.limit {
+            if s.held < self.limit {
                 s.held += bytes;
                 return Some(Held {
                     bytes,
@@ -65,7 +67,7 @@ impl ReadAhead {
     }
 }
 
-/// A batch's bytes, counted until it is dropped (once its items are in the root's queue).
+/// A batch's bytes, counted until it is dropped (once its items are handed to the root).
 #[derive(Debug)]
 pub struct Held {
     bytes: u64,

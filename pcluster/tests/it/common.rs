@@ -50,7 +50,8 @@ where
     }
 }
 
-/// A fresh, empty directory under the system temp dir, named after `name`: removed when the test passes; kept when it fails.
+/// A fresh, empty directory under the system temp dir, named after `name`: removed when the
+/// test passes; kept when it fails.
 pub fn temp_dir(name: &str) -> kit::TempDir {
     kit::temp_dir(name).expect("a temp dir")
 }
