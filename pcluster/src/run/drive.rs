@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RunArgs;
+use super::gate::{ByteGate, CloseOnDrop};
 use super::input::{self, Read_, ReadBatch, ReaderConfig};
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
-use super::readahead::{CloseOnDrop, ReadAhead};
 use crate::setup::{Signal, next_signal};
 
 /// Why feeding stopped before the input's end.
@@ -101,7 +101,7 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let args = d.args;
     let skipped = d.skip.as_ref().map_or(0, |s| s.len());
     let (tx, mut rx) = mpsc::channel(READ_AHEAD_BATCHES);
-    let read_ahead = ReadAhead::new(READ_AHEAD_BYTES);
+    let read_ahead = ByteGate::new(READ_AHEAD_BYTES);
     // However the feeding ends, a reader waiting for room stops.
     let _close = CloseOnDrop(read_ahead.clone());
     input::spawn(

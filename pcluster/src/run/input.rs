@@ -14,9 +14,9 @@ use protocol::{Data, Packed};
 use tokio::sync::mpsc;
 
 use super::buffers::{Pool, read_full, read_some};
+use super::gate::{ByteGate, Held};
 use super::lines::LineRuns;
 use super::output::FailedOut;
-use super::readahead::{Held, ReadAhead};
 
 /// How items are separated in the input and the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub struct ReaderConfig {
     /// Where refused items are written, raw.
     pub failed: Arc<Mutex<FailedOut>>,
     /// Bytes read and not yet in the root's queue: the reader waits past them.
-    pub read_ahead: Arc<ReadAhead>,
+    pub read_ahead: Arc<ByteGate>,
 }
 
 /// Reads `input` on a thread of its own; batches and refusals go to `tx` in input order.
@@ -442,7 +442,7 @@ mod tests {
             max_item_bytes: max,
             skip: skip.map(Arc::new),
             failed: failed.clone(),
-            read_ahead: super::super::readahead::ReadAhead::new(u64::MAX),
+            read_ahead: super::super::gate::ByteGate::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(1024);
         std::thread::scope(|s| {
@@ -563,7 +563,7 @@ mod tests {
             max_item_bytes: 100,
             skip: None,
             failed: Arc::new(Mutex::new(FailedOut::memory())),
-            read_ahead: super::super::readahead::ReadAhead::new(u64::MAX),
+            read_ahead: super::super::gate::ByteGate::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(16);
         let reader = std::thread::spawn(move || read(Box::new(r), &cfg, &tx));

@@ -15,13 +15,13 @@ mod binary;
 mod bounds;
 mod buffers;
 mod drive;
+mod gate;
 mod input;
 mod joblog;
 mod lines;
 mod nodes;
 mod output;
 mod progress;
-mod readahead;
 mod writer;
 
 use std::io::Write as _;

@@ -6,50 +6,29 @@
 //! part after the outputs it counts, so the root's thread never waits for a flush.
 
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
+use super::gate::{ByteGate, CloseOnDrop, Held};
+
 /// Bytes gathered before they go to the thread.
 const BATCH: usize = 1 << 20;
-/// Bytes handed to the thread and not yet written, at most (one output may pass it alone).
+/// Bytes handed to the thread and not yet written: once past it, handing over waits (the last
+/// handover may pass it; one output past it goes alone).
 pub const IN_FLIGHT: usize = 4 << 20;
 /// Slices per vectored write.
 const IOV: usize = 64;
 
 enum Cmd {
-    Write(Vec<Bytes>, usize),
+    Write(Vec<Bytes>, Held),
     /// Joblog lines: written once everything before is in the output.
-    Journal(Vec<u8>),
+    Journal(Vec<u8>, Held),
     /// Everything before has been written (or failed): answer with the outcome.
     Flush(SyncSender<io::Result<()>>),
-}
-
-/// Bytes in flight, and a wait for room.
-#[derive(Default)]
-struct Gate {
-    bytes: Mutex<usize>,
-    room: Condvar,
-}
-
-impl Gate {
-    /// Waits until `n` more bytes fit (or nothing is in flight), then counts them.
-    fn take(&self, n: usize) {
-        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        while *held > 0 && *held + n > IN_FLIGHT {
-            held = self.room.wait(held).unwrap_or_else(|e| e.into_inner());
-        }
-        *held += n;
-    }
-
-    fn give(&self, n: usize) {
-        let mut held = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        *held = held.saturating_sub(n);
-        self.room.notify_all();
-    }
 }
 
 /// Writes outputs to `out` on a thread of its own; implements [`Write`] for small pieces and
@@ -59,7 +38,7 @@ pub struct OutWriter {
     parts: Vec<Bytes>,
     parts_bytes: usize,
     tx: Option<SyncSender<Cmd>>,
-    gate: Arc<Gate>,
+    gate: Arc<ByteGate>,
     /// Set by the thread when a write failed.
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -74,18 +53,20 @@ impl OutWriter {
         on_error: impl Fn(io::Error) + Send + 'static,
     ) -> OutWriter {
         let (tx, rx) = sync_channel(64);
-        let gate = Arc::new(Gate::default());
+        let gate = ByteGate::new(IN_FLIGHT as u64);
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
             let (gate, failed) = (gate.clone(), failed.clone());
             std::thread::Builder::new()
                 .name("pcluster-output".into())
                 .spawn(move || {
+                    // However the thread ends, a handover waiting for room stops waiting.
+                    let _close = CloseOnDrop(gate);
                     let on_error = |e: io::Error| {
                         failed.store(true, Ordering::Relaxed);
                         on_error(e);
                     };
-                    serve(out, journal, &rx, &gate, &on_error);
+                    serve(out, journal, &rx, &on_error);
                 })
                 .expect("spawn the output thread")
         };
@@ -133,26 +114,21 @@ impl OutWriter {
         if self.parts.is_empty() {
             return;
         }
-        let n = self.parts_bytes;
-        self.gate.take(n);
+        let held = self.gate.acquire(self.parts_bytes as u64);
         let parts = std::mem::take(&mut self.parts);
         self.parts_bytes = 0;
-        if let Some(tx) = &self.tx
-            && tx.send(Cmd::Write(parts, n)).is_err()
-        {
-            self.gate.give(n);
+        // No room ever again (the thread is gone): the outputs are dropped, as a failed
+        // write drops them.
+        if let (Some(held), Some(tx)) = (held, &self.tx) {
+            let _ = tx.send(Cmd::Write(parts, held));
         }
     }
 
     /// Appends `lines` to the joblog once every output handed over before is written.
     pub fn journal(&mut self, lines: Vec<u8>) {
         self.ship();
-        let n = lines.len();
-        self.gate.take(n);
-        if let Some(tx) = &self.tx
-            && tx.send(Cmd::Journal(lines)).is_err()
-        {
-            self.gate.give(n);
+        if let (Some(held), Some(tx)) = (self.gate.acquire(lines.len() as u64), &self.tx) {
+            let _ = tx.send(Cmd::Journal(lines, held));
         }
     }
 
@@ -204,22 +180,21 @@ fn serve(
     mut out: Box<dyn Write + Send>,
     mut journal: Option<std::fs::File>,
     rx: &Receiver<Cmd>,
-    gate: &Gate,
     on_error: &dyn Fn(io::Error),
 ) {
     let mut error: Option<io::Error> = None;
     while let Ok(cmd) = rx.recv() {
         match cmd {
-            Cmd::Write(parts, n) => {
+            // The `Held` of each command gives its bytes back once it is written.
+            Cmd::Write(parts, _held) => {
                 if error.is_none()
                     && let Err(e) = write_all_parts(&mut out, parts)
                 {
                     on_error(io::Error::new(e.kind(), e.to_string()));
                     error = Some(e);
                 }
-                gate.give(n);
             }
-            Cmd::Journal(lines) => {
+            Cmd::Journal(lines, _held) => {
                 if error.is_none()
                     && let Some(j) = journal.as_mut()
                     && let Err(e) = out.flush().and_then(|()| j.write_all(&lines))
@@ -227,7 +202,6 @@ fn serve(
                     on_error(io::Error::new(e.kind(), e.to_string()));
                     error = Some(e);
                 }
-                gate.give(lines.len());
             }
             Cmd::Flush(ack) => {
                 let r = match &error {
@@ -282,6 +256,7 @@ fn write_all_parts(out: &mut dyn Write, mut parts: Vec<Bytes>) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     /// A sink that takes at most `step` bytes per call, into a shared buffer.
     struct Slow {

@@ -1,14 +1,13 @@
-//! The reader's read-ahead, bounded in bytes: batches read and not yet handed to the root.
-//! The channel to the root bounds them in batches, but a batch is up to 1 MiB of
-//! items or one item as long as `--max-item` allows, so the bytes need a bound of their own.
-//! It is small on purpose: every buffer in flight between the reader, the nodes and the
-//! writer is memory the kernel copies into and out of after it has left the cache.
+//! [`ByteGate`]: a bound in bytes on what one thread hands another, for `pcluster run`'s
+//! reader (batches read ahead of the root) and its output writer (outputs not yet written).
+//! A [`Held`] guard travels with what was handed over and gives its bytes back when dropped;
+//! closing the gate (when the taking side ends, [`CloseOnDrop`]) frees a waiting giver.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// Bytes of read batches not yet handed to the root.
+/// Bytes handed over and not yet done with.
 #[derive(Debug)]
-pub struct ReadAhead {
+pub struct ByteGate {
     state: Mutex<State>,
     freed: Condvar,
     limit: u64,
@@ -20,19 +19,19 @@ struct State {
     closed: bool,
 }
 
-impl ReadAhead {
-    pub fn new(limit: u64) -> Arc<ReadAhead> {
-        Arc::new(ReadAhead {
+impl ByteGate {
+    pub fn new(limit: u64) -> Arc<ByteGate> {
+        Arc::new(ByteGate {
             state: Mutex::default(),
             freed: Condvar::new(),
             limit,
         })
     }
 
-    /// Waits while the limit is reached, then counts `bytes` (so the last batch let in may
+    /// Waits while the limit is reached, then counts `bytes` (so the last piece let in may
     /// pass the limit: a batch of 1 MiB and one item still has a second behind it, and one
-    /// past the whole limit goes alone); `None` once the run no longer takes batches
-    /// ([`ReadAhead::close`]).
+    /// past the whole limit goes alone); `None` once the taking side is gone
+    /// ([`ByteGate::close`]).
     pub fn acquire(self: &Arc<Self>, bytes: u64) -> Option<Held> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -57,7 +56,7 @@ impl ReadAhead {
         self.freed.notify_all();
     }
 
-    /// Wakes a waiting reader for good: the run takes no more batches.
+    /// Wakes a waiting giver for good: nothing more is taken.
     pub fn close(&self) {
         self.state
             .lock()
@@ -67,11 +66,11 @@ impl ReadAhead {
     }
 }
 
-/// A batch's bytes, counted until it is dropped (once its items are handed to the root).
+/// Bytes handed over, counted until this is dropped.
 #[derive(Debug)]
 pub struct Held {
     bytes: u64,
-    gate: Arc<ReadAhead>,
+    gate: Arc<ByteGate>,
 }
 
 impl Drop for Held {
@@ -80,9 +79,9 @@ impl Drop for Held {
     }
 }
 
-/// Closes the read-ahead when the run's feeding ends, whichever way it ends, so a reader
-/// waiting for room stops instead of waiting forever.
-pub struct CloseOnDrop(pub Arc<ReadAhead>);
+/// Closes the gate when the taking side ends, whichever way it ends (a panic included), so a
+/// giver waiting for room stops instead of waiting forever.
+pub struct CloseOnDrop(pub Arc<ByteGate>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
@@ -97,8 +96,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_reader_waits_past_the_limit_until_a_batch_is_taken() {
-        let gate = ReadAhead::new(100);
+    fn a_giver_waits_past_the_limit_until_something_is_taken() {
+        let gate = ByteGate::new(100);
         let a = gate.acquire(60).unwrap();
         let b = gate.acquire(40).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -110,28 +109,28 @@ mod tests {
                 c
             })
         };
-        // Full: the third batch waits (a generous wait that must end empty).
+        // Full: the third piece waits (a generous wait that must end empty).
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
         drop(a);
         assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(true));
         drop(waiter.join().unwrap());
         drop(b);
-        // A batch past the whole limit passes alone.
+        // A piece past the whole limit passes alone.
         let big = gate.acquire(1_000).unwrap();
         drop(big);
         assert_eq!(gate.state.lock().unwrap().held, 0);
     }
 
     #[test]
-    fn closing_wakes_a_waiting_reader() {
-        let gate = ReadAhead::new(10);
+    fn closing_wakes_a_waiting_giver() {
+        let gate = ByteGate::new(10);
         let held = gate.acquire(10).unwrap();
         let waiter = {
             let gate = gate.clone();
             std::thread::spawn(move || gate.acquire(5).is_none())
         };
         drop(CloseOnDrop(gate.clone()));
-        assert!(waiter.join().unwrap(), "a closed read-ahead gives no room");
+        assert!(waiter.join().unwrap(), "a closed gate gives no room");
         drop(held);
     }
 }
