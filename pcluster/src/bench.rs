@@ -19,6 +19,7 @@ mod skew;
 mod w4;
 
 use std::io::BufRead as _;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -305,11 +306,12 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(ratio) = w1_ratio {
-        println!(
-            "W1 `pcluster run` with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 75%)",
+        let mut out = std::io::stdout();
+        writeln!(
+            out,
+            "W1 `pcluster run` with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 75%)\n",
             100.0 * ratio
-        );
-        println!();
+        )?;
     }
     report::print_report(&Report {
         nodes: args.nodes,
@@ -321,7 +323,7 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         scans,
         w4,
         w4_encrypted: encrypted.w4,
-    });
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

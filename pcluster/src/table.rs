@@ -1,6 +1,7 @@
 //! The one table printer, on comfy-table: plain columns for `scan` and `status` (a row per node,
 //! then a row per task of each node's chain), markdown for `bench` (pasteable into the README).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use comfy_table::{CellAlignment, Table, presets};
@@ -44,8 +45,8 @@ pub struct Row {
     /// State, workers, idle, chain, root, labels and uptime; or one note saying why there
     /// are none.
     cells: Vec<String>,
-    /// Per-task counters: name, in, out, dropped, failed, busy seconds.
-    tasks: Vec<[String; 6]>,
+    /// Per-task counters: name, in, out, dropped, failed, busy seconds, chain.
+    tasks: Vec<[String; 7]>,
 }
 
 /// The row of a node that answered a status request, or of the error it gave.
@@ -53,6 +54,9 @@ pub fn status_row(addr: SocketAddr, st: Result<NodeStatus, root::RootError>) -> 
     match st {
         Ok(s) => Row {
             addr,
+            // A node without a chain still reports the last one's counters: say so, so
+            // they are not read as current.
+            tasks: task_rows(&s),
             cells: vec![
                 format!("{:?}", s.state).to_lowercase(),
                 s.workers.to_string(),
@@ -68,23 +72,32 @@ pub fn status_row(addr: SocketAddr, st: Result<NodeStatus, root::RootError>) -> 
                 },
                 format!("{}s", s.uptime_s),
             ],
-            tasks: s
-                .tasks
-                .iter()
-                .map(|t| {
-                    [
-                        t.name.clone(),
-                        t.items_in.to_string(),
-                        t.items_out.to_string(),
-                        t.dropped.to_string(),
-                        t.failed.to_string(),
-                        format!("{:.3}", t.busy_ns as f64 / 1e9),
-                    ]
-                })
-                .collect(),
         },
         Err(e) => note_row(addr, &e.to_string()),
     }
+}
+
+/// Per-task rows of a node's status, each naming its chain; those of a chain dropped
+/// since say so.
+fn task_rows(s: &NodeStatus) -> Vec<[String; 7]> {
+    let chain = s
+        .chain
+        .as_ref()
+        .map_or_else(|| "(last chain)".to_string(), |(n, v)| format!("{n} {v}"));
+    s.tasks
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.items_in.to_string(),
+                t.items_out.to_string(),
+                t.dropped.to_string(),
+                t.failed.to_string(),
+                format!("{:.3}", t.busy_ns as f64 / 1e9),
+                chain.clone(),
+            ]
+        })
+        .collect()
 }
 
 /// The row of a node with a note instead of a status (busy with another root, refused, ...).
@@ -115,7 +128,9 @@ pub fn status_tables(rows: &[Row]) -> StatusTables {
     );
     let mut tasks = new(
         Style::Plain,
-        &["NODE", "TASK", "IN", "OUT", "DROPPED", "FAILED", "BUSY S"],
+        &[
+            "NODE", "TASK", "IN", "OUT", "DROPPED", "FAILED", "BUSY S", "CHAIN",
+        ],
         &[2, 3, 4, 5, 6],
     );
     let mut notes = new(Style::Plain, &["NODE", "NOTE"], &[]);
@@ -141,21 +156,30 @@ pub fn status_tables(rows: &[Row]) -> StatusTables {
     }
 }
 
-/// Prints `table` without the padding comfy-table leaves at the end of each line.
-pub fn print(table: &Table) {
+/// Writes `table` to `out` without the padding comfy-table leaves at the end of each line.
+///
+/// # Errors
+/// A write error (a closed pipe: the caller ends quietly).
+pub fn print(out: &mut dyn std::io::Write, table: &Table) -> std::io::Result<()> {
     for line in table.lines() {
-        println!("{}", line.trim_end());
+        writeln!(out, "{}", line.trim_end())?;
     }
+    Ok(())
 }
 
-/// Prints the tables of `rows` (see [`status_tables`]), a blank line between two.
-pub fn print_status(rows: &[Row]) {
+/// Prints the tables of `rows` (see [`status_tables`]) on stdout, a blank line between two.
+///
+/// # Errors
+/// A write error (a closed pipe: the caller ends quietly).
+pub fn print_status(rows: &[Row]) -> std::io::Result<()> {
     let tables = status_tables(rows);
-    print(&tables.nodes);
+    let mut out = std::io::stdout().lock();
+    print(&mut out, &tables.nodes)?;
     for table in [tables.tasks, tables.notes].iter().flatten() {
-        println!();
-        print(table);
+        writeln!(out)?;
+        print(&mut out, table)?;
     }
+    out.flush()
 }
 
 #[cfg(test)]
@@ -231,6 +255,30 @@ mod tests {
             }),
         )]);
         assert!(tables.tasks.is_none() && tables.notes.is_none());
+    }
+
+    #[test]
+    fn a_free_nodes_counters_are_marked_as_the_last_chains() {
+        let free = NodeStatus {
+            state: NodeState::Free,
+            chain: None,
+            root: None,
+            ..status()
+        };
+        let tables = status_tables(&[status_row(addr(1), Ok(free))]);
+        let tasks = tables.tasks.expect("a task table").to_string();
+        assert!(
+            tasks
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim_end()
+                .ends_with("(last chain)"),
+            "{tasks}"
+        );
+        let busy = status_tables(&[status_row(addr(1), Ok(status()))]);
+        let tasks = busy.tasks.expect("a task table").to_string();
+        assert!(!tasks.contains("last chain"), "{tasks}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod bytes;
 mod cluster;
 #[path = "it/common.rs"]
 mod common;
+#[path = "it/controls.rs"]
+mod controls;
 #[path = "it/dashboard.rs"]
 mod dashboard;
 #[path = "it/e2e.rs"]

@@ -11,6 +11,7 @@ is raised again by the next waiting call.
 import atexit
 import json
 import os
+import sys
 import tempfile
 import weakref
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class ItemFailure:
 
 
 _live: "weakref.WeakSet[Root]" = weakref.WeakSet()
+
+# Python tasks are built with componentize-py from this Python's environment: its virtual
+# environment's packages and the componentize-py installed beside it (pcluster reads
+# PCLUSTER_PYTHON; one set by the user wins). Set at import, before a native root starts
+# threads that could read the environment while it changes.
+if sys.executable:
+    os.environ.setdefault("PCLUSTER_PYTHON", sys.executable)
 
 
 @atexit.register

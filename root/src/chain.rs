@@ -154,7 +154,7 @@ struct LimitsFile {
 pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
     let err = |source: ChainError| RootError::Chain {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let file = parse(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -236,7 +236,7 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
 fn parse(path: &Path) -> Result<ChainFile, RootError> {
     let err = |source: ChainError| RootError::Chain {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let text = std::fs::read_to_string(path).map_err(|source| {
         err(ChainError::Read {
@@ -278,7 +278,7 @@ pub fn dot(path: &Path) -> Result<String, RootError> {
     let file = parse(path)?;
     let succ = file_graph(&file).map_err(|source| RootError::Chain {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let functions: Vec<String> = file.tasks.iter().map(|t| t.function.clone()).collect();
     Ok(crate::graph::dot(
@@ -468,7 +468,7 @@ mod tests {
 
     fn source(e: RootError) -> ChainError {
         match e {
-            RootError::Chain { source, .. } => source,
+            RootError::Chain { source, .. } => *source,
             other => panic!("not a chain error: {other}"),
         }
     }

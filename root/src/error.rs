@@ -52,6 +52,12 @@ pub enum RootError {
         /// Nodes that were lost, comma-separated.
         lost: String,
     },
+    /// No node was ever attached: what was tried, and why each failed.
+    #[error("no node to run on: {tried}")]
+    NoNodeFound {
+        /// The addresses and scans tried, and their errors; or that none was tried.
+        tried: String,
+    },
     /// Nodes are left, but none that can run some task (labels), for longer than the
     /// no-node timeout: the items at that stage wait in the queue.
     #[error(
@@ -84,9 +90,9 @@ pub enum RootError {
     Chain {
         /// The file.
         path: String,
-        /// What is wrong.
+        /// What is wrong (boxed: a failed build's output would make every result big).
         #[source]
-        source: crate::chain::ChainError,
+        source: Box<crate::chain::ChainError>,
     },
     /// The root's background task is gone.
     #[error("the root has shut down")]

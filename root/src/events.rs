@@ -85,6 +85,11 @@ impl EventsRx {
         self.room.add_permits(bytes as usize);
         Some(e)
     }
+
+    /// Whether no event waits now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 impl Drop for EventsRx {

@@ -96,24 +96,71 @@ pub struct ItemFailure {
     pub message: String,
 }
 
-impl std::fmt::Display for ItemFailure {
+impl ItemFailure {
+    /// Where and why it failed, without naming the input: for callers that name inputs
+    /// their own way (`pcluster run` by line number).
+    pub fn cause(&self) -> FailureCause<'_> {
+        FailureCause(self)
+    }
+}
+
+/// [`ItemFailure::cause`]: `failed in task `t` on node n: message (item: "…")`.
+#[derive(Debug)]
+pub struct FailureCause<'a>(&'a ItemFailure);
+
+impl std::fmt::Display for FailureCause<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.task.is_empty() {
-            return write!(
-                f,
-                "input {} failed on node {}: {}",
-                self.input.0, self.node, self.message
-            );
+        let x = self.0;
+        if x.task.is_empty() {
+            return write!(f, "failed on node {}: {}", x.node, x.message);
         }
         write!(
             f,
-            "input {} failed in task `{}` on node {}: {} (item: {:?})",
-            self.input.0,
-            self.task,
-            self.node,
-            self.message,
-            String::from_utf8_lossy(&self.item_start)
+            "failed in task `{}` on node {}: {} (item: {:?})",
+            x.task,
+            x.node,
+            x.message,
+            String::from_utf8_lossy(&x.item_start)
         )
+    }
+}
+
+impl std::fmt::Display for ItemFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "input {} {}", self.input.0, self.cause())
+    }
+}
+
+/// What a root tried that gave it no node: the last [`Tried::KEEP`] attempts.
+#[derive(Debug, Default)]
+struct Tried {
+    last: std::collections::VecDeque<String>,
+    more: u64,
+}
+
+impl Tried {
+    const KEEP: usize = 8;
+
+    fn add(&mut self, what: String) {
+        if self.last.len() == Self::KEEP {
+            self.last.pop_front();
+            self.more += 1;
+        }
+        self.last.push_back(what);
+    }
+}
+
+impl std::fmt::Display for Tried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.last.is_empty() {
+            return f.write_str("none was added (add_node or search_nodes first)");
+        }
+        f.write_str("tried ")?;
+        if self.more > 0 {
+            write!(f, "{} more, then ", self.more)?;
+        }
+        let last: Vec<&str> = self.last.iter().map(String::as_str).collect();
+        f.write_str(&last.join("; "))
     }
 }
 
@@ -154,10 +201,18 @@ pub struct Root {
     /// Items handed to the scheduler's feed channel; `wait_empty` waits for at least these,
     /// since feeds and commands travel on different channels.
     submitted: std::sync::atomic::AtomicU64,
+    /// The largest item `feed` takes: the options' limit, and the chain's once one is set
+    /// up (a node refuses a batch holding an item over the chain's limit whole).
+    item_limit: std::sync::atomic::AtomicU64,
+    /// Nodes and scans tried without success, for the error when no node was ever found.
+    tried: std::sync::Mutex<Tried>,
     session: protocol::SessionId,
     /// Inputs the caller expects to feed in all, when it knows (the dashboard's total).
     #[cfg(feature = "dashboard")]
     expected_total: watch::Sender<Option<u64>>,
+    /// How the dashboard numbers inputs.
+    #[cfg(feature = "dashboard")]
+    input_numbers: std::sync::Mutex<Option<dashboard::InputNumbers>>,
 }
 
 impl Root {
@@ -165,6 +220,7 @@ impl Root {
     pub fn new(options: RootOptions) -> Root {
         let (cmds, cmd_rx) = mpsc::channel(64);
         let (feeds, feed_rx) = mpsc::channel(4);
+        let item_limit = options.max_item_bytes;
         let (stall_tx, stall) = watch::channel(None);
         // A session id only tells this root's sessions apart from others': when the OS
         // random source fails, the handshake fails anyway, so any value does here.
@@ -187,9 +243,13 @@ impl Root {
             }),
             stall,
             submitted: std::sync::atomic::AtomicU64::new(0),
+            item_limit: std::sync::atomic::AtomicU64::new(item_limit),
+            tried: std::sync::Mutex::default(),
             session,
             #[cfg(feature = "dashboard")]
             expected_total: watch::Sender::new(None),
+            #[cfg(feature = "dashboard")]
+            input_numbers: std::sync::Mutex::new(None),
         }
     }
 
@@ -210,13 +270,37 @@ impl Root {
         &self.options
     }
 
+    /// The largest item [`Root::feed`] takes now: [`RootOptions::max_item_bytes`], or the
+    /// chain's `max_item_bytes` while a chain with a smaller one is set up.
+    pub fn max_item_bytes(&self) -> u64 {
+        self.item_limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn call<T>(&self, make: impl FnOnce(scheduler::Reply<T>) -> Cmd) -> Result<T, RootError> {
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(make(tx))
             .await
             .map_err(|_| RootError::Closed)?;
-        rx.await.map_err(|_| RootError::Closed)?
+        rx.await
+            .map_err(|_| RootError::Closed)?
+            .map_err(|e| self.explain(e))
+    }
+
+    /// With no node ever attached, "no node is left" says nothing: name what was tried.
+    fn explain(&self, e: RootError) -> RootError {
+        match e {
+            RootError::NoNodes { lost, .. } if lost.is_empty() => RootError::NoNodeFound {
+                tried: self.tried.lock().map(|t| t.to_string()).unwrap_or_default(),
+            },
+            e => e,
+        }
+    }
+
+    fn note_tried(&self, what: String) {
+        if let Ok(mut t) = self.tried.lock() {
+            t.add(what);
+        }
     }
 
     /// Connects to the node at `addr` and adds it; with a chain set up, the node gets it
@@ -225,6 +309,14 @@ impl Root {
     /// # Errors
     /// Unreachable, not a pcluster node, authentication failed, or busy with another root.
     pub async fn add_node(&self, addr: SocketAddr) -> Result<(), RootError> {
+        let r = self.attach(addr).await;
+        if let Err(e) = &r {
+            self.note_tried(format!("{addr}: {e}"));
+        }
+        r
+    }
+
+    async fn attach(&self, addr: SocketAddr) -> Result<(), RootError> {
         let (conn, welcome) = conn::connect(addr, Role::Root, &self.options, None).await?;
         if let Some(holder) = welcome.busy_with {
             return Err(RootError::Busy {
@@ -265,6 +357,14 @@ impl Root {
                     report.failed.push((node, e.to_string()));
                 }
             }
+        }
+        if added.is_empty() {
+            self.note_tried(format!(
+                "a scan of {network} port {port} found no free node ({} hosts: {} busy, {} not authenticated)",
+                report.hosts,
+                report.busy.len(),
+                report.unauthenticated.len()
+            ));
         }
         report.free = added;
         Ok(report)
@@ -307,6 +407,10 @@ impl Root {
         chain: ChainSpec,
         handlers: Handlers,
     ) -> Result<(), RootError> {
+        self.item_limit.store(
+            self.options.max_item_bytes.min(chain.limits.max_item_bytes),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.call(|reply| Cmd::Setup {
             chain,
             handlers,
@@ -330,10 +434,11 @@ impl Root {
         let mut batches = Vec::new();
         for item in items {
             let item = item.as_ref();
-            if item.len() as u64 > self.options.max_item_bytes {
+            let limit = self.max_item_bytes();
+            if item.len() as u64 > limit {
                 return Err(RootError::ItemTooLarge {
                     size: item.len(),
-                    limit: self.options.max_item_bytes,
+                    limit,
                 });
             }
             batch.push(item);
@@ -369,15 +474,11 @@ impl Root {
     /// the bytes.
     pub async fn feed_packed(&self, items: Packed) -> Result<FedIds, RootError> {
         items.validate()?;
-        if let Some(&big) = items
-            .lens
-            .0
-            .iter()
-            .find(|&&l| u64::from(l) > self.options.max_item_bytes)
-        {
+        let limit = self.max_item_bytes();
+        if let Some(&big) = items.lens.0.iter().find(|&&l| u64::from(l) > limit) {
             return Err(RootError::ItemTooLarge {
                 size: big as usize,
-                limit: self.options.max_item_bytes,
+                limit,
             });
         }
         let mut feeder = self.feeder.lock().await;
@@ -393,7 +494,7 @@ impl Root {
         };
         tokio::select! {
             sent = feeder.tx.send(feed) => sent.map_err(|_| RootError::Closed)?,
-            e = scheduler::stalled(&mut stall) => return Err(e),
+            e = scheduler::stalled(&mut stall) => return Err(self.explain(e)),
         }
         feeder.next_id += n;
         self.submitted
@@ -434,6 +535,10 @@ impl Root {
     /// # Errors
     /// Shut down.
     pub async fn reset(&self) -> Result<(), RootError> {
+        self.item_limit.store(
+            self.options.max_item_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.call(Cmd::Reset).await
     }
 
@@ -461,6 +566,21 @@ impl Root {
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Counters(tx))
+            .await
+            .map_err(|_| RootError::Closed)?;
+        rx.await.map_err(|_| RootError::Closed)
+    }
+
+    /// Drops the items fed but not yet sent to a node; the items nodes hold go on. Returns
+    /// how many were dropped: they produce no output and are never done. For stopping
+    /// early: [`Root::wait_empty`] then waits only for the items in flight.
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn unqueue(&self) -> Result<u64, RootError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Unqueue(tx))
             .await
             .map_err(|_| RootError::Closed)?;
         rx.await.map_err(|_| RootError::Closed)

@@ -2,6 +2,7 @@
 //! floors, notes) and the lines around it (floors, setup times, peak RSS, scans).
 
 use kit::{Process, peak_rss_mib};
+use std::io::Write as _;
 
 use super::{Report, Row, w4};
 use crate::table::{self, Style};
@@ -43,61 +44,71 @@ pub(super) fn rows_table(rows: &[Row]) -> comfy_table::Table {
     t
 }
 
-pub(super) fn print_report(r: &Report) {
-    println!(
+/// # Errors
+/// A write error (a closed pipe: the command ends quietly).
+pub(super) fn print_report(r: &Report) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "pcluster bench — {} node process(es) × {} worker(s) on loopback, {} cores",
         r.nodes,
         r.workers,
         node::cores()
-    );
-    println!();
-    table::print(&rows_table(&r.rows));
-    println!();
+    )?;
+    writeln!(out)?;
+    table::print(&mut out, &rows_table(&r.rows))?;
+    writeln!(out)?;
     let f = r.w1_floors;
-    println!(
+    writeln!(
+        out,
         "floors (one thread, no network): native W1 {:.1} ns/item ({:.1} M items/s); in-process wasm W1 {:.1} ns/item ({:.1} M items/s)",
         f.native_ns,
         1e3 / f.native_ns,
         f.wasm_ns,
         1e3 / f.wasm_ns
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "setup of the 3-task W1 chain on {} nodes: cold {:.1} ms (compiled, or loaded from the disk cache), warm {:.1} ms (in-memory cache)",
         r.nodes,
         r.setup.cold.as_secs_f64() * 1e3,
         r.setup.warm.as_secs_f64() * 1e3
-    );
+    )?;
     let nodes: Vec<String> = r
         .node_rss_mib
         .iter()
         .map(|m| format!("{m:.1} MiB"))
         .collect();
-    println!(
+    writeln!(
+        out,
         "peak RSS: bench root {:.1} MiB; nodes {}",
         peak_rss_mib(Process::Current).unwrap_or(0.0),
         nodes.join(", ")
-    );
+    )?;
     if let Some((w4, loopback)) = &r.w4 {
         for line in w4::lines(w4, *loopback, node::cores()) {
-            println!("{line}");
+            writeln!(out, "{line}")?;
         }
         if let Some((encrypted, ratio)) = &r.w4_encrypted {
             for line in w4::lines(encrypted, *loopback, node::cores()) {
-                println!("{line}");
+                writeln!(out, "{line}")?;
             }
-            println!(
+            writeln!(
+                out,
                 "W4 with a token (encrypted: Noise, AES-GCM): {:.0}% of the rate without (goal ≥ 50%)",
                 100.0 * ratio
-            );
+            )?;
         }
     }
     for s in &r.scans {
-        println!(
+        writeln!(
+            out,
             "scan of {}: {} hosts in {:.1} ms, {} nodes found",
             s.net,
             s.hosts,
             s.took.as_secs_f64() * 1e3,
             s.found
-        );
+        )?;
     }
+    out.flush()
 }

@@ -27,12 +27,7 @@ pub struct DashboardArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
     /// Node addresses, comma-separated (`host[:port]`, `[v6]:port`; a missing port is --port).
-    #[arg(
-        short = 'n',
-        long,
-        value_delimiter = ',',
-        required_unless_present = "scan"
-    )]
+    #[arg(short = 'n', long, value_delimiter = ',')]
     pub nodes: Vec<String>,
     /// Scan this network for nodes, e.g. 127.0.0.0/24 (again every --rescan seconds).
     #[arg(long)]
@@ -48,11 +43,23 @@ pub struct WatchArgs {
 }
 
 impl WatchArgs {
+    /// Checked here rather than by clap, so `top --run` can do without both.
+    ///
+    /// # Errors
+    /// Neither --nodes nor --scan.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.nodes.is_empty() && self.scan.is_none() {
+            anyhow::bail!("name the nodes to watch: --nodes or --scan");
+        }
+        Ok(())
+    }
+
     /// Starts a monitor of these nodes (within a runtime).
     ///
     /// # Errors
     /// A --nodes entry that does not parse or resolve.
     pub async fn monitor(&self) -> anyhow::Result<Monitor> {
+        self.check()?;
         let mut nodes = Vec::new();
         for n in &self.nodes {
             let a = node_addr(n, self.port).await?;
@@ -121,7 +128,11 @@ mod tests {
     #[test]
     fn nodes_or_a_scan_are_needed() {
         use clap::Parser as _;
-        assert!(crate::cli::Cli::try_parse_from(["pcluster", "dashboard"]).is_err());
+        let cli = crate::cli::Cli::try_parse_from(["pcluster", "dashboard"]).unwrap();
+        let crate::cli::Command::Dashboard(a) = cli.command else {
+            panic!("not dashboard")
+        };
+        assert!(a.watch.check().is_err());
         let cli =
             crate::cli::Cli::try_parse_from(["pcluster", "top", "--scan", "127.0.0.0/24"]).unwrap();
         assert!(matches!(cli.command, crate::cli::Command::Top(_)));

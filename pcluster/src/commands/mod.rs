@@ -1,6 +1,7 @@
 //! One module per small subcommand; `run` and `bench` have modules of their own.
 
 pub mod dashboard;
+pub mod fetch;
 pub mod log;
 pub mod new;
 pub mod node;

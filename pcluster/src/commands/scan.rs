@@ -41,7 +41,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
         for (addr, why) in report.unauthenticated.iter().chain(&report.failed) {
             rows.push(table::note_row(*addr, &format!("not authenticated: {why}")));
         }
-        table::print_status(&rows);
+        table::print_status(&rows)?;
         eprintln!(
             "scanned {} hosts of {network} on port {port} in {:.1} ms: {} free, {} busy, {} could not be authenticated",
             report.hosts,

@@ -27,7 +27,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             failed |= st.is_err();
             rows.push(table::status_row(addr, st));
         }
-        table::print_status(&rows);
+        table::print_status(&rows)?;
         Ok(if failed {
             ExitCode::FAILURE
         } else {

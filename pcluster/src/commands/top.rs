@@ -3,15 +3,21 @@
 //! frame clears the screen; otherwise each second's snapshot is printed as plain lines.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use root::dashboard::Snapshot;
 
 use super::dashboard::WatchArgs;
+use super::fetch;
 use crate::setup::{Console, init_tracing, next_signal, runtime, use_colour};
 
 #[derive(clap::Args, Debug)]
 pub struct TopArgs {
+    /// Show a run's progress too: the address of its dashboard (`pcluster run --dashboard
+    /// ADDR`), instead of --nodes or --scan.
+    #[arg(long, conflicts_with_all = ["nodes", "scan"])]
+    pub run: Option<SocketAddr>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -20,29 +26,52 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     init_tracing(Console::Stderr, None, "error");
     let redraw = use_colour(Console::Stdout);
     runtime(false)?.block_on(async move {
-        let monitor = args.watch.monitor().await?;
-        let mut snapshots = monitor.subscribe();
         let signal = next_signal();
         tokio::pin!(signal);
+        if let Some(addr) = args.run {
+            let mut tick = tokio::time::interval(root::dashboard::POLL);
+            loop {
+                tokio::select! {
+                    _ = &mut signal => break,
+                    _ = tick.tick() => {}
+                }
+                match fetch::snapshot(addr).await {
+                    Ok(s) => draw(&render(&s), redraw)?,
+                    // The run ended (its dashboard with it), or never was there.
+                    Err(e) => {
+                        eprintln!("pcluster top: {e:#}");
+                        break;
+                    }
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let monitor = args.watch.monitor().await?;
+        let mut snapshots = monitor.subscribe();
         loop {
             tokio::select! {
                 _ = &mut signal => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
             }
             let text = render(&snapshots.borrow_and_update());
-            let mut out = std::io::stdout().lock();
-            if redraw {
-                // Clear the screen and go home: a whole frame each second.
-                write!(out, "\x1b[2J\x1b[H")?;
-            }
-            write!(out, "{text}")?;
-            if !redraw {
-                writeln!(out)?;
-            }
-            out.flush()?;
+            draw(&text, redraw)?;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One frame on stdout: over the last on a terminal, after it otherwise.
+fn draw(text: &str, redraw: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if redraw {
+        // Clear the screen and go home: a whole frame each second.
+        write!(out, "\x1b[2J\x1b[H")?;
+    }
+    write!(out, "{text}")?;
+    if !redraw {
+        writeln!(out)?;
+    }
+    out.flush()
 }
 
 /// One frame: a header, the nodes, then the tasks.
@@ -60,11 +89,19 @@ pub fn render(s: &Snapshot) -> String {
         let total = r.total.map_or(String::new(), |t| format!(" / {t}"));
         let _ = writeln!(
             out,
-            "run: done {}{total}  {} inputs/s  ETA {}  failed {}  re-dispatched {}",
+            "run: done {}{total}{}  {} inputs/s  ETA {}  in flight {}  failed {}  retried {}  re-dispatched {}",
             r.done,
+            r.total
+                .filter(|&t| t > 0)
+                .map_or(String::new(), |t| format!(
+                    " ({:.1} %)",
+                    100.0 * r.done as f64 / t as f64
+                )),
             rate(r.rate),
             r.eta_s.map_or("-".into(), |e| format!("{e:.0} s")),
+            r.in_flight,
             r.failed,
+            r.retried,
             r.redispatched
         );
     }
@@ -96,10 +133,23 @@ pub fn render(s: &Snapshot) -> String {
             n.error.as_deref().or(n.chain.as_deref()).unwrap_or("-")
         );
     }
+    // Nodes without a chain report their last chain's counters: say so, not as current.
+    let last = s.nodes.iter().any(|n| !n.tasks.is_empty())
+        && s.nodes.iter().all(|n| n.tasks.is_empty() || n.last_chain);
     let _ = writeln!(
         out,
-        "{:<24} {:>12} {:>12} {:>12} {:>9} {:>11}",
-        "TASK", "IN", "OUT", "DROPPED", "FAILED", "TIME/ITEM"
+        "{:<24} {:>12} {:>12} {:>12} {:>9} {:>11}{}",
+        "TASK",
+        "IN",
+        "OUT",
+        "DROPPED",
+        "FAILED",
+        "TIME/ITEM",
+        if last {
+            "  (the nodes' last chain)"
+        } else {
+            ""
+        }
     );
     for t in &s.tasks {
         let _ = writeln!(

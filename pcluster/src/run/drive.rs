@@ -1,6 +1,9 @@
 //! Driving a run: feeding what the reader reads, then waiting for the inputs in flight, and
 //! stopping early on a signal, a closed output or `--halt`; then the summary and the exit
 //! status (0 all well, 2 some items failed, 1 the run itself failed, 130/143 a signal).
+//!
+//! Every wait goes through [`Interrupts::until`], so a signal is always seen; each reason to
+//! stop fires once, so no wait spins on a reason already taken.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -11,11 +14,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RunArgs;
+use super::failures::{FailureLines, say_line};
 use super::gate::{ByteGate, CloseOnDrop};
 use super::input::{self, Read_, ReadBatch, ReaderConfig};
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
+use super::progress::Progress;
 use crate::setup::{Signal, next_signal};
 
 /// Why feeding stopped before the input's end.
@@ -23,10 +28,26 @@ use crate::setup::{Signal, next_signal};
 enum Stop {
     /// A first signal: let the inputs in flight finish (bounded), then exit with its code.
     Signal(Signal),
-    /// A second signal, `--halt now`, or an output error: stop at once.
+    /// A signal during a drain, `--halt now`, or an output error: stop at once.
     Now(Option<Signal>),
-    /// `--halt soon`: let the inputs in flight finish.
+    /// `--halt soon`: let the inputs in flight finish (bounded), then exit 2.
     HaltSoon,
+}
+
+impl Stop {
+    /// Whether the run lets the inputs in flight finish first.
+    fn drains(self) -> bool {
+        matches!(self, Stop::Signal(_) | Stop::HaltSoon)
+    }
+
+    /// The stop in force once `new` comes on top of `old`: stopping at once wins, and the
+    /// first reason to drain is kept (a halt during a signal's drain exits as the signal).
+    fn then(old: Option<Stop>, new: Stop) -> Stop {
+        match (old, new) {
+            (_, Stop::Now(_)) | (None, _) => new,
+            (Some(old), _) => old,
+        }
+    }
 }
 
 pub struct Drive<'a> {
@@ -38,6 +59,7 @@ pub struct Drive<'a> {
     pub lines: LineIndex,
     pub state: Arc<SinkState>,
     pub failed: Arc<Mutex<FailedOut>>,
+    pub failure_lines: Arc<FailureLines>,
     pub skip: Option<Arc<super::joblog::LineSet>>,
     pub sources: Sources,
     pub started: Instant,
@@ -68,13 +90,18 @@ fn signals() -> mpsc::Receiver<Signal> {
     rx
 }
 
-/// What may interrupt a wait.
+/// What may interrupt a wait. Each reason fires once: the halt and the output's stop are
+/// states that stay set, and a wait that kept returning them would never yield.
 struct Interrupts<'a> {
-    signals: &'a mut mpsc::Receiver<Signal>,
+    signals: mpsc::Receiver<Signal>,
     state: &'a SinkState,
     halt_now: bool,
-    /// A first signal was already seen: the next one stops at once.
-    signalled: Option<Signal>,
+    /// The first signal, whose exit code the run keeps.
+    first_signal: Option<Signal>,
+    /// Inputs in flight are finishing: a signal now stops at once.
+    draining: bool,
+    halt_taken: bool,
+    stop_taken: bool,
 }
 
 impl Interrupts<'_> {
@@ -82,42 +109,41 @@ impl Interrupts<'_> {
     async fn until<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Stop> {
         tokio::select! {
             biased;
-            s = self.signals.recv() => Err(match (self.signalled, s) {
-                (None, Some(s)) => Stop::Signal(s),
-                (first, s) => Stop::Now(first.or(s)),
-            }),
-            () = self.state.stop.cancelled() => Err(Stop::Now(self.signalled)),
-            () = self.state.halt.cancelled(), if self.signalled.is_none() => Err(if self.halt_now {
-                Stop::Now(None)
-            } else {
-                Stop::HaltSoon
-            }),
+            Some(s) = self.signals.recv() => {
+                let first = *self.first_signal.get_or_insert(s);
+                Err(if self.draining { Stop::Now(Some(first)) } else { Stop::Signal(s) })
+            }
+            () = self.state.stop.cancelled(), if !self.stop_taken => {
+                self.stop_taken = true;
+                Err(Stop::Now(self.first_signal))
+            }
+            () = self.state.halt.cancelled(), if !self.halt_taken => {
+                self.halt_taken = true;
+                Err(if self.halt_now { Stop::Now(None) } else { Stop::HaltSoon })
+            }
             r = fut => Ok(r),
         }
     }
 }
 
-pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
+/// How feeding ended.
+#[derive(Default)]
+struct Fed {
+    stop: Option<Stop>,
+    refused: u64,
+    read_error: Option<std::io::Error>,
+    /// No node for too long (or the root is gone).
+    feed_error: Option<root::RootError>,
+}
+
+pub async fn drive(mut d: Drive<'_>) -> anyhow::Result<ExitCode> {
     let args = d.args;
+    let input = std::mem::replace(&mut d.input, Box::new(std::io::empty()));
     let skipped = d.skip.as_ref().map_or(0, |s| s.len());
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD_BATCHES);
     let read_ahead = ByteGate::new(READ_AHEAD_BYTES);
     // However the feeding ends, a reader waiting for room stops.
     let _close = CloseOnDrop(read_ahead.clone());
-    input::spawn(
-        d.input,
-        ReaderConfig {
-            framing: args.framing(),
-            batch_items: d.root.options().batch_items,
-            batch_bytes: READ_BATCH_BYTES,
-            regular_file: d.input_is_file,
-            max_item_bytes: d.root.options().max_item_bytes,
-            skip: d.skip,
-            failed: d.failed.clone(),
-            read_ahead,
-        },
-        tx,
-    );
+    let rx = spawn_reader(&d, input, read_ahead);
     let elastic_stop = CancellationToken::new();
     let elastic = {
         let (root, src, stop) = (d.root.clone(), d.sources.clone(), elastic_stop.clone());
@@ -126,27 +152,73 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             nodes::keep_elastic(&root, &src, Duration::from_secs(1), rescan, stop).await;
         })
     };
-    let mut sigs = signals();
     let mut int = Interrupts {
-        signals: &mut sigs,
+        signals: signals(),
         state: &d.state,
         halt_now: args.halt.is_some_and(|h| h.now),
-        signalled: None,
+        first_signal: None,
+        draining: false,
+        halt_taken: false,
+        stop_taken: false,
     };
-    let progress = super::progress::Progress::new(args, d.started, &d.root, skipped);
+    let progress = Progress::new(args, d.started, &d.root, skipped);
+    let fed = feed(&d, &mut int, rx, &progress).await;
+    let (stop, wait_error) = drain(&d, &mut int, &progress, fed.stop, fed.feed_error).await;
+    progress.finish();
+    elastic_stop.cancel();
+    let _ = elastic.await;
+    d.failure_lines.finish();
+    let c = d.root.counters().await.unwrap_or_default();
+    summary(&d, &c, fed.refused);
+    let not_done = c.fed - c.completed.min(c.fed);
+    if let Some(e) = fed.read_error {
+        return Err(anyhow::Error::new(e).context(format!(
+            "reading the input ({not_done} inputs fed but not done)"
+        )));
+    }
+    exit(&d, stop, wait_error, not_done)
+}
+
+fn spawn_reader(
+    d: &Drive<'_>,
+    input: Box<dyn std::io::Read + Send>,
+    read_ahead: Arc<ByteGate>,
+) -> mpsc::Receiver<Read_> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD_BATCHES);
+    input::spawn(
+        input,
+        ReaderConfig {
+            framing: d.args.framing(),
+            batch_items: d.root.options().batch_items,
+            batch_bytes: READ_BATCH_BYTES,
+            regular_file: d.input_is_file,
+            // The chain's own limit when it is smaller: a node refuses a batch over it.
+            max_item_bytes: d.root.max_item_bytes(),
+            skip: d.skip.clone(),
+            failed: d.failed.clone(),
+            read_ahead,
+        },
+        tx,
+    );
+    rx
+}
+
+/// Feeds what the reader reads until the input ends or something stops the run.
+async fn feed(
+    d: &Drive<'_>,
+    int: &mut Interrupts<'_>,
+    mut rx: mpsc::Receiver<Read_>,
+    progress: &Progress,
+) -> Fed {
+    let mut fed = Fed::default();
     let mut next_id = 0u64;
-    let mut refused = 0u64;
-    let mut read_error = None;
-    let mut feed_error: Option<root::RootError> = None;
-    // Feed until the input ends or something stops the run.
-    let mut stop: Option<Stop> = None;
     loop {
         let r = match int.until(rx.recv()).await {
             Ok(Some(r)) => r,
-            Ok(None) => break,
+            Ok(None) => return fed,
             Err(s) => {
-                stop = Some(s);
-                break;
+                fed.stop = Some(s);
+                return fed;
             }
         };
         match r {
@@ -154,129 +226,163 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
                 let n = items.len() as u64;
                 // Ids are consecutive in feed order and this loop is the only feeder.
                 d.lines.add(next_id, &lines);
-                let fed = int.until(d.root.feed_packed(items)).await;
+                let sent = int.until(d.root.feed_packed(items)).await;
                 // Handed over: the reader may read the next batch.
                 drop(held);
-                match fed {
-                    Ok(Ok(fed)) => {
-                        debug_assert_eq!(fed.first.0, next_id);
+                match sent {
+                    Ok(Ok(ids)) => {
+                        debug_assert_eq!(ids.first.0, next_id);
                         next_id += n;
                     }
                     Ok(Err(e)) => {
-                        // No node for too long (or the root is gone): the run failed, but
-                        // what completed is kept and the nodes are freed all the same.
-                        feed_error = Some(e);
-                        break;
+                        // What completed is kept and the nodes are freed all the same.
+                        fed.feed_error = Some(e);
+                        return fed;
                     }
                     Err(s) => {
-                        stop = Some(s);
-                        break;
+                        fed.stop = Some(s);
+                        return fed;
                     }
                 }
                 progress.tick(&d.root).await;
             }
             Read_::Refused(r) => {
-                refused += 1;
-                d.state.count_failure(args.halt.map(|h| h.fail));
-                eprintln!(
-                    "pcluster run: line {}: item of {} bytes exceeds the limit of {} bytes; not run{}",
-                    r.line,
-                    r.bytes,
-                    d.root.options().max_item_bytes,
-                    if args.failed.is_some() {
-                        ", written to --failed"
-                    } else {
-                        ""
-                    }
-                );
+                fed.refused += 1;
+                refused(d, &r);
             }
             Read_::Error(e) => {
-                read_error = Some(e);
-                break;
+                fed.read_error = Some(e);
+                return fed;
             }
         }
     }
-    // Wait for what is in flight, unless told to stop at once or feeding already failed.
-    let mut wait_error = feed_error;
-    while wait_error.is_none() {
-        let deadline = match stop {
-            Some(Stop::Now(_)) => break,
-            Some(Stop::Signal(s)) => {
-                int.signalled = Some(s);
-                Some(Duration::from_secs_f64(args.drain_timeout))
+}
+
+/// An input over the item limit: it fails alone, by its line.
+fn refused(d: &Drive<'_>, r: &input::Refused) {
+    d.state.count_failure(d.args.halt.map(|h| h.fail));
+    let to_failed = if d.args.failed.is_some() {
+        ", written to --failed"
+    } else {
+        ""
+    };
+    d.failure_lines.report(|| {
+        format!(
+            "line {}: item of {} bytes exceeds the limit of {} bytes; not run{to_failed}",
+            r.line,
+            r.bytes,
+            d.root.max_item_bytes()
+        )
+    });
+}
+
+/// Waits for the inputs in flight: all of them, or on a draining stop those nodes hold, up
+/// to `--drain-timeout`; at once on [`Stop::Now`]. Returns the stop in force and the error
+/// that ended the wait, if any.
+async fn drain(
+    d: &Drive<'_>,
+    int: &mut Interrupts<'_>,
+    progress: &Progress,
+    mut stop: Option<Stop>,
+    feed_error: Option<root::RootError>,
+) -> (Option<Stop>, Option<root::RootError>) {
+    if feed_error.is_some() {
+        return (stop, feed_error);
+    }
+    let mut deadline = None;
+    loop {
+        match stop {
+            Some(Stop::Now(_)) => return (stop, None),
+            Some(s) if s.drains() && !int.draining => {
+                int.draining = true;
+                let timeout = Duration::from_secs_f64(d.args.drain_timeout);
+                deadline = Some(tokio::time::Instant::now() + timeout);
+                begin_drain(d, s).await;
             }
-            Some(Stop::HaltSoon) | None => None,
-        };
+            _ => {}
+        }
         let wait = async {
             match deadline {
-                Some(t) => tokio::time::timeout(t, progress.wait_empty(&d.root))
+                Some(t) => tokio::time::timeout_at(t, progress.wait_empty(&d.root))
                     .await
                     .ok(),
                 None => Some(progress.wait_empty(&d.root).await),
             }
         };
         match int.until(wait).await {
-            Ok(Some(Ok(()))) => break,
+            Ok(Some(Ok(()))) => return (stop, None),
             Ok(Some(Err(root::RootError::NoNodes { .. }))) => {
                 // No node: wait for one to come back or join, up to --no-node-timeout.
                 match int.until(d.root.wait_for_node()).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => {
-                        wait_error = Some(e);
-                        break;
-                    }
-                    Err(s) => stop = Some(s),
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return (stop, Some(e)),
+                    Err(s) => stop = Some(Stop::then(stop, s)),
                 }
             }
-            Ok(Some(Err(e))) => {
-                wait_error = Some(e);
-                break;
-            }
+            Ok(Some(Err(e))) => return (stop, Some(e)),
             Ok(None) => {
-                eprintln!(
-                    "pcluster run: inputs still in flight after --drain-timeout {} s; stopping",
-                    args.drain_timeout
-                );
-                break;
+                say_line(&format!(
+                    "pcluster run: inputs still in flight after --drain-timeout {} s; stopping\n",
+                    d.args.drain_timeout
+                ));
+                return (stop, None);
             }
-            Err(s) => stop = Some(s),
+            Err(s) => stop = Some(Stop::then(stop, s)),
         }
     }
-    progress.finish();
-    elastic_stop.cancel();
-    let _ = elastic.await;
+}
+
+/// A draining stop begins: nothing queued is sent any more, and the user is told what
+/// happens now.
+async fn begin_drain(d: &Drive<'_>, stop: Stop) {
+    let _ = d.root.unqueue().await;
     let c = d.root.counters().await.unwrap_or_default();
-    let failed = d.state.failed();
+    let secs = d.args.drain_timeout;
+    let line = match stop {
+        Stop::Signal(_) => format!(
+            "pcluster run: stopping: {} inputs in flight, up to {secs} s; Ctrl-C again to stop now\n",
+            c.in_flight
+        ),
+        _ => format!(
+            "pcluster run: halting after {} failed items: {} inputs in flight finish first, up to {secs} s; Ctrl-C to stop now\n",
+            d.state.failed(),
+            c.in_flight
+        ),
+    };
+    say_line(&line);
+}
+
+fn summary(d: &Drive<'_>, c: &root::Counters, refused: u64) {
     let secs = d.started.elapsed().as_secs_f64();
-    {
-        // One write: stderr is unbuffered, and a line written piece by piece could be cut by
-        // another writer's (a log line's).
-        let line = format!(
-            "pcluster run: {} inputs done of {} read, {} outputs, {} failed ({} refused), {} re-dispatched, {:.2} s ({:.0} inputs/s), peak RSS {:.1} MiB\n",
-            c.completed,
-            c.fed + refused,
-            c.outputs,
-            failed,
-            refused,
-            c.redispatched,
-            secs,
-            c.completed as f64 / secs.max(1e-9),
-            kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
-    }
-    let not_done = c.fed - c.completed.min(c.fed);
-    if let Some(e) = read_error {
-        return Err(anyhow::Error::new(e).context(format!(
-            "reading the input ({not_done} inputs fed but not done)"
-        )));
-    }
+    say_line(&format!(
+        "pcluster run: {} inputs done of {} read, {} outputs, {} failed ({} refused), {} retried, {} re-dispatched, {:.2} s ({:.0} inputs/s), peak RSS {:.1} MiB\n",
+        c.completed,
+        c.fed + refused,
+        c.outputs,
+        d.state.failed(),
+        refused,
+        c.retried,
+        c.redispatched,
+        secs,
+        c.completed as f64 / secs.max(1e-9),
+        kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
+    ));
+}
+
+/// The exit status, or the error that failed the run.
+fn exit(
+    d: &Drive<'_>,
+    stop: Option<Stop>,
+    wait_error: Option<root::RootError>,
+    not_done: u64,
+) -> anyhow::Result<ExitCode> {
     if let Some(e) = d.state.error.lock().ok().and_then(|mut e| e.take()) {
         return Err(anyhow::Error::new(e).context("writing outputs"));
     }
     if let Some(e) = d.failed.lock().ok().and_then(|mut f| f.finish()) {
         return Err(anyhow::Error::new(e).context("writing --failed"));
     }
+    let failed = d.state.failed();
     match stop {
         Some(Stop::Signal(s) | Stop::Now(Some(s))) => return Ok(ExitCode::from(s.exit_code())),
         Some(Stop::Now(None))
@@ -287,7 +393,9 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Some(Stop::Now(None) | Stop::HaltSoon) => {
-            eprintln!("pcluster run: halted after {failed} failed items");
+            say_line(&format!(
+                "pcluster run: halted after {failed} failed items\n"
+            ));
             return Ok(ExitCode::from(2));
         }
         None => {}
@@ -300,4 +408,20 @@ pub async fn drive(d: Drive<'_>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_at_once_wins_and_the_first_drain_is_kept() {
+        let int = Stop::Signal(Signal::Interrupt);
+        assert_eq!(Stop::then(None, Stop::HaltSoon), Stop::HaltSoon);
+        assert_eq!(Stop::then(Some(int), Stop::HaltSoon), int);
+        assert_eq!(Stop::then(Some(Stop::HaltSoon), int), Stop::HaltSoon);
+        let now = Stop::Now(Some(Signal::Terminate));
+        assert_eq!(Stop::then(Some(Stop::HaltSoon), now), now);
+        assert!(int.drains() && Stop::HaltSoon.drains() && !now.drains());
+    }
 }

@@ -15,6 +15,7 @@ mod binary;
 mod bounds;
 mod buffers;
 mod drive;
+mod failures;
 mod gate;
 mod input;
 mod joblog;
@@ -163,7 +164,8 @@ fn truncate(path: &std::path::Path, len: u64) -> anyhow::Result<()> {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if args.dot {
-        print!("{}", root::chain::dot(&args.chain)?);
+        let dot = root::chain::dot(&args.chain)?;
+        std::io::stdout().write_all(dot.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
     args.check()?;
@@ -229,6 +231,7 @@ async fn run_on_cluster(
     let result = async {
         nodes::attach(&root, &sources, args.min_nodes).await?;
         let state = Arc::new(SinkState::default());
+        let failure_lines = Arc::new(failures::FailureLines::new(files.failed.is_some()));
         let failed = Arc::new(Mutex::new(FailedOut::new(files.failed)));
         let lines = lines::LineIndex::default();
         let has_journal = files.journal.is_some();
@@ -250,12 +253,15 @@ async fn run_on_cluster(
             halt_at: args.halt.map(|h| h.fail),
             last_failed: None,
             first_error: None,
-            quiet_failures: false,
+            failure_lines: failure_lines.clone(),
             stopped: false,
         };
         root.setup_handlers(chain, root::Handlers::from_handler(sink))
             .await?;
         if let Some(addr) = args.dashboard {
+            // One numbering for the user: the input's line, as stderr and the joblog say.
+            let lines = lines.clone();
+            root.set_input_numbers(move |id| lines.line(id.0));
             let bound = root.serve_dashboard(addr, args.dashboard_public).await?;
             eprintln!("pcluster run: dashboard on http://{bound}/");
         }
@@ -268,6 +274,7 @@ async fn run_on_cluster(
             lines,
             state,
             failed,
+            failure_lines,
             skip,
             sources: sources.clone(),
             started,

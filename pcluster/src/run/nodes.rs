@@ -67,14 +67,17 @@ pub async fn attach(root: &root::Root, src: &Sources, min_nodes: usize) -> anyho
         for (a, why) in &report.busy {
             eprintln!("pcluster run: node {a} is busy with {why}");
         }
+        if report.free.is_empty() {
+            failures.push(format!(
+                "the scan of {net} port {port} found no free node among {} hosts",
+                report.hosts
+            ));
+        }
         added += report.free.len();
     }
     if added < min_nodes.max(1) {
-        if failures.is_empty() {
-            bail!("no nodes to run on (need {})", min_nodes.max(1));
-        }
         bail!(
-            "only {added} of the nodes could be used, {} needed: {}",
+            "{added} nodes could be used, {} needed: {}",
             min_nodes.max(1),
             failures.join("; ")
         );

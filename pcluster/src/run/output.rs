@@ -150,7 +150,8 @@ pub struct Sink {
     pub last_failed: Option<ItemId>,
     /// The first error of the input being completed.
     pub first_error: Option<(ItemId, String)>,
-    pub quiet_failures: bool,
+    /// Says on stderr what failed (capped).
+    pub failure_lines: Arc<super::failures::FailureLines>,
     /// The output failed: nothing more is written. Only this sink stops the output, so a
     /// plain flag does (a `CancellationToken` check takes a lock: too dear per output).
     pub stopped: bool,
@@ -237,9 +238,8 @@ impl Handler for Sink {
     fn failure(&mut self, f: ItemFailure) {
         self.state.count_failure(self.halt_at);
         let line = self.lines.line(f.input.0);
-        if !self.quiet_failures {
-            eprintln!("pcluster run: line {line}: {f}");
-        }
+        self.failure_lines
+            .report(|| format!("line {line}: {}", f.cause()));
         if self.last_failed != Some(f.input) {
             self.last_failed = Some(f.input);
             if let Ok(mut w) = self.failed.lock() {
@@ -280,6 +280,23 @@ impl Handler for Sink {
 
     fn wants_done(&self) -> bool {
         self.journal.is_some()
+    }
+
+    /// Outputs leave as their inputs complete: what is gathered goes to the output thread
+    /// now (the joblog at most every [`JOURNAL_EVERY`]).
+    fn idle(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.last_flush.elapsed() >= JOURNAL_EVERY)
+        {
+            self.flush_journal();
+        } else {
+            self.out.ship();
+        }
     }
 }
 

@@ -1,14 +1,17 @@
 //! `pcluster run`'s output writer: outputs are written on a thread of their own, so the
 //! root's thread (which reads the nodes' sockets) never waits on the file. Small outputs
 //! are gathered in a buffer; big ones are handed over as shared slices of the frame they
-//! arrived in and written from there (vectored writes), never copied. What is handed over
-//! and not yet written is bounded in bytes. The joblog is written by the same thread, each
-//! part after the outputs it counts, so the root's thread never waits for a flush.
+//! arrived in and written from there (vectored writes), never copied. What is gathered is
+//! handed over whenever the root has nothing more at hand ([`OutWriter::ship`] from the
+//! sink's `idle`), and the thread flushes whenever nothing more waits: outputs leave as
+//! their inputs complete. What is handed over and not yet written is bounded in bytes. The
+//! joblog is written by the same thread, each part after the outputs it counts, so the
+//! root's thread never waits for a flush.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -108,8 +111,9 @@ impl OutWriter {
         }
     }
 
-    /// Hands everything gathered to the thread (waiting for room).
-    fn ship(&mut self) {
+    /// Hands everything gathered to the thread (waiting for room), which writes it as soon
+    /// as it has written what came before.
+    pub fn ship(&mut self) {
         self.seal_buf();
         if self.parts.is_empty() {
             return;
@@ -183,10 +187,31 @@ fn serve(
     on_error: &dyn Fn(io::Error),
 ) {
     let mut error: Option<io::Error> = None;
-    while let Ok(cmd) = rx.recv() {
+    // Written since the last flush: a buffered `out` (stdout keeps what follows its last
+    // newline) is flushed whenever nothing more waits, so outputs leave as they come.
+    let mut dirty = false;
+    loop {
+        let cmd = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if dirty && error.is_none() {
+                    dirty = false;
+                    if let Err(e) = out.flush() {
+                        on_error(io::Error::new(e.kind(), e.to_string()));
+                        error = Some(e);
+                    }
+                }
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                }
+            }
+        };
         match cmd {
             // The `Held` of each command gives its bytes back once it is written.
             Cmd::Write(parts, _held) => {
+                dirty = true;
                 if error.is_none()
                     && let Err(e) = write_all_parts(&mut out, parts)
                 {

@@ -1,8 +1,9 @@
 //! Python tasks end to end: chains naming `examples/python/task_package` are built with
 //! componentize-py by `pcluster run` and run as components on real `pcluster node`
-//! processes. Skipped, saying so, when componentize-py is not installed, except in CI
-//! (`CI=true`), where that fails. Every node shares one compiled-code cache under the target
-//! dir, so the suite compiles the component once.
+//! processes; a task importing a package with C extensions fails its build with an error
+//! that names the package. Skipped, saying so, when componentize-py is not installed, except
+//! in CI (`CI=true`), where that fails. Every node shares one compiled-code cache under the
+//! target dir, so the suite compiles the component once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -362,4 +363,83 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     .await;
     let after: Vec<u64> = c.nodes.iter().map(rss_mib).collect();
     eprintln!("nodes' RSS (MiB): {with_python:?} with the Python chain set up, {after:?} after");
+}
+
+/// A task importing a package with C extensions fails to build, and the error names the
+/// package and says why. The package is a stand-in for numpy in a virtual environment made
+/// here (an extension module built for this machine beside its `__init__.py`, as pip installs
+/// one), so the test needs no numpy; `pcluster run` takes packages from the active virtual
+/// environment (`VIRTUAL_ENV`) and, with no componentize-py in it, runs the one on PATH.
+#[test]
+fn a_package_with_c_extensions_fails_the_build_naming_it() {
+    if !componentize_py() {
+        return;
+    }
+    let dir = temp_dir("py-native");
+    let venv = dir.join("venv");
+    let fastmath = venv.join("lib/python3.14/site-packages/fastmath");
+    std::fs::create_dir_all(&fastmath).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    std::fs::write(fastmath.join("__init__.py"), "from ._speedups import add\n").unwrap();
+    // Its bytes do not matter: componentize-py bundles only extensions built for WebAssembly.
+    std::fs::write(
+        fastmath.join("_speedups.cpython-311-x86_64-linux-gnu.so"),
+        b"\x7fELF",
+    )
+    .unwrap();
+    let task = dir.join("uses_fastmath");
+    std::fs::create_dir_all(&task).unwrap();
+    std::fs::write(
+        task.join("__init__.py"),
+        "import fastmath\n\n\ndef add_one(item):\n    return str(fastmath.add(int(item), 1))\n",
+    )
+    .unwrap();
+    let chain = dir.join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "name = \"native\"\nmodule = {:?}\n\n[[task]]\nfunction = \"add_one\"\n",
+            task.display().to_string()
+        ),
+    )
+    .unwrap();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "1\n").unwrap();
+    // The chain is built before any node is contacted: no cluster is needed.
+    let out = pcluster_cmd()
+        .current_dir(&*dir)
+        .arg("run")
+        .arg(&chain)
+        .arg("--input")
+        .arg(&input)
+        .args(["--nodes", "127.0.0.1:1"])
+        .env("VIRTUAL_ENV", &venv)
+        .env_remove("COMPONENTIZE_PY")
+        .env_remove("PCLUSTER_PYTHON")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "packages from the virtual environment {}",
+            venv.display()
+        )),
+        "the build takes packages from VIRTUAL_ENV: {stderr}"
+    );
+    assert!(
+        stderr.contains("the task imports `fastmath`, which has C extensions"),
+        "the package is named: {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "C extensions cannot be bundled into the sandboxed component runtime; they need \
+             a native Python runtime"
+        ),
+        "and why it cannot be built: {stderr}"
+    );
+    assert!(
+        !stderr.contains("trapping stub"),
+        "no trap hides the cause: {stderr}"
+    );
 }

@@ -23,7 +23,7 @@ mod snapshot;
 use std::net::SocketAddr;
 
 pub use monitor::{CHART_SAMPLES, Monitor, POLL, WatchNodes};
-pub use recent::{FAILURES_KEPT, LOG_LINES_KEPT, Membership, log_layer, recent_logs};
+pub use recent::{FAILURES_KEPT, InputNumbers, LOG_LINES_KEPT, Membership, log_layer, recent_logs};
 pub use ring::{CounterSamples, Ring, eta_s};
 pub use server::serve;
 pub use snapshot::{
@@ -37,6 +37,14 @@ impl Root {
     /// progress can show done / total and an ETA. Only shown, never enforced.
     pub fn set_expected_total(&self, total: u64) {
         self.expected_total.send_replace(Some(total));
+    }
+
+    /// Numbers inputs on the dashboard with `number` (e.g. their line in an input file)
+    /// instead of their id; takes effect for dashboards served after this call.
+    pub fn set_input_numbers(&self, number: impl Fn(crate::ItemId) -> u64 + Send + Sync + 'static) {
+        if let Ok(mut n) = self.input_numbers.lock() {
+            *n = Some(InputNumbers(std::sync::Arc::new(number)));
+        }
     }
 
     /// Serves a live dashboard of this root's run on `addr` (port 0: any free port) until

@@ -81,7 +81,8 @@ impl Monitor {
 
     /// Watches `root`'s run; the monitor ends when the root does.
     pub(crate) async fn for_root(root: &Root) -> Result<Monitor, RootError> {
-        let recorder = Arc::new(Recorder::new());
+        let numbers = root.input_numbers.lock().map_or(None, |n| n.clone());
+        let recorder = Arc::new(Recorder::new(numbers));
         root.cmds
             .send(Cmd::Observe(recorder.clone()))
             .await
@@ -259,6 +260,7 @@ impl RunTrack {
             outputs: c.outputs,
             failed: c.failed,
             redispatched: c.redispatched,
+            retried: c.retried,
             pending: c.pending,
             in_flight: c.in_flight,
             nodes: c.nodes,

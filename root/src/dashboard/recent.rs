@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
@@ -25,7 +25,7 @@ pub const LOG_LINES_KEPT: usize = 50;
 const TEXT_CHARS: usize = 500;
 
 /// One failed item, as shown.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailureLine {
     /// When the root learned of it (Unix time, ms).
     pub at_ms: u64,
@@ -42,12 +42,12 @@ pub struct FailureLine {
 }
 
 impl FailureLine {
-    fn from_failure(f: &ItemFailure, at_ms: u64) -> FailureLine {
+    fn from_failure(f: &ItemFailure, at_ms: u64, names: Option<&InputNumbers>) -> FailureLine {
         FailureLine {
             at_ms,
             task: f.task.clone(),
             node: f.node.clone(),
-            input: f.input.0,
+            input: names.map_or(f.input.0, |n| (n.0)(f.input)),
             item: String::from_utf8_lossy(&f.item_start).into_owned(),
             message: cut(&f.message),
         }
@@ -55,7 +55,7 @@ impl FailureLine {
 }
 
 /// One log line, as shown.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
     /// When (Unix time, ms).
     pub at_ms: u64,
@@ -104,11 +104,24 @@ struct Recent {
 #[derive(Debug)]
 pub(crate) struct Recorder {
     inner: Mutex<Recent>,
+    numbers: Option<InputNumbers>,
+}
+
+/// How the page numbers inputs (see [`Root::set_input_numbers`](crate::Root::set_input_numbers)):
+/// their id when none is given.
+#[derive(Clone)]
+pub struct InputNumbers(pub std::sync::Arc<dyn Fn(crate::ItemId) -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for InputNumbers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputNumbers(..)")
+    }
 }
 
 impl Recorder {
-    pub fn new() -> Recorder {
+    pub fn new(numbers: Option<InputNumbers>) -> Recorder {
         Recorder {
+            numbers,
             inner: Mutex::new(Recent {
                 failures: Ring::new(FAILURES_KEPT),
                 members: HashMap::new(),
@@ -133,7 +146,7 @@ impl Recorder {
 
 impl Observer for Recorder {
     fn failure(&self, f: &ItemFailure) {
-        let line = FailureLine::from_failure(f, unix_ms());
+        let line = FailureLine::from_failure(f, unix_ms(), self.numbers.as_ref());
         self.lock().failures.push(line);
     }
 
@@ -239,7 +252,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_failures_cut_short() {
-        let r = Recorder::new();
+        let r = Recorder::new(None);
         for i in 0..(FAILURES_KEPT as u64 + 5) {
             r.failure(&failure(i));
         }
@@ -252,7 +265,7 @@ mod tests {
 
     #[test]
     fn counts_losses_and_returns() {
-        let r = Recorder::new();
+        let r = Recorder::new(None);
         let a: SocketAddr = "127.0.0.2:6000".parse().unwrap();
         r.node_added(a);
         assert_eq!(

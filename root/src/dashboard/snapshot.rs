@@ -2,12 +2,12 @@
 //! `/api/events` and drawn by `pcluster top`. Built once a second by the monitor.
 
 use protocol::{NodeState, NodeStatus, TaskCounters};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use super::recent::{FailureLine, LogLine};
 
 /// Everything shown, at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// When it was taken (Unix time, ms).
     pub at_ms: u64,
@@ -24,7 +24,7 @@ pub struct Snapshot {
 }
 
 /// A run's progress, from the root's counters.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunProgress {
     /// Inputs completed (all their outputs handed over).
     pub done: u64,
@@ -38,6 +38,9 @@ pub struct RunProgress {
     pub failed: u64,
     /// Inputs sent again after their node was lost.
     pub redispatched: u64,
+    /// Failed items tried again (`retries`).
+    #[serde(default)]
+    pub retried: u64,
     /// Inputs queued in the root, not yet sent.
     pub pending: u64,
     /// Inputs sent and not yet complete.
@@ -55,7 +58,7 @@ pub struct RunProgress {
 }
 
 /// A node as shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeShown {
     /// Not probed yet.
@@ -106,7 +109,7 @@ impl std::fmt::Display for NodeShown {
 }
 
 /// One node: its last status, its recent speed, and how often it was lost.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     /// Its address.
     pub addr: String,
@@ -142,6 +145,9 @@ pub struct NodeView {
     pub probed_at_ms: Option<u64>,
     /// Its per-task counters, as its status reports them.
     pub tasks: Vec<TaskCounters>,
+    /// Whether those are the counters of its last chain: it has none now.
+    #[serde(default)]
+    pub last_chain: bool,
 }
 
 impl NodeView {
@@ -165,6 +171,7 @@ impl NodeView {
             error: None,
             probed_at_ms: None,
             tasks: Vec::new(),
+            last_chain: false,
         }
     }
 
@@ -180,11 +187,12 @@ impl NodeView {
         self.uptime_s = Some(s.uptime_s);
         self.probed_at_ms = Some(probed_at_ms);
         self.tasks.clone_from(&s.tasks);
+        self.last_chain = s.chain.is_none() && !s.tasks.is_empty();
     }
 }
 
 /// One task of the chain, summed over the nodes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
     /// Its position in the chain.
     pub index: u32,

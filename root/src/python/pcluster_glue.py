@@ -20,12 +20,18 @@ import wit_world
 import pcluster
 import _pcluster_config
 
+# The user's module is imported while componentize-py pre-initialises the component, when
+# every host import (`log`) is a stub that traps. So stdout and stderr stay the build's own
+# until the import is done: what the module prints, and the traceback of an import that
+# fails, reach componentize-py's output (pcluster reads the failing module and the exception
+# there) instead of a trap that names neither.
+_USER = importlib.import_module(_pcluster_config.MODULE)
+pcluster._building = False
+
 # Output lines of `print` and of the `logging` module reach the log server, tagged by the
 # host; the component has no stdout of its own.
 sys.stdout = pcluster._LogStream(2)
 sys.stderr = pcluster._LogStream(1)
-
-_USER = importlib.import_module(_pcluster_config.MODULE)
 
 
 def _raw(payload):

@@ -4,9 +4,23 @@
 tags it with node, worker and task; `print` and `logging` output land there too.
 """
 
+import sys
+
 import wit_world
 
 __all__ = ["log", "task", "DropItem", "set_default_log_address"]
+
+
+# True while componentize-py pre-initialises the component (the glue imports the task's
+# module then): host imports are stubs that trap, so log lines go to the build's stderr.
+_building = True
+
+
+def _log(level, msg):
+    if _building:
+        print(msg, file=sys.stderr)
+    else:
+        wit_world.log(level, msg)
 
 
 class DropItem(Exception):
@@ -16,7 +30,7 @@ class DropItem(Exception):
 def log(msg, addr=None, level=2):
     """One log line (`addr` is accepted for pipeline-cluster's signature and ignored: the
     node decides where its log goes)."""
-    wit_world.log(level, str(msg))
+    _log(level, str(msg))
 
 
 def set_default_log_address(addr):
@@ -28,7 +42,7 @@ class _Task:
 
     @staticmethod
     def log(msg, level=2):
-        wit_world.log(level, str(msg))
+        _log(level, str(msg))
 
 
 task = _Task()

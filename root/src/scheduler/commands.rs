@@ -155,7 +155,8 @@ impl Scheduler {
                 }
                 self.observer = Some(o);
             }
-            Cmd::Close(_) => {}
+            // Handled by the loop, which owns the feed channel.
+            Cmd::Close(_) | Cmd::Unqueue(_) => {}
         }
     }
 

@@ -40,7 +40,15 @@ pub trait Handler: Send {
     fn wants_done(&self) -> bool {
         false
     }
+
+    /// Nothing more waits to be handed over at the moment (or [`IDLE_EVERY`] passed while
+    /// outputs kept coming): a handler that gathers outputs should pass them on now, so
+    /// results leave as their inputs complete.
+    fn idle(&mut self) {}
 }
+
+/// The longest a busy root goes without calling [`Handler::idle`].
+pub const IDLE_EVERY: Duration = Duration::from_millis(100);
 
 /// An input is complete: all its outputs and failures were handed over, just before this.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +59,8 @@ pub struct InputDone {
     pub outputs: u32,
     /// Its items that failed (in any task).
     pub failed: u32,
-    /// How often it was sent to a node (more than once after node losses).
+    /// How often it was tried: more than once after node losses, or when an item of it
+    /// was retried (`retries`; the most tries of any of its items).
     pub attempts: u32,
     /// Time from its first dispatch to its completion.
     pub elapsed: Duration,
@@ -197,6 +206,10 @@ impl Handlers {
 
     pub(crate) fn done(&mut self, d: InputDone) {
         self.get().done(d);
+    }
+
+    pub(crate) fn idle(&mut self) {
+        self.get().idle();
     }
 
     /// Hands over one held input.

@@ -40,7 +40,7 @@ use protocol::{ErrorKind, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use handlers::{Delivery, Reply};
-pub use handlers::{Handler, Handlers, InputDone};
+pub use handlers::{Handler, Handlers, IDLE_EVERY, InputDone};
 #[cfg(feature = "dashboard")]
 pub(crate) use observer::Observer;
 pub(crate) use observer::SharedObserver;
@@ -80,6 +80,8 @@ pub(crate) enum Cmd {
     Pause(Reply),
     Resume(Reply),
     Counters(oneshot::Sender<Counters>),
+    /// Drops the items not yet sent (those still on the feed channel too); answers how many.
+    Unqueue(oneshot::Sender<u64>),
     Nodes(oneshot::Sender<Vec<std::net::SocketAddr>>),
     /// From now on `observer` sees failures and node losses (the nodes lost and attached so
     /// far are replayed to it first).
@@ -133,6 +135,8 @@ pub struct Counters {
     pub failed: u64,
     /// Inputs put back in the queue after their node was lost.
     pub redispatched: u64,
+    /// Failed items tried again (`retries`).
+    pub retried: u64,
     /// Items queued in the root, not yet sent.
     pub pending: u64,
     /// Items sent and not yet completed.
@@ -224,6 +228,7 @@ pub(crate) async fn run(
     };
     let mut closing: Option<Reply> = None;
     let mut silence_check = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last_idle = Instant::now();
     loop {
         let room = s.queue.items() < s.options.queue_items as u64
             && s.queue.bytes() < s.options.queue_bytes;
@@ -239,6 +244,7 @@ pub(crate) async fn run(
             },
             c = cmds.recv() => match c {
                 Some(Cmd::Close(reply)) => { closing = Some(reply); break; }
+                Some(Cmd::Unqueue(reply)) => { let _ = reply.send(s.unqueue(&mut feeds)); }
                 Some(c) => s.on_cmd(c).await,
                 None => break,
             },
@@ -250,6 +256,12 @@ pub(crate) async fn run(
         }
         s.dispatch().await;
         s.check_waits();
+        if events.is_empty() || last_idle.elapsed() >= handlers::IDLE_EVERY {
+            last_idle = Instant::now();
+            if let Some(h) = s.handlers.as_mut() {
+                h.idle();
+            }
+        }
     }
     // Tell every node we leave for good so they free themselves at once. A node frees itself
     // and then closes the connection: waiting for that close means a root started after
@@ -326,6 +338,19 @@ impl Scheduler {
         if let Some(n) = self.nodes.get(&node) {
             let _ = n.tx.send(frame).await;
         }
+    }
+
+    /// Drops every item not yet sent to a node, those still on the feed channel included
+    /// (counted as fed, so waits for the items fed so far end); how many.
+    fn unqueue(&mut self, feeds: &mut mpsc::Receiver<Feed>) -> u64 {
+        let mut dropped = self.queue.items();
+        self.queue.clear();
+        while let Ok(f) = feeds.try_recv() {
+            let n = f.items.len() as u64;
+            self.counters.fed += n;
+            dropped += n;
+        }
+        dropped
     }
 
     fn on_feed(&mut self, f: Feed) {

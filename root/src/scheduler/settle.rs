@@ -137,6 +137,7 @@ impl Scheduler {
                         avoid: Some(id),
                         origin: Origin::Failed,
                     });
+                    self.counters.retried += 1;
                     new_retries += 1;
                     continue;
                 }
@@ -257,6 +258,8 @@ impl Scheduler {
                     }
                     held.done.outputs += count as u32;
                     held.done.failed += own_failures.len() as u32;
+                    // Try `attempt` of an item is its input's try `attempt + 1` at least.
+                    held.done.attempts = held.done.attempts.max(attempt + 1);
                     held.failures.extend(own_failures);
                 }
                 if self.retries.parents.child_done(input, new_retries) {
