@@ -27,8 +27,18 @@ pub use worker::LocalChain;
 /// Resident memory of this process in bytes, from `/proc/self/status` (`VmRSS`, in kB, so no
 /// page size is needed); `None` where there is no procfs.
 pub fn rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// The most resident memory this process has had, in bytes (`VmHWM`); `None` where there is
+/// no procfs.
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+fn status_bytes(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

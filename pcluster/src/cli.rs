@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "bench")]
 use crate::bench::BenchArgs;
 use crate::commands::{
     dashboard::DashboardArgs, log::LogArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs,
@@ -40,7 +41,8 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Write a new task crate with a chain file and an input, ready to run.
     New(NewArgs),
-    /// Benchmark W1/W2 on a local cluster and print a table.
+    /// Benchmark W1/W2 on a local cluster and print a table (built with the `bench` feature).
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
 
@@ -57,6 +59,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Top(a) => top::run(a),
         Command::Release(a) => release::run(a),
         Command::New(a) => new::run(a),
+        #[cfg(feature = "bench")]
         Command::Bench(a) => crate::bench::run(a),
     }
 }

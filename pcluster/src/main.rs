@@ -2,6 +2,7 @@
 //! the libraries: `log` → logserver, `node` → node, `run`/`scan`/`status`/`release` and
 //! `dashboard`/`top` → root, `new` writes a task crate, `bench` runs the benchmark.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod cli;
 mod commands;

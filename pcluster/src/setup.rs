@@ -105,6 +105,12 @@ pub fn init_tracing(
     client
 }
 
+/// The builder of chain modules for the command line: it says on stderr what takes time
+/// (building task crates and Python components).
+pub fn builder() -> pcluster_build::Builder {
+    pcluster_build::Builder::new().with_progress(|what| eprintln!("pcluster: {what}"))
+}
+
 pub fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let rt = if multi {
         tokio::runtime::Builder::new_multi_thread()

@@ -1,4 +1,4 @@
-"""Building Python tasks with this Python's environment (the virtual environment ``./test``
+"""Building Python tasks with this Python's environment (the virtual environment ``./run-tests``
 makes, holding componentize-py, numpy and pytest with its pure-Python dependencies): a
 package with C extensions fails with an error that names it and says why; a pure-Python
 package installed only here is bundled into the component and runs on the nodes.
@@ -36,7 +36,7 @@ def task_chain(tmp_path: Path, package: str, source: str, function: str) -> Path
 
 
 def test_a_package_with_c_extensions_fails_naming_it(tmp_path: Path) -> None:
-    assert importlib.util.find_spec("numpy"), "numpy is not installed here (./test installs it)"
+    assert importlib.util.find_spec("numpy"), "numpy is not installed here (./run-tests installs it)"
     chain = task_chain(
         tmp_path,
         "np_task",

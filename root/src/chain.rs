@@ -1,19 +1,47 @@
-//! Chain files (TOML) and building a task crate to wasm when a chain names one.
+//! Chain files (TOML): reading one into a [`ChainSpec`], with its modules' bytes.
 //!
-//! `module` is either a `.wasm` file or a directory holding a Rust task crate; a crate is
-//! built with `cargo build --release --target wasm32-unknown-unknown` when its `.wasm` is
-//! missing or older than any of its sources, so a fresh clone runs the examples directly.
-//! A Python package or `.py` file is built into a component ([`crate::python`]).
+//! `module` is a `.wasm` file, or a directory holding a Rust task crate, or a Python package
+//! or `.py` file; turning the last two into wasm (building them when out of date) is the job
+//! of a [`Modules`] given to [`load`], such as `pcluster-build`'s builder. This library runs
+//! no toolchain: [`WasmFiles`] takes `.wasm` files only.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::SystemTime;
 
 use protocol::{ChainSpec, Limits, TaskSpec};
 use serde::Deserialize;
 
 use crate::error::RootError;
 use crate::python::{self, Codec, PythonError};
+
+/// Why a [`Modules`] could not give a module's wasm.
+pub type ModuleError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Turns a chain's `module` entry (a path, relative to the chain file already resolved)
+/// into the `.wasm` file to send: the file itself, or the output of a build.
+pub trait Modules {
+    /// The `.wasm` file for the module at `path`.
+    ///
+    /// # Errors
+    /// When it is not a module, or cannot be built.
+    fn resolve(&self, path: &Path) -> Result<PathBuf, ModuleError>;
+}
+
+/// [`Modules`] of `.wasm` files only: a task crate or a Python package is refused, naming
+/// what would build it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WasmFiles;
+
+impl Modules for WasmFiles {
+    fn resolve(&self, path: &Path) -> Result<PathBuf, ModuleError> {
+        if python::is_python(path) || path.is_dir() {
+            return Err(Box::new(ChainError::NotBuilt(path.to_path_buf())));
+        }
+        if !path.is_file() {
+            return Err(Box::new(ChainError::MissingModule(path.to_path_buf())));
+        }
+        Ok(path.to_path_buf())
+    }
+}
 
 /// What is wrong with a chain file or one of its modules.
 #[derive(Debug, thiserror::Error)]
@@ -48,49 +76,19 @@ pub enum ChainError {
     /// A module path that is neither a file nor a directory.
     #[error("module {0} does not exist")]
     MissingModule(PathBuf),
-    /// A task crate's manifest names no package.
-    #[error("{0}: no package name")]
-    NoPackageName(PathBuf),
-    /// cargo could not be started.
-    #[error("cannot run cargo to build {dir}: {source}")]
-    Cargo {
-        /// The crate.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The build of a task crate failed (cargo printed why).
-    #[error("building task crate {dir} failed ({status})")]
-    BuildFailed {
-        /// The crate.
-        dir: PathBuf,
-        /// cargo's exit status.
-        status: std::process::ExitStatus,
-    },
-    /// The build left no `.wasm` where expected.
-    #[error("build of {dir} produced no {wasm}")]
-    NoWasm {
-        /// The crate.
-        dir: PathBuf,
-        /// The expected file.
-        wasm: PathBuf,
-    },
+    /// A module that must be built first, given where only `.wasm` files are taken.
+    #[error(
+        "module {0} is a task crate or a Python package: build it first (`pcluster run` and \
+         the `pcluster-build` crate do), or name its .wasm file"
+    )]
+    NotBuilt(PathBuf),
+    /// A module could not be had (its build failed).
+    #[error(transparent)]
+    Module(ModuleError),
     /// The tasks' graph (`name`, `next`) is invalid.
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
-    /// The toolchain lacks the wasm target and it could not be added.
-    #[error(
-        "the Rust toolchain at {sysroot} lacks the wasm32-unknown-unknown target: {why} \
-         (run `rustup target add wasm32-unknown-unknown`)"
-    )]
-    WasmTarget {
-        /// The toolchain.
-        sysroot: PathBuf,
-        /// What happened when adding it.
-        why: String,
-    },
-    /// A Python task's module could not be built, or its args or codec are unusable.
+    /// A Python task's args or the chain's codec are unusable.
     #[error(transparent)]
     Python(#[from] PythonError),
     /// A task of a core module was given args other than a string.
@@ -147,11 +145,11 @@ struct LimitsFile {
     max_item_bytes: Option<u64>,
 }
 
-/// Reads a chain file, building and reading its modules.
+/// Reads a chain file and its modules, each turned into wasm by `builder`.
 ///
 /// # Errors
-/// When the file is unreadable or invalid, or a module cannot be built or read.
-pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
+/// When the file is unreadable or invalid, or a module cannot be had or read.
+pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> {
     let err = |source: ChainError| RootError::Chain {
         path: path.display().to_string(),
         source: Box::new(source),
@@ -176,7 +174,12 @@ pub fn load(path: &Path) -> Result<ChainSpec, RootError> {
         let index = match module_paths.iter().position(|p| *p == m) {
             Some(i) => i,
             None => {
-                let wasm = resolve_module(&base.join(&m)).map_err(&err)?;
+                let wasm = builder.resolve(&base.join(&m)).map_err(|e| {
+                    // Our own errors stay themselves; a builder's are wrapped.
+                    err(e
+                        .downcast::<ChainError>()
+                        .map_or_else(ChainError::Module, |own| *own))
+                })?;
                 let bytes = std::fs::read(&wasm).map_err(|source| {
                     err(ChainError::Read {
                         path: wasm.clone(),
@@ -289,170 +292,6 @@ pub fn dot(path: &Path) -> Result<String, RootError> {
     ))
 }
 
-/// The `.wasm` for a module entry: the file itself, or a task crate's build output (built
-/// if out of date).
-///
-/// # Errors
-/// When the path is neither, or the build fails.
-pub fn resolve_module(path: &Path) -> Result<PathBuf, ChainError> {
-    if python::is_python(path) {
-        Ok(python::build_component(path)?)
-    } else if path.is_dir() {
-        build_task_crate(path)
-    } else if path.is_file() {
-        Ok(path.to_path_buf())
-    } else {
-        Err(ChainError::MissingModule(path.to_path_buf()))
-    }
-}
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name();
-            if name == "target" || name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(m);
-            }
-        }
-    }
-    newest
-}
-
-/// Builds a Rust task crate for `wasm32-unknown-unknown` (release) if its `.wasm` is missing
-/// or older than its sources (or the task SDK's, when it sits beside the crate), and returns
-/// the `.wasm` path.
-///
-/// # Errors
-/// When the directory is not a crate, cargo is missing, or the build fails.
-pub fn build_task_crate(dir: &Path) -> Result<PathBuf, ChainError> {
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(|source| ChainError::Read {
-        path: manifest.clone(),
-        source,
-    })?;
-    let value: toml::Value = toml::from_str(&text).map_err(|e| ChainError::Toml {
-        path: manifest.clone(),
-        message: e.to_string(),
-    })?;
-    let name = value
-        .get("lib")
-        .and_then(|l| l.get("name"))
-        .or_else(|| value.get("package").and_then(|p| p.get("name")))
-        .and_then(|n| n.as_str())
-        .ok_or_else(|| ChainError::NoPackageName(manifest.clone()))?
-        .replace('-', "_");
-    let wasm = dir
-        .join("target/wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    let built = std::fs::metadata(&wasm).and_then(|m| m.modified()).ok();
-    let mut newest = newest_source(dir);
-    let sdk = dir.join("../task");
-    if sdk.join("Cargo.toml").is_file() {
-        newest = newest.max(newest_source(&sdk));
-    }
-    if built.is_some_and(|b| b >= newest) {
-        return Ok(wasm);
-    }
-    ensure_wasm_target(dir)?;
-    tracing::info!(krate = %dir.display(), "building task crate for wasm32-unknown-unknown");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        // An outer cargo's settings must not leak into the guest build.
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_MAKEFLAGS")
-        // A build reads nothing: whatever our stdin is must not reach cargo or rustc.
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|source| ChainError::Cargo {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(ChainError::BuildFailed {
-            dir: dir.to_path_buf(),
-            status,
-        });
-    }
-    if !wasm.is_file() {
-        return Err(ChainError::NoWasm {
-            dir: dir.to_path_buf(),
-            wasm,
-        });
-    }
-    // cargo leaves the file untouched when nothing changed; touch it so the check above
-    // does not rebuild every time.
-    let _ = std::fs::File::options()
-        .append(true)
-        .open(&wasm)
-        .and_then(|f| f.set_modified(SystemTime::now()));
-    Ok(wasm)
-}
-
-/// The compilation target of task crates.
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
-
-/// Makes sure the toolchain that builds the crate in `dir` has the wasm target: rustup does
-/// not add the targets of `rust-toolchain.toml` to a toolchain that is already installed.
-/// With rustup it adds the target; without, the error names the command that fixes it.
-fn ensure_wasm_target(dir: &Path) -> Result<(), ChainError> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .current_dir(dir)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let Some(sysroot) = sysroot else {
-        // No rustc on PATH: let cargo's own error speak.
-        return Ok(());
-    };
-    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
-        return Ok(());
-    }
-    let fix = format!("rustup target add {WASM_TARGET}");
-    tracing::warn!("the Rust toolchain lacks the {WASM_TARGET} target; running `{fix}`");
-    eprintln!("pcluster: adding the {WASM_TARGET} target to the Rust toolchain (`{fix}`)");
-    match Command::new("rustup")
-        .args(["target", "add", WASM_TARGET])
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(ChainError::WasmTarget {
-            sysroot,
-            why: format!("`{fix}` failed ({s})"),
-        }),
-        Err(_) => Err(ChainError::WasmTarget {
-            sysroot,
-            why: "rustup is not installed to add it".into(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,27 +316,30 @@ mod tests {
     fn errors_name_what_is_wrong() {
         let missing = std::env::temp_dir().join("pcluster-no-such-chain.toml");
         assert!(matches!(
-            source(load(&missing).unwrap_err()),
+            source(load(&missing, &WasmFiles).unwrap_err()),
             ChainError::Read { .. }
         ));
         let p = chain_file("empty", "name = \"x\"\n");
-        assert!(matches!(source(load(&p).unwrap_err()), ChainError::NoTasks));
+        assert!(matches!(
+            source(load(&p, &WasmFiles).unwrap_err()),
+            ChainError::NoTasks
+        ));
         let p = chain_file("nomodule", "name = \"x\"\n[[task]]\nfunction = \"f\"\n");
-        let e = source(load(&p).unwrap_err());
+        let e = source(load(&p, &WasmFiles).unwrap_err());
         assert_eq!(e.to_string(), "task `f` has no module (set `module`)");
         let p = chain_file(
             "gone",
             "name = \"x\"\nmodule = \"gone.wasm\"\n[[task]]\nfunction = \"f\"\n",
         );
         assert!(matches!(
-            source(load(&p).unwrap_err()),
+            source(load(&p, &WasmFiles).unwrap_err()),
             ChainError::MissingModule(_)
         ));
         let p = chain_file(
             "typo",
             "name = \"x\"\n[[task]]\nfunction = \"f\"\ngenerater = true\n",
         );
-        let e = load(&p).unwrap_err().to_string();
+        let e = load(&p, &WasmFiles).unwrap_err().to_string();
         assert!(e.contains("generater"), "{e}");
     }
 
@@ -508,11 +350,23 @@ mod tests {
             "name = \"x\"\nmodule = \"m.wasm\"\n[[task]]\nfunction = \"f\"\nargs = \"a\"\n",
         );
         std::fs::write(p.with_file_name("m.wasm"), b"\0asm").unwrap();
-        let c = load(&p).unwrap();
+        let c = load(&p, &WasmFiles).unwrap();
         assert_eq!(
             (c.modules.len(), c.tasks[0].args.as_slice()),
             (1, &b"a"[..])
         );
         assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn a_crate_or_a_python_package_needs_a_builder() {
+        let p = chain_file(
+            "crate",
+            "name = \"x\"\nmodule = \"krate\"\n[[task]]\nfunction = \"f\"\n",
+        );
+        std::fs::create_dir_all(p.with_file_name("krate")).unwrap();
+        let e = source(load(&p, &WasmFiles).unwrap_err());
+        assert!(matches!(e, ChainError::NotBuilt(_)), "{e}");
+        assert!(e.to_string().contains("build it first"), "{e}");
     }
 }

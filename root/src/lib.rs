@@ -24,7 +24,8 @@
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let cluster = Root::new(RootOptions::default());
 //!     cluster.search_nodes("127.0.0.0/24".parse()?, 6000).await?; // or add_node(addr)
-//!     let chain = pcluster_root::chain::load("examples/w1.toml".as_ref())?;
+//!     // A chain of .wasm modules; `pcluster-build` builds task crates and Python packages.
+//!     let chain = pcluster_root::chain::load("chain.toml".as_ref(), &pcluster_root::chain::WasmFiles)?;
 //!     cluster
 //!         .setup_with(
 //!             chain,

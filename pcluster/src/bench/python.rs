@@ -159,7 +159,7 @@ pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Resu
             package_dir().join("task_package").display().to_string()
         ),
     )?;
-    let spec = root::chain::load(&chain_file)?;
+    let spec = root::chain::load(&chain_file, &crate::setup::builder())?;
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = got.clone();
     root.setup(spec, move |_, item| {

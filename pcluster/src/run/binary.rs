@@ -199,13 +199,14 @@ mod tests {
             .write_item(&mut out, b"7\t", b"x\0y")
             .unwrap();
         assert_eq!(out, record(b"7\tx\0y"));
-        let dir = kit::temp_dir("binary-count").unwrap();
-        let path = dir.join("in.bin");
+        let path = std::env::temp_dir().join(format!("pcluster-count-{}.bin", std::process::id()));
         std::fs::write(
             &path,
             [record(b"a"), record(b""), record(&[0; 300])].concat(),
         )
         .unwrap();
-        assert_eq!(count_records(&path).unwrap(), 3);
+        let counted = count_records(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(counted.unwrap(), 3);
     }
 }

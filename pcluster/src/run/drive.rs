@@ -365,7 +365,7 @@ fn summary(d: &Drive<'_>, c: &root::Counters, refused: u64) {
         c.redispatched,
         secs,
         c.completed as f64 / secs.max(1e-9),
-        kit::peak_rss_mib(kit::Process::Current).unwrap_or(0.0)
+        node::peak_rss_bytes().unwrap_or(0) as f64 / f64::from(1 << 20)
     ));
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The `pcluster` executable that cargo built for this test binary.
 pub fn pcluster() -> kit::Pcluster {
-    kit::Pcluster::new(env!("CARGO_BIN_EXE_pcluster"))
+    kit::Pcluster::new(kit::pcluster_exe().unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// A command running the `pcluster` executable.

@@ -242,7 +242,7 @@ async fn a_tagged_root_keeps_item_types_across_python_and_rust_tasks() {
         }
         let file = c.dir.join(format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
-        root::chain::load(&file).unwrap()
+        root::chain::load(&file, &pcluster_build::Builder::new()).unwrap()
     };
     let options = root::RootOptions {
         tagged_items: true,
@@ -324,7 +324,11 @@ async fn a_node_gives_back_the_python_component_when_a_rust_chain_follows() {
     };
     let nodes: Vec<std::net::SocketAddr> = c.addrs().iter().map(|a| a.parse().unwrap()).collect();
     let py_root = root::Root::with_nodes(options, &nodes).await.unwrap();
-    let chain = root::chain::load(&repo().join("examples/python/w1.toml")).unwrap();
+    let chain = root::chain::load(
+        &repo().join("examples/python/w1.toml"),
+        &pcluster_build::Builder::new(),
+    )
+    .unwrap();
     let got = setup_collect(&py_root, chain).await.unwrap();
     py_root
         .feed((0..1_000).map(|i| format!("sitem-{i}").into_bytes()))

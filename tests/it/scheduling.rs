@@ -220,7 +220,11 @@ async fn a_branching_chain_survives_a_killed_node() {
     let bad = Arc::new(Mutex::new(0u64));
     let (c, w) = (counts.clone(), bad.clone());
     root.setup_with(
-        root::chain::load(&repo().join("examples/diamond.toml")).unwrap(),
+        root::chain::load(
+            &repo().join("examples/diamond.toml"),
+            &pcluster_build::Builder::new(),
+        )
+        .unwrap(),
         move |id, item| {
             if item == format!("item-{}", id.0).as_bytes() {
                 c.lock().unwrap()[id.0 as usize] += 1;

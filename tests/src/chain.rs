@@ -42,7 +42,7 @@ pub fn tasks_example_wasm() -> Result<Vec<u8>, Error> {
     if let Some(wasm) = WASM.get() {
         return Ok(wasm.clone());
     }
-    let path = root::chain::build_task_crate(&tasks_example_dir())
+    let path = pcluster_build::rust::build_task_crate(&tasks_example_dir(), &|_| {})
         .map_err(|e| Error::BuildTasks(e.to_string()))?;
     let wasm = std::fs::read(&path).map_err(Error::io("cannot read", &path))?;
     Ok(WASM.get_or_init(|| wasm).clone())
@@ -142,7 +142,7 @@ mod tests {
         ];
         let path = dir.join("c.toml");
         std::fs::write(&path, chain_file_text("c", &module, &tasks)).unwrap();
-        let loaded = root::chain::load(&path).unwrap();
+        let loaded = root::chain::load(&path, &root::chain::WasmFiles).unwrap();
         let expected = chain_spec("c", b"\0asm not really", &tasks, Limits::default());
         assert_eq!(loaded, expected);
     }

@@ -1,18 +1,19 @@
-//! Test support shared by the integration tests (`pcluster/tests/`) and `pcluster bench`, so
-//! that both start clusters, wait, measure and check the same way.
+//! The kit: test support shared by the workspace's integration tests (`tests/it/`) and
+//! `pcluster bench` (feature `bench`), so that both start clusters, wait, measure and check
+//! the same way.
 //!
 //! | concept | file |
 //! | --- | --- |
 //! | waits on a condition with a deadline, free ports, "is it listening" | `wait.rs` |
-//! | a child-process guard; starting `pcluster log` and `pcluster node` | `process.rs` |
+//! | a child-process guard; the `pcluster` executable; starting `pcluster log` and `pcluster node` | `process.rs` |
 //! | resident memory from `/proc`: reading and sampling | `rss.rs` |
 //! | CPU time from `/proc`: of a process, a thread, finished children | `cpu.rs` |
 //! | the example module, chain specs over its tasks, chain files | `chain.rs` |
 //! | W1: inputs, expected outputs, the exact check of outputs | `w1.rs` |
 //! | the native floors: W1 and W2 through tasks-example's own functions | `floors.rs` |
 //!
-//! Everything here returns typed errors ([`Error`]) rather than panicking: the bench is part
-//! of the shipped command. The integration tests wrap what they use in panicking helpers.
+//! Everything here returns typed errors ([`Error`]) rather than panicking: the bench is a
+//! command. The integration tests wrap what they use in panicking helpers.
 
 mod chain;
 mod cpu;
@@ -34,7 +35,7 @@ pub use chain::{
 };
 pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
-pub use process::{Child, LISTEN_DEADLINE, Pcluster};
+pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe};
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
 pub use w1::{W1Check, W1Mismatch, w1_batches, w1_expected, w1_inputs, w1_item, write_w1_input};
 pub use wait::{POLL_INTERVAL, free_port, poll, wait_listening};
@@ -83,6 +84,9 @@ pub enum Error {
     /// The example tasks could not be built for wasm32.
     #[error("cannot build the example tasks: {0}")]
     BuildTasks(String),
+    /// The `pcluster` executable could not be built.
+    #[error("cannot build the pcluster executable: {0}")]
+    BuildPcluster(String),
     /// A file or directory could not be read or written.
     #[error("{action} {}", path.display())]
     Io {

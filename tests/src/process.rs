@@ -145,7 +145,29 @@ impl Drop for Child {
     }
 }
 
-/// The `pcluster` executable: the tests' `CARGO_BIN_EXE_pcluster`, or the bench's own.
+/// The `pcluster` executable of this checkout, built (release) by cargo the first time a
+/// process asks, so a test never runs a stale one: cargo answers at once when it is up to
+/// date.
+///
+/// # Errors
+/// When cargo cannot build it.
+pub fn pcluster_exe() -> Result<PathBuf, Error> {
+    static EXE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .manifest_path(crate::repo().join("Cargo.toml"))
+            .package("pcluster")
+            .bin("pcluster")
+            .release()
+            .run()
+            .map(|built| built.path().to_path_buf())
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(Error::BuildPcluster)
+}
+
+/// The `pcluster` executable: the tests' ([`pcluster_exe`]), or the bench's own.
 #[derive(Clone, Debug)]
 pub struct Pcluster {
     bin: PathBuf,

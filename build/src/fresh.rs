@@ -1,0 +1,69 @@
+//! Whether a build is up to date: the newest modification time of its sources, the same
+//! rule for task crates and Python packages.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+/// The newest modification time under `path` (a file, or a directory tree), skipping
+/// hidden entries (`.git`, `.pcluster-build`) and directories named in `skip` (build
+/// outputs and caches such as `target` or `__pycache__`).
+pub fn newest(path: &Path, skip: &[&str]) -> SystemTime {
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    if path.is_file() {
+        return mtime(path);
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || skip.contains(&name.as_ref()) {
+                continue;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                newest = newest.max(mtime(&p));
+            }
+        }
+    }
+    newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_and_hidden_entries_do_not_count() {
+        let dir = std::env::temp_dir().join(format!("pcluster-fresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::create_dir_all(dir.join("target")).unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "").unwrap();
+        let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .append(true)
+            .open(dir.join("src/lib.rs"))
+            .and_then(|f| f.set_modified(old))
+            .unwrap();
+        std::fs::write(dir.join("target/out.wasm"), "").unwrap();
+        std::fs::write(dir.join(".hidden"), "").unwrap();
+        assert_eq!(newest(&dir, &["target"]), old);
+        assert!(
+            newest(&dir, &[]) > old,
+            "the build output counts when not skipped"
+        );
+        assert_eq!(newest(&dir.join("src/lib.rs"), &[]), old);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

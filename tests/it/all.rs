@@ -1,0 +1,19 @@
+//! All integration tests of the workspace, as one binary: real TCP on loopback, real wasm
+//! built from `tasks-example`, and the real `pcluster` executable (built by cargo for the
+//! run, [`kit::pcluster_exe`]) for end-to-end runs. Shared helpers live in `common.rs`; one
+//! module per concept.
+
+mod bytes;
+mod cluster;
+mod common;
+mod controls;
+mod dashboard;
+mod e2e;
+mod lifecycle;
+mod logserver;
+mod partial;
+mod python;
+mod reliability;
+mod scheduling;
+mod strangers;
+mod wire;
