@@ -194,24 +194,7 @@ pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> 
                 module_paths.len() - 1
             }
         };
-        let args = if is_python[index] {
-            let values = match t.args {
-                None => Vec::new(),
-                Some(toml::Value::Array(a)) => a,
-                Some(v) => vec![v],
-            };
-            python::task_args(codec, &values).map_err(|e| err(e.into()))?
-        } else {
-            match t.args {
-                None => Vec::new(),
-                Some(toml::Value::String(s)) => s.into_bytes(),
-                Some(_) => {
-                    return Err(err(ChainError::ArgsNotString {
-                        task: t.function.clone(),
-                    }));
-                }
-            }
-        };
+        let args = task_args(t.args, is_python[index], codec, &t.function).map_err(&err)?;
         tasks.push(TaskSpec {
             function: t.function,
             module: index as u32,
@@ -233,6 +216,31 @@ pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> 
             max_item_bytes: file.limits.max_item_bytes.unwrap_or(d.max_item_bytes),
         },
     })
+}
+
+/// A task's args as the node gets them: a Python task's list of values in the chain's
+/// codec, a wasm task's string as its bytes.
+fn task_args(
+    args: Option<toml::Value>,
+    python: bool,
+    codec: Codec,
+    function: &str,
+) -> Result<Vec<u8>, ChainError> {
+    if python {
+        let values = match args {
+            None => Vec::new(),
+            Some(toml::Value::Array(a)) => a,
+            Some(v) => vec![v],
+        };
+        return Ok(python::task_args(codec, &values)?);
+    }
+    match args {
+        None => Ok(Vec::new()),
+        Some(toml::Value::String(s)) => Ok(s.into_bytes()),
+        Some(_) => Err(ChainError::ArgsNotString {
+            task: function.to_string(),
+        }),
+    }
 }
 
 /// Reads and parses a chain file (no module is read or built).

@@ -19,87 +19,16 @@ impl Scheduler {
                 labels,
                 reply,
             } => {
-                let id = NodeId(self.next_node);
-                self.next_node += 1;
-                let tx = crate::conn::spawn(
-                    id,
-                    *conn,
-                    self.events_tx.clone(),
-                    self.options.heartbeat,
-                    self.options.heartbeat_timeout,
-                );
-                let mut node = NodeConn::new(addr, tx);
-                node.labels = labels;
-                self.nodes.insert(id, node);
-                // A node is back: waits for one end, and the root may go on (once every task
-                // has a node that can run it).
-                if self.placeable() {
-                    self.no_nodes_since = None;
-                    self.stall.send_replace(None);
-                }
-                tracing::info!(node = %addr, workers, "node added");
-                if let Some(o) = &self.observer {
-                    o.node_added(addr);
-                }
-                if self.chain.is_some() {
-                    // A node joining a running cluster gets the current chain.
-                    self.send_setup(id).await;
-                }
+                let id = self.attach(addr, *conn, workers, labels).await;
                 let _ = reply.send(Ok(id));
             }
             Cmd::Setup {
                 chain,
-                mut handlers,
+                handlers,
                 reply,
-            } => {
-                if self.nodes.is_empty() {
-                    let _ = reply.send(Err(RootError::NoNodes {
-                        pending: self.queue.items(),
-                        lost: self.lost.join(", "),
-                    }));
-                    return;
-                }
-                let node_labels: Vec<&[String]> =
-                    self.nodes.values().map(|n| n.labels.as_slice()).collect();
-                let tasks = chain
-                    .tasks
-                    .iter()
-                    .map(|t| (t.function.as_str(), t.labels.as_slice()));
-                if let Some((task, label)) = super::placement::unplaceable(tasks, &node_labels) {
-                    let _ = reply.send(Err(RootError::Placement { task, label }));
-                    return;
-                }
-                handlers.observer = self.observer.clone();
-                self.handlers = Some(handlers);
-                self.chain = Some(chain);
-                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-                for id in &ids {
-                    if let Some(n) = self.nodes.get_mut(id) {
-                        n.ready = false;
-                    }
-                    self.send_setup(*id).await;
-                }
-                self.waiters.push(Waiter {
-                    kind: WaitKind::Setup,
-                    nodes: ids.into_iter().collect(),
-                    error: None,
-                    reply,
-                });
-            }
+            } => self.setup(chain, handlers, reply).await,
             Cmd::WaitInput(reply) => self.wait_input.push(reply),
-            Cmd::WaitNode(reply) => match self.stall.borrow().as_ref() {
-                Some(stall) if self.nodes.is_empty() || !self.placeable() => {
-                    let _ = reply.send(Err(stall.error()));
-                }
-                _ => {
-                    if self.nodes.is_empty() {
-                        // The clock of the no-node timeout runs from now at the latest.
-                        self.no_nodes_since
-                            .get_or_insert_with(std::time::Instant::now);
-                    }
-                    self.wait_node.push(reply);
-                }
-            },
+            Cmd::WaitNode(reply) => self.wait_node(reply),
             Cmd::WaitEmpty { fed, reply } => {
                 if self.chain.is_none() && (self.queue.items() > 0 || fed > self.counters.fed) {
                     let _ = reply.send(Err(RootError::NotSetUp));
@@ -107,21 +36,7 @@ impl Scheduler {
                     self.wait_empty.push((fed, reply));
                 }
             }
-            Cmd::Reset(reply) => {
-                self.chain = None;
-                self.handlers = None;
-                self.queue.clear();
-                self.attempts.clear();
-                self.retries.clear();
-                self.no_nodes_since = None;
-                for n in self.nodes.values_mut() {
-                    n.forget();
-                }
-                if let Some(o) = self.order.as_mut() {
-                    o.restart(self.counters.fed);
-                }
-                self.broadcast(WaitKind::Reset, Msg::Reset, reply).await;
-            }
+            Cmd::Reset(reply) => self.reset(reply).await,
             Cmd::Pause(reply) => {
                 self.paused = true;
                 self.broadcast(WaitKind::Pause, Msg::Pause, reply).await;
@@ -141,23 +56,141 @@ impl Scheduler {
                 let _ = reply.send(self.nodes.values().map(|n| n.addr).collect());
             }
             #[cfg(feature = "dashboard")]
-            Cmd::Observe(o) => {
-                for addr in &self.lost {
-                    if let Ok(a) = addr.parse() {
-                        o.node_lost(a);
-                    }
-                }
-                for n in self.nodes.values() {
-                    o.node_added(n.addr);
-                }
-                if let Some(h) = self.handlers.as_mut() {
-                    h.observer = Some(o.clone());
-                }
-                self.observer = Some(o);
-            }
+            Cmd::Observe(o) => self.observe(o),
             // Handled by the loop, which owns the feed channel.
             Cmd::Close(_) | Cmd::Unqueue(_) => {}
         }
+    }
+
+    /// Adds a node's connection; with a chain set up, the node gets it.
+    async fn attach(
+        &mut self,
+        addr: std::net::SocketAddr,
+        conn: protocol::Connection,
+        workers: u32,
+        labels: Vec<String>,
+    ) -> NodeId {
+        let id = NodeId(self.next_node);
+        self.next_node += 1;
+        let tx = crate::conn::spawn(
+            id,
+            conn,
+            self.events_tx.clone(),
+            self.options.heartbeat,
+            self.options.heartbeat_timeout,
+        );
+        let mut node = NodeConn::new(addr, tx);
+        node.labels = labels;
+        self.nodes.insert(id, node);
+        // A node is back: waits for one end, and the root may go on (once every task has a
+        // node that can run it).
+        if self.placeable() {
+            self.no_nodes_since = None;
+            self.stall.send_replace(None);
+        }
+        tracing::info!(node = %addr, workers, "node added");
+        if let Some(o) = &self.observer {
+            o.node_added(addr);
+        }
+        if self.chain.is_some() {
+            // A node joining a running cluster gets the current chain.
+            self.send_setup(id).await;
+        }
+        id
+    }
+
+    /// Sets `chain` up on every node; answered once every node has answered.
+    async fn setup(
+        &mut self,
+        chain: protocol::ChainSpec,
+        mut handlers: super::Handlers,
+        reply: super::Reply,
+    ) {
+        if self.nodes.is_empty() {
+            let _ = reply.send(Err(RootError::NoNodes {
+                pending: self.queue.items(),
+                lost: self.lost.join(", "),
+            }));
+            return;
+        }
+        let node_labels: Vec<&[String]> =
+            self.nodes.values().map(|n| n.labels.as_slice()).collect();
+        let tasks = chain
+            .tasks
+            .iter()
+            .map(|t| (t.function.as_str(), t.labels.as_slice()));
+        if let Some((task, label)) = super::placement::unplaceable(tasks, &node_labels) {
+            let _ = reply.send(Err(RootError::Placement { task, label }));
+            return;
+        }
+        handlers.observer = self.observer.clone();
+        self.handlers = Some(handlers);
+        self.chain = Some(chain);
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.ready = false;
+            }
+            self.send_setup(*id).await;
+        }
+        self.waiters.push(Waiter {
+            kind: WaitKind::Setup,
+            nodes: ids.into_iter().collect(),
+            error: None,
+            reply,
+        });
+    }
+
+    /// Answers once a node is attached, or at once when the no-node timeout has passed.
+    fn wait_node(&mut self, reply: super::Reply) {
+        match self.stall.borrow().as_ref() {
+            Some(stall) if self.nodes.is_empty() || !self.placeable() => {
+                let _ = reply.send(Err(stall.error()));
+                return;
+            }
+            _ => {}
+        }
+        if self.nodes.is_empty() {
+            // The clock of the no-node timeout runs from now at the latest.
+            self.no_nodes_since
+                .get_or_insert_with(std::time::Instant::now);
+        }
+        self.wait_node.push(reply);
+    }
+
+    /// Drops the chain and everything queued; the nodes stop their workers.
+    async fn reset(&mut self, reply: super::Reply) {
+        self.chain = None;
+        self.handlers = None;
+        self.queue.clear();
+        self.attempts.clear();
+        self.retries.clear();
+        self.no_nodes_since = None;
+        for n in self.nodes.values_mut() {
+            n.forget();
+        }
+        if let Some(o) = self.order.as_mut() {
+            o.restart(self.counters.fed);
+        }
+        self.broadcast(WaitKind::Reset, Msg::Reset, reply).await;
+    }
+
+    /// From now on `o` sees failures and node losses; the nodes lost and attached so far
+    /// are replayed to it first.
+    #[cfg(feature = "dashboard")]
+    fn observe(&mut self, o: super::SharedObserver) {
+        for addr in &self.lost {
+            if let Ok(a) = addr.parse() {
+                o.node_lost(a);
+            }
+        }
+        for n in self.nodes.values() {
+            o.node_added(n.addr);
+        }
+        if let Some(h) = self.handlers.as_mut() {
+            h.observer = Some(o.clone());
+        }
+        self.observer = Some(o);
     }
 
     /// Sends the chain to node `id`, with only the modules of the tasks it can run (its

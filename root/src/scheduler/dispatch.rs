@@ -9,6 +9,7 @@ use protocol::{Items, Msg};
 
 use super::Scheduler;
 use super::handlers::Delivery;
+use super::inflight::Room;
 use super::queue::{self, Cut};
 use crate::ItemFailure;
 
@@ -25,24 +26,7 @@ impl Scheduler {
             .map(|t| t.labels.clone())
             .unwrap_or_default();
         while self.queue.items() > 0 {
-            // Of the ready nodes that can run the first task and have room for a batch worth
-            // sending, the one with the largest free share of its credit.
-            let node_bytes = self.options.node_bytes;
-            let queued = self.queue.items();
-            let batch_items = self.options.batch_items as u64;
-            let best = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| {
-                    n.ready && !n.draining && super::placement::can_run(&n.labels, &first_labels)
-                })
-                .map(|(id, n)| {
-                    let share = n.free_share(node_bytes);
-                    (*id, n.room().capped(node_bytes, n.in_bytes), share)
-                })
-                .filter(|(_, room, _)| worth_a_batch(room, batch_items, queued))
-                .max_by_key(|&(_, room, share)| (share, room.items));
-            let Some((id, room, _)) = best else {
+            let Some((id, room)) = self.best_node(&first_labels) else {
                 return;
             };
             let below_id = self
@@ -83,23 +67,7 @@ impl Scheduler {
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
-                    // Only an item larger than the frame gets here (cuts stay far below it):
-                    // fail the items rather than wait for outputs that will never come.
-                    tracing::error!("cannot encode a batch: {e}");
-                    let at = Instant::now();
-                    for (i, item) in items.iter().enumerate() {
-                        let Some(input) = ids.get(i) else { continue };
-                        let failure = ItemFailure {
-                            input,
-                            node: String::new(),
-                            task: String::new(),
-                            task_index: None,
-                            item_start: item[..item.len().min(200)].to_vec(),
-                            input_item: item.to_vec(),
-                            message: format!("cannot send the item: {e}"),
-                        };
-                        self.deliver(Delivery::failed(input, failure, 1, at.elapsed()));
-                    }
+                    self.fail_unsendable(&ids, &items, &e);
                     continue;
                 }
             };
@@ -111,6 +79,52 @@ impl Scheduler {
                 // The writer is gone; the reader reports the loss and we requeue then.
                 return;
             }
+        }
+    }
+
+    /// Of the ready nodes that can run the first task and have room for a batch worth
+    /// sending, the one with the largest free share of its credit, and its room.
+    fn best_node(&self, first_labels: &[String]) -> Option<(protocol::NodeId, Room)> {
+        let node_bytes = self.options.node_bytes;
+        let queued = self.queue.items();
+        let batch_items = self.options.batch_items as u64;
+        self.nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.ready && !n.draining && super::placement::can_run(&n.labels, first_labels)
+            })
+            .map(|(id, n)| {
+                let share = n.free_share(node_bytes);
+                (*id, n.room().capped(node_bytes, n.in_bytes), share)
+            })
+            .filter(|(_, room, _)| worth_a_batch(room, batch_items, queued))
+            .max_by_key(|&(_, room, share)| (share, room.items))
+            .map(|(id, room, _)| (id, room))
+    }
+
+    /// A batch that cannot be encoded fails its items rather than waiting for outputs that
+    /// will never come. Only an item larger than the frame gets here (cuts stay far below
+    /// it).
+    fn fail_unsendable(
+        &mut self,
+        ids: &protocol::Ids,
+        items: &protocol::Packed,
+        e: &protocol::ProtocolError,
+    ) {
+        tracing::error!("cannot encode a batch: {e}");
+        let at = Instant::now();
+        for (i, item) in items.iter().enumerate() {
+            let Some(input) = ids.get(i) else { continue };
+            let failure = ItemFailure {
+                input,
+                node: String::new(),
+                task: String::new(),
+                task_index: None,
+                item_start: item[..item.len().min(200)].to_vec(),
+                input_item: item.to_vec(),
+                message: format!("cannot send the item: {e}"),
+            };
+            self.deliver(Delivery::failed(input, failure, 1, at.elapsed()));
         }
     }
 }

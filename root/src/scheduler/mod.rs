@@ -199,33 +199,7 @@ pub(crate) async fn run(
     session: SessionId,
 ) {
     let (events_tx, mut events) = crate::events::channel(256, options.outputs_bytes);
-    let mut s = Scheduler {
-        order: options
-            .keep_order
-            .then(|| Reorder::new(0, options.reorder_items, options.reorder_bytes)),
-        options,
-        session,
-        chain: None,
-        handlers: None,
-        nodes: HashMap::new(),
-        next_node: 0,
-        lost: Vec::new(),
-        queue: Queue::default(),
-        attempts: HashMap::new(),
-        counters: Counters::default(),
-        waiters: Vec::new(),
-        wait_input: Vec::new(),
-        wait_empty: Vec::new(),
-        wait_node: Vec::new(),
-        paused: false,
-        events_tx,
-        frame: BytesMut::with_capacity(1 << 20),
-        sent_up_to: None,
-        no_nodes_since: None,
-        stall,
-        retries: Retries::default(),
-        observer: None,
-    };
+    let mut s = Scheduler::new(options, session, stall, events_tx);
     let mut closing: Option<Reply> = None;
     let mut silence_check = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last_idle = Instant::now();
@@ -263,9 +237,17 @@ pub(crate) async fn run(
             }
         }
     }
-    // Tell every node we leave for good so they free themselves at once. A node frees itself
-    // and then closes the connection: waiting for that close means a root started after
-    // close() returns finds the nodes free. The wait is bounded, and a node whose channel is
+    say_goodbye(&mut s, &mut events).await;
+    if let Some(reply) = closing {
+        let _ = reply.send(Ok(()));
+    }
+}
+
+/// Tells every node we leave for good so they free themselves at once, and waits (bounded)
+/// for them to acknowledge by closing.
+async fn say_goodbye(s: &mut Scheduler, events: &mut crate::events::EventsRx) {
+    // A node frees itself and then closes the connection: waiting for that close means a
+    // root started after close() returns finds the nodes free. The wait is bounded, and a node whose channel is
     // full (it stopped reading) is not waited on: it will not read the goodbye either.
     let deadline = tokio::time::sleep(BYE_WAIT);
     tokio::pin!(deadline);
@@ -296,9 +278,6 @@ pub(crate) async fn run(
             }
         }
     }
-    if let Some(reply) = closing {
-        let _ = reply.send(Ok(()));
-    }
 }
 
 /// How long closing waits for the nodes to acknowledge the goodbye by closing.
@@ -308,6 +287,43 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    fn new(
+        options: RootOptions,
+        session: SessionId,
+        stall: watch::Sender<Option<Stall>>,
+        events_tx: EventsTx,
+    ) -> Scheduler {
+        Scheduler {
+            order: options
+                .keep_order
+                .then(|| Reorder::new(0, options.reorder_items, options.reorder_bytes)),
+            options,
+            session,
+            chain: None,
+            handlers: None,
+            nodes: HashMap::new(),
+            next_node: 0,
+            lost: Vec::new(),
+            queue: Queue::default(),
+            attempts: HashMap::new(),
+            counters: Counters::default(),
+            waiters: Vec::new(),
+            wait_input: Vec::new(),
+            wait_empty: Vec::new(),
+            wait_node: Vec::new(),
+            paused: false,
+            events_tx,
+            frame: BytesMut::with_capacity(1 << 20),
+            sent_up_to: None,
+            no_nodes_since: None,
+            stall,
+            retries: Retries::default(),
+            observer: None,
+        }
     }
 }
 

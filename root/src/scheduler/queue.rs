@@ -109,6 +109,12 @@ impl Queue {
             self.bytes -= c.items.bytes() as u64;
             return Some((c.ids, c.items));
         }
+        self.take_runs(cut)
+    }
+
+    /// [`Queue::take`] of runs of items from one chunk or several.
+    fn take_runs(&mut self, cut: Cut) -> Option<(Ids, Packed)> {
+        let front = self.chunks.front()?;
         let mut ids = Vec::with_capacity(cut.items.min(front.remaining()));
         let mut items: Option<Packed> = None;
         let mut taken = 0u64;
