@@ -260,14 +260,12 @@ impl Root {
         // Loading may build the tasks (componentize-py, cargo: seconds to minutes): on a
         // blocking thread, so that Ctrl-C stops the wait (the build runs on to its end).
         let path = path.to_owned();
-        let loading = self
-            .rt
-            .spawn_blocking(move || {
-                // The edge of the package: a person waits on a build of seconds.
-                let builder = pcluster_build::Builder::new()
-                    .with_progress(|what| eprintln!("pcluster: {what}"));
-                root::chain::load(path.as_ref(), &builder)
-            });
+        let loading = self.rt.spawn_blocking(move || {
+            // The edge of the package: a person waits on a build of seconds.
+            let builder =
+                pcluster_build::Builder::new().with_progress(|what| eprintln!("pcluster: {what}"));
+            root::chain::load(path.as_ref(), &builder)
+        });
         let mut chain = self.wait_for(py, async move {
             match loading.await {
                 Ok(loaded) => loaded.map_err(error),
