@@ -1,6 +1,8 @@
 //! [`Connection`]: a TCP stream speaking framed [`Msg`]s, split into a reader and a writer
 //! half so one task can read while another writes; with a token, both halves go through the
-//! record layer ([`crate::secure`]) below the framing, which stays the same.
+//! record layer ([`crate::secure`]) below the framing, which stays the same. A connection may
+//! also run over an in-memory pipe ([`Connection::in_memory`]), so a peer's side can be played
+//! by a test in the same process, on a paused clock.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -10,7 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
@@ -28,6 +30,8 @@ pub enum ReadHalf {
     Plain(OwnedReadHalf),
     /// With a token: records opened with the connection's keys.
     Secure(SecureRead<OwnedReadHalf>),
+    /// An in-memory pipe (no token).
+    Memory(tokio::io::ReadHalf<DuplexStream>),
 }
 
 impl AsyncRead for ReadHalf {
@@ -39,6 +43,59 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
             ReadHalf::Secure(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Memory(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The writing side: a TCP stream's, or an in-memory pipe's.
+#[derive(Debug)]
+enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Memory(tokio::io::WriteHalf<DuplexStream>),
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Memory(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Memory(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Tcp(w) => w.is_write_vectored(),
+            WriteHalf::Memory(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Memory(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Memory(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }
@@ -103,7 +160,7 @@ impl MessageReader {
 /// queued as they are and written with the rest in vectored writes.
 #[derive(Debug)]
 pub struct MessageWriter {
-    inner: OwnedWriteHalf,
+    inner: WriteHalf,
     buf: BytesMut,
     /// What goes before `buf`, in order, when big batches are queued.
     queued: VecDeque<Bytes>,
@@ -230,7 +287,7 @@ impl MessageWriter {
 }
 
 /// Writes every queued slice, many per system call; empties the queue.
-async fn write_queued(w: &mut OwnedWriteHalf, queued: &mut VecDeque<Bytes>) -> io::Result<()> {
+async fn write_queued(w: &mut WriteHalf, queued: &mut VecDeque<Bytes>) -> io::Result<()> {
     loop {
         while queued.front().is_some_and(Bytes::is_empty) {
             queued.pop_front();
@@ -331,12 +388,38 @@ impl Connection {
                 inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), read),
             },
             writer: MessageWriter {
-                inner: w,
+                inner: WriteHalf::Tcp(w),
                 buf: BytesMut::with_capacity(write),
                 queued: VecDeque::new(),
                 queued_bytes: 0,
                 max_frame,
                 sealer,
+                sealed: Vec::new(),
+            },
+            peer,
+        }
+    }
+
+    /// A plain connection over an in-memory pipe (one end of [`tokio::io::duplex`]), whose
+    /// peer is named `peer`: for a peer played in the same process (tests on a paused
+    /// clock). It needs no handshake.
+    pub fn in_memory(stream: DuplexStream, max_frame: usize, peer: SocketAddr) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Connection {
+            reader: MessageReader {
+                inner: FramedRead::with_capacity(
+                    ReadHalf::Memory(r),
+                    MessageCodec::new(max_frame),
+                    READ_CAPACITY,
+                ),
+            },
+            writer: MessageWriter {
+                inner: WriteHalf::Memory(w),
+                buf: BytesMut::with_capacity(WRITE_CAPACITY),
+                queued: VecDeque::new(),
+                queued_bytes: 0,
+                max_frame,
+                sealer: None,
                 sealed: Vec::new(),
             },
             peer,

@@ -118,30 +118,8 @@ async fn accept_inner(
         return Err(ProtocolError::BadMagic);
     }
     let theirs = u16::from_be_bytes([pre[8], pre[9]]);
-    let wants_secure = pre[10] & SECURE != 0;
     let role = Role::from_byte(pre[10] & !SECURE);
-    let (status, reason) = if theirs != PROTOCOL_VERSION {
-        (
-            STATUS_VERSION,
-            format!(
-                "protocol version mismatch: node speaks {PROTOCOL_VERSION}, you speak {theirs}"
-            ),
-        )
-    } else if role.is_none() {
-        (STATUS_ROLE, format!("unknown role {}", pre[10]))
-    } else if token.is_some() && !wants_secure {
-        (
-            STATUS_TOKEN,
-            "this node requires the cluster token (--token or PCLUSTER_TOKEN)".to_string(),
-        )
-    } else if token.is_none() && wants_secure {
-        (
-            STATUS_TOKEN,
-            "this node has no cluster token, so it cannot prove it is yours".to_string(),
-        )
-    } else {
-        (STATUS_OK, String::new())
-    };
+    let (status, reason) = verdict(&pre, token.is_some());
     let mut answer = Vec::with_capacity(16 + reason.len());
     answer.extend_from_slice(MAGIC);
     answer.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
@@ -175,19 +153,7 @@ async fn accept_inner(
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
     if !secure {
-        // The plain path: nonces only, no proofs (no token on either side).
-        let _ = to_nonce(&hello.nonce)?;
-        let server_nonce = auth::nonce()?;
-        conn.write_message(&Msg::Challenge(Challenge {
-            nonce: server_nonce.to_vec(),
-            auth_required: false,
-            proof: None,
-        }))
-        .await?;
-        match conn.expect_message().await? {
-            Msg::Auth(_) => {}
-            other => return Err(ProtocolError::Unexpected(other.name().into())),
-        }
+        plain_challenge(&mut conn, &hello).await?;
     }
     conn.authenticated(max_frame);
     Ok(Accepted {
@@ -195,6 +161,50 @@ async fn accept_inner(
         role,
         resume: hello.resume,
     })
+}
+
+/// The server's answer to a client's preamble: its status and, when it refuses, why.
+fn verdict(pre: &[u8; 11], has_token: bool) -> (u8, String) {
+    let theirs = u16::from_be_bytes([pre[8], pre[9]]);
+    let wants_secure = pre[10] & SECURE != 0;
+    if theirs != PROTOCOL_VERSION {
+        return (
+            STATUS_VERSION,
+            format!(
+                "protocol version mismatch: node speaks {PROTOCOL_VERSION}, you speak {theirs}"
+            ),
+        );
+    }
+    if Role::from_byte(pre[10] & !SECURE).is_none() {
+        return (STATUS_ROLE, format!("unknown role {}", pre[10]));
+    }
+    match (has_token, wants_secure) {
+        (true, false) => (
+            STATUS_TOKEN,
+            "this node requires the cluster token (--token or PCLUSTER_TOKEN)".to_string(),
+        ),
+        (false, true) => (
+            STATUS_TOKEN,
+            "this node has no cluster token, so it cannot prove it is yours".to_string(),
+        ),
+        _ => (STATUS_OK, String::new()),
+    }
+}
+
+/// The plain path of a server without a token: nonces only, no proofs.
+async fn plain_challenge(conn: &mut Connection, hello: &Hello) -> Result<(), ProtocolError> {
+    let _ = to_nonce(&hello.nonce)?;
+    let server_nonce = auth::nonce()?;
+    conn.write_message(&Msg::Challenge(Challenge {
+        nonce: server_nonce.to_vec(),
+        auth_required: false,
+        proof: None,
+    }))
+    .await?;
+    match conn.expect_message().await? {
+        Msg::Auth(_) => Ok(()),
+        other => Err(ProtocolError::Unexpected(other.name().into())),
+    }
 }
 
 /// The server's Noise message: reads the client's, answers it (or refuses a wrong token).
@@ -276,33 +286,8 @@ async fn connect_inner(
     if &answer[..8] != MAGIC {
         return Err(ProtocolError::BadMagic);
     }
-    let theirs = u16::from_be_bytes([answer[8], answer[9]]);
     if answer[10] != STATUS_OK {
-        let mut len = [0u8; 2];
-        let reason = match stream.read_exact(&mut len).await {
-            Ok(_) => {
-                let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
-                match stream.read_exact(&mut r).await {
-                    Ok(_) => String::from_utf8_lossy(&r).into_owned(),
-                    Err(_) => String::new(),
-                }
-            }
-            Err(_) => String::new(),
-        };
-        return Err(match answer[10] {
-            STATUS_VERSION => ProtocolError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs,
-            },
-            STATUS_TOKEN if token.is_some() => ProtocolError::Auth(
-                "the node has no cluster token, so it cannot prove it is ours; refusing to use it"
-                    .into(),
-            ),
-            STATUS_TOKEN => ProtocolError::Auth(
-                "the node requires the cluster token (--token or PCLUSTER_TOKEN)".into(),
-            ),
-            _ => ProtocolError::Unexpected(format!("node refused the connection: {reason}")),
-        });
+        return Err(refused(&mut stream, &answer, token.is_some()).await);
     }
 
     let keys = match token {
@@ -340,6 +325,36 @@ async fn connect_inner(
         Ok(Msg::Error(e)) => Err(ProtocolError::Remote(e)),
         Ok(other) => Err(ProtocolError::Unexpected(other.name().into())),
         Err(e) => Err(e),
+    }
+}
+
+/// Why the node refused us (`answer` holds its status), reading its reason when it gave one.
+async fn refused(stream: &mut TcpStream, answer: &[u8; 11], has_token: bool) -> ProtocolError {
+    let theirs = u16::from_be_bytes([answer[8], answer[9]]);
+    let mut len = [0u8; 2];
+    let reason = match stream.read_exact(&mut len).await {
+        Ok(_) => {
+            let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+            match stream.read_exact(&mut r).await {
+                Ok(_) => String::from_utf8_lossy(&r).into_owned(),
+                Err(_) => String::new(),
+            }
+        }
+        Err(_) => String::new(),
+    };
+    match answer[10] {
+        STATUS_VERSION => ProtocolError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        },
+        STATUS_TOKEN if has_token => ProtocolError::Auth(
+            "the node has no cluster token, so it cannot prove it is ours; refusing to use it"
+                .into(),
+        ),
+        STATUS_TOKEN => ProtocolError::Auth(
+            "the node requires the cluster token (--token or PCLUSTER_TOKEN)".into(),
+        ),
+        _ => ProtocolError::Unexpected(format!("node refused the connection: {reason}")),
     }
 }
 
@@ -386,6 +401,26 @@ async fn initiate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preamble_is_judged_by_version_role_and_token() {
+        let pre = |version: u16, role: u8| {
+            let mut p = [0u8; 11];
+            p[..8].copy_from_slice(MAGIC);
+            p[8..10].copy_from_slice(&version.to_be_bytes());
+            p[10] = role;
+            p
+        };
+        let (v, root) = (PROTOCOL_VERSION, Role::Root.byte());
+        assert_eq!(verdict(&pre(v, root), false).0, STATUS_OK);
+        assert_eq!(verdict(&pre(v, root | SECURE), true).0, STATUS_OK);
+        assert_eq!(verdict(&pre(v + 1, root), false).0, STATUS_VERSION);
+        assert_eq!(verdict(&pre(v, 9), false).0, STATUS_ROLE);
+        let (status, why) = verdict(&pre(v, root), true);
+        assert_eq!(status, STATUS_TOKEN);
+        assert!(why.contains("requires the cluster token"), "{why}");
+        assert_eq!(verdict(&pre(v, root | SECURE), false).0, STATUS_TOKEN);
+    }
     use crate::error::WireError;
     use tokio::net::TcpListener;
 

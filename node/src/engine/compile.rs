@@ -175,46 +175,7 @@ pub fn compile_chain(
         .iter()
         .map(|t| t.labels.iter().all(|l| labels.contains(l)))
         .collect();
-    let mut needed = vec![false; spec.modules.len()];
-    for (t, &placed) in spec.tasks.iter().zip(&placed) {
-        if placed && let Some(n) = needed.get_mut(t.module as usize) {
-            *n = true;
-        }
-    }
-    let mut modules = Vec::with_capacity(spec.modules.len());
-    let (mut compiled, mut cached) = (0, 0);
-    let mut keys = Vec::with_capacity(spec.modules.len());
-    for (i, bytes) in spec.modules.iter().enumerate() {
-        let absent = withheld.iter().find(|w| w.module as usize == i);
-        if !needed[i] {
-            let component = absent.map_or_else(|| is_component(bytes), |w| w.component);
-            modules.push(NodeModule::Absent { component });
-            continue;
-        }
-        if absent.is_some() {
-            return Err(SetupError::Withheld { module: i as u32 });
-        }
-        let found = cache
-            .get_or_compile(bytes)
-            .map_err(|e| SetupError::Compile {
-                module: i as u32,
-                reason: format!("{e:#}"),
-            })?;
-        keys.push(found.key);
-        let m = found.code;
-        if found.origin == Origin::Compiled {
-            compiled += 1;
-        } else {
-            cached += 1;
-        }
-        let generators = match m {
-            Compiled::Module(_) => declared_generators(bytes),
-            Compiled::Component(_) => None,
-        };
-        modules.push(NodeModule::Here(m, generators));
-    }
-    // This chain's code is now the current one; code of earlier chains goes past a budget.
-    cache.keep_only(&keys, compiled > 0);
+    let (modules, compiled, cached) = node_modules(cache, spec, &placed, withheld)?;
     let linker = linker();
     let mut component_linker = None;
     let mut tasks = Vec::with_capacity(spec.tasks.len());
@@ -246,23 +207,7 @@ pub fn compile_chain(
         let task = match module {
             Compiled::Module(module) => compile_task(&linker, module, &name, t).map_err(ctx)?,
             Compiled::Component(c) => {
-                let l = match &mut component_linker {
-                    Some(l) => l,
-                    None => component_linker.insert(
-                        component::linker()
-                            .map_err(|e| ctx(TaskProblem::Link(format!("{e:#}"))))?,
-                    ),
-                };
-                let pre = component::prepare(l, c)
-                    .map_err(|e| ctx(TaskProblem::Link(format!("{e:#}"))))?;
-                CompiledTask {
-                    name: name.clone(),
-                    generator: t.generator,
-                    args: t.args.clone(),
-                    kind: TaskKind::Component(pre),
-                    input: Convert::Keep,
-                    labels: t.labels.clone(),
-                }
+                component_task(&mut component_linker, c, &name, t).map_err(ctx)?
             }
         };
         if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
@@ -288,6 +233,80 @@ pub fn compile_chain(
         compiled,
         cached,
     ))
+}
+
+/// The chain's modules as this node has them: those a task it can run (`placed`) uses are
+/// compiled or found in the cache, the others left absent; with how many were compiled and
+/// found cached. This chain's code becomes the cache's current one.
+fn node_modules(
+    cache: &ModuleCache,
+    spec: &ChainSpec,
+    placed: &[bool],
+    withheld: &[Withheld],
+) -> Result<(Vec<NodeModule>, u32, u32), SetupError> {
+    let mut needed = vec![false; spec.modules.len()];
+    for (t, &placed) in spec.tasks.iter().zip(placed) {
+        if placed && let Some(n) = needed.get_mut(t.module as usize) {
+            *n = true;
+        }
+    }
+    let mut modules = Vec::with_capacity(spec.modules.len());
+    let (mut compiled, mut cached) = (0, 0);
+    let mut keys = Vec::with_capacity(spec.modules.len());
+    for (i, bytes) in spec.modules.iter().enumerate() {
+        let absent = withheld.iter().find(|w| w.module as usize == i);
+        if !needed[i] {
+            let component = absent.map_or_else(|| is_component(bytes), |w| w.component);
+            modules.push(NodeModule::Absent { component });
+            continue;
+        }
+        if absent.is_some() {
+            return Err(SetupError::Withheld { module: i as u32 });
+        }
+        let found = cache
+            .get_or_compile(bytes)
+            .map_err(|e| SetupError::Compile {
+                module: i as u32,
+                reason: format!("{e:#}"),
+            })?;
+        keys.push(found.key);
+        if found.origin == Origin::Compiled {
+            compiled += 1;
+        } else {
+            cached += 1;
+        }
+        let generators = match found.code {
+            Compiled::Module(_) => declared_generators(bytes),
+            Compiled::Component(_) => None,
+        };
+        modules.push(NodeModule::Here(found.code, generators));
+    }
+    // Code of earlier chains goes past a budget.
+    cache.keep_only(&keys, compiled > 0);
+    Ok((modules, compiled, cached))
+}
+
+/// A component task, linked with the one component linker of the chain (made on first use).
+fn component_task(
+    linker: &mut Option<wasmtime::component::Linker<HostState>>,
+    c: &wasmtime::component::Component,
+    name: &Arc<str>,
+    t: &protocol::TaskSpec,
+) -> Result<CompiledTask, TaskProblem> {
+    let link = |e: wasmtime::Error| TaskProblem::Link(format!("{e:#}"));
+    let l = match linker {
+        Some(l) => l,
+        None => linker.insert(component::linker().map_err(link)?),
+    };
+    let pre = component::prepare(l, c).map_err(link)?;
+    Ok(CompiledTask {
+        name: name.clone(),
+        generator: t.generator,
+        args: t.args.clone(),
+        kind: TaskKind::Component(pre),
+        input: Convert::Keep,
+        labels: t.labels.clone(),
+    })
 }
 
 /// A module of the chain as this node has it.

@@ -248,107 +248,95 @@ impl HostState {
 pub(super) fn linker() -> Linker<HostState> {
     let mut linker = Linker::new(engine());
     let defined = linker
-        .func_wrap(
-            "pcluster",
-            "emit",
-            |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> wasmtime::Result<()> {
-                let Some(mem) = caller.data().memory else {
-                    wasmtime::bail!("emit called before the module's memory was known");
-                };
-                let (data, st) = mem.data_and_store_mut(&mut caller);
-                if st.batch.active {
-                    wasmtime::bail!("emit called inside a batched call (use emit_batch)");
-                }
-                let (ptr, len) = (ptr as usize, len as usize);
-                let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
-                    wasmtime::bail!("emit: item at {ptr}+{len} lies outside guest memory");
-                };
-                if len > st.max_item {
-                    wasmtime::bail!(
-                        "emit: item of {len} bytes exceeds the item limit of {} bytes",
-                        st.max_item
-                    );
-                }
-                if st.out.data.len() + len > MAX_STAGE_OUTPUT {
-                    wasmtime::bail!(
-                        "emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes"
-                    );
-                }
-                let start = st.out.data.len();
-                st.out.data.extend_from_slice(bytes);
-                st.out.entries.push(Entry {
-                    input: st.cur_input,
-                    len: len as u32,
-                    start,
-                });
-                Ok(())
-            },
-        )
-        .and_then(|l| {
-            l.func_wrap(
-                "pcluster",
-                "log",
-                |mut caller: Caller<'_, HostState>,
-                 level: u32,
-                 ptr: u32,
-                 len: u32|
-                 -> wasmtime::Result<()> {
-                    let Some(mem) = caller.data().memory else {
-                        return Ok(());
-                    };
-                    let (data, st) = mem.data_and_store_mut(&mut caller);
-                    let (ptr, len) = (ptr as usize, (len as usize).min(64 << 10));
-                    let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
-                        wasmtime::bail!("log: message at {ptr}+{len} lies outside guest memory");
-                    };
-                    st.log_line(level, &String::from_utf8_lossy(bytes));
-                    Ok(())
-                },
-            )
-        })
-        .and_then(|l| {
-            l.func_wrap(
-                "pcluster",
-                "fail",
-                |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> wasmtime::Result<()> {
-                    let Some(mem) = caller.data().memory else {
-                        return Ok(());
-                    };
-                    let (data, st) = mem.data_and_store_mut(&mut caller);
-                    let (ptr, len) = (ptr as usize, (len as usize).min(16 << 10));
-                    let msg = data
-                        .get(ptr..ptr.saturating_add(len))
-                        .map(|b| String::from_utf8_lossy(b).into_owned());
-                    st.fail = msg;
-                    Ok(())
-                },
-            )
-        });
-    let defined = defined.and_then(|l| {
-        l.func_wrap(
-            "pcluster",
-            "emit_batch",
-            |mut caller: Caller<'_, HostState>, ptr: u32, len: u32| -> wasmtime::Result<()> {
-                let Some(mem) = caller.data().memory else {
-                    wasmtime::bail!("emit_batch called before the module's memory was known");
-                };
-                let (data, st) = mem.data_and_store_mut(&mut caller);
-                if !st.batch.active {
-                    wasmtime::bail!("emit_batch called outside a batched call");
-                }
-                let (ptr, len) = (ptr as usize, len as usize);
-                let Some(block) = data.get(ptr..ptr.saturating_add(len)) else {
-                    wasmtime::bail!("emit_batch: records at {ptr}+{len} lie outside guest memory");
-                };
-                st.take_records(block)
-            },
-        )
-    });
+        .func_wrap("pcluster", "emit", host_emit)
+        .and_then(|l| l.func_wrap("pcluster", "log", host_log))
+        .and_then(|l| l.func_wrap("pcluster", "fail", host_fail))
+        .and_then(|l| l.func_wrap("pcluster", "emit_batch", host_emit_batch));
     if let Err(e) = defined {
-        // Only possible if the three definitions above clash, which they do not.
+        // Only possible if the four definitions above clash, which they do not.
         panic!("defining the pcluster host functions: {e}");
     }
     linker
+}
+
+/// `emit(ptr, len)`: one output of the current input, copied out of guest memory.
+fn host_emit(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<()> {
+    let Some(mem) = caller.data().memory else {
+        wasmtime::bail!("emit called before the module's memory was known");
+    };
+    let (data, st) = mem.data_and_store_mut(&mut caller);
+    if st.batch.active {
+        wasmtime::bail!("emit called inside a batched call (use emit_batch)");
+    }
+    let (ptr, len) = (ptr as usize, len as usize);
+    let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
+        wasmtime::bail!("emit: item at {ptr}+{len} lies outside guest memory");
+    };
+    if len > st.max_item {
+        wasmtime::bail!(
+            "emit: item of {len} bytes exceeds the item limit of {} bytes",
+            st.max_item
+        );
+    }
+    if st.out.data.len() + len > MAX_STAGE_OUTPUT {
+        wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
+    }
+    let start = st.out.data.len();
+    st.out.data.extend_from_slice(bytes);
+    st.out.entries.push(Entry {
+        input: st.cur_input,
+        len: len as u32,
+        start,
+    });
+    Ok(())
+}
+
+/// `log(level, ptr, len)`: a log line (at most 64 KiB of it), tagged by the host.
+fn host_log(
+    mut caller: Caller<'_, HostState>,
+    level: u32,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<()> {
+    let Some(mem) = caller.data().memory else {
+        return Ok(());
+    };
+    let (data, st) = mem.data_and_store_mut(&mut caller);
+    let (ptr, len) = (ptr as usize, (len as usize).min(64 << 10));
+    let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
+        wasmtime::bail!("log: message at {ptr}+{len} lies outside guest memory");
+    };
+    st.log_line(level, &String::from_utf8_lossy(bytes));
+    Ok(())
+}
+
+/// `fail(ptr, len)`: the message (at most 16 KiB) of the failure the call then returns.
+fn host_fail(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<()> {
+    let Some(mem) = caller.data().memory else {
+        return Ok(());
+    };
+    let (data, st) = mem.data_and_store_mut(&mut caller);
+    let (ptr, len) = (ptr as usize, (len as usize).min(16 << 10));
+    st.fail = data
+        .get(ptr..ptr.saturating_add(len))
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    Ok(())
+}
+
+/// `emit_batch(ptr, len)`: the records of a batched call (docs/ABI.md).
+fn host_emit_batch(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<()> {
+    let Some(mem) = caller.data().memory else {
+        wasmtime::bail!("emit_batch called before the module's memory was known");
+    };
+    let (data, st) = mem.data_and_store_mut(&mut caller);
+    if !st.batch.active {
+        wasmtime::bail!("emit_batch called outside a batched call");
+    }
+    let (ptr, len) = (ptr as usize, len as usize);
+    let Some(block) = data.get(ptr..ptr.saturating_add(len)) else {
+        wasmtime::bail!("emit_batch: records at {ptr}+{len} lie outside guest memory");
+    };
+    st.take_records(block)
 }
 
 #[cfg(test)]

@@ -48,66 +48,107 @@ pub(super) struct CoreParts {
     buf_cap: usize,
 }
 
+/// A store for one instance of `task`, within the chain's memory cap, and the deadline in
+/// epoch ticks that every call gets. A new store's deadline is 0: it is set before anything
+/// runs, start and init included.
+fn new_store(task: &CompiledTask, limits: &Limits, log: LogCtx) -> (Store<HostState>, u64) {
+    let memory_bytes =
+        usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let mut store = Store::new(
+        engine(),
+        HostState {
+            out: OutBuf::default(),
+            batch: BatchState {
+                generator: task.generator,
+                ..BatchState::default()
+            },
+            cur_input: 0,
+            memory: None,
+            fail: None,
+            limiter: MemLimiter {
+                max_bytes: memory_bytes,
+                denied: false,
+            },
+            log,
+            max_item: usize::try_from(limits.max_item_bytes).unwrap_or(usize::MAX),
+            wasi: WasiState::sandboxed(),
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    let deadline_ticks = limits
+        .deadline_ms
+        .div_ceil(EPOCH_TICK.as_millis() as u64)
+        .max(1)
+        + 1;
+    store.set_epoch_deadline(deadline_ticks);
+    (store, deadline_ticks)
+}
+
+/// The exports of a core module's instance that a task calls: its function, the input
+/// buffer, the batch entry (when it has one), and its memory.
+fn core_parts(
+    store: &mut Store<HostState>,
+    instance: &wasmtime::Instance,
+    name: &str,
+    batch_export: Option<&str>,
+) -> Result<CoreParts, TaskProblem> {
+    let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or(TaskProblem::NoMemory)?;
+    store.data_mut().memory = Some(memory);
+    let func = instance
+        .get_typed_func::<u32, u32>(&mut *store, name)
+        .map_err(instantiate)?;
+    let input = instance
+        .get_typed_func::<u32, u32>(&mut *store, "pcluster_input")
+        .map_err(instantiate)?;
+    let batch = match batch_export {
+        Some(b) => Some(
+            instance
+                .get_typed_func::<(u32, u32), u32>(&mut *store, b)
+                .map_err(instantiate)?,
+        ),
+        None => None,
+    };
+    Ok(CoreParts {
+        func,
+        batch,
+        block: Vec::new(),
+        input,
+        memory,
+        buf_ptr: 0,
+        buf_cap: 0,
+    })
+}
+
 impl TaskInstance {
     /// Instantiates `task` and runs its start and init exports.
     ///
     /// # Errors
     /// What failed: instantiation, start, or init (with the task's message).
     pub fn new(task: &CompiledTask, limits: &Limits, log: LogCtx) -> Result<Self, TaskProblem> {
-        let memory_bytes =
-            usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let mut store = Store::new(
-            engine(),
-            HostState {
-                out: OutBuf::default(),
-                batch: BatchState {
-                    generator: task.generator,
-                    ..BatchState::default()
-                },
-                cur_input: 0,
-                memory: None,
-                fail: None,
-                limiter: MemLimiter {
-                    max_bytes: memory_bytes,
-                    denied: false,
-                },
-                log,
-                max_item: usize::try_from(limits.max_item_bytes).unwrap_or(usize::MAX),
-                wasi: WasiState::sandboxed(),
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let deadline_ticks = limits
-            .deadline_ms
-            .div_ceil(EPOCH_TICK.as_millis() as u64)
-            .max(1)
-            + 1;
-        // A new store's deadline is 0: set it before anything runs, start and init included.
-        store.set_epoch_deadline(deadline_ticks);
+        let (mut store, deadline_ticks) = new_store(task, limits, log);
         let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
-        let (pre, init_export, batch_export, has_start) = match &task.kind {
+        let (kind, core) = match &task.kind {
             TaskKind::Core {
                 pre,
                 init_export,
                 batch_export,
                 has_start,
-            } => (pre, init_export, batch_export, *has_start),
+            } => {
+                let instance = pre.instantiate(&mut store).map_err(instantiate)?;
+                let parts = core_parts(&mut store, &instance, &task.name, batch_export.as_deref())?;
+                (Kind::Core(parts), Some((instance, *has_start, init_export)))
+            }
             TaskKind::Component(pre) => {
-                let bindings = pre.instantiate(&mut store).map_err(instantiate)?;
-                let mut this = TaskInstance {
-                    store,
-                    deadline_ticks,
-                    deadline_ms: limits.deadline_ms,
-                    memory_mb: limits.memory_mb,
-                    input_conv: task.input,
-                    kind: Kind::Component(ComponentParts {
-                        task: bindings,
-                        generator: task.generator,
-                        items: Vec::new(),
-                    }),
+                let task_bindings = pre.instantiate(&mut store).map_err(instantiate)?;
+                let parts = ComponentParts {
+                    task: task_bindings,
+                    generator: task.generator,
+                    items: Vec::new(),
                 };
-                this.component_init(&task.name, &task.args)?;
-                return Ok(this);
+                (Kind::Component(parts), None)
             }
             TaskKind::Absent { .. } => {
                 return Err(TaskProblem::NotPlaced {
@@ -115,68 +156,60 @@ impl TaskInstance {
                 });
             }
         };
-        let instance = pre.instantiate(&mut store).map_err(instantiate)?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or(TaskProblem::NoMemory)?;
-        store.data_mut().memory = Some(memory);
-        let func = instance
-            .get_typed_func::<u32, u32>(&mut store, &task.name)
-            .map_err(instantiate)?;
-        let input = instance
-            .get_typed_func::<u32, u32>(&mut store, "pcluster_input")
-            .map_err(instantiate)?;
-        let batch = match batch_export {
-            Some(name) => Some(
-                instance
-                    .get_typed_func::<(u32, u32), u32>(&mut store, name)
-                    .map_err(instantiate)?,
-            ),
-            None => None,
-        };
         let mut this = TaskInstance {
             store,
             deadline_ticks,
             deadline_ms: limits.deadline_ms,
             memory_mb: limits.memory_mb,
             input_conv: task.input,
-            kind: Kind::Core(CoreParts {
-                func,
-                batch,
-                block: Vec::new(),
-                input,
-                memory,
-                buf_ptr: 0,
-                buf_cap: 0,
-            }),
+            kind,
         };
-        if has_start {
-            let start = instance
-                .get_typed_func::<(), ()>(&mut this.store, "pcluster_start")
-                .map_err(instantiate)?;
-            this.store.set_epoch_deadline(deadline_ticks);
-            if let Err(e) = start.call(&mut this.store, ()) {
-                return Err(TaskProblem::Start(this.describe(&e)));
+        match core {
+            Some((instance, has_start, init_export)) => {
+                this.start_and_init(&instance, task, has_start, init_export.as_deref())?;
             }
-        }
-        if let Some(init_name) = init_export {
-            let init = instance
-                .get_typed_func::<u32, u32>(&mut this.store, init_name)
-                .map_err(instantiate)?;
-            if let Err(e) = this.place(&task.args) {
-                return Err(TaskProblem::InitTrap(this.describe(&e)));
-            }
-            this.store.set_epoch_deadline(deadline_ticks);
-            match init.call(&mut this.store, task.args.len() as u32) {
-                Ok(0) => {}
-                Ok(status) => {
-                    let message = this.store.data_mut().fail.take();
-                    return Err(TaskProblem::InitStatus { status, message });
-                }
-                Err(e) => return Err(TaskProblem::InitTrap(this.describe(&e))),
-            }
+            None => this.component_init(&task.name, &task.args)?,
         }
         Ok(this)
+    }
+
+    /// Runs a core module's `pcluster_start` (when it has one) and its task's init with the
+    /// task's args, each within the deadline.
+    fn start_and_init(
+        &mut self,
+        instance: &wasmtime::Instance,
+        task: &CompiledTask,
+        has_start: bool,
+        init_export: Option<&str>,
+    ) -> Result<(), TaskProblem> {
+        let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
+        if has_start {
+            let start = instance
+                .get_typed_func::<(), ()>(&mut self.store, "pcluster_start")
+                .map_err(instantiate)?;
+            self.store.set_epoch_deadline(self.deadline_ticks);
+            if let Err(e) = start.call(&mut self.store, ()) {
+                return Err(TaskProblem::Start(self.describe(&e)));
+            }
+        }
+        let Some(init_name) = init_export else {
+            return Ok(());
+        };
+        let init = instance
+            .get_typed_func::<u32, u32>(&mut self.store, init_name)
+            .map_err(instantiate)?;
+        if let Err(e) = self.place(&task.args) {
+            return Err(TaskProblem::InitTrap(self.describe(&e)));
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match init.call(&mut self.store, task.args.len() as u32) {
+            Ok(0) => Ok(()),
+            Ok(status) => {
+                let message = self.store.data_mut().fail.take();
+                Err(TaskProblem::InitStatus { status, message })
+            }
+            Err(e) => Err(TaskProblem::InitTrap(self.describe(&e))),
+        }
     }
 
     /// Copies `item` into the guest's input buffer, asking for a larger one when needed.

@@ -45,63 +45,29 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Msg> {
     } = o;
     // Failures by input, in index order, each small enough to travel.
     failures.sort_by_key(|f| f.index);
-    for f in &mut failures {
-        if failure_size(f) > limit / 2 {
-            f.item = None;
-        }
+    for f in failures.iter_mut().filter(|f| failure_size(f) > limit / 2) {
+        f.item = None;
     }
     let mut failures = failures.into_iter().peekable();
     continuations.sort_by_key(|c| c.index);
     let mut continuations = continuations.into_iter().peekable();
-    let empty = |first| Outputs {
-        seq,
-        first,
-        counts: U32s(Vec::new()),
-        items: Packed::new(),
-        failures: Vec::new(),
-        continuations: Vec::new(),
-    };
     let mut parts: Vec<Msg> = Vec::new();
-    let mut cur = empty(first);
+    let mut cur = empty(seq, first);
     let mut cur_failed = 0usize;
     let mut it = items.iter();
     for (i, &n) in counts.0.iter().enumerate() {
         let index = first + i as u32;
         let own: Vec<&[u8]> = it.by_ref().take(n as usize).collect();
         let own_bytes: usize = own.iter().map(|x| x.len()).sum();
-        let mut own_failures = Vec::new();
-        while let Some(f) = failures.next_if(|f| f.index <= index) {
-            if f.index == index {
-                own_failures.push(f);
-            }
-        }
-        let mut own_conts = Vec::new();
-        while let Some(c) = continuations.next_if(|c| c.index <= index) {
-            if c.index == index {
-                own_conts.push(c);
-            }
-        }
+        let mut own_failures = take_own(&mut failures, index, |f| f.index);
+        let mut own_conts = take_own(&mut continuations, index, |c| c.index);
         let own_failed: usize = own_failures.iter().map(failure_size).sum::<usize>()
             + own_conts.iter().map(continuation_size).sum::<usize>();
         let (own, too_big) = if size(own_bytes, own.len()) + own_failed <= limit {
             (own, false)
         } else if own_failed <= limit / 2 && own.iter().all(|x| size(x.len(), 1) <= limit) {
             // Sent ahead in parts; the completion carries none of them.
-            let mut part = Packed::new();
-            for x in own {
-                if !part.is_empty() && size(part.data.len() + x.len(), part.len() + 1) > limit {
-                    let items = std::mem::take(&mut part);
-                    parts.push(Msg::Partial(Partial { seq, index, items }));
-                }
-                part.push(x);
-            }
-            if !part.is_empty() {
-                parts.push(Msg::Partial(Partial {
-                    seq,
-                    index,
-                    items: part,
-                }));
-            }
+            parts.extend(ahead(seq, index, &own, limit));
             (Vec::new(), false)
         } else {
             (Vec::new(), true)
@@ -115,7 +81,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Msg> {
             > limit
             && !cur.counts.0.is_empty()
         {
-            parts.push(Msg::Outputs(std::mem::replace(&mut cur, empty(index))));
+            parts.push(Msg::Outputs(std::mem::replace(&mut cur, empty(seq, index))));
             cur_failed = 0;
         }
         cur.counts.0.push(own.len() as u32);
@@ -125,15 +91,7 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Msg> {
         if too_big {
             own_failures.clear();
             own_conts.clear();
-            cur.failures.push(Failure {
-                index,
-                task: None,
-                item_start: Vec::new(),
-                item: None,
-                message: format!(
-                    "an output of this input, or its failures and continuations, exceed the {limit}-byte message limit ({own_bytes} bytes of outputs)"
-                ),
-            });
+            cur.failures.push(too_big_failure(index, limit, own_bytes));
         }
         cur_failed += own_failures.iter().map(failure_size).sum::<usize>()
             + own_conts.iter().map(continuation_size).sum::<usize>();
@@ -142,6 +100,68 @@ pub(super) fn fit_in_frames(o: Outputs, limit: usize) -> Vec<Msg> {
     }
     parts.push(Msg::Outputs(cur));
     parts
+}
+
+/// An `Outputs` of batch `seq` from input `first` on, with nothing in it yet.
+fn empty(seq: u64, first: u32) -> Outputs {
+    Outputs {
+        seq,
+        first,
+        counts: U32s(Vec::new()),
+        items: Packed::new(),
+        failures: Vec::new(),
+        continuations: Vec::new(),
+    }
+}
+
+/// The entries of input `index` at the front of `sorted` (those of earlier inputs dropped).
+fn take_own<T>(
+    sorted: &mut std::iter::Peekable<std::vec::IntoIter<T>>,
+    index: u32,
+    of: impl Fn(&T) -> u32,
+) -> Vec<T> {
+    let mut own = Vec::new();
+    while let Some(x) = sorted.next_if(|x| of(x) <= index) {
+        if of(&x) == index {
+            own.push(x);
+        }
+    }
+    own
+}
+
+/// The outputs `own` of input `index`, in [`Partial`] messages that each fit in `limit`.
+fn ahead(seq: u64, index: u32, own: &[&[u8]], limit: usize) -> Vec<Msg> {
+    let mut out = Vec::new();
+    let mut part = Packed::new();
+    for x in own {
+        if !part.is_empty() && size(part.data.len() + x.len(), part.len() + 1) > limit {
+            let items = std::mem::take(&mut part);
+            out.push(Msg::Partial(Partial { seq, index, items }));
+        }
+        part.push(x);
+    }
+    if !part.is_empty() {
+        out.push(Msg::Partial(Partial {
+            seq,
+            index,
+            items: part,
+        }));
+    }
+    out
+}
+
+/// The failure of input `index` whose one output, or whose failures and continuations,
+/// exceed a message.
+fn too_big_failure(index: u32, limit: usize, own_bytes: usize) -> Failure {
+    Failure {
+        index,
+        task: None,
+        item_start: Vec::new(),
+        item: None,
+        message: format!(
+            "an output of this input, or its failures and continuations, exceed the {limit}-byte message limit ({own_bytes} bytes of outputs)"
+        ),
+    }
 }
 
 /// What goes to the root instead of outputs that could not be encoded (`error`): every

@@ -323,7 +323,65 @@ async fn run(mut s: State, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationT
     }
 }
 
+/// Adds the nodes a scan found since the last poll to `fixed`; the first poll waits for the
+/// first scan.
+async fn take_found(
+    fixed: &mut Vec<SocketAddr>,
+    found: &mut tokio::sync::mpsc::Receiver<Vec<SocketAddr>>,
+    scanning: &mut bool,
+) {
+    let mut more = Vec::new();
+    if std::mem::take(scanning)
+        && let Some(first) = found.recv().await
+    {
+        more.push(first);
+    }
+    while let Ok(m) = found.try_recv() {
+        more.push(m);
+    }
+    for a in more.into_iter().flatten() {
+        if !fixed.contains(&a) {
+            fixed.push(a);
+        }
+    }
+}
+
 impl State {
+    /// Probes the nodes of `probe`; when only `watching` (no root), a probe's failure and
+    /// recovery count as the node's losses and rejoins.
+    async fn probe_all(
+        &mut self,
+        probe: &HashSet<SocketAddr>,
+        watching: bool,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        // Futures of a named async fn, gathered in a loop: closures over the map's `IterMut`
+        // would make this future not `Send` for every lifetime, as `tokio::spawn` needs.
+        let mut asks = Vec::with_capacity(probe.len());
+        for (a, t) in &mut self.nodes {
+            if probe.contains(a) {
+                asks.push(probe_node(*a, t, &self.options));
+            }
+        }
+        let probes: Vec<_> = futures_util::stream::iter(asks)
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await;
+        for (t, r) in probes {
+            let ok = r.is_ok();
+            t.update(r, now, now_ms);
+            if watching {
+                match (t.reachable, ok) {
+                    (Some(true), false) => t.view.lost += 1,
+                    (Some(false), true) if t.view.lost > t.view.rejoined => t.view.rejoined += 1,
+                    _ => {}
+                }
+                t.reachable = Some(ok);
+            }
+        }
+    }
+
     /// One poll; `None` when the watched root is gone.
     async fn poll(&mut self) -> Option<Snapshot> {
         let (root, probe): (Option<RootPoll>, HashSet<SocketAddr>) = match &mut self.source {
@@ -341,20 +399,7 @@ impl State {
                 found,
                 scanning,
             } => {
-                let mut more = Vec::new();
-                if std::mem::take(scanning)
-                    && let Some(first) = found.recv().await
-                {
-                    more.push(first);
-                }
-                while let Ok(m) = found.try_recv() {
-                    more.push(m);
-                }
-                for a in more.into_iter().flatten() {
-                    if !fixed.contains(&a) {
-                        fixed.push(a);
-                    }
-                }
+                take_found(fixed, found, scanning).await;
                 (None, fixed.iter().copied().collect())
             }
         };
@@ -364,33 +409,9 @@ impl State {
         {
             self.nodes.entry(*a).or_insert_with(|| NodeTrack::new(*a));
         }
-        // Futures of a named async fn, gathered in a loop: closures over the map's `IterMut`
-        // would make this future not `Send` for every lifetime, as `tokio::spawn` needs.
-        let mut asks = Vec::with_capacity(probe.len());
-        for (a, t) in &mut self.nodes {
-            if probe.contains(a) {
-                asks.push(probe_node(*a, t, &self.options));
-            }
-        }
-        let probes: Vec<_> = futures_util::stream::iter(asks)
-            .buffer_unordered(PROBES_AT_ONCE)
-            .collect()
-            .await;
         let now = Instant::now();
         let now_ms = unix_ms();
-        let watching = root.is_none();
-        for (t, r) in probes {
-            let ok = r.is_ok();
-            t.update(r, now, now_ms);
-            if watching {
-                match (t.reachable, ok) {
-                    (Some(true), false) => t.view.lost += 1,
-                    (Some(false), true) if t.view.lost > t.view.rejoined => t.view.rejoined += 1,
-                    _ => {}
-                }
-                t.reachable = Some(ok);
-            }
-        }
+        self.probe_all(&probe, root.is_none(), now, now_ms).await;
         let mut snapshot = Snapshot {
             at_ms: now_ms,
             logs: recent_logs(),

@@ -153,7 +153,7 @@ impl Scheduler {
         if self.nodes.is_empty() {
             // The clock of the no-node timeout runs from now at the latest.
             self.no_nodes_since
-                .get_or_insert_with(std::time::Instant::now);
+                .get_or_insert_with(tokio::time::Instant::now);
         }
         self.wait_node.push(reply);
     }

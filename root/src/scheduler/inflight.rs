@@ -68,12 +68,22 @@ pub(crate) struct NodeConn {
     next_seq: u64,
     pub batches: HashMap<u64, InFlight>,
     /// When it last completed something, or began to hold items (see `silence`).
-    pub progress: Instant,
+    pub progress: tokio::time::Instant,
     /// Outputs of its inputs too big for one message, held until they complete.
     pub partials: Partials,
 }
 
 impl NodeConn {
+    /// `inputs` of batch `seq`, of `bytes` item bytes, were settled: they no longer count as
+    /// in flight, and a batch with nothing left goes.
+    pub fn settled(&mut self, seq: u64, inputs: u64, bytes: u64) {
+        if self.batches.get(&seq).is_some_and(|b| b.remaining == 0) {
+            self.batches.remove(&seq);
+        }
+        self.in_items -= inputs;
+        self.in_bytes = self.in_bytes.saturating_sub(bytes);
+    }
+
     pub fn new(addr: SocketAddr, tx: mpsc::Sender<Frame>) -> NodeConn {
         NodeConn {
             addr,
@@ -86,7 +96,7 @@ impl NodeConn {
             labels: Vec::new(),
             next_seq: 0,
             batches: HashMap::new(),
-            progress: Instant::now(),
+            progress: tokio::time::Instant::now(),
             partials: Partials::default(),
         }
     }
@@ -126,7 +136,7 @@ impl NodeConn {
     ) {
         let count = items.len();
         if self.batches.is_empty() {
-            self.progress = Instant::now();
+            self.progress = tokio::time::Instant::now();
         }
         self.in_items += count as u64;
         self.in_bytes += items.bytes() as u64;

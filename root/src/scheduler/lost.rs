@@ -3,8 +3,6 @@
 //! items and complete none are lost after a limit; and with no node left (for some task),
 //! waits end after the no-node timeout.
 
-use std::time::Instant;
-
 use protocol::NodeId;
 
 use super::handlers::Delivery;
@@ -21,7 +19,7 @@ impl Scheduler {
             chain.limits.deadline_ms,
             self.options.heartbeat_timeout,
         );
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let silent: Vec<NodeId> = self
             .nodes
             .iter()
@@ -137,7 +135,8 @@ impl Scheduler {
         // No node left, or none left that can run some task (labels): items wait, for
         // up to the no-node timeout.
         if self.chain.is_some() && !self.placeable() {
-            self.no_nodes_since.get_or_insert_with(Instant::now);
+            self.no_nodes_since
+                .get_or_insert_with(tokio::time::Instant::now);
         }
     }
 

@@ -30,6 +30,8 @@ mod queue;
 mod retry;
 mod settle;
 mod silence;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -145,6 +147,15 @@ pub struct Counters {
     pub nodes: u32,
 }
 
+impl Counters {
+    /// Adds what settling a message counted: outputs, failures, completions.
+    fn absorb(&mut self, c: &Counters) {
+        self.outputs += c.outputs;
+        self.failed += c.failed;
+        self.completed += c.completed;
+    }
+}
+
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
 enum WaitKind {
     Setup,
@@ -184,7 +195,7 @@ pub(crate) struct Scheduler {
     /// Highest id sent to a node so far.
     sent_up_to: Option<u64>,
     /// Since when no node has been connected while a chain is set up.
-    no_nodes_since: Option<Instant>,
+    no_nodes_since: Option<tokio::time::Instant>,
     stall: watch::Sender<Option<Stall>>,
     retries: Retries,
     /// Sees failures and node losses (the dashboard), when one watches.
@@ -209,7 +220,7 @@ pub(crate) async fn run(
         let stall_at = s
             .no_nodes_since
             .filter(|_| s.stall.borrow().is_none())
-            .map(|t| tokio::time::Instant::from_std(t + s.options.no_node_timeout));
+            .map(|t| t + s.options.no_node_timeout);
         tokio::select! {
             biased;
             e = events.recv() => match e {
@@ -394,7 +405,7 @@ impl Scheduler {
                 match msg {
                     Msg::Outputs(o) => {
                         if let Some(n) = self.nodes.get_mut(&id) {
-                            n.progress = Instant::now();
+                            n.progress = tokio::time::Instant::now();
                         }
                         self.on_outputs(id, o)
                     }

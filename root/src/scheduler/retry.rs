@@ -65,6 +65,30 @@ impl Retries {
         self.parents.clear();
     }
 
+    /// A retry of `input` (try `attempt`) completed with `outputs` and `failures`: they join
+    /// its input's held results, which wait for the input's last descendant.
+    pub fn join(
+        &mut self,
+        input: ItemId,
+        attempt: u32,
+        outputs: &Packed,
+        count: u32,
+        failed: u32,
+        failures: Vec<ItemFailure>,
+    ) {
+        let Some(held) = self.parents.get_mut(input).and_then(|p| p.held.as_mut()) else {
+            return;
+        };
+        for item in outputs {
+            held.outputs.push(item);
+        }
+        held.done.outputs += count;
+        held.done.failed += failed;
+        // Try `attempt` of an item is its input's try `attempt + 1` at least.
+        held.done.attempts = held.done.attempts.max(attempt + 1);
+        held.failures.extend(failures);
+    }
+
     /// Takes up to `max` retries of one stage from the front (at most about `max_bytes`),
     /// for a node other than `node` when `other_nodes` says one could take them.
     pub fn take(
@@ -105,39 +129,9 @@ impl Scheduler {
     /// Sends waiting retries, each to a node other than the one it failed on where one has
     /// room.
     pub(super) async fn dispatch_retries(&mut self) {
-        while !self.retries.queue.is_empty() {
-            let avoid = self.retries.queue.front().and_then(|r| r.avoid);
-            let stage = self.retries.queue.front().map_or(0, |r| r.stage.0 as usize);
-            let labels: &[String] = self
-                .chain
-                .as_ref()
-                .and_then(|c| c.tasks.get(stage))
-                .map_or(&[], |t| t.labels.as_slice());
-            // Only nodes that can run the stage the front items enter at; with none, they
-            // wait (as items wait when no node is left).
-            let ready: Vec<(NodeId, u64, u64, u64)> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| {
-                    n.ready && !n.draining && super::placement::can_run(&n.labels, labels)
-                })
-                .map(|(id, n)| {
-                    let share = n.free_share(self.options.node_bytes);
-                    (
-                        *id,
-                        n.room().capped(self.options.node_bytes, n.in_bytes),
-                        share,
-                    )
-                })
-                .filter(|(_, r, _)| r.items > 0 && r.bytes > 0)
-                .map(|(id, r, share)| (id, r.items, r.bytes, share))
-                .collect();
-            let other = ready.iter().any(|(id, ..)| Some(*id) != avoid);
-            let Some(&(id, items, bytes, _)) = ready
-                .iter()
-                .filter(|(id, ..)| !other || Some(*id) != avoid)
-                .max_by_key(|(_, items, _, share)| (*share, *items))
-            else {
+        while let Some(front) = self.retries.queue.front() {
+            let (avoid, stage) = (front.avoid, front.stage.0 as usize);
+            let Some((id, items, bytes, other)) = self.retry_node(avoid, stage) else {
                 return;
             };
             let max = items.min(self.options.batch_items as u64) as usize;
@@ -191,6 +185,36 @@ impl Scheduler {
                 return;
             }
         }
+    }
+
+    /// The node for the retries at the front, which enter the chain at task `stage`: of the
+    /// ready nodes that can run it and have room, the one with the largest free share of
+    /// its credit, other than `avoid` where another can; its room in items and bytes, and
+    /// whether another than `avoid` could take them. With none, they wait (as items wait
+    /// when no node is left).
+    fn retry_node(&self, avoid: Option<NodeId>, stage: usize) -> Option<(NodeId, u64, u64, bool)> {
+        let labels: &[String] = self
+            .chain
+            .as_ref()
+            .and_then(|c| c.tasks.get(stage))
+            .map_or(&[], |t| t.labels.as_slice());
+        let node_bytes = self.options.node_bytes;
+        let ready: Vec<(NodeId, u64, u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ready && !n.draining && super::placement::can_run(&n.labels, labels))
+            .map(|(id, n)| {
+                let room = n.room().capped(node_bytes, n.in_bytes);
+                (*id, room.items, room.bytes, n.free_share(node_bytes))
+            })
+            .filter(|&(_, items, bytes, _)| items > 0 && bytes > 0)
+            .collect();
+        let other = ready.iter().any(|(id, ..)| Some(*id) != avoid);
+        ready
+            .iter()
+            .filter(|(id, ..)| !other || Some(*id) != avoid)
+            .max_by_key(|(_, items, _, share)| (*share, *items))
+            .map(|&(id, items, bytes, _)| (id, items, bytes, other))
     }
 
     /// Gives up on a retried item or continuation: its input gets a failure naming the

@@ -2,7 +2,10 @@
 //! peer that never returns outputs. Past a limit the root treats such a node as lost and
 //! re-dispatches what it holds, so no run hangs on it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The clock of tokio, so a paused clock drives the limit in tests.
+use tokio::time::Instant;
 
 /// How long a node may hold items without completing any: every task of the chain may take
 /// its whole deadline on one item, plus the heartbeat timeout as a margin.
