@@ -194,7 +194,16 @@ fn items(n: usize) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn a_duplicate_completion_is_handed_over_once() {
     let root = Root::new(RootOptions::default());
-    fake(&root, 1, Box::new(|b| Act::Reply(vec![echo(b), echo(b)]))).await;
+    // The first two inputs' completion comes three times: twice alone, then with the rest.
+    fake(
+        &root,
+        1,
+        Box::new(|b| {
+            let first = outputs_of_first(b, 2);
+            Act::Reply(vec![first.clone(), first, echo(b)])
+        }),
+    )
+    .await;
     let got = set_up(&root, 1).await;
     root.feed(items(5)).await.unwrap();
     done(&root).await;
