@@ -163,16 +163,11 @@ async fn halt_now_does_not_wait_for_the_inputs_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_signal_drains_and_says_so_and_a_second_stops_at_once() {
-    let c = Cluster::start("signal-twice").await;
-    let d = Dir::new("signal-twice-chain");
-    let chain = d.chain("slow", &[("w2_cpu", ITEM_SECONDS)], "");
-    let input = seeds(&d, 100);
-    let nodes = c.addrs().join(",");
-    let mut cmd = d.run(
-        &chain,
-        None,
-        &["-i", arg(&input), "-n", &nodes, "--rescan", "0"],
+    let (c, d) = (
+        Cluster::start("signal-twice").await,
+        Dir::new("signal-twice-chain"),
     );
+    let mut cmd = slow_run_on(&c, &d, ITEM_SECONDS, 100);
     let mut run = spawn(cmd.stdout(Stdio::null()));
     // Both workers hold an item of seconds: the run is feeding and has inputs in flight.
     let options = root::RootOptions::default();
@@ -298,6 +293,18 @@ async fn an_input_over_the_chains_item_limit_fails_alone_in_binary() {
     small_item_limit("limit-binary", Some("--binary")).await;
 }
 
+/// `pcluster run` on the cluster's two nodes over `n` seeds of `w2_cpu` with `iterations`.
+fn slow_run_on(c: &Cluster, d: &Dir, iterations: &str, n: u32) -> Command {
+    let chain = d.chain("slow", &[("w2_cpu", iterations)], "");
+    let input = seeds(d, n);
+    let nodes = c.addrs().join(",");
+    d.run(
+        &chain,
+        None,
+        &["-i", arg(&input), "-n", &nodes, "--rescan", "0"],
+    )
+}
+
 fn seeds(d: &Dir, n: u32) -> PathBuf {
     let seeds: String = (1..=n).map(|i| format!("{i}\n")).collect();
     d.write("seeds.txt", seeds.as_bytes())
@@ -329,16 +336,8 @@ async fn outputs_reach_the_file_while_the_run_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_1_ends_the_run_after_its_first_output_and_frees_the_nodes() {
-    let c = Cluster::start("head-1").await;
-    let d = Dir::new("head-1-chain");
-    let chain = d.chain("slow", &[("w2_cpu", ITEM_30MS)], "");
-    let input = seeds(&d, 200);
-    let nodes = c.addrs().join(",");
-    let mut cmd = d.run(
-        &chain,
-        None,
-        &["-i", arg(&input), "-n", &nodes, "--rescan", "0"],
-    );
+    let (c, d) = (Cluster::start("head-1").await, Dir::new("head-1-chain"));
+    let mut cmd = slow_run_on(&c, &d, ITEM_30MS, 200);
     let mut run = spawn(cmd.stdout(Stdio::piped()));
     let mut stdout = BufReader::new(run.stdout.take().unwrap());
     let mut first = String::new();
