@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: the kit's helpers (`pcluster-kit`, shared with the
+//! Helpers shared by the integration tests: the helpers of this crate's `kit` library (shared with the
 //! bench) in panicking form, which is what a test wants, plus in-process nodes, roots with
 //! collecting handlers, and a readable comparison of long output lists.
 
