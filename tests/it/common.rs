@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: the helpers of this crate's `kit` library (shared with the
-//! bench) in panicking form, which is what a test wants, plus in-process nodes, roots with
-//! collecting handlers, and a readable comparison of long output lists.
+//! Helpers shared by the integration tests: the helpers of this crate's `kit` library (shared
+//! with the bench) in panicking form, which is what a test wants, plus in-process nodes, roots
+//! with collecting handlers, and a readable comparison of long output lists.
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
