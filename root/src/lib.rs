@@ -53,12 +53,14 @@ mod conn;
 pub mod dashboard;
 pub mod error;
 mod events;
+mod failure;
 pub mod graph;
 mod options;
 mod probe;
 pub mod python;
 pub mod scan;
 pub mod scheduler;
+mod tried;
 
 use std::net::SocketAddr;
 
@@ -67,6 +69,7 @@ use protocol::{NodeStatus, Packed};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 pub use error::RootError;
+pub use failure::{FailureCause, ItemFailure};
 pub use options::RootOptions;
 pub use probe::{node_status, release_node};
 pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
@@ -74,96 +77,10 @@ pub use scan::ScanReport;
 pub use scheduler::{Counters, Handler, Handlers, InputDone};
 
 use scheduler::{Cmd, Feed, Stall};
+use tried::Tried;
 
 /// Each node's status, or why it could not be had.
 pub type NodeStatuses = Vec<(SocketAddr, Result<NodeStatus, RootError>)>;
-
-/// An item that failed, as handed to the failure handler.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ItemFailure {
-    /// The input item it descends from.
-    pub input: ItemId,
-    /// The node it failed on.
-    pub node: String,
-    /// The failing task's function name (empty for a poison item).
-    pub task: String,
-    /// The failing task's index (`None` for a poison item or outputs too large to send).
-    pub task_index: Option<TaskIndex>,
-    /// The start of the failing item.
-    pub item_start: Vec<u8>,
-    /// The whole input item it descends from, as fed (to feed it again).
-    pub input_item: Vec<u8>,
-    /// What happened.
-    pub message: String,
-}
-
-impl ItemFailure {
-    /// Where and why it failed, without naming the input: for callers that name inputs
-    /// their own way (`pcluster run` by line number).
-    pub fn cause(&self) -> FailureCause<'_> {
-        FailureCause(self)
-    }
-}
-
-/// [`ItemFailure::cause`]: `failed in task `t` on node n: message (item: "…")`.
-#[derive(Debug)]
-pub struct FailureCause<'a>(&'a ItemFailure);
-
-impl std::fmt::Display for FailureCause<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let x = self.0;
-        if x.task.is_empty() {
-            return write!(f, "failed on node {}: {}", x.node, x.message);
-        }
-        write!(
-            f,
-            "failed in task `{}` on node {}: {} (item: {:?})",
-            x.task,
-            x.node,
-            x.message,
-            String::from_utf8_lossy(&x.item_start)
-        )
-    }
-}
-
-impl std::fmt::Display for ItemFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "input {} {}", self.input.0, self.cause())
-    }
-}
-
-/// What a root tried that gave it no node: the last [`Tried::KEEP`] attempts.
-#[derive(Debug, Default)]
-struct Tried {
-    last: std::collections::VecDeque<String>,
-    more: u64,
-}
-
-impl Tried {
-    const KEEP: usize = 8;
-
-    fn add(&mut self, what: String) {
-        if self.last.len() == Self::KEEP {
-            self.last.pop_front();
-            self.more += 1;
-        }
-        self.last.push_back(what);
-    }
-}
-
-impl std::fmt::Display for Tried {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.last.is_empty() {
-            return f.write_str("none was added (add_node or search_nodes first)");
-        }
-        f.write_str("tried ")?;
-        if self.more > 0 {
-            write!(f, "{} more, then ", self.more)?;
-        }
-        let last: Vec<&str> = self.last.iter().map(String::as_str).collect();
-        f.write_str(&last.join("; "))
-    }
-}
 
 /// The ids given to the items of one feed: consecutive, in the items' order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

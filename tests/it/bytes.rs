@@ -39,21 +39,19 @@ pub async fn run_on(
         std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
         s
     });
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "pcluster run did not end within {deadline:?}: {}",
-                reader.join().unwrap()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid = child.id();
+    let waited =
+        tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || child.wait())).await;
+    let Ok(status) = waited else {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!(
+            "pcluster run did not end within {deadline:?}: {}",
+            reader.join().unwrap()
+        );
     };
+    let status = status.unwrap().unwrap();
     let stderr = reader.join().unwrap();
     assert!(status.success(), "pcluster run failed ({status}): {stderr}");
     stderr

@@ -60,19 +60,16 @@ async fn api_status(addr: SocketAddr) -> Option<Value> {
 
 /// `/api/status` once `ok` holds for it (polled, with a deadline).
 async fn wait_status(addr: SocketAddr, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + LONG;
-    loop {
-        if let Some(s) = api_status(addr).await
-            && ok(&s)
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {LONG:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let got = std::sync::Mutex::new(None);
+    let (got_ref, ok) = (&got, &ok);
+    poll_until(LONG, what, move || async move {
+        let s = api_status(addr).await.filter(|s| ok(s));
+        let held = s.is_some();
+        *got_ref.lock().unwrap() = s;
+        held
+    })
+    .await;
+    got.into_inner().unwrap().expect("held when the poll ended")
 }
 
 /// The first `n` events of `/api/events`, as JSON.

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pcluster_node::NodeConfig;
 use protocol::auth::Token;
@@ -138,15 +138,13 @@ pub async fn status(addr: SocketAddr, token: Option<&str>) -> NodeStatus {
 }
 
 /// Polls `f` until it holds; panics naming `what` after the deadline.
-pub async fn wait_for<F, Fut>(what: &str, mut f: F)
+pub async fn wait_for<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = Instant::now() + DEADLINE;
-    while !f().await {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Err(e) = kit::poll(DEADLINE, what, f).await {
+        panic!("{e}");
     }
 }
 

@@ -76,33 +76,7 @@ impl Scheduler {
         for c in requeue.chunks {
             self.queue.push_front(c);
         }
-        let mut back = back;
-        for mut r in requeue.retries {
-            if let retry::Origin::HandedBack { lost } = &mut r.origin {
-                // A continuation is work the root owns, like an input: sent again, up to
-                // the poison limit.
-                *lost += 1;
-                back += 1;
-                if *lost <= self.options.max_redispatch {
-                    self.retries.queue.push_front(r);
-                    continue;
-                }
-                let message = format!(
-                    "poison item: its node was lost {} times while holding it (last: {why})",
-                    *lost
-                );
-                self.give_up(&r, addr.clone(), message);
-                continue;
-            }
-            if r.attempt >= self.options.retries {
-                // Counted as a try: a retry that takes nodes down stops here.
-                let message = format!("its node was lost while trying the item again: {why}");
-                self.give_up(&r, addr.clone(), message);
-            } else {
-                r.attempt += 1;
-                self.retries.queue.push_front(r);
-            }
-        }
+        let back = back + self.requeue_descendants(requeue.retries, &addr, why);
         self.counters.redispatched += back;
         self.lost.push(addr.clone());
         if let Some(o) = &self.observer {
@@ -138,6 +112,37 @@ impl Scheduler {
             self.no_nodes_since
                 .get_or_insert_with(tokio::time::Instant::now);
         }
+    }
+
+    /// A lost node's descendants go back to the root's queue: a continuation (work the
+    /// root owns, like an input) up to the poison limit, a retried item while tries are
+    /// left (a lost node counts as a try); the others fail. How many were the node's
+    /// continuations.
+    fn requeue_descendants(&mut self, retries: Vec<retry::Retry>, addr: &str, why: &str) -> u64 {
+        let mut back = 0;
+        for mut r in retries {
+            if let retry::Origin::HandedBack { lost } = &mut r.origin {
+                *lost += 1;
+                back += 1;
+                if *lost <= self.options.max_redispatch {
+                    self.retries.queue.push_front(r);
+                    continue;
+                }
+                let message = format!(
+                    "poison item: its node was lost {} times while holding it (last: {why})",
+                    *lost
+                );
+                self.give_up(&r, addr.to_string(), message);
+            } else if r.attempt >= self.options.retries {
+                // Counted as a try: a retry that takes nodes down stops here.
+                let message = format!("its node was lost while trying the item again: {why}");
+                self.give_up(&r, addr.to_string(), message);
+            } else {
+                r.attempt += 1;
+                self.retries.queue.push_front(r);
+            }
+        }
+        back
     }
 
     /// Whether every task of the chain has a connected node that can run it (true without
