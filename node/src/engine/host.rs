@@ -272,23 +272,7 @@ fn host_emit(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime:
     let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
         wasmtime::bail!("emit: item at {ptr}+{len} lies outside guest memory");
     };
-    if len > st.max_item {
-        wasmtime::bail!(
-            "emit: item of {len} bytes exceeds the item limit of {} bytes",
-            st.max_item
-        );
-    }
-    if st.out.data.len() + len > MAX_STAGE_OUTPUT {
-        wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
-    }
-    let start = st.out.data.len();
-    st.out.data.extend_from_slice(bytes);
-    st.out.entries.push(Entry {
-        input: st.cur_input,
-        len: len as u32,
-        start,
-    });
-    Ok(())
+    st.push_output(st.cur_input, bytes)
 }
 
 /// `log(level, ptr, len)`: a log line (at most 64 KiB of it), tagged by the host.
