@@ -1,8 +1,10 @@
 //! What every subcommand shares: the token argument, logging (tracing to the terminal and
-//! the log server), the async runtime, signal handling, and `host:port` parsing.
+//! the log server), the async runtime, signal handling, `host:port` parsing, and the servers'
+//! `--port-file`.
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use protocol::auth::Token;
@@ -257,6 +259,37 @@ impl NodeList {
     }
 }
 
+/// The address of a server's `--port-file`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PortFileArg {
+    /// Once listening, write the bound `IP:PORT` to this file (with `--port 0`, the port chosen).
+    #[arg(long, value_name = "PATH")]
+    pub port_file: Option<PathBuf>,
+}
+
+impl PortFileArg {
+    /// Writes `addr` and a newline to the file, if one was asked for: to `PATH.tmp` first, then
+    /// renamed, so a reader polling the file sees nothing or the whole line, never a part.
+    ///
+    /// # Errors
+    /// The file cannot be written or renamed.
+    pub fn write(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let Some(path) = &self.port_file else {
+            return Ok(());
+        };
+        write_atomically(path, &format!("{addr}\n"))
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
 /// A fresh random token (hex), for an embedded cluster only this process may use.
 ///
 /// # Errors
@@ -299,6 +332,28 @@ mod tests {
         assert_eq!(a, "127.0.0.2:16000".parse().unwrap());
         let a = node_addr("[::1]:9", 16000).await.unwrap();
         assert_eq!(a, "[::1]:9".parse().unwrap());
+    }
+
+    #[test]
+    fn the_port_file_holds_the_whole_address_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("pcluster-port-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("addr");
+        let arg = PortFileArg {
+            port_file: Some(path.clone()),
+        };
+        arg.write("127.0.0.2:16000".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.2:16000\n");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["addr"], "no temporary file is left");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // None asked for: nothing written, no error.
+        PortFileArg::default()
+            .write("127.0.0.2:1".parse().unwrap())
+            .unwrap();
     }
 
     #[test]

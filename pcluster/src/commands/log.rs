@@ -6,15 +6,19 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::setup::{
-    Console, TokenArg, check_exposure, init_tracing, resolve, runtime, shutdown_on_signals,
+    Console, PortFileArg, TokenArg, check_exposure, init_tracing, resolve, runtime,
+    shutdown_on_signals,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct LogArgs {
     #[arg(long, default_value = "localhost")]
     pub host: String,
+    /// Port to listen on (0: one the OS chooses; see --port-file).
     #[arg(long, default_value_t = protocol::DEFAULT_LOG_PORT)]
     pub port: u16,
+    #[command(flatten)]
+    pub port_file: PortFileArg,
     #[arg(long, default_value = "pcluster.log")]
     pub outfile: PathBuf,
     /// Write JSON lines {time, source, message}.
@@ -39,7 +43,9 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("pcluster log: listening on {}", listener.local_addr()?);
+        let local = listener.local_addr()?;
+        eprintln!("pcluster log: listening on {local}");
+        args.port_file.write(local)?;
         let config = logserver::ServerConfig {
             outfile: args.outfile,
             json: args.json,

@@ -6,15 +6,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::setup::{
-    Console, TokenArg, check_exposure, init_tracing, resolve, runtime, shutdown_on_signals,
+    Console, PortFileArg, TokenArg, check_exposure, init_tracing, resolve, runtime,
+    shutdown_on_signals,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
     #[arg(long, default_value = "localhost")]
     pub host: String,
+    /// Port to listen on (0: one the OS chooses; see --port-file).
     #[arg(long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
+    #[command(flatten)]
+    pub port_file: PortFileArg,
     #[arg(long, default_value = "localhost")]
     pub log_host: String,
     #[arg(long, default_value_t = protocol::DEFAULT_LOG_PORT)]
@@ -69,6 +73,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         );
         let client = init_tracing(Console::Stdout, Some(log), "info");
         eprintln!("pcluster node: listening on {local}");
+        args.port_file.write(local)?;
         let config = node::NodeConfig {
             workers: args.workers.unwrap_or_else(node::cores).max(1),
             token,
