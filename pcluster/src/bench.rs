@@ -150,16 +150,18 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), extra).await?;
         let mut processes = vec![log];
-        let port = kit::free_port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))?;
+        // The first node on a port the OS chooses, the others on the same one (the scans
+        // are of one port).
+        let mut port = 0;
         let mut addrs = Vec::new();
         for i in 0..nodes {
             let last = u8::try_from(2 + i).context("too many nodes for 127.0.0.0/24")?;
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
-            processes.push(
-                pcluster
-                    .start_node(ip, port, log_port, workers, extra)
-                    .await?,
-            );
+            let (node, bound) = pcluster
+                .start_node(ip, port, log_port, workers, extra)
+                .await?;
+            processes.push(node);
+            port = bound;
             addrs.push(SocketAddr::new(ip, port));
         }
         Ok(Cluster {

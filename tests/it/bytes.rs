@@ -271,8 +271,7 @@ fn big_items_come_out_whole_in_every_framing_with_tags() {
 async fn a_node_refuses_a_chain_past_its_memory_budget_naming_the_numbers() {
     let dir = temp_dir("bytes-memory-budget");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.0.4".parse().unwrap());
-    let _node = node_process("127.0.0.4", port, log_port, 4, &["--memory-mb", "4096"]).await;
+    let (_node, port) = node_process("127.0.0.4", 0, log_port, 4, &["--memory-mb", "4096"]).await;
     let addr: std::net::SocketAddr = format!("127.0.0.4:{port}").parse().unwrap();
     let tasks = [
         ("w1_identity", false, ""),

@@ -264,8 +264,9 @@ async fn feed_wait_input_wait_empty_reset_and_a_second_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_finds_exactly_the_nodes_and_skips_other_listeners() {
-    let port = free_port("127.0.0.2".parse().unwrap());
-    let (_, stop_a) = local_node("127.0.0.2", port, 1, None).await;
+    // One port on every address: the scan's.
+    let (a, stop_a) = local_node("127.0.0.2", 0, 1, None).await;
+    let port = a.port();
     let (_, stop_b) = local_node("127.0.0.3", port, 1, None).await;
     // Not a pcluster node: answers HTTP-ish bytes and closes.
     let other = tokio::net::TcpListener::bind(("127.0.0.4", port))

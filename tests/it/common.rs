@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,9 +27,9 @@ pub fn pcluster_cmd() -> std::process::Command {
     pcluster().command()
 }
 
-/// A TCP port on `ip` that was free a moment ago.
-pub fn free_port(ip: IpAddr) -> u16 {
-    kit::free_port(ip).expect("a free port")
+/// An address on `ip` that refuses connections while the returned socket lives.
+pub fn refusing_addr(ip: &str) -> (tokio::net::TcpSocket, SocketAddr) {
+    kit::refusing_addr(ip.parse().expect("an IP address")).expect("a bound port")
 }
 
 /// Polls `f` until it holds; panics naming `what` after `deadline`.
@@ -61,14 +61,15 @@ pub fn spawn(command: &mut std::process::Command) -> Child {
     Child::spawn(command).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Starts `pcluster node` as a process on `ip:port`, logging to `log_port`.
+/// Starts `pcluster node` as a process on `ip:port`, logging to `log_port`; returns it and its
+/// port (with `port` 0, the one the OS chose: the way to start a first node).
 pub async fn node_process(
     ip: &str,
     port: u16,
     log_port: u16,
     workers: u32,
     extra: &[&str],
-) -> Child {
+) -> (Child, u16) {
     let ip = ip.parse().expect("an IP address");
     pcluster()
         .start_node(ip, port, log_port, workers, extra)
@@ -230,9 +231,9 @@ impl Cluster {
     pub async fn start_with(name: &str, node_args: &[&str]) -> Cluster {
         let dir = temp_dir(name);
         let (log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-        let port = free_port("127.0.0.2".parse().unwrap());
-        let a = node_process("127.0.0.2", port, log_port, 1, node_args).await;
-        let b = node_process("127.0.0.3", port, log_port, 1, node_args).await;
+        // One port for both, so that a scan of that port finds them.
+        let (a, port) = node_process("127.0.0.2", 0, log_port, 1, node_args).await;
+        let (b, _) = node_process("127.0.0.3", port, log_port, 1, node_args).await;
         Cluster {
             log,
             log_port,

@@ -525,8 +525,8 @@ async fn with_no_node_ever_found_the_error_names_what_was_tried() {
     let e = root.setup(w1(), |_, _| {}).await.unwrap_err().to_string();
     assert!(e.contains("no node to run on: none was added"), "{e}");
     // Nothing listens there.
-    let port = free_port("127.0.0.1".parse().unwrap());
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_held, addr) = refusing_addr("127.0.0.1");
+    let port = addr.port();
     assert!(root.add_node(addr).await.is_err());
     let found = root
         .search_nodes("127.0.0.4/31".parse().unwrap(), port)

@@ -50,6 +50,27 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)
     Ok((code, body.to_string()))
 }
 
+/// The address a dashboard started on port 0 announced on stderr (written to `err_file`) in
+/// a line `…{prefix}ADDR/`; panics at once if `child` exits first. The `/` after the address
+/// shows the line is whole: stderr is unbuffered and may be read halfway through.
+async fn announced(child: &mut Child, err_file: &Path, prefix: &str) -> SocketAddr {
+    let mut found = None;
+    wait_until(LONG, &format!("`{prefix}ADDR/` on stderr"), || {
+        let text = std::fs::read_to_string(err_file).unwrap_or_default();
+        found = text
+            .lines()
+            .find_map(|l| l.split_once(prefix)?.1.split_once('/')?.0.parse().ok());
+        if found.is_none()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("exited ({status}) before announcing its dashboard:\n{text}");
+        }
+        found.is_some()
+    })
+    .await;
+    found.expect("found once the wait is over")
+}
+
 /// `/api/status` as JSON, once it answers.
 async fn api_status(addr: SocketAddr) -> Option<Value> {
     match http_get(addr, "/api/status").await {
@@ -251,9 +272,6 @@ async fn a_live_run_on_the_dashboard_in_chromium_and_its_numbers() {
         .collect();
     std::fs::write(&input, seeds).unwrap();
 
-    let dash: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1".parse().unwrap()))
-        .parse()
-        .unwrap();
     let err_file = c.dir.join("run.err");
     let mut cmd = c.pcluster("run");
     cmd.arg(&chain)
@@ -268,11 +286,12 @@ async fn a_live_run_on_the_dashboard_in_chromium_and_its_numbers() {
         .arg(&input)
         .arg("-o")
         .arg(c.dir.join("out.txt"))
-        .args(["--dashboard", &dash.to_string()])
+        .args(["--dashboard", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_file).unwrap());
     let started = Instant::now();
     let mut run = spawn(&mut cmd);
+    let dash = announced(&mut run, &err_file, "dashboard on http://").await;
 
     // The dashboard answers once the chain is set up; the total comes from counting the file.
     wait_status(dash, "the dashboard to show the run with its total", |s| {
@@ -407,14 +426,13 @@ async fn a_live_run_on_the_dashboard_in_chromium_and_its_numbers() {
 
     // After the run, `pcluster dashboard` watches the same nodes without claiming them: its
     // counters are those of `pcluster status` exactly (the nodes keep the last run's).
-    let watch: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1".parse().unwrap()))
-        .parse()
-        .unwrap();
+    let watch_err = c.dir.join("dashboard.err");
     let mut cmd = c.pcluster("dashboard");
-    cmd.args(["-n", &c.addrs().join(","), "--addr", &watch.to_string()])
+    cmd.args(["-n", &c.addrs().join(","), "--addr", "127.0.0.1:0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _dashboard = spawn(&mut cmd);
+        .stderr(std::fs::File::create(&watch_err).unwrap());
+    let mut dashboard = spawn(&mut cmd);
+    let watch = announced(&mut dashboard, &watch_err, "pcluster dashboard: http://").await;
     let last = wait_status(watch, "pcluster dashboard to probe both nodes", |s| {
         s["nodes"].as_array().is_some_and(|ns| {
             ns.len() == 2

@@ -15,9 +15,8 @@ async fn w1_over_a_scan_with_two_node_processes() {
     let dir = temp_dir("e2e-w1");
     let log_file = dir.join("cluster.log");
     let (_log, log_port) = log_process(&log_file, &[]).await;
-    let port = free_port("127.0.0.2".parse().unwrap());
-    let mut a = node_process("127.0.0.2", port, log_port, 1, &[]).await;
-    let mut b = node_process("127.0.0.3", port, log_port, 1, &[]).await;
+    let (mut a, port) = node_process("127.0.0.2", 0, log_port, 1, &[]).await;
+    let (mut b, _) = node_process("127.0.0.3", port, log_port, 1, &[]).await;
 
     let n = 20_000u64;
     let input = dir.join("in.txt");
@@ -78,8 +77,7 @@ async fn the_readme_chain_logs_reach_the_log_server_tagged() {
     let dir = temp_dir("e2e-hello");
     let log_file = dir.join("cluster.log");
     let (_log, log_port) = log_process(&log_file, &[]).await;
-    let port = free_port("127.0.0.1".parse().unwrap());
-    let _node = node_process("127.0.0.1", port, log_port, 1, &[]).await;
+    let (_node, port) = node_process("127.0.0.1", 0, log_port, 1, &[]).await;
     let root = root_with(&[format!("127.0.0.1:{port}").parse().unwrap()]).await;
     let c = setup_collect(&root, hello()).await.unwrap();
     root.feed(["hello-item"]).await.unwrap();

@@ -397,7 +397,7 @@ async fn a_node_restarted_mid_run_gets_items_again() {
     wait_until(LONG, "some inputs done", || joblog_entries(&joblog) >= 20).await;
     let b = c.nodes.pop().unwrap();
     drop(b); // killed
-    let b = node_process("127.0.0.3", c.port, c.log_port, 1, &[]).await;
+    let (b, _) = node_process("127.0.0.3", c.port, c.log_port, 1, &[]).await;
     let addr: SocketAddr = format!("127.0.0.3:{}", c.port).parse().unwrap();
     let options = RootOptions::default();
     poll_until(LONG, "the restarted node to take items", || async {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use protocol::auth::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Child, free_port, pcluster, spawn, temp_dir};
+use crate::common::{Child, pcluster, temp_dir};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -31,6 +32,7 @@ struct LogServer {
 }
 
 impl LogServer {
+    /// Starts it on `port` of 127.0.0.1 (0: one the OS chooses).
     async fn start(name: &str, port: u16, token: Option<&str>) -> LogServer {
         let dir = temp_dir(name);
         let mut command = pcluster().log_command(port, &dir.join("cluster.log"));
@@ -43,20 +45,14 @@ impl LogServer {
         if let Some(token) = token {
             command.args(["--token", token]);
         }
-        let mut server = LogServer {
-            child: spawn(&mut command),
-            addr: SocketAddr::new(LOCALHOST, port),
-            dir,
-        };
-        let listening = server.child.wait_listening(server.addr, DEADLINE).await;
-        if let Err(e) = listening {
-            panic!("{e}:\n{}", server.stderr());
+        match kit::spawn_server(&mut command).await {
+            Ok((child, addr)) => LogServer { child, addr, dir },
+            Err(e) => panic!("{e}:\n{}", stderr(&dir)),
         }
-        server
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+        stderr(&self.dir)
     }
 
     /// SIGTERM, wait for a clean exit, and return the output file's contents.
@@ -71,6 +67,11 @@ impl LogServer {
         let contents = std::fs::read(self.dir.join("cluster.log")).expect("read the log file");
         String::from_utf8(contents).expect("the log file is UTF-8")
     }
+}
+
+/// What a server in `dir` wrote to stderr.
+fn stderr(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
 }
 
 /// One record of the text format: `<time> <source> <message>`.
@@ -165,7 +166,7 @@ async fn flush(client: &LogClient, timeout: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_from_many_clients_survives_sigterm() {
-    let server = LogServer::start("many-clients", free_port(LOCALHOST), None).await;
+    let server = LogServer::start("many-clients", 0, None).await;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| tokio::spawn(plain_client(server.addr, c)))
         .collect();
@@ -221,7 +222,7 @@ async fn every_line_from_many_clients_survives_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_clients_with_the_token_are_logged() {
-    let server = LogServer::start("token", free_port(LOCALHOST), Some("integration secret")).await;
+    let server = LogServer::start("token", 0, Some("integration secret")).await;
     let addr = server.addr.to_string();
 
     let good = LogClient::new(addr.clone(), Some(Token::new("integration secret")));
@@ -251,7 +252,11 @@ async fn only_clients_with_the_token_are_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_counts_dropped_lines_while_no_server_is_there() {
-    let port = free_port(LOCALHOST);
+    // A port the server had and gave up (it stopped), so that the client starts with no
+    // server there; the server comes back on it below, as a restarted log server does.
+    let first = LogServer::start("dropped-first", 0, None).await;
+    let port = first.addr.port();
+    assert_eq!(first.stop().await, "");
     let client = LogClient::new(format!("127.0.0.1:{port}"), None);
     let total = 3 * QUEUE_CAPACITY;
     let started = Instant::now();

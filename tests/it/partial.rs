@@ -79,9 +79,8 @@ impl Tally {
 async fn outputs_past_the_frame_limit_arrive_once_even_when_a_node_dies() {
     let dir = temp_dir("partial");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.23.2".parse().unwrap());
-    let _one = node_process("127.0.23.2", port, log_port, 1, &[]).await;
-    let mut two = node_process("127.0.23.3", port, log_port, 1, &[]).await;
+    let (_one, port) = node_process("127.0.23.2", 0, log_port, 1, &[]).await;
+    let (mut two, _) = node_process("127.0.23.3", port, log_port, 1, &[]).await;
     let nodes: [SocketAddr; 2] = [
         format!("127.0.23.2:{port}").parse().unwrap(),
         format!("127.0.23.3:{port}").parse().unwrap(),
@@ -142,8 +141,7 @@ async fn outputs_past_the_frame_limit_arrive_once_even_when_a_node_dies() {
 async fn outputs_sent_ahead_by_a_node_that_dies_are_never_delivered() {
     let dir = temp_dir("partial-ghost");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.23.4".parse().unwrap());
-    let _real = node_process("127.0.23.4", port, log_port, 1, &[]).await;
+    let (_real, port) = node_process("127.0.23.4", 0, log_port, 1, &[]).await;
     let real: SocketAddr = format!("127.0.23.4:{port}").parse().unwrap();
     let ghosts = Arc::new(AtomicU64::new(0));
     let ghost = dies_after_parts(ghosts.clone()).await;

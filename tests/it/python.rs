@@ -193,8 +193,11 @@ async fn a_restarted_node_loads_the_component_from_the_disk_cache() {
     assert!(old.wait_exit(LONG).await.unwrap().success());
     let cache = cache_dir();
     let extra = ["--cache-dir", cache.to_str().unwrap()];
-    c.nodes
-        .push(node_process("127.0.0.2", c.port, c.log_port, 1, &extra).await);
+    c.nodes.push(
+        node_process("127.0.0.2", c.port, c.log_port, 1, &extra)
+            .await
+            .0,
+    );
     let out = run(&c, &chain, &input, &[]);
     assert!(
         out.status.success(),

@@ -128,10 +128,11 @@ impl Tally {
 async fn killed_nodes_lose_and_duplicate_nothing() {
     let dir = temp_dir("rel-kill");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.11.2".parse().unwrap());
-    let mut nodes = Vec::new();
-    for ip in ["127.0.11.2", "127.0.11.3", "127.0.11.4"] {
-        nodes.push(node_process(ip, port, log_port, 1, &[]).await);
+    // One port on every address: the first node's.
+    let (first, port) = node_process("127.0.11.2", 0, log_port, 1, &[]).await;
+    let mut nodes = vec![first];
+    for ip in ["127.0.11.3", "127.0.11.4"] {
+        nodes.push(node_process(ip, port, log_port, 1, &[]).await.0);
     }
     let addrs: Vec<SocketAddr> = ["127.0.11.2", "127.0.11.3", "127.0.11.4"]
         .iter()
@@ -188,7 +189,7 @@ async fn killed_nodes_lose_and_duplicate_nothing() {
             started.elapsed(),
             after.redispatched - before.redispatched
         );
-        nodes.push(node_process(fresh, port, log_port, 1, &[]).await);
+        nodes.push(node_process(fresh, port, log_port, 1, &[]).await.0);
         root.add_node(addr(fresh, port)).await.unwrap();
     }
     feeder.await.unwrap().unwrap();
@@ -211,9 +212,8 @@ async fn killed_nodes_lose_and_duplicate_nothing() {
 async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
     let dir = temp_dir("rel-stop");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.12.2".parse().unwrap());
-    let mut a = node_process("127.0.12.2", port, log_port, 1, &[]).await;
-    let _b = node_process("127.0.12.3", port, log_port, 1, &[]).await;
+    let (mut a, port) = node_process("127.0.12.2", 0, log_port, 1, &[]).await;
+    let (_b, _) = node_process("127.0.12.3", port, log_port, 1, &[]).await;
     let options = RootOptions {
         heartbeat_timeout: Duration::from_secs(2),
         ..RootOptions::default()
@@ -259,7 +259,6 @@ async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
 async fn an_input_that_outlives_its_nodes_is_reported_as_poison() {
     let dir = temp_dir("rel-poison");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.20.2".parse().unwrap());
     let root = Root::new(RootOptions::default());
     let max = root.options().max_redispatch;
     // `spin_task` holds its item until the deadline: long enough to be killed under it.
@@ -271,7 +270,7 @@ async fn an_input_that_outlives_its_nodes_is_reported_as_poison() {
     let t = Instant::now();
     for k in 0..=max {
         let ip = format!("127.0.20.{}", k + 2);
-        let mut node = node_process(&ip, port, log_port, 1, &[]).await;
+        let (mut node, port) = node_process(&ip, 0, log_port, 1, &[]).await;
         root.add_node(addr(&ip, port)).await.unwrap();
         if k == 0 {
             let spin = chain_with("spin", &[("spin_task", false, "")], limits.clone());
@@ -323,9 +322,8 @@ async fn an_input_that_outlives_its_nodes_is_reported_as_poison() {
 async fn a_terminated_node_drains_and_exits_cleanly() {
     let dir = temp_dir("rel-term");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.13.2".parse().unwrap());
-    let mut a = node_process("127.0.13.2", port, log_port, 1, &[]).await;
-    let _b = node_process("127.0.13.3", port, log_port, 1, &[]).await;
+    let (mut a, port) = node_process("127.0.13.2", 0, log_port, 1, &[]).await;
+    let (_b, _) = node_process("127.0.13.3", port, log_port, 1, &[]).await;
     let root = Arc::new(root_with(&[addr("127.0.13.2", port), addr("127.0.13.3", port)]).await);
     let n = 2_000_000u64;
     let tally = Tally::new(n);
@@ -357,8 +355,7 @@ async fn a_terminated_node_drains_and_exits_cleanly() {
 async fn losing_the_last_node_keeps_the_items_for_the_next_one() {
     let dir = temp_dir("rel-last");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.14.2".parse().unwrap());
-    let mut a = node_process("127.0.14.2", port, log_port, 1, &[]).await;
+    let (mut a, port) = node_process("127.0.14.2", 0, log_port, 1, &[]).await;
     let root = Arc::new(root_with(&[addr("127.0.14.2", port)]).await);
     let n = 1_000_000u64;
     let tally = Tally::new(n);
@@ -385,7 +382,7 @@ async fn losing_the_last_node_keeps_the_items_for_the_next_one() {
         "{before:?}"
     );
 
-    let _b = node_process("127.0.14.3", port, log_port, 1, &[]).await;
+    let (_b, _) = node_process("127.0.14.3", port, log_port, 1, &[]).await;
     root.add_node(addr("127.0.14.3", port)).await.unwrap();
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
@@ -403,8 +400,7 @@ async fn losing_the_last_node_keeps_the_items_for_the_next_one() {
 async fn failing_items_fail_alone_and_memory_stays_bounded() {
     let dir = temp_dir("rel-fail");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.15.2".parse().unwrap());
-    let node = node_process("127.0.15.2", port, log_port, 2, &[]).await;
+    let (node, port) = node_process("127.0.15.2", 0, log_port, 2, &[]).await;
     let root = Arc::new(root_with(&[addr("127.0.15.2", port)]).await);
 
     let n = 200_000u64;
@@ -505,11 +501,10 @@ async fn nodes_of_a_killed_root_are_free_for_a_new_root_at_once() {
     let dir = temp_dir("rel-root");
     let log_file = dir.join("cluster.log");
     let (_log, log_port) = log_process(&log_file, &[]).await;
-    let port = free_port("127.0.16.2".parse().unwrap());
     // A grace period longer than the test: taking the nodes over cannot wait for its end.
     let extra = ["--orphan-grace-s", "600"];
-    let _a = node_process("127.0.16.2", port, log_port, 1, &extra).await;
-    let _b = node_process("127.0.16.3", port, log_port, 1, &extra).await;
+    let (_a, port) = node_process("127.0.16.2", 0, log_port, 1, &extra).await;
+    let (_b, _) = node_process("127.0.16.3", port, log_port, 1, &extra).await;
     let nodes = [addr("127.0.16.2", port), addr("127.0.16.3", port)];
 
     // W2 items take long enough that the run is still going when we kill it.
@@ -1027,24 +1022,20 @@ async fn malformed_input_on_every_port_is_shrugged_off() {
     let dir = temp_dir("rel-bad");
     let log_file = dir.join("cluster.log");
     // Both servers' own output goes to files: should one die or panic, the test says why.
-    let start = |name: &str, mut command: std::process::Command, addr: SocketAddr| {
+    let start = |name: &str, mut command: std::process::Command| {
         command
             .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
-        let mut child = spawn(&mut command);
         async move {
-            if let Err(e) = child.wait_listening(addr, LONG).await {
-                panic!("{e}");
-            }
-            child
+            kit::spawn_server(&mut command)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
         }
     };
-    let log_port = free_port("127.0.0.1".parse().unwrap());
-    let log_addr = addr("127.0.0.1", log_port);
-    let mut log = start("log", pcluster().log_command(log_port, &log_file), log_addr).await;
-    let node_addr = addr("127.0.17.2", free_port("127.0.17.2".parse().unwrap()));
-    let node_command = pcluster().node_command(node_addr.ip(), node_addr.port(), log_port, 1);
-    let mut node = start("node", node_command, node_addr).await;
+    let (mut log, log_addr) = start("log", pcluster().log_command(0, &log_file)).await;
+    let node_ip = "127.0.17.2".parse().unwrap();
+    let node_command = pcluster().node_command(node_ip, 0, log_addr.port(), 1);
+    let (mut node, node_addr) = start("node", node_command).await;
     let stderr =
         |name: &str| std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
     let alive = |node: &mut Child, log: &mut Child, when: &str| {
@@ -1264,9 +1255,9 @@ async fn only_holders_of_the_token_get_in() {
     let dir = temp_dir("rel-auth");
     let log_file = dir.join("cluster.log");
     let (_log, log_port) = log_process(&log_file, &["--token", "s3cret"]).await;
-    let port = free_port("127.0.18.2".parse().unwrap());
-    let _secured = node_process("127.0.18.2", port, log_port, 1, &["--token", "s3cret"]).await;
-    let _open = node_process("127.0.18.3", port, log_port, 1, &[]).await;
+    // One port for both: the scans below are of one port.
+    let (_secured, port) = node_process("127.0.18.2", 0, log_port, 1, &["--token", "s3cret"]).await;
+    let (_open, _) = node_process("127.0.18.3", port, log_port, 1, &[]).await;
     let (secured, open) = (addr("127.0.18.2", port), addr("127.0.18.3", port));
 
     // No token, wrong token: refused, saying why.

@@ -77,9 +77,8 @@ impl ByInput {
 async fn a_fan_out_spreads_over_nodes_and_survives_a_killed_one() {
     let dir = temp_dir("sched-w3");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.12.2".parse().unwrap());
-    let _a = node_process("127.0.12.2", port, log_port, 1, &[]).await;
-    let mut b = node_process("127.0.12.3", port, log_port, 1, &[]).await;
+    let (_a, port) = node_process("127.0.12.2", 0, log_port, 1, &[]).await;
+    let (mut b, _) = node_process("127.0.12.3", port, log_port, 1, &[]).await;
     let addrs = [addr("127.0.12.2", port), addr("127.0.12.3", port)];
     let root = Root::with_nodes(RootOptions::default(), &addrs)
         .await
@@ -204,9 +203,8 @@ async fn the_diamond_chain_gives_every_even_item_three_times() {
 async fn a_branching_chain_survives_a_killed_node() {
     let dir = temp_dir("sched-diamond-kill");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.13.2".parse().unwrap());
-    let _a = node_process("127.0.13.2", port, log_port, 1, &[]).await;
-    let mut b = node_process("127.0.13.3", port, log_port, 1, &[]).await;
+    let (_a, port) = node_process("127.0.13.2", 0, log_port, 1, &[]).await;
+    let (mut b, _) = node_process("127.0.13.3", port, log_port, 1, &[]).await;
     let root = Arc::new(
         Root::with_nodes(
             RootOptions::default(),
@@ -252,7 +250,7 @@ async fn a_branching_chain_survives_a_killed_node() {
     .await;
     b.signal("-KILL").unwrap();
     assert!(!b.wait_exit(LONG).await.unwrap().success());
-    let _c = node_process("127.0.13.4", port, log_port, 1, &[]).await;
+    let (_c, _) = node_process("127.0.13.4", port, log_port, 1, &[]).await;
     root.add_node(addr("127.0.13.4", port)).await.unwrap();
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
@@ -279,10 +277,9 @@ async fn a_branching_chain_survives_a_killed_node() {
 async fn tasks_run_only_on_nodes_with_their_labels() {
     let dir = temp_dir("sched-labels");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.14.2".parse().unwrap());
-    let _a = node_process("127.0.14.2", port, log_port, 1, &["--labels", "a"]).await;
-    let _b = node_process("127.0.14.3", port, log_port, 1, &["--labels", "b"]).await;
-    let _ab = node_process("127.0.14.4", port, log_port, 1, &["--labels", "b,a"]).await;
+    let (_a, port) = node_process("127.0.14.2", 0, log_port, 1, &["--labels", "a"]).await;
+    let (_b, _) = node_process("127.0.14.3", port, log_port, 1, &["--labels", "b"]).await;
+    let (_ab, _) = node_process("127.0.14.4", port, log_port, 1, &["--labels", "b,a"]).await;
     let (a, b, ab) = (
         addr("127.0.14.2", port),
         addr("127.0.14.3", port),
@@ -365,9 +362,8 @@ async fn tasks_run_only_on_nodes_with_their_labels() {
 async fn a_labelled_stage_waits_for_a_replaced_node() {
     let dir = temp_dir("sched-labels-kill");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.21.2".parse().unwrap());
-    let _a = node_process("127.0.21.2", port, log_port, 1, &["--labels", "a"]).await;
-    let mut old_b = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
+    let (_a, port) = node_process("127.0.21.2", 0, log_port, 1, &["--labels", "a"]).await;
+    let (mut old_b, _) = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
     let (a, b) = (addr("127.0.21.2", port), addr("127.0.21.3", port));
     let mut spec = w1();
     spec.tasks[0].labels = vec!["a".into()];
@@ -416,7 +412,7 @@ async fn a_labelled_stage_waits_for_a_replaced_node() {
     let stalled = root.counters().await.unwrap();
     assert!(stalled.completed < n, "killed before the end: {stalled:?}");
 
-    let _new_b = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
+    let (_new_b, _) = node_process("127.0.21.3", port, log_port, 1, &["--labels", "b"]).await;
     root.add_node(b).await.unwrap();
     feeder.await.unwrap().unwrap();
     root.wait_empty().await.unwrap();
@@ -439,9 +435,8 @@ async fn a_labelled_stage_waits_for_a_replaced_node() {
 async fn pcluster_run_ends_when_no_node_can_run_a_labelled_stage() {
     let dir = temp_dir("sched-labels-timeout");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
-    let port = free_port("127.0.21.4".parse().unwrap());
-    let _a = node_process("127.0.21.4", port, log_port, 1, &["--labels", "a"]).await;
-    let mut b = node_process("127.0.21.5", port, log_port, 1, &["--labels", "b"]).await;
+    let (_a, port) = node_process("127.0.21.4", 0, log_port, 1, &["--labels", "a"]).await;
+    let (mut b, _) = node_process("127.0.21.5", port, log_port, 1, &["--labels", "b"]).await;
     let (a_addr, b_addr) = (addr("127.0.21.4", port), addr("127.0.21.5", port));
     let iterations = 20_000u64;
     let chain = dir.join("labelled.toml");

@@ -46,8 +46,7 @@ async fn strangers_announcing_big_frames_cannot_take_a_nodes_memory_nor_stall_a_
     let dir = temp_dir("strangers");
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &[]).await;
     let ip = "127.0.0.6";
-    let port = free_port(ip.parse().unwrap());
-    let node = node_process(ip, port, log_port, 1, &[]).await;
+    let (node, port) = node_process(ip, 0, log_port, 1, &[]).await;
     let pid = node.id();
     let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
 

@@ -4,8 +4,8 @@
 //!
 //! | concept | file |
 //! | --- | --- |
-//! | waits on a condition with a deadline, free ports, "is it listening" | `wait.rs` |
-//! | a child-process guard; the `pcluster` executable; starting `pcluster log` and `pcluster node` | `process.rs` |
+//! | waits on a condition with a deadline, "is it listening", an address that refuses | `wait.rs` |
+//! | a child-process guard; the `pcluster` executable; starting `pcluster log` and `pcluster node` on port 0 and reading back their address | `process.rs` |
 //! | resident memory from `/proc`: reading and sampling | `rss.rs` |
 //! | CPU time from `/proc`: of a process, a thread, finished children | `cpu.rs` |
 //! | the example module, chain specs over its tasks, chain files | `chain.rs` |
@@ -23,7 +23,6 @@ mod rss;
 mod w1;
 mod wait;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,10 +34,10 @@ pub use chain::{
 };
 pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
-pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe};
+pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe, spawn_server};
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
 pub use w1::{W1Check, W1Mismatch, w1_batches, w1_expected, w1_inputs, w1_item, write_w1_input};
-pub use wait::{POLL_INTERVAL, free_port, poll, wait_listening};
+pub use wait::{POLL_INTERVAL, poll, poll_for, refusing_addr, wait_listening};
 
 /// What can go wrong while setting up or watching a test cluster.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +61,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A server process exited while we waited for it to listen.
-    #[error("{command} exited ({status}) before it listened on {addr}")]
+    #[error("{command} exited ({status}) before it listened")]
     Exited {
         /// The command line.
         command: String,
-        /// Where it should have listened.
-        addr: SocketAddr,
         /// How it ended.
         status: ExitStatus,
     },

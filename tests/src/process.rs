@@ -1,14 +1,18 @@
 //! Child processes: a guard that kills its process when dropped (so a failing test or an
 //! interrupted bench leaves no server behind), and [`Pcluster`], the executable under test with
 //! helpers that start `pcluster log` and `pcluster node` and wait until they listen.
+//!
+//! Servers start on port 0 and write the address they bound to `--port-file`, which is read
+//! back here: a port picked by the test, released and then handed to the child could be taken
+//! by another test in between.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{Error, POLL_INTERVAL, free_port};
+use crate::{Error, poll_for};
 
 /// How long a server process gets to start listening.
 pub const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
@@ -75,51 +79,43 @@ impl Child {
     /// # Errors
     /// [`Error::TimedOut`] when it is still running then.
     pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus, Error> {
-        let end = Instant::now() + deadline;
-        loop {
-            let polled = self.child.try_wait();
-            if let Ok(Some(status)) = polled {
-                return Ok(status);
-            }
-            if Instant::now() >= end {
-                return Err(Error::TimedOut {
-                    what: format!("{} to exit", self.command),
-                    after: deadline,
-                });
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let what = format!("{} to exit", self.command);
+        poll_for(deadline, &what, || {
+            std::future::ready(self.child.try_wait().ok().flatten())
+        })
+        .await
     }
 
-    /// Waits until the process listens on `addr`.
+    /// Waits until the process (a server started with `--port-file path`) has written the
+    /// address it listens on to `path`, and returns that address. The server writes the file
+    /// whole (a temporary file renamed), so an address read here is never a part of one.
     ///
     /// # Errors
     /// [`Error::Exited`] as soon as it exits instead, [`Error::TimedOut`] after `deadline`.
-    pub async fn wait_listening(
+    pub async fn wait_port_file(
         &mut self,
-        addr: SocketAddr,
+        path: &Path,
         deadline: Duration,
-    ) -> Result<(), Error> {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(Error::Exited {
-                    command: self.command.clone(),
-                    addr,
-                    status,
-                });
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                return Err(Error::TimedOut {
-                    what: format!("{} to listen on {addr}", self.command),
-                    after: deadline,
-                });
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+    ) -> Result<SocketAddr, Error> {
+        let what = format!(
+            "{} to write its address to {}",
+            self.command,
+            path.display()
+        );
+        let found = poll_for(deadline, &what, || {
+            std::future::ready(match self.child.try_wait() {
+                Ok(Some(status)) => Some(Err(status)),
+                _ => std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                    .map(Ok),
+            })
+        })
+        .await?;
+        found.map_err(|status| Error::Exited {
+            command: self.command.clone(),
+            status,
+        })
     }
 }
 
@@ -222,22 +218,21 @@ impl Pcluster {
         cmd
     }
 
-    /// Starts `pcluster log` (plus `extra` arguments) on a free port of 127.0.0.1, writing to
-    /// `outfile`, its own output discarded; returns once it listens, with its port.
+    /// Starts `pcluster log` (plus `extra` arguments) on a port of 127.0.0.1 that the OS
+    /// chooses, writing to `outfile`, its own output discarded; returns once it listens, with
+    /// its port.
     ///
     /// # Errors
     /// When it cannot be started or does not listen.
     pub async fn start_log(&self, outfile: &Path, extra: &[&str]) -> Result<(Child, u16), Error> {
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let port = free_port(ip)?;
-        let mut cmd = self.log_command(port, outfile);
+        let mut cmd = self.log_command(0, outfile);
         cmd.args(extra);
-        let child = start(&mut cmd, SocketAddr::new(ip, port)).await?;
-        Ok((child, port))
+        let (child, addr) = start(&mut cmd).await?;
+        Ok((child, addr.port()))
     }
 
     /// Starts `pcluster node` (plus `extra` arguments) on `ip:port`, its own output discarded;
-    /// returns once it listens.
+    /// returns once it listens, with its port: with `port` 0, the one the OS chose.
     ///
     /// # Errors
     /// When it cannot be started or does not listen.
@@ -248,21 +243,34 @@ impl Pcluster {
         log_port: u16,
         workers: u32,
         extra: &[&str],
-    ) -> Result<Child, Error> {
+    ) -> Result<(Child, u16), Error> {
         let mut cmd = self.node_command(ip, port, log_port, workers);
         cmd.args(extra);
-        start(&mut cmd, SocketAddr::new(ip, port)).await
+        let (child, addr) = start(&mut cmd).await?;
+        Ok((child, addr.port()))
     }
 }
 
-/// Spawns a server with its output discarded and waits until it listens on `addr`.
-async fn start(cmd: &mut Command, addr: SocketAddr) -> Result<Child, Error> {
+/// Starts a server command (`pcluster log` or `pcluster node`) with `--port-file` added and
+/// its output as `cmd` says; returns once it listens, with the address it listens on.
+///
+/// # Errors
+/// When it cannot be started, or exits or writes no address within [`LISTEN_DEADLINE`].
+pub async fn spawn_server(cmd: &mut Command) -> Result<(Child, SocketAddr), Error> {
+    // Removed once read: the address is returned, and the server never reads the file.
+    let dir = crate::temp_dir("port-file")?;
+    let path = dir.join("addr");
+    let mut child = Child::spawn(cmd.arg("--port-file").arg(&path))?;
+    let addr = child.wait_port_file(&path, LISTEN_DEADLINE).await?;
+    Ok((child, addr))
+}
+
+/// [`spawn_server`] with the server's output discarded.
+async fn start(cmd: &mut Command) -> Result<(Child, SocketAddr), Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = Child::spawn(cmd)?;
-    child.wait_listening(addr, LISTEN_DEADLINE).await?;
-    Ok(child)
+    spawn_server(cmd).await
 }
 
 #[cfg(test)]
@@ -290,11 +298,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_exits_early_is_reported_at_once() {
-        let mut cmd = Command::new("true");
-        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let addr = SocketAddr::new(ip, free_port(ip).unwrap());
-        let err = start(&mut cmd, addr).await.unwrap_err();
+        // `true --port-file PATH` exits at once, having written nothing.
+        let started = std::time::Instant::now();
+        let err = start(&mut Command::new("true")).await.unwrap_err();
         assert!(matches!(err, Error::Exited { .. }), "{err}");
+        assert!(
+            started.elapsed() < LISTEN_DEADLINE / 2,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_address_a_server_writes_is_returned() {
+        // A stand-in server: `sh -c SCRIPT server --port-file PATH` writes an address as
+        // `pcluster` does (a temporary file renamed), then stays up.
+        let script =
+            r#"printf '127.0.0.2:16001\n' > "$2.tmp" && mv "$2.tmp" "$2" && exec sleep 600"#;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script, "server"]);
+        let (mut child, addr) = start(&mut cmd).await.unwrap();
+        assert_eq!(addr, "127.0.0.2:16001".parse().unwrap());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server is still up"
+        );
     }
 
     #[test]

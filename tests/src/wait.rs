@@ -1,5 +1,6 @@
 //! Waiting on a condition with a deadline instead of sleeping for a guessed time: poll every
-//! [`POLL_INTERVAL`] until the condition holds, or fail naming what was awaited.
+//! [`POLL_INTERVAL`] until the condition holds, or fail naming what was awaited. Also an
+//! address that surely refuses connections, for tests of what happens when nothing listens.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +20,27 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    poll_for(deadline, what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `find` until it finds something, and returns that.
+///
+/// # Errors
+/// [`Error::TimedOut`] naming `what` when it finds nothing within `deadline`.
+pub async fn poll_for<T, F, Fut>(deadline: Duration, what: &str, mut find: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let end = Instant::now() + deadline;
-    while !condition().await {
+    loop {
+        if let Some(found) = find().await {
+            return Ok(found);
+        }
         if Instant::now() >= end {
             return Err(Error::TimedOut {
                 what: what.to_owned(),
@@ -29,7 +49,6 @@ where
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    Ok(())
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -45,20 +64,25 @@ pub async fn wait_listening(addr: SocketAddr, deadline: Duration) -> Result<(), 
     .await
 }
 
-/// A TCP port on `ip` that was free a moment ago.
+/// An address on `ip` that refuses connections, and the socket that holds it: bound but not
+/// listening, so nothing can accept there and no one else can take the port while it lives.
 ///
 /// # Errors
 /// When nothing can be bound on `ip`.
-pub fn free_port(ip: IpAddr) -> Result<u16, Error> {
+pub fn refusing_addr(ip: IpAddr) -> Result<(tokio::net::TcpSocket, SocketAddr), Error> {
     let io = |source| Error::Io {
         action: "cannot bind a port on",
         path: ip.to_string().into(),
         source,
     };
-    Ok(std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(io)?
-        .port())
+    let socket = match ip {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(io)?;
+    socket.bind(SocketAddr::new(ip, 0)).map_err(io)?;
+    let addr = socket.local_addr().map_err(io)?;
+    Ok((socket, addr))
 }
 
 #[cfg(test)]
@@ -88,14 +112,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bound_port_listens_and_a_free_one_does_not() {
+    async fn poll_for_returns_what_it_found() {
+        let mut calls = 0;
+        let found = poll_for(Duration::from_secs(10), "the third call", || {
+            calls += 1;
+            std::future::ready((calls == 3).then_some(calls * 10))
+        })
+        .await
+        .unwrap();
+        assert_eq!(found, 30);
+    }
+
+    #[tokio::test]
+    async fn a_listener_listens_and_a_refusing_address_does_not() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         wait_listening(addr, Duration::from_secs(10)).await.unwrap();
-        drop(listener);
-        let port = free_port(ip).unwrap();
-        let err = wait_listening(SocketAddr::new(ip, port), Duration::ZERO).await;
+        let (_held, refusing) = refusing_addr(ip).unwrap();
+        let refused = tokio::net::TcpStream::connect(refusing).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let err = wait_listening(refusing, Duration::ZERO).await;
         assert!(matches!(err, Err(Error::TimedOut { .. })), "{err:?}");
     }
 }
