@@ -45,6 +45,16 @@ pub enum SetupError {
         /// What is wrong.
         problem: TaskProblem,
     },
+    /// A native Python module cannot be made ready (not allowed here, or its requirements
+    /// do not install).
+    #[error("native Python module {module}: {source}")]
+    Native {
+        /// Its index in the chain's module list.
+        module: u32,
+        /// What failed.
+        #[source]
+        source: crate::native::NativeError,
+    },
     /// The module says the task emits several items, the chain says it does not.
     #[error("task `{task}` is a generator: set `generator = true` in its chain entry")]
     UndeclaredGenerator {
@@ -129,6 +139,9 @@ pub enum TaskProblem {
     /// Init trapped.
     #[error("init failed: {0}")]
     InitTrap(CallError),
+    /// A native Python task's process did not start, or its task could not be built.
+    #[error("{0}")]
+    Native(String),
 }
 
 /// An export of a module that is missing or has the wrong type.

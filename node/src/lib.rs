@@ -14,6 +14,7 @@ pub mod budget;
 mod engine;
 pub mod error;
 mod heap;
+pub mod native;
 mod outbox;
 mod server;
 mod worker;

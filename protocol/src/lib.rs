@@ -5,6 +5,7 @@
 //! - [`message`]: the message set, one struct per request or event.
 //! - [`packed`]: item batches as one byte buffer plus lengths, so a batch of thousands of items
 //!   decodes with two copies and no allocation per item.
+//! - [`native`]: native Python code (sources and requirements) carried as a chain's module.
 //! - [`codec`]: length-delimited frames carrying bincode; the only place that names bincode.
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
 //! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
@@ -17,6 +18,7 @@ pub mod error;
 pub mod handshake;
 pub mod ids;
 pub mod message;
+pub mod native;
 pub mod packed;
 pub mod secure;
 pub mod split;

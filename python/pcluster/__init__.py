@@ -21,6 +21,7 @@ else:
     from ._native import PclusterError
     from ._log import log, set_default_log_address
     from .root import ItemFailure, Root
+    from . import multiprocess_logging, node
 
     __all__ = [
         "DropItem",
@@ -28,5 +29,7 @@ else:
         "PclusterError",
         "Root",
         "log",
+        "multiprocess_logging",
+        "node",
         "set_default_log_address",
     ]

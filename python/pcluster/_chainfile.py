@@ -2,13 +2,15 @@
 
 Each entry ``{"function": f, "is_generator": bool, "args": (...)}`` becomes a ``[[task]]``
 with ``module`` (the absolute path of the package among ``local_packages`` that holds ``f``),
-``function`` (its name), ``generator`` and ``args`` (a TOML array of the Python values).
+``function`` (its name, dotted when it lives in a submodule: ``tasks.wait``), ``generator``
+and ``args`` (a TOML array of the Python values). The chain's ``runtime`` and
+``requirements`` go to the top of the file.
 """
 
 import math
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 
 class ChainSpecError(ValueError):
@@ -78,8 +80,9 @@ def package_dirs(local_packages: Iterable[str]) -> Dict[str, str]:
     return found
 
 
-def task_module(f: Any, packages: Dict[str, str]) -> str:
-    """The path of the local package holding `f`; checks that the package exposes it."""
+def task_module(f: Any, packages: Dict[str, str]) -> Tuple[str, str]:
+    """The path of the local package holding `f`, and `f`'s name within the package (dotted
+    through the submodule that defines it unless the package exposes it)."""
     name = getattr(f, "__name__", None)
     module = getattr(f, "__module__", None)
     if not callable(f) or name is None or module is None:
@@ -94,12 +97,9 @@ def task_module(f: Any, packages: Dict[str, str]) -> str:
             f"({', '.join(sorted(packages)) or 'none given'})"
         )
     package = sys.modules.get(top)
-    if module != top and package is not None and getattr(package, name, None) is not f:
-        raise ChainSpecError(
-            f"task {name} is defined in {module} but package {top} does not expose it: "
-            f"import it in {top}/__init__.py"
-        )
-    return packages[top]
+    if module != top and (package is None or getattr(package, name, None) is not f):
+        return packages[top], f"{module[len(top) + 1:]}.{name}"
+    return packages[top], name
 
 
 def chain_toml(
@@ -108,6 +108,8 @@ def chain_toml(
     taskchain: Sequence[Dict[str, Any]],
     local_packages: Iterable[str],
     codec: str,
+    runtime: str = "sandbox",
+    requirements: Sequence[str] = (),
 ) -> str:
     """The chain file's text."""
     if not taskchain:
@@ -117,6 +119,8 @@ def chain_toml(
         f"name = {toml_string(str(name))}",
         f"version = {toml_string(str(version))}",
         f"codec = {toml_string(codec)}",
+        f"runtime = {toml_string(runtime)}",
+        f"requirements = {toml_value([str(r) for r in requirements])}",
     ]
     for i, entry in enumerate(taskchain):
         if not isinstance(entry, dict) or "function" not in entry:
@@ -128,11 +132,12 @@ def chain_toml(
         args = entry.get("args", ())
         if not isinstance(args, (list, tuple)):
             raise ChainSpecError(f"taskchain entry {i}: args must be a tuple or list")
+        module, function = task_module(f, packages)
         lines += [
             "",
             "[[task]]",
-            f"module = {toml_string(task_module(f, packages))}",
-            f"function = {toml_string(f.__name__)}",
+            f"module = {toml_string(module)}",
+            f"function = {toml_string(function)}",
             f"generator = {toml_value(bool(entry.get('is_generator', False)))}",
             f"args = {toml_value(list(args))}",
         ]

@@ -92,9 +92,13 @@ class Root:
         for addr in node_addrs:
             self.add_node(addr)
 
-    def search_nodes(self, network: str = "127.0.0.0/24", port: int = 6000) -> int:
-        """Scans every host of ``network`` on ``port``; adds the free nodes; returns how many."""
-        return self._native.search_nodes(str(network), int(port))
+    def search_nodes(self, network: str = "127.0.0.0/24", port: int = 6000, verbose: bool = False) -> int:
+        """Scans every host of ``network`` on ``port``; adds the free nodes; returns how many
+        (so it is truthy when it found any). ``verbose`` prints the nodes found."""
+        found = self._native.search_nodes(str(network), int(port))
+        if verbose:
+            print(f"found {found} node(s): {', '.join(self.nodes()) or 'none'}", file=sys.stderr)
+        return found
 
     def nodes(self) -> List[str]:
         """The nodes attached, as ``host:port``."""
@@ -109,6 +113,8 @@ class Root:
         output_handler: Optional[Callable[[Any], Any]] = None,
         failure_handler: Optional[Callable[[ItemFailure], Any]] = None,
         codec: str = "json",
+        runtime: str = "sandbox",
+        requirements: Iterable[str] = (),
     ) -> None:
         """Sets the taskchain up on every node.
 
@@ -117,7 +123,10 @@ class Root:
         ``.py`` files), or the path of a chain file. ``output_handler(item)`` gets every
         output, ``failure_handler(failure)`` every failed item (without one, failures are
         printed to stderr). ``codec`` ("json" or "pickle") carries values other than str and
-        bytes between Python code.
+        bytes between Python code. ``runtime="python"`` runs the tasks natively in CPython
+        on nodes started with ``--allow-native``, which install ``requirements`` (pip
+        specifiers such as ``"numpy>=1.26"``) first; the default ``"sandbox"`` compiles them
+        to WebAssembly.
         """
         _items.check_codec(codec)
         with tempfile.TemporaryDirectory(prefix="pcluster-chain-") as tmp:
@@ -125,7 +134,9 @@ class Root:
                 path = os.fspath(taskchain)
                 tagged = _native.chain_has_python(path)
             else:
-                text = _chainfile.chain_toml(name, str(version), taskchain, local_packages, codec)
+                text = _chainfile.chain_toml(
+                    name, str(version), taskchain, local_packages, codec, runtime, list(requirements)
+                )
                 path = os.path.join(tmp, "chain.toml")
                 with open(path, "w", encoding="utf-8") as f:
                     f.write(text)

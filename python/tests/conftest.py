@@ -129,3 +129,60 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         for p in reversed(procs):
             stop(p)
+
+
+NATIVE_TOKEN = "native-tests-token"
+
+
+def start_server(cmd: List[str], port_file: Path, env: dict, what: str) -> "tuple[subprocess.Popen, int]":
+    """Starts a `pcluster log` or `pcluster node` command with `--port-file`; returns it and
+    the port it bound once it listens (at once with an error if it exits first)."""
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
+    proc = subprocess.Popen(cmd + ["--port-file", str(port_file)], env=env, **quiet)
+    wait_until(f"{what} to listen", lambda: port_file.exists() or proc.poll() is not None)
+    if proc.poll() is not None:
+        pytest.fail(f"{what} exited with status {proc.returncode} before listening")
+    return proc, int(port_file.read_text().strip().rsplit(":", 1)[1])
+
+
+@dataclass
+class NativeCluster(Cluster):
+    procs: List[subprocess.Popen]
+
+
+def native_cluster_processes(tmp: Path) -> NativeCluster:
+    """A log server and two nodes that allow native Python tasks (with a token), their
+    environments in `tmp`; pip installs from PCLUSTER_WHEELHOUSE when it is set."""
+    exe = pcluster_bin()
+    env = dict(os.environ)
+    env["PCLUSTER_TOKEN"] = NATIVE_TOKEN
+    log_file = tmp / "cluster.log"
+    procs = []
+    log, log_port = start_server(
+        [str(exe), "log", "--host", "127.0.0.1", "--port", "0", "--outfile", str(log_file)],
+        tmp / "log.port",
+        env,
+        "the log server",
+    )
+    procs.append(log)
+    node = [str(exe), "node", "--log-host", "127.0.0.1", "--log-port", str(log_port), "--workers", "1",
+            "--allow-native", "--cache-dir", str(tmp / "cache")]
+    wheels = os.environ.get("PCLUSTER_WHEELHOUSE")
+    if wheels:
+        node += ["--pip-args", f"--no-index --find-links {wheels}"]
+    hosts = ["127.0.0.2", "127.0.0.3"]
+    port = 0
+    for h in hosts:
+        proc, port = start_server(node + ["--host", h, "--port", str(port)], tmp / f"{h}.port", env, f"the node on {h}")
+        procs.append(proc)
+    return NativeCluster(log_file, log_port, port, hosts, exe, procs)
+
+
+@pytest.fixture(scope="session")
+def native_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeCluster]:
+    c = native_cluster_processes(tmp_path_factory.mktemp("native"))
+    try:
+        yield c
+    finally:
+        for p in reversed(c.procs):
+            stop(p)

@@ -3,14 +3,18 @@
 //! `module` is a `.wasm` file, or a directory holding a Rust task crate, or a Python package
 //! or `.py` file; turning the last two into wasm (building them when out of date) is the job
 //! of a [`Modules`] given to [`load`], such as `pcluster-build`'s builder. This library runs
-//! no toolchain: [`WasmFiles`] takes `.wasm` files only.
+//! no toolchain: [`WasmFiles`] takes `.wasm` files only. With `runtime = "python"` (for the
+//! chain or a task) a Python module travels as its sources instead, with the chain's
+//! `requirements` ([`crate::native`]), and its tasks need the label `native`.
 
 use std::path::{Path, PathBuf};
 
+use protocol::native::NATIVE_LABEL;
 use protocol::{ChainSpec, Limits, TaskSpec};
 use serde::Deserialize;
 
 use crate::error::RootError;
+use crate::native::Runtime;
 use crate::python::{self, Codec, PythonError};
 
 /// Why a [`Modules`] could not give a module's wasm.
@@ -91,6 +95,9 @@ pub enum ChainError {
     /// A Python task's args or the chain's codec are unusable.
     #[error(transparent)]
     Python(#[from] PythonError),
+    /// A native Python task's module could not be packed, or a runtime is unknown.
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeError),
     /// A task of a core module was given args other than a string.
     #[error("task `{task}`: args of a wasm task must be a string")]
     ArgsNotString {
@@ -108,6 +115,11 @@ struct ChainFile {
     module: Option<String>,
     /// How Python objects other than str and bytes travel: "json" (default) or "pickle".
     codec: Option<String>,
+    /// Where the tasks run: "sandbox" (default) or "python" (native CPython).
+    runtime: Option<String>,
+    /// pip requirements of the native Python tasks, installed on the nodes at setup.
+    #[serde(default)]
+    requirements: Vec<String>,
     #[serde(rename = "task", default)]
     tasks: Vec<TaskFile>,
     #[serde(default)]
@@ -135,6 +147,8 @@ struct TaskFile {
     /// one arg).
     args: Option<toml::Value>,
     module: Option<String>,
+    /// Where this task runs (default: the chain's runtime).
+    runtime: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -161,7 +175,8 @@ pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> 
         None => Codec::default(),
     };
     let succ = file_graph(&file).map_err(&err)?;
-    let mut module_paths: Vec<String> = Vec::new();
+    let chain_runtime = runtime(file.runtime.as_deref()).map_err(&err)?;
+    let mut module_keys: Vec<(String, Runtime)> = Vec::new();
     let mut is_python: Vec<bool> = Vec::new();
     let mut modules = Vec::new();
     let mut tasks = Vec::new();
@@ -171,37 +186,34 @@ pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> 
                 task: t.function.clone(),
             })
         })?;
-        let index = match module_paths.iter().position(|p| *p == m) {
+        let rt = match &t.runtime {
+            Some(name) => runtime(Some(name)).map_err(&err)?,
+            None => chain_runtime,
+        };
+        let key = (m, rt);
+        let index = match module_keys.iter().position(|k| *k == key) {
             Some(i) => i,
             None => {
-                let wasm = builder.resolve(&base.join(&m)).map_err(|e| {
-                    // Our own errors stay themselves; a builder's are wrapped.
-                    err(e
-                        .downcast::<ChainError>()
-                        .map_or_else(ChainError::Module, |own| *own))
-                })?;
-                let bytes = std::fs::read(&wasm).map_err(|source| {
-                    err(ChainError::Read {
-                        path: wasm.clone(),
-                        source,
-                    })
-                })?;
+                let path = base.join(&key.0);
+                let bytes = module_bytes(&path, rt, &file.requirements, builder).map_err(&err)?;
                 modules.push(serde_bytes::ByteBuf::from(bytes));
-                module_paths.push(m);
-                is_python.push(python::is_python(
-                    &base.join(&module_paths[module_paths.len() - 1]),
-                ));
-                module_paths.len() - 1
+                is_python.push(rt == Runtime::Python || python::is_python(&path));
+                module_keys.push(key);
+                module_keys.len() - 1
             }
         };
         let args = task_args(t.args, is_python[index], codec, &t.function).map_err(&err)?;
+        let mut labels = t.labels;
+        if rt == Runtime::Python && !labels.iter().any(|l| l == NATIVE_LABEL) {
+            labels.push(NATIVE_LABEL.to_owned());
+        }
         tasks.push(TaskSpec {
             function: t.function,
             module: index as u32,
             generator: t.generator,
             args,
             next: succ.as_ref().map(|s| s[i].clone()),
-            labels: t.labels,
+            labels,
         });
     }
     let d = Limits::default();
@@ -216,6 +228,29 @@ pub fn load(path: &Path, builder: &dyn Modules) -> Result<ChainSpec, RootError> 
             max_item_bytes: file.limits.max_item_bytes.unwrap_or(d.max_item_bytes),
         },
     })
+}
+
+fn runtime(name: Option<&str>) -> Result<Runtime, ChainError> {
+    Ok(name.map(Runtime::parse).transpose()?.unwrap_or_default())
+}
+
+/// The bytes a node gets for the module at `path`: native Python's sources, or the wasm
+/// that `builder` gives.
+fn module_bytes(
+    path: &Path,
+    rt: Runtime,
+    requirements: &[String],
+    builder: &dyn Modules,
+) -> Result<Vec<u8>, ChainError> {
+    if rt == Runtime::Python {
+        return Ok(crate::native::bundle(path, requirements)?);
+    }
+    let wasm = builder.resolve(path).map_err(|e| {
+        // Our own errors stay themselves; a builder's are wrapped.
+        e.downcast::<ChainError>()
+            .map_or_else(ChainError::Module, |own| *own)
+    })?;
+    std::fs::read(&wasm).map_err(|source| ChainError::Read { path: wasm, source })
 }
 
 /// A task's args as the node gets them: a Python task's list of values in the chain's

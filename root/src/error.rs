@@ -44,6 +44,17 @@ pub enum RootError {
         /// The label (or the task's labels, when each is somewhere but no node has all).
         label: String,
     },
+    /// A native Python task, and no node allows native tasks.
+    #[error(
+        "task `{task}` runs native Python, which none of the nodes allows ({nodes}): start \
+         nodes with --allow-native (and a token)"
+    )]
+    NoNativeNode {
+        /// The task.
+        task: String,
+        /// The nodes attached, comma-separated.
+        nodes: String,
+    },
     /// The cluster has no node.
     #[error("no node is left ({pending} items wait in the queue); lost nodes: {lost}")]
     NoNodes {

@@ -6,7 +6,8 @@
 //! [`scheduler`], which owns all state.
 //!
 //! - [`blocking`]: [`blocking::BlockingRoot`], the same API for callers without async.
-//! - [`chain`]: chain files and building task crates to wasm.
+//! - [`chain`]: chain files, their modules turned into wasm by a [`chain::Modules`].
+//! - [`native`]: native Python tasks' sources packed to travel with the chain.
 //! - [`scan`]: finding nodes on a network.
 //! - `conn`: one node connection (reader and writer tasks); `events`: the channel from them
 //!   to the scheduler, bounded in messages and bytes.
@@ -55,6 +56,7 @@ pub mod error;
 mod events;
 mod failure;
 pub mod graph;
+pub mod native;
 mod options;
 mod probe;
 pub mod python;

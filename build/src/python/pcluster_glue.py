@@ -116,11 +116,21 @@ def _outputs(result, out):
     return 1
 
 
+def _target(name):
+    """The task `name` of the user's module: an attribute, or `sub.f` in a submodule."""
+    obj = _USER
+    for part in name.split("."):
+        if not hasattr(obj, part) and hasattr(obj, "__path__"):
+            importlib.import_module(f"{obj.__name__}.{part}")
+        obj = getattr(obj, part)
+    return obj
+
+
 class WitWorld(wit_world.WitWorld):
     def init(self, name, args, generator):
         try:
-            target = getattr(_USER, name)
-        except AttributeError:
+            target = _target(name)
+        except (AttributeError, ImportError):
             raise componentize_py_types.Err(
                 f"module `{_pcluster_config.MODULE}` has no function or class `{name}`"
             )

@@ -8,7 +8,7 @@ import sys
 
 import wit_world
 
-__all__ = ["log", "task", "DropItem", "set_default_log_address"]
+__all__ = ["log", "task", "DropItem", "multiprocess_logging", "set_default_log_address"]
 
 
 # True while componentize-py pre-initialises the component (the glue imports the task's
@@ -46,6 +46,14 @@ class _Task:
 
 
 task = _Task()
+
+
+# pipeline-cluster's `multiprocess_logging`, as its tasks use it: `log(msg)` goes to the
+# node's log; the log server's address is the node's to decide.
+multiprocess_logging = type(sys)("pcluster.multiprocess_logging")
+multiprocess_logging.log = log
+multiprocess_logging.configure = set_default_log_address
+sys.modules["pcluster.multiprocess_logging"] = multiprocess_logging
 
 
 class _LogStream:

@@ -24,6 +24,7 @@ use super::component::{self, TaskPre};
 use super::host::{HostState, linker};
 use super::tags::{self, Convert};
 use crate::error::{ExportError, SetupError, TaskProblem};
+use crate::native::Natives;
 
 /// One task of a compiled chain.
 pub struct CompiledTask {
@@ -50,6 +51,8 @@ pub(super) enum TaskKind {
     },
     /// A component of the `pcluster:task` world.
     Component(TaskPre<HostState>),
+    /// Native Python, run in processes of its own.
+    Native(Arc<crate::native::NativeCode>),
     /// A task this node lacks the labels for: not compiled, never instantiated; its items
     /// go back to the root. Whether it is a component is all that is known of it.
     Absent { component: bool },
@@ -60,7 +63,7 @@ impl CompiledTask {
     pub fn is_component(&self) -> bool {
         matches!(
             self.kind,
-            TaskKind::Component(_) | TaskKind::Absent { component: true }
+            TaskKind::Component(_) | TaskKind::Native(_) | TaskKind::Absent { component: true }
         )
     }
 
@@ -165,6 +168,7 @@ pub fn compile_chain(
     tagged_items: bool,
     labels: &[String],
     withheld: &[Withheld],
+    natives: &Natives,
 ) -> Result<(CompiledChain, u32, u32), SetupError> {
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
@@ -175,7 +179,7 @@ pub fn compile_chain(
         .iter()
         .map(|t| t.labels.iter().all(|l| labels.contains(l)))
         .collect();
-    let (modules, compiled, cached) = node_modules(cache, spec, &placed, withheld)?;
+    let (modules, compiled, cached) = node_modules(cache, spec, &placed, withheld, natives)?;
     let linker = linker();
     let mut component_linker = None;
     let mut tasks = Vec::with_capacity(spec.tasks.len());
@@ -197,6 +201,14 @@ pub fn compile_chain(
             NodeModule::Here(m, g) if placed[i] => (m, g),
             NodeModule::Here(m, _) => {
                 tasks.push(absent(t, matches!(m, Compiled::Component(_))));
+                continue;
+            }
+            NodeModule::Native(code) if placed[i] => {
+                tasks.push(native_task(code, &name, t));
+                continue;
+            }
+            NodeModule::Native(_) => {
+                tasks.push(absent(t, true));
                 continue;
             }
             NodeModule::Absent { component } => {
@@ -243,6 +255,7 @@ fn node_modules(
     spec: &ChainSpec,
     placed: &[bool],
     withheld: &[Withheld],
+    natives: &Natives,
 ) -> Result<(Vec<NodeModule>, u32, u32), SetupError> {
     let mut needed = vec![false; spec.modules.len()];
     for (t, &placed) in spec.tasks.iter().zip(placed) {
@@ -255,13 +268,22 @@ fn node_modules(
     let mut keys = Vec::with_capacity(spec.modules.len());
     for (i, bytes) in spec.modules.iter().enumerate() {
         let absent = withheld.iter().find(|w| w.module as usize == i);
+        let native = protocol::native::is_bundle(bytes);
         if !needed[i] {
-            let component = absent.map_or_else(|| is_component(bytes), |w| w.component);
+            let component = absent.map_or_else(|| native || is_component(bytes), |w| w.component);
             modules.push(NodeModule::Absent { component });
             continue;
         }
         if absent.is_some() {
             return Err(SetupError::Withheld { module: i as u32 });
+        }
+        if native {
+            let code = natives.prepare(bytes).map_err(|source| SetupError::Native {
+                module: i as u32,
+                source,
+            })?;
+            modules.push(NodeModule::Native(code));
+            continue;
         }
         let found = cache
             .get_or_compile(bytes)
@@ -313,8 +335,26 @@ fn component_task(
 enum NodeModule {
     /// Compiled, with the generators it declares.
     Here(Compiled, Option<HashSet<String>>),
+    /// Native Python, its sources written and its requirements installed.
+    Native(Arc<crate::native::NativeCode>),
     /// Used by no task this node can run: not compiled (and withheld by the root).
     Absent { component: bool },
+}
+
+/// A native Python task.
+fn native_task(
+    code: &Arc<crate::native::NativeCode>,
+    name: &Arc<str>,
+    t: &protocol::TaskSpec,
+) -> CompiledTask {
+    CompiledTask {
+        name: name.clone(),
+        generator: t.generator,
+        args: t.args.clone(),
+        kind: TaskKind::Native(code.clone()),
+        input: Convert::Keep,
+        labels: t.labels.clone(),
+    }
 }
 
 /// A task this node does not run (it lacks the labels).

@@ -23,6 +23,20 @@ pub struct LogCtx {
     pub task: Arc<str>,
 }
 
+impl LogCtx {
+    /// One log line of the task, tagged with node, worker and task.
+    pub fn line(&self, level: u32, msg: &str) {
+        let (node, worker, task) = (&*self.node, self.worker, &*self.task);
+        match level {
+            0 => tracing::error!(target: "task", node, worker, task, "{msg}"),
+            1 => tracing::warn!(target: "task", node, worker, task, "{msg}"),
+            2 => tracing::info!(target: "task", node, worker, task, "{msg}"),
+            3 => tracing::debug!(target: "task", node, worker, task, "{msg}"),
+            _ => tracing::trace!(target: "task", node, worker, task, "{msg}"),
+        }
+    }
+}
+
 /// One output item of a stage: input index in the work unit, and where its bytes are.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -143,14 +157,7 @@ pub struct HostState {
 impl HostState {
     /// One log line of the task, tagged with node, worker and task.
     pub(super) fn log_line(&self, level: u32, msg: &str) {
-        let (node, worker, task) = (&*self.log.node, self.log.worker, &*self.log.task);
-        match level {
-            0 => tracing::error!(target: "task", node, worker, task, "{msg}"),
-            1 => tracing::warn!(target: "task", node, worker, task, "{msg}"),
-            2 => tracing::info!(target: "task", node, worker, task, "{msg}"),
-            3 => tracing::debug!(target: "task", node, worker, task, "{msg}"),
-            _ => tracing::trace!(target: "task", node, worker, task, "{msg}"),
-        }
+        self.log.line(level, msg);
     }
 
     /// Appends one output of the current item (input `input`), within the item and stage

@@ -28,6 +28,14 @@ pub struct TaskInstance {
 pub(super) enum Kind {
     Core(CoreParts),
     Component(ComponentParts),
+    /// A native Python task: its process (the store only holds the outputs).
+    Native(NativeParts),
+}
+
+/// A native task's process, and item buffers reused from call to call.
+pub(super) struct NativeParts {
+    pub(super) runner: crate::native::Runner,
+    pub(super) items: Vec<u8>,
 }
 
 /// A component instance's bindings, and item buffers reused from call to call.
@@ -150,6 +158,11 @@ impl TaskInstance {
                 };
                 (Kind::Component(parts), None)
             }
+            TaskKind::Native(code) => {
+                let log = store.data().log.clone();
+                let parts = native_parts(code, task, limits, log)?;
+                (Kind::Native(parts), None)
+            }
             TaskKind::Absent { .. } => {
                 return Err(TaskProblem::NotPlaced {
                     labels: task.labels.join(","),
@@ -232,10 +245,15 @@ impl TaskInstance {
         let item = match self.input_conv {
             Convert::Keep => item,
             Convert::Strip => Convert::strip(item),
+            Convert::Prepend(_) if matches!(self.kind, Kind::Native(_)) => {
+                return self.native_call(self.store.data().cur_input, item);
+            }
             Convert::Prepend(_) => return self.component_call(item),
         };
-        let Kind::Core(core) = &mut self.kind else {
-            return self.component_call(item);
+        let core = match &mut self.kind {
+            Kind::Core(core) => core,
+            Kind::Component(_) => return self.component_call(item),
+            Kind::Native(_) => return self.native_call(self.store.data().cur_input, item),
         };
         if let Err(e) = place(core, &mut self.store, self.deadline_ticks, item) {
             return Err(self.describe(&e));
@@ -260,7 +278,7 @@ impl TaskInstance {
     pub fn has_batch(&self) -> bool {
         match &self.kind {
             Kind::Core(core) => core.batch.is_some(),
-            Kind::Component(_) => true,
+            Kind::Component(_) | Kind::Native(_) => true,
         }
     }
 
@@ -273,8 +291,10 @@ impl TaskInstance {
     /// kept, and the caller re-runs its items one by one (after rebuilding on a trap).
     pub fn call_batch(&mut self, items: &[(u32, &[u8])]) -> Result<(), CallError> {
         let conv = self.input_conv;
-        let Kind::Core(core) = &mut self.kind else {
-            return self.component_batch(items);
+        let core = match &mut self.kind {
+            Kind::Core(core) => core,
+            Kind::Component(_) => return self.component_batch(items),
+            Kind::Native(_) => return self.native_batch(items),
         };
         core.block.clear();
         for (_, item) in items {
@@ -347,6 +367,28 @@ impl TaskInstance {
             memory_limit_mb: denied.then_some(self.memory_mb),
         }
     }
+}
+
+/// Starts a native task's process and builds the task in it.
+fn native_parts(
+    code: &crate::native::NativeCode,
+    task: &CompiledTask,
+    limits: &Limits,
+    log: LogCtx,
+) -> Result<NativeParts, TaskProblem> {
+    let init = crate::native::Init {
+        name: &task.name,
+        generator: task.generator,
+        args: &task.args,
+        deadline_ms: limits.deadline_ms,
+        memory_mb: limits.memory_mb,
+        max_item: limits.max_item_bytes,
+    };
+    let runner = crate::native::Runner::start(code, &init, log).map_err(TaskProblem::Native)?;
+    Ok(NativeParts {
+        runner,
+        items: Vec::new(),
+    })
 }
 
 /// Copies `item` into a core instance's input buffer, asking for a larger one when needed.

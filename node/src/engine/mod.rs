@@ -10,7 +10,7 @@
 //! - [`host`]: the store data of an instance and the host functions (`emit`, `log`, `fail`,
 //!   `emit_batch`) of docs/ABI.md.
 //! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
-//!   memory.
+//!   memory; `component_calls` and `native_calls` call component and native Python tasks.
 
 mod cache;
 mod compile;
@@ -20,6 +20,7 @@ mod graph;
 mod host;
 mod instance;
 mod lru;
+mod native_calls;
 pub mod tags;
 
 use std::sync::OnceLock;

@@ -70,7 +70,10 @@ pub struct NodeConfig {
     /// only). Default: [`crate::default_cache_dir`].
     pub cache_dir: Option<std::path::PathBuf>,
     /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
+    /// `native` is reserved: [`run`] adds it when native tasks are allowed.
     pub labels: Vec<String>,
+    /// Native Python tasks: whether they run here, and with which interpreter.
+    pub native: crate::native::NativeConfig,
 }
 
 impl Default for NodeConfig {
@@ -90,8 +93,24 @@ impl Default for NodeConfig {
             root_timeout: Duration::from_secs(30),
             cache_dir: crate::default_cache_dir(),
             labels: Vec::new(),
+            native: crate::native::NativeConfig::default(),
         }
     }
+}
+
+/// Checks the native settings and gives an allowing node the label `native`.
+fn native_label(config: &mut NodeConfig) -> Result<(), NodeError> {
+    let label = protocol::native::NATIVE_LABEL;
+    if config.labels.iter().any(|l| l == label) {
+        return Err(NodeError::ReservedLabel);
+    }
+    if config.native.allow {
+        if config.token.is_none() {
+            return Err(NodeError::NativeWithoutToken);
+        }
+        config.labels.push(label.to_owned());
+    }
+    Ok(())
 }
 
 /// Number of cores of this machine.
@@ -105,19 +124,29 @@ pub enum NodeError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// Native tasks allowed without a token: anyone reaching the port could run any code.
+    #[error(
+        "native Python tasks run any code of whoever holds the node: --allow-native needs a \
+         cluster token (--token-file, --token or PCLUSTER_TOKEN)"
+    )]
+    NativeWithoutToken,
+    /// The reserved label given by hand.
+    #[error("the label `native` is reserved: nodes get it with --allow-native")]
+    ReservedLabel,
 }
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains: it stops taking
 /// items, finishes what it holds (or hands it back by closing), and returns.
 ///
 /// # Errors
-/// When the listener fails.
+/// When the listener fails, or native tasks are allowed without a token.
 pub async fn run(
     listener: TcpListener,
-    config: NodeConfig,
+    mut config: NodeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let local = listener.local_addr()?;
+    native_label(&mut config)?;
     if config.token.is_none() {
         tracing::warn!(node = %local, "no cluster token set: anyone who can reach {local} can run code on this node (set --token or PCLUSTER_TOKEN)");
     }
@@ -132,6 +161,7 @@ pub async fn run(
         draining: shutdown.clone(),
         strangers: protocol::codec::FramePool::new(STRANGER_FRAME_BYTES),
         gate: Gate::new(config.max_guests),
+        natives: crate::native::Natives::new(config.native.clone(), config.cache_dir.as_deref()),
         config,
     });
     let limit = Arc::new(Semaphore::new(node.config.max_connections));

@@ -88,6 +88,8 @@ pub(super) struct Node {
     pub(super) strangers: protocol::codec::FramePool,
     /// Connections that hold a slot without having proven anything.
     pub(super) gate: super::gate::Gate,
+    /// Native Python tasks' code and environments.
+    pub(super) natives: crate::native::Natives,
 }
 
 impl Node {

@@ -329,6 +329,7 @@ async fn setup_chain(
             tagged_items,
             &node.config.labels,
             &withheld,
+            &node.natives,
         )?;
         let pool = Pool::start(
             Arc::new(chain),

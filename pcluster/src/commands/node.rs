@@ -50,12 +50,49 @@ pub struct NodeArgs {
     /// Listen on a non-loopback address without a token (unauthenticated, unencrypted).
     #[arg(long)]
     pub insecure: bool,
+    #[command(flatten)]
+    pub native: NativeArgs,
+}
+
+/// Native Python tasks (`runtime = "python"`): off unless asked for.
+#[derive(clap::Args, Debug)]
+pub struct NativeArgs {
+    /// Run native Python tasks: CPython processes outside the sandbox, which can do
+    /// anything this user can. Needs a token; only token holders can send code.
+    #[arg(long)]
+    pub allow_native: bool,
+    /// The Python interpreter of native tasks (and of their environments' venvs).
+    #[arg(long, default_value = "python3", value_name = "PATH")]
+    pub python: std::path::PathBuf,
+    /// Extra arguments of `pip install` for native tasks' requirements, space-separated
+    /// (e.g. "--no-index --find-links /srv/wheels" where there is no package index).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub pip_args: Option<String>,
+}
+
+impl NativeArgs {
+    fn config(&self) -> node::native::NativeConfig {
+        node::native::NativeConfig {
+            allow: self.allow_native,
+            python: self.python.clone(),
+            pip_args: self
+                .pip_args
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     runtime(false)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
         let token = args.token.token();
+        if args.native.allow_native && token.is_none() {
+            anyhow::bail!("{}", node::NodeError::NativeWithoutToken);
+        }
         check_exposure(
             addr,
             token.is_some(),
@@ -93,6 +130,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 .filter(|l| !l.is_empty())
                 .cloned()
                 .collect(),
+            native: args.native.config(),
             ..Default::default()
         };
         node::run(listener, config, shutdown_on_signals()).await?;

@@ -120,7 +120,14 @@ impl Scheduler {
             .iter()
             .map(|t| (t.function.as_str(), t.labels.as_slice()));
         if let Some((task, label)) = super::placement::unplaceable(tasks, &node_labels) {
-            let _ = reply.send(Err(RootError::Placement { task, label }));
+            let nodes = self.nodes.values().map(|n| n.addr.to_string());
+            let nodes = nodes.collect::<Vec<_>>().join(", ");
+            let error = if label == protocol::native::NATIVE_LABEL {
+                RootError::NoNativeNode { task, nodes }
+            } else {
+                RootError::Placement { task, label }
+            };
+            let _ = reply.send(Err(error));
             return;
         }
         handlers.observer = self.observer.clone();

@@ -69,10 +69,12 @@ pub(crate) fn for_node(chain: &ChainSpec, node: &[String]) -> Option<(ChainSpec,
     Some((shipped, withheld))
 }
 
-/// Whether wasm `bytes` are a component rather than a core module: the header's version
-/// and layer fields (`0d 00 01 00` for a component, `01 00 00 00` for a module).
+/// Whether a module's tasks take tagged items as a component's do: a component (the wasm
+/// header's version and layer fields `0d 00 01 00`; `01 00 00 00` is a core module), or
+/// native Python's sources.
 fn is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+    (bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00])
+        || protocol::native::is_bundle(bytes)
 }
 
 #[cfg(test)]
