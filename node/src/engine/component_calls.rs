@@ -9,7 +9,7 @@ impl TaskInstance {
     fn parts(&mut self) -> Option<&mut ComponentParts> {
         match &mut self.kind {
             Kind::Component(c) => Some(c),
-            Kind::Core(_) => None,
+            Kind::Core(_) | Kind::Native(_) => None,
         }
     }
 

@@ -274,6 +274,11 @@ impl TaskInstance {
         }
     }
 
+    /// Whether the task runs in a native Python process.
+    pub fn is_native(&self) -> bool {
+        matches!(self.kind, Kind::Native(_))
+    }
+
     /// Whether the task has a batched export.
     pub fn has_batch(&self) -> bool {
         match &self.kind {

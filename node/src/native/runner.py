@@ -36,6 +36,7 @@ TICK = 0.05
 _u32 = struct.Struct("<I")
 _one_str = struct.Struct("<IcIIc")
 _head = struct.Struct("<Ic")
+_SEQUENCES = (tuple, list)
 
 _IN = 0
 _OUT = os.dup(1)
@@ -316,6 +317,16 @@ def _run_batch(payload, call, generator, max_item, memory_mb):
                     raise _too_big(len(data) + 1, max_item)
                 pending += pack_one(len(data) + 10, b"O", 1, len(data) + 1, b"s")
                 pending += data
+            elif generator and type(result) in _SEQUENCES and all(type(v) is str for v in result):
+                frame = bytearray(_u32.pack(len(result)))
+                for v in result:
+                    data = v.encode()
+                    if len(data) >= max_item:
+                        raise _too_big(len(data) + 1, max_item)
+                    frame += _u32.pack(len(data) + 1)
+                    frame += b"s"
+                    frame += data
+                _frame(b"O", frame)
             else:
                 outs, k = _outputs(result, generator, max_item)
                 frame = bytearray(_u32.pack(k))

@@ -9,10 +9,10 @@ use protocol::{FailedTask, Failure, TaskIndex};
 use crate::engine::{CompiledChain, LogCtx, OutBuf, TaskInstance};
 use crate::error::{CallError, TaskProblem};
 
-/// Most items in one batched guest call.
-const BATCH_ITEMS: usize = 256;
-/// Most bytes in one batched guest call.
-const BATCH_BYTES: usize = 256 << 10;
+/// Most items and bytes in one batched call of a wasm task.
+const BATCH: (usize, usize) = (256, 256 << 10);
+/// The same for a native task, whose every call is a round trip to its process.
+const NATIVE_BATCH: (usize, usize) = (4096, 1 << 20);
 /// Bytes of a failing item quoted in its failure.
 const ITEM_QUOTE: usize = 200;
 
@@ -42,11 +42,13 @@ impl StageCtx<'_> {
         }
         let batched = self.batch && matches!(self.slot, Ok(inst) if inst.has_batch());
         if batched {
-            let mut chunk: Vec<(u32, &[u8])> = Vec::with_capacity(BATCH_ITEMS);
+            let native = matches!(self.slot, Ok(inst) if inst.is_native());
+            let (most_items, most_bytes) = if native { NATIVE_BATCH } else { BATCH };
+            let mut chunk: Vec<(u32, &[u8])> = Vec::with_capacity(most_items.min(1024));
             let mut bytes = 0;
             for (input, item) in items {
-                if chunk.len() == BATCH_ITEMS
-                    || (!chunk.is_empty() && bytes + item.len() > BATCH_BYTES)
+                if chunk.len() == most_items
+                    || (!chunk.is_empty() && bytes + item.len() > most_bytes)
                 {
                     self.run_chunk(&chunk, stage);
                     chunk.clear();
