@@ -1,11 +1,12 @@
 """A real cluster for the tests: ``pcluster log`` on 127.0.0.1 and two ``pcluster node``
-processes on 127.0.0.2 and 127.0.0.3 (one worker each), on free ports, started once per test
-session. The executable is ``target/release/pcluster`` of this checkout, or ``PCLUSTER_BIN``.
+processes on 127.0.0.2 and 127.0.0.3 (one worker each), on ports the OS chooses (read back
+from ``--port-file``), started once per test session; and the same with nodes that allow
+native Python tasks. The executable is ``target/release/pcluster`` of this checkout, or
+``PCLUSTER_BIN``.
 """
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -38,30 +39,6 @@ def pcluster_bin() -> Path:
             "or set PCLUSTER_BIN"
         )
     return path
-
-
-def free_port(*hosts: str) -> int:
-    """A port free on every one of `hosts`."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no port free on all of {hosts}")
-
-
-def listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -98,38 +75,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     exe = pcluster_bin()
     tmp = tmp_path_factory.mktemp("cluster")
     log_file = tmp / "cluster.log"
-    log_port = free_port("127.0.0.1")
-    hosts = ["127.0.0.2", "127.0.0.3"]
-    node_port = free_port(*hosts)
     env = dict(os.environ)
     env.pop("PCLUSTER_TOKEN", None)
-    procs = []
-    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs: List[subprocess.Popen] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [str(exe), "log", "--host", "127.0.0.1", "--port", str(log_port), "--outfile", str(log_file)],
-                env=env,
-                **quiet,
-            )
+        log, log_port = start_server(
+            [str(exe), "log", "--host", "127.0.0.1", "--port", "0", "--outfile", str(log_file)],
+            tmp / "log.port",
+            env,
+            "the log server",
         )
-        wait_until("the log server to listen", lambda: listening("127.0.0.1", log_port))
+        procs.append(log)
+        hosts = ["127.0.0.2", "127.0.0.3"]
+        # The first node on a port the OS chooses, the second on the same one (the scans
+        # of the tests are of one port).
+        port = 0
         for h in hosts:
-            procs.append(
-                subprocess.Popen(
-                    [str(exe), "node", "--host", h, "--port", str(node_port), "--log-host", "127.0.0.1",
-                     "--log-port", str(log_port), "--workers", "1"],
-                    env=env,
-                    **quiet,
-                )
+            node, port = start_server(
+                [str(exe), "node", "--host", h, "--port", str(port), "--log-host", "127.0.0.1",
+                 "--log-port", str(log_port), "--workers", "1"],
+                tmp / f"{h}.port",
+                env,
+                f"the node on {h}",
             )
-        for h in hosts:
-            wait_until(f"the node on {h} to listen", lambda h=h: listening(h, node_port))
-        yield Cluster(log_file, log_port, node_port, hosts, exe)
+            procs.append(node)
+        yield Cluster(log_file, log_port, port, hosts, exe)
     finally:
         for p in reversed(procs):
             stop(p)
-
 
 NATIVE_TOKEN = "native-tests-token"
 

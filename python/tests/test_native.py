@@ -6,6 +6,7 @@ without a token).
 """
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List
@@ -14,6 +15,7 @@ import pytest
 
 import pcluster
 from conftest import (
+    EXAMPLES,
     NATIVE_TOKEN,
     PACKAGE,
     REPO,
@@ -55,7 +57,11 @@ def root(native_cluster: NativeCluster):
 
 
 def test_readme_example_runs_natively(native_cluster: NativeCluster) -> None:
-    from task_package import DropItem, generator_task, simple_task
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from task_package import DropItem, generator_task, simple_task
+    finally:
+        sys.path.pop(0)
 
     taskchain = [
         {"function": simple_task, "is_generator": False},

@@ -180,52 +180,13 @@ pub fn compile_chain(
         .map(|t| t.labels.iter().all(|l| labels.contains(l)))
         .collect();
     let (modules, compiled, cached) = node_modules(cache, spec, &placed, withheld, natives)?;
-    let linker = linker();
-    let mut component_linker = None;
+    let mut linkers = Linkers {
+        core: linker(),
+        component: None,
+    };
     let mut tasks = Vec::with_capacity(spec.tasks.len());
     for (i, t) in spec.tasks.iter().enumerate() {
-        let name: Arc<str> = t.function.as_str().into();
-        let index = TaskIndex(i as u32);
-        let ctx = |problem| SetupError::Task {
-            index,
-            task: name.clone(),
-            problem,
-        };
-        let module = modules.get(t.module as usize).ok_or_else(|| {
-            ctx(TaskProblem::NoSuchModule {
-                module: t.module,
-                count: modules.len(),
-            })
-        })?;
-        let (module, generators) = match module {
-            NodeModule::Here(m, g) if placed[i] => (m, g),
-            NodeModule::Here(m, _) => {
-                tasks.push(absent(t, matches!(m, Compiled::Component(_))));
-                continue;
-            }
-            NodeModule::Native(code) if placed[i] => {
-                tasks.push(native_task(code, &name, t));
-                continue;
-            }
-            NodeModule::Native(_) => {
-                tasks.push(absent(t, true));
-                continue;
-            }
-            NodeModule::Absent { component } => {
-                tasks.push(absent(t, *component));
-                continue;
-            }
-        };
-        let task = match module {
-            Compiled::Module(module) => compile_task(&linker, module, &name, t).map_err(ctx)?,
-            Compiled::Component(c) => {
-                component_task(&mut component_linker, c, &name, t).map_err(ctx)?
-            }
-        };
-        if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
-            return Err(SetupError::UndeclaredGenerator { index, task: name });
-        }
-        tasks.push(task);
+        tasks.push(chain_task(&mut linkers, &modules, i, t, placed[i])?);
     }
     let kinds: Vec<bool> = tasks.iter().map(CompiledTask::is_component).collect();
     let next = graph.as_ref().map(|g| g.next.as_slice());
@@ -245,6 +206,52 @@ pub fn compile_chain(
         compiled,
         cached,
     ))
+}
+
+/// The linkers of a chain's tasks: core modules', and components' (made on first use).
+struct Linkers {
+    core: Linker<HostState>,
+    component: Option<wasmtime::component::Linker<HostState>>,
+}
+
+/// Task `i` of the chain, `t`, as this node runs it (or knows of it when not `placed`).
+fn chain_task(
+    linkers: &mut Linkers,
+    modules: &[NodeModule],
+    i: usize,
+    t: &protocol::TaskSpec,
+    placed: bool,
+) -> Result<CompiledTask, SetupError> {
+    let name: Arc<str> = t.function.as_str().into();
+    let index = TaskIndex(i as u32);
+    let ctx = |problem| SetupError::Task {
+        index,
+        task: name.clone(),
+        problem,
+    };
+    let module = modules.get(t.module as usize).ok_or_else(|| {
+        ctx(TaskProblem::NoSuchModule {
+            module: t.module,
+            count: modules.len(),
+        })
+    })?;
+    let (module, generators) = match module {
+        NodeModule::Here(m, g) if placed => (m, g),
+        NodeModule::Here(m, _) => return Ok(absent(t, matches!(m, Compiled::Component(_)))),
+        NodeModule::Native(code) if placed => return Ok(native_task(code, &name, t)),
+        NodeModule::Native(_) => return Ok(absent(t, true)),
+        NodeModule::Absent { component } => return Ok(absent(t, *component)),
+    };
+    let task = match module {
+        Compiled::Module(module) => compile_task(&linkers.core, module, &name, t).map_err(ctx)?,
+        Compiled::Component(c) => {
+            component_task(&mut linkers.component, c, &name, t).map_err(ctx)?
+        }
+    };
+    if !t.generator && generators.as_ref().is_some_and(|g| g.contains(&t.function)) {
+        return Err(SetupError::UndeclaredGenerator { index, task: name });
+    }
+    Ok(task)
 }
 
 /// The chain's modules as this node has them: those a task it can run (`placed`) uses are
@@ -278,10 +285,12 @@ fn node_modules(
             return Err(SetupError::Withheld { module: i as u32 });
         }
         if native {
-            let code = natives.prepare(bytes).map_err(|source| SetupError::Native {
-                module: i as u32,
-                source,
-            })?;
+            let code = natives
+                .prepare(bytes)
+                .map_err(|source| SetupError::Native {
+                    module: i as u32,
+                    source,
+                })?;
             modules.push(NodeModule::Native(code));
             continue;
         }

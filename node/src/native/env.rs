@@ -20,7 +20,8 @@ const TAIL_LINES: usize = 12;
 
 /// The interpreter's version and platform, e.g. `3.11.7 linux x86_64`.
 pub(super) fn version(python: &Path) -> Result<String, String> {
-    let script = "import sys, platform; print(sys.version.split()[0], sys.platform, platform.machine())";
+    let script =
+        "import sys, platform; print(sys.version.split()[0], sys.platform, platform.machine())";
     let out = Command::new(python)
         .args(["-c", script])
         .stdin(Stdio::null())
@@ -37,7 +38,11 @@ fn key(config: &NativeConfig, version: &str, requirements: &[String]) -> String 
     let mut reqs = requirements.to_vec();
     reqs.sort();
     let mut h = Sha256::new();
-    for part in [version.to_owned(), config.pip_args.join("\0"), reqs.join("\0")] {
+    for part in [
+        version.to_owned(),
+        config.pip_args.join("\0"),
+        reqs.join("\0"),
+    ] {
         h.update(part.as_bytes());
         h.update([0xff]);
     }
@@ -80,9 +85,15 @@ pub(super) fn ensure(
     venv.args(["-m", "venv"]).arg(&dir);
     run(&mut venv).map_err(|e| failed(format!("python -m venv: {e}")))?;
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
-        .args(&config.pip_args)
-        .args(requirements);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+    ])
+    .args(&config.pip_args)
+    .args(requirements);
     run(&mut pip).map_err(failed)?;
     std::fs::write(&ready, all.as_bytes()).map_err(write(&ready))?;
     Ok(python)
@@ -96,8 +107,14 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let (tx, rx) = std::sync::mpsc::sync_channel(2);
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -149,7 +166,10 @@ mod tests {
             pip_args: vec!["--no-index".into()],
             ..NativeConfig::default()
         };
-        assert_ne!(a, key(&c2, "3.11.7 linux x86_64", &["a".into(), "b".into()]));
+        assert_ne!(
+            a,
+            key(&c2, "3.11.7 linux x86_64", &["a".into(), "b".into()])
+        );
     }
 
     #[test]

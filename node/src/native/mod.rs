@@ -137,7 +137,10 @@ impl Natives {
             return Err(NativeError::NotAllowed);
         }
         let bundle = NativeBundle::decode(bytes)?;
-        let code_dir = self.dir.join("code").join(hex(&Sha256::digest(bytes)[..16]));
+        let code_dir = self
+            .dir
+            .join("code")
+            .join(hex(&Sha256::digest(bytes)[..16]));
         write_once(&code_dir, |tmp| {
             for f in &bundle.files {
                 let path = tmp.join(&f.path);
@@ -163,7 +166,12 @@ impl Natives {
                     python: self.config.python.clone(),
                     reason,
                 })?;
-            env::ensure(&self.dir.join("env"), &self.config, &version, &bundle.requirements)?
+            env::ensure(
+                &self.dir.join("env"),
+                &self.config,
+                &version,
+                &bundle.requirements,
+            )?
         };
         Ok(Arc::new(NativeCode {
             python,

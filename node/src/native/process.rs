@@ -246,7 +246,10 @@ impl Runner {
                 Ok(())
             }
             Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+                let status = self
+                    .child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
                 Err(Broken::Exited(status))
             }
             Err(RecvTimeoutError::Timeout) => {

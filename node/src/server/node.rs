@@ -264,6 +264,7 @@ mod tests {
             draining: CancellationToken::new(),
             gate: crate::server::gate::Gate::new(64),
             strangers: protocol::codec::FramePool::new(1 << 20),
+            natives: crate::native::Natives::default(),
         })
     }
 

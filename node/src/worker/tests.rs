@@ -121,8 +121,15 @@ fn run_ten_on(batched: bool, tasks: &[(&str, bool)], pool: bool) -> (Outputs, Ve
             .collect(),
         limits: Limits::default(),
     };
-    let (chain, _, _) =
-        compile_chain(&ModuleCache::default(), &spec, false, &[], &[], &crate::native::Natives::default()).expect("compiles");
+    let (chain, _, _) = compile_chain(
+        &ModuleCache::default(),
+        &spec,
+        false,
+        &[],
+        &[],
+        &crate::native::Natives::default(),
+    )
+    .expect("compiles");
     // In a pool, nothing measured yet (so the cost of what follows a generator is unknown).
     let mut shared = PoolShared::new(Arc::new(chain), 1, if pool { None } else { Some(1) });
     shared.hand_back = pool;
@@ -246,8 +253,15 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         }],
         limits: Limits::default(),
     };
-    let (chain, _, _) =
-        compile_chain(&ModuleCache::default(), &spec, false, &[], &[], &crate::native::Natives::default()).expect("compiles");
+    let (chain, _, _) = compile_chain(
+        &ModuleCache::default(),
+        &spec,
+        false,
+        &[],
+        &[],
+        &crate::native::Natives::default(),
+    )
+    .expect("compiles");
     let chain = Arc::new(chain);
     // (ns per item) -> (unit size, credit items) for two workers.
     for (avg, unit, items) in [
