@@ -140,7 +140,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A log server on 127.0.0.1 and `nodes` node processes on 127.0.0.2, .3, …
+    /// A log server on 127.0.0.1 and `nodes` node processes on 127.0.0.2, .3, …, all with
+    /// `extra` arguments.
     async fn start(
         pcluster: &Pcluster,
         dir: &Path,
@@ -148,6 +149,19 @@ impl Cluster {
         workers: u32,
         extra: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_with(pcluster, dir, nodes, workers, extra, &[]).await
+    }
+
+    /// The same, with `node_extra` arguments for the nodes only.
+    async fn start_with(
+        pcluster: &Pcluster,
+        dir: &Path,
+        nodes: u32,
+        workers: u32,
+        extra: &[&str],
+        node_extra: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let extra_node: Vec<&str> = extra.iter().chain(node_extra).copied().collect();
         let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), extra).await?;
         let mut processes = vec![log];
         // The first node on a port the OS chooses, the others on the same one (the scans
@@ -158,7 +172,7 @@ impl Cluster {
             let last = u8::try_from(2 + i).context("too many nodes for 127.0.0.0/24")?;
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
             let (node, bound) = pcluster
-                .start_node(ip, port, log_port, workers, extra)
+                .start_node(ip, port, log_port, workers, &extra_node)
                 .await?;
             processes.push(node);
             port = bound;
@@ -231,7 +245,7 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     }
     if python {
         root.reset().await?;
-        rows.push(python::w2_py(&root, dir, workers).await?);
+        rows.push(python::w2_py(&root, dir, workers, python::Runtime::Component).await?);
     }
     let node_rss_mib = cluster.node_rss_mib();
     root.close().await?;
@@ -278,6 +292,7 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             dir,
             args.py_items,
             workers,
+            python::Runtime::Component,
         )?);
     }
     let scans = if args.no_scan {
@@ -286,6 +301,9 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         scans(cluster.port, &options).await?
     };
     drop(cluster);
+    if args.py_items > 0 {
+        rows.extend(python::native(&pcluster, dir, &args).await?);
+    }
     let plain_w1 = rows
         .iter()
         .find(|r| r.name == "W1 `pcluster run` process")

@@ -67,6 +67,11 @@ impl CompiledTask {
         )
     }
 
+    /// Whether the task is native Python (it runs in a process of its own).
+    pub fn is_native(&self) -> bool {
+        matches!(self.kind, TaskKind::Native(_))
+    }
+
     /// Whether this node runs the task (it carries the labels the task needs).
     pub fn is_placed(&self) -> bool {
         !matches!(self.kind, TaskKind::Absent { .. })

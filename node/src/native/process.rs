@@ -1,5 +1,5 @@
 //! [`Runner`]: one native task in a CPython process of its own, fed batches of items over
-//! its standard input and answering one frame per item (the frames are in `runner.py`). A
+//! its standard input and answering with frames of results (the frames are in `runner.py`). A
 //! reader thread moves the process's output into a bounded channel, so every wait for it
 //! has a deadline: a process silent past the task's deadline (plus a grace) is killed.
 
@@ -167,6 +167,8 @@ impl Runner {
         body.extend_from_slice(&(items.len() as u32).to_le_bytes());
         for (_, item) in items {
             body.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        }
+        for (_, item) in items {
             body.extend_from_slice(item);
         }
         let sent = self.send(&body);
@@ -177,15 +179,12 @@ impl Runner {
         while n < items.len() {
             let (kind, range) = self.frame(Instant::now() + patience)?;
             match kind {
-                b'O' => {
-                    let outputs = split_outputs(&self.buf[range])?;
-                    each(n, ItemResult::Outputs(outputs));
-                    n += 1;
-                }
-                b'F' => {
-                    let message = String::from_utf8_lossy(&self.buf[range]).into_owned();
-                    each(n, ItemResult::Failed(message));
-                    n += 1;
+                b'P' => {
+                    let results = Results::parse(&self.buf[range], items.len() - n)?;
+                    for result in results {
+                        each(n, result);
+                        n += 1;
+                    }
                 }
                 b'L' => self.log_frame(range),
                 other => return Err(Broken::Protocol(format!("frame {:?}", other as char))),
@@ -265,26 +264,76 @@ impl Runner {
     }
 }
 
-/// The outputs in an `O` frame: a count, then each output with its length.
-fn split_outputs(mut frame: &[u8]) -> Result<Vec<&[u8]>, Broken> {
-    let bad = || Broken::Protocol("a malformed outputs frame".into());
-    let (head, rest) = frame.split_first_chunk::<4>().ok_or_else(bad)?;
-    frame = rest;
-    let count = u32::from_le_bytes(*head) as usize;
-    let mut outputs = Vec::with_capacity(count.min(frame.len() / 4));
-    for _ in 0..count {
-        let (head, rest) = frame.split_first_chunk::<4>().ok_or_else(bad)?;
-        let len = u32::from_le_bytes(*head) as usize;
-        if rest.len() < len {
-            return Err(bad());
+/// Marks a failed item in a `P` frame's counts.
+const FAILED: u32 = u32::MAX;
+
+/// The results in a `P` frame: per item a count of outputs (or [`FAILED`]), a length per
+/// output (a failure's message counts as one), then the outputs back to back.
+struct Results<'a> {
+    counts: &'a [u8],
+    lens: &'a [u8],
+    data: &'a [u8],
+}
+
+impl<'a> Results<'a> {
+    /// Checks a frame of at most `most` items whose lengths add up to its data.
+    fn parse(frame: &'a [u8], most: usize) -> Result<Results<'a>, Broken> {
+        let bad = |what: &str| Broken::Protocol(format!("a malformed results frame ({what})"));
+        let (head, rest) = frame
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("no count"))?;
+        let k = u32::from_le_bytes(*head) as usize;
+        if k == 0 || k > most || rest.len() < 4 * k {
+            return Err(bad("item count"));
         }
-        outputs.push(&rest[..len]);
-        frame = &rest[len..];
+        let (counts, rest) = rest.split_at(4 * k);
+        let outputs: usize = u32s(counts)
+            .map(|c| if c == FAILED { 1 } else { c as usize })
+            .sum();
+        if rest.len() < 4 * outputs {
+            return Err(bad("output count"));
+        }
+        let (lens, data) = rest.split_at(4 * outputs);
+        let total: usize = u32s(lens).map(|l| l as usize).sum();
+        if total != data.len() {
+            return Err(bad("lengths"));
+        }
+        Ok(Results { counts, lens, data })
     }
-    if !frame.is_empty() {
-        return Err(bad());
+}
+
+impl<'a> IntoIterator for Results<'a> {
+    type Item = ItemResult<'a>;
+    type IntoIter = std::vec::IntoIter<ItemResult<'a>>;
+
+    /// Each item's result, in order (the frame was checked whole by `parse`).
+    fn into_iter(self) -> Self::IntoIter {
+        let mut lens = u32s(self.lens);
+        let mut data = self.data;
+        let mut take = || {
+            let len = lens.next().unwrap_or(0) as usize;
+            let (out, rest) = data.split_at(len.min(data.len()));
+            data = rest;
+            out
+        };
+        let mut results = Vec::with_capacity(self.counts.len() / 4);
+        for count in u32s(self.counts) {
+            if count == FAILED {
+                let message = String::from_utf8_lossy(take()).into_owned();
+                results.push(ItemResult::Failed(message));
+            } else {
+                results.push(ItemResult::Outputs((0..count).map(|_| take()).collect()));
+            }
+        }
+        results.into_iter()
     }
-    Ok(outputs)
+}
+
+/// Little-endian u32s.
+fn u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// The reader thread: the process's output in chunks, an empty chunk at its end.
@@ -309,17 +358,35 @@ fn read_chunks(mut stdout: impl Read, tx: &SyncSender<Vec<u8>>) {
 mod tests {
     use super::*;
 
+    fn frame(counts: &[u32], outputs: &[&[u8]]) -> Vec<u8> {
+        let mut f = (counts.len() as u32).to_le_bytes().to_vec();
+        for c in counts {
+            f.extend_from_slice(&c.to_le_bytes());
+        }
+        for o in outputs {
+            f.extend_from_slice(&(o.len() as u32).to_le_bytes());
+        }
+        for o in outputs {
+            f.extend_from_slice(o);
+        }
+        f
+    }
+
     #[test]
-    fn outputs_frames_are_split_or_refused() {
-        let mut frame = 2u32.to_le_bytes().to_vec();
-        for out in [&b"sa"[..], b"jbc"] {
-            frame.extend_from_slice(&(out.len() as u32).to_le_bytes());
-            frame.extend_from_slice(out);
+    fn results_frames_are_split_or_refused() {
+        let f = frame(&[2, FAILED, 0], &[b"sa", b"jbc", b"ValueError: no"]);
+        let results: Vec<_> = Results::parse(&f, 3).ok().unwrap().into_iter().collect();
+        assert!(matches!(&results[0], ItemResult::Outputs(o) if o == &[&b"sa"[..], b"jbc"]));
+        assert!(matches!(&results[1], ItemResult::Failed(m) if m == "ValueError: no"));
+        assert!(matches!(&results[2], ItemResult::Outputs(o) if o.is_empty()));
+        for end in 0..f.len() {
+            assert!(Results::parse(&f[..end], 3).is_err(), "cut at {end}");
         }
-        let outs = split_outputs(&frame).ok().unwrap();
-        assert_eq!(outs, [&b"sa"[..], b"jbc"]);
-        for end in 0..frame.len() {
-            assert!(split_outputs(&frame[..end]).is_err(), "cut at {end}");
-        }
+        // More items than the batch has left, or outputs that claim more bytes than sent.
+        assert!(Results::parse(&f, 2).is_err());
+        let mut long = f.clone();
+        long.push(0);
+        assert!(Results::parse(&long, 3).is_err());
+        assert!(Results::parse(&frame(&[u32::MAX - 1], &[]), 1).is_err());
     }
 }

@@ -7,19 +7,21 @@ stream). A frame is a u32 little-endian length, then a kind byte, then the paylo
 node to runner
   I  init: u32 name length, name, u8 generator, u32 deadline ms, u32 memory MiB,
      u32 largest item bytes, then the task's args (codec byte, tagged list of args)
-  B  batch: u32 count, then per item a u32 length and the item (tagged bytes)
+  B  batch: u32 count n, n u32 item lengths, then the items (tagged bytes) back to back
 runner to node
   R  ready (init done)          E  init failed: the message
-  O  an item's outputs: u32 count, then per output a u32 length and the output
-  F  an item failed: the message
+  P  results of the next k items of the batch: u32 k, k u32 output counts (FAILED: the
+     item failed, and its one "output" is the message), a u32 length per output, then the
+     outputs back to back
   L  a log line: u8 level (0 error .. 4 trace), then the text
 
-Every item of a batch gets exactly one O or F frame, in order. Frames are written in bulk,
-at least every TICK seconds while items run, so the node sees progress. A SIGALRM timer
-fails an item that runs past its deadline; the node kills the process when it stops
-answering altogether (a C extension that never returns to Python).
+The P frames of a batch cover its items in order, each once. They are written when a batch
+ends and at least every TICK seconds while its items run, so the node sees progress. A
+SIGALRM timer (every TICK) fails an item that runs past its deadline; the node kills the
+process when it stops answering altogether (a C extension that never returns to Python).
 """
 
+import array
 import importlib
 import json
 import os
@@ -33,10 +35,10 @@ import traceback
 import types
 
 TICK = 0.05
+FAILED = 0xFFFFFFFF
 _u32 = struct.Struct("<I")
-_one_str = struct.Struct("<IcIIc")
 _head = struct.Struct("<Ic")
-_SEQUENCES = (tuple, list)
+_NATIVE_LE = sys.byteorder == "little" and array.array("I").itemsize == 4
 
 _IN = 0
 _OUT = os.dup(1)
@@ -234,13 +236,26 @@ def _init(payload, module_name):
     return call, generator, deadline_ms / 1000.0, memory_mb, max_item
 
 
-_started = None
 _deadline = 30.0
+# The item running (its offset in the batch; -1 between items), and when the timer first saw
+# it: the timer fails an item it sees running for longer than the deadline.
+_current = -1
+_seen = (-1, 0.0)
+# Set by the timer: write what the batch has so far, so the node sees progress.
+_flush_due = False
 
 
 def _alarm(signum, frame):
-    s = _started
-    if s is not None and time.monotonic() - s > _deadline:
+    global _seen, _flush_due
+    _flush_due = True
+    c = _current
+    if c < 0:
+        return
+    now = time.monotonic()
+    if _seen[0] != c:
+        _seen = (c, now)
+    elif now - _seen[1] > _deadline:
+        _seen = (-1, 0.0)
         raise _Deadline()
 
 
@@ -265,7 +280,7 @@ def _limit_memory(memory_mb):
 
 
 def _outputs(result, generator, max_item):
-    """The frame payload of one item's result: count, then each output."""
+    """One item's outputs, encoded, and how many there are."""
     if result is None:
         return [], 0
     values = result if generator else (result,)
@@ -273,7 +288,7 @@ def _outputs(result, generator, max_item):
     for v in values:
         if v is None:
             continue
-        data = encode(v)
+        data = b"s" + v.encode() if type(v) is str else encode(v)
         if len(data) > max_item:
             raise _too_big(len(data), max_item)
         outs.append(data)
@@ -284,72 +299,94 @@ def _too_big(n, max_item):
     return ValueError(f"output of {n} bytes exceeds the item limit of {max_item} bytes")
 
 
+def _u32s(values):
+    if _NATIVE_LE:
+        return array.array("I", values).tobytes()
+    return struct.pack(f"<{len(values)}I", *values)
+
+
+class _Results:
+    """Results of the items of a batch not yet written: a count per item, a length per
+    output, the outputs."""
+
+    def __init__(self):
+        self.counts = []
+        self.lens = []
+        self.datas = []
+
+    def fail(self, message):
+        data = message.encode("utf-8", "replace")
+        self.counts.append(FAILED)
+        self.lens.append(len(data))
+        self.datas.append(data)
+
+    def write(self):
+        """One P frame with the results so far, after the log lines written meanwhile."""
+        global _flush_due
+        _flush_due = False
+        if self.counts:
+            body = _u32.pack(len(self.counts)) + _u32s(self.counts) + _u32s(self.lens)
+            _pending.extend(_head.pack(len(body) + 1 + sum(self.lens), b"P"))
+            _pending.extend(body)
+            for d in self.datas:
+                _pending.extend(d)
+            self.counts.clear()
+            self.lens.clear()
+            self.datas.clear()
+        _flush()
+
+
 def _run_batch(payload, call, generator, max_item, memory_mb):
-    """Runs every item of a batch frame, appending one O or F frame each to `_pending`."""
-    global _started
+    """Runs every item of a batch frame, writing their results in P frames."""
+    global _current
     (count,) = _u32.unpack_from(payload, 0)
-    at = 4
-    pending = _pending
-    unpack = _u32.unpack_from
-    pack_one = _one_str.pack
-    monotonic = time.monotonic
-    for _ in range(count):
-        (n,) = unpack(payload, at)
-        tag = payload[at + 4] if n else 0
-        body = payload[at + 5 : at + 4 + n]
-        at += 4 + n
-        now = monotonic()
-        if pending and now - _last_flush > TICK:
-            _flush()
+    at = 4 + 4 * count
+    sizes = payload[4:at].cast("I") if _NATIVE_LE else struct.unpack_from(f"<{count}I", payload, 4)
+    res = _Results()
+    counts_append, lens_append, datas_append = res.counts.append, res.lens.append, res.datas.append
+    for n in sizes:
+        item = payload[at : at + n]
+        if _flush_due:
+            res.write()
         try:
-            _started = now
+            _current = at
+            at += n
+            tag = item[0] if n else 0
             if tag == 115 or tag == 114:  # "s", "r": text (raw bytes that are not UTF-8 stay bytes)
                 try:
-                    value = str(body, "utf-8")
+                    value = str(item[1:], "utf-8")
                 except UnicodeDecodeError:
-                    value = bytes(body)
+                    value = bytes(item[1:])
             else:
-                value = decode(bytes(payload[at - n : at]))
+                value = decode(bytes(item))
             result = call(value)
             if not generator and type(result) is str:
-                data = result.encode()
-                if len(data) >= max_item:
-                    raise _too_big(len(data) + 1, max_item)
-                pending += pack_one(len(data) + 10, b"O", 1, len(data) + 1, b"s")
-                pending += data
-            elif generator and type(result) in _SEQUENCES and all(type(v) is str for v in result):
-                frame = bytearray(_u32.pack(len(result)))
-                for v in result:
-                    data = v.encode()
-                    if len(data) >= max_item:
-                        raise _too_big(len(data) + 1, max_item)
-                    frame += _u32.pack(len(data) + 1)
-                    frame += b"s"
-                    frame += data
-                _frame(b"O", frame)
+                data = b"s" + result.encode()
+                if len(data) > max_item:
+                    raise _too_big(len(data), max_item)
+                counts_append(1)
+                lens_append(len(data))
+                datas_append(data)
             else:
                 outs, k = _outputs(result, generator, max_item)
-                frame = bytearray(_u32.pack(k))
+                counts_append(k)
                 for data in outs:
-                    frame += _u32.pack(len(data))
-                    frame += data
-                _frame(b"O", frame)
-            _started = None
+                    lens_append(len(data))
+                    datas_append(data)
+            _current = -1
         except DropItem:
-            _started = None
-            _frame(b"O", _u32.pack(0))
+            _current = -1
+            counts_append(0)
         except _Deadline:
-            _started = None
-            _frame(b"F", f"deadline of {int(_deadline * 1000)} ms exceeded".encode())
+            _current = -1
+            res.fail(f"deadline of {int(_deadline * 1000)} ms exceeded")
         except MemoryError:
-            _started = None
-            _frame(b"F", f"memory limit of {memory_mb} MiB exceeded (MemoryError)".encode())
+            _current = -1
+            res.fail(f"memory limit of {memory_mb} MiB exceeded (MemoryError)")
         except Exception as e:
-            _started = None
-            _frame(b"F", _message(e).encode("utf-8", "replace"))
-        if len(pending) > (1 << 20):
-            _flush()
-    _flush()
+            _current = -1
+            res.fail(_message(e))
+    res.write()
 
 
 def main():

@@ -1,5 +1,6 @@
 //! `pcluster bench`'s Python rows, with the tasks of `examples/python/task_package` built
-//! into a component by componentize-py (skipped, saying so, when it is not installed):
+//! into a component by componentize-py (skipped, saying so, when it is not installed), and
+//! the same tasks in the native runtime on a cluster of its own whose nodes allow it:
 //!
 //! - W1-py: W1's three tasks in Python through a `pcluster run` process (after a warm-up run
 //!   that builds and compiles the component), outputs verified; the floor is plain CPython
@@ -17,7 +18,73 @@ use anyhow::{Context as _, bail, ensure};
 use kit::{Pcluster, W1Check};
 use root::Root;
 
-use super::{Cluster, Floors, Row};
+use super::{BenchArgs, Cluster, Floors, Row};
+
+/// The token of the native cluster (native tasks need one).
+const TOKEN: &str = "pcluster bench native token";
+
+/// Where the Python tasks run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Runtime {
+    /// Compiled to a component, in the sandbox.
+    Component,
+    /// In CPython processes on the nodes.
+    Native,
+}
+
+impl Runtime {
+    fn chain_line(self) -> &'static str {
+        match self {
+            Runtime::Component => "",
+            Runtime::Native => "runtime = \"python\"\n",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Runtime::Component => "",
+            Runtime::Native => " native",
+        }
+    }
+}
+
+/// W1-py and W2-py with native tasks, on a log server and nodes started with a token and
+/// `--allow-native` (their environments under `dir`).
+pub(super) async fn native(
+    pcluster: &Pcluster,
+    dir: &Path,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<Row>> {
+    let cache = dir.join("native-cache");
+    let cache = cache.to_string_lossy();
+    let node_extra = ["--allow-native", "--cache-dir", &cache];
+    let cluster = Cluster::start_with(
+        pcluster,
+        dir,
+        args.nodes,
+        args.workers,
+        &["--token", TOKEN],
+        &node_extra,
+    )
+    .await?;
+    let workers = u64::from(args.nodes * args.workers);
+    let options = root::RootOptions {
+        token: Some(protocol::auth::Token::new(TOKEN)),
+        ..root::RootOptions::default()
+    };
+    let root = Root::with_nodes(options, &cluster.nodes).await?;
+    let w2 = w2_py(&root, dir, workers, Runtime::Native).await?;
+    root.close().await?;
+    let w1 = w1_py(
+        pcluster,
+        &cluster,
+        dir,
+        args.py_items,
+        workers,
+        Runtime::Native,
+    )?;
+    Ok(vec![w2, w1])
+}
 
 /// W2-py seeds and iterations: about a second of CPython.
 const W2_SEEDS: u64 = 200;
@@ -37,10 +104,10 @@ fn package_dir() -> std::path::PathBuf {
     kit::repo().join("examples/python")
 }
 
-/// Seconds plain CPython takes for `body` (Python statements using `task_package`), timed
-/// inside the interpreter, and what the body printed after the time.
-fn cpython(body: &str) -> anyhow::Result<(f64, String)> {
-    let script = format!(
+/// A script running `body` (Python statements using `task_package`), printing the seconds it
+/// took and then what it put in `_out`.
+fn cpython_script(body: &str) -> String {
+    format!(
         "import sys, time, types\n\
          sys.path.insert(0, {dir:?})\n\
          sys.modules['pcluster'] = types.SimpleNamespace(log=lambda *a, **k: None)\n\
@@ -51,7 +118,13 @@ fn cpython(body: &str) -> anyhow::Result<(f64, String)> {
          print(time.perf_counter() - _t)\n\
          print('\\n'.join(_out))\n",
         dir = package_dir().display().to_string(),
-    );
+    )
+}
+
+/// Seconds plain CPython takes for `body` (Python statements using `task_package`), timed
+/// inside the interpreter, and what the body printed after the time.
+fn cpython(body: &str) -> anyhow::Result<(f64, String)> {
+    let script = cpython_script(body);
     let out = Command::new("python3")
         .args(["-c", &script])
         .output()
@@ -64,6 +137,33 @@ fn cpython(body: &str) -> anyhow::Result<(f64, String)> {
     Ok((secs.trim().parse()?, rest.to_string()))
 }
 
+/// Seconds `workers` plain CPython processes take side by side for W2-py's seeds, each its
+/// share (timed inside each; the slowest counts).
+fn cpython_parallel(workers: u64) -> anyhow::Result<f64> {
+    let children: Vec<_> = (0..workers.max(1))
+        .map(|k| {
+            let body = format!(
+                "for s in range({k}, {W2_SEEDS}, {}):\n    t.w2_mix(s, {W2_ITERATIONS})",
+                workers.max(1)
+            );
+            Command::new("python3")
+                .args(["-c", &cpython_script(&body)])
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("cannot run python3 for the CPython floor")?;
+    let mut slowest: f64 = 0.0;
+    for child in children {
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "python3 failed");
+        let text = String::from_utf8(out.stdout)?;
+        let secs: f64 = text.lines().next().unwrap_or("").trim().parse()?;
+        slowest = slowest.max(secs);
+    }
+    Ok(slowest)
+}
+
 /// W1-py over `n` items through `pcluster run` on the cluster's nodes.
 pub(super) fn w1_py(
     pcluster: &Pcluster,
@@ -71,14 +171,31 @@ pub(super) fn w1_py(
     dir: &Path,
     n: u64,
     workers: u64,
+    runtime: Runtime,
 ) -> anyhow::Result<Row> {
-    let chain = kit::repo().join("examples/python/w1.toml");
+    let chain = dir.join("w1py.toml");
+    let example = std::fs::read_to_string(kit::repo().join("examples/python/w1.toml"))?;
+    let module = package_dir().join("task_package");
+    let example = example.replace(
+        "module = \"task_package\"\n",
+        &format!(
+            "module = {:?}\n{}",
+            module.display().to_string(),
+            runtime.chain_line()
+        ),
+    );
+    std::fs::write(&chain, example)?;
+    let token: &[&str] = match runtime {
+        Runtime::Component => &[],
+        Runtime::Native => &["--token", TOKEN],
+    };
     let run = |input: &Path, output: &Path| -> anyhow::Result<f64> {
         let t = Instant::now();
         let run = pcluster
             .command()
             .arg("run")
             .arg(&chain)
+            .args(token)
             .args(["--nodes", &cluster.nodes_arg(), "--quiet"])
             .arg("--input")
             .arg(input)
@@ -117,8 +234,12 @@ pub(super) fn w1_py(
          t.w1_drop_odd(y)"
     ))?;
     let ns = cpython_secs * 1e9 / floor_n as f64;
+    let (how, goal) = match runtime {
+        Runtime::Component => ("Python tasks as a component", "50,000"),
+        Runtime::Native => ("native Python tasks (CPython processes)", "150,000"),
+    };
     Ok(Row {
-        name: "W1-py (`pcluster run`)".into(),
+        name: format!("W1-py{} (`pcluster run`)", runtime.suffix()),
         items: n,
         secs,
         workers,
@@ -127,8 +248,8 @@ pub(super) fn w1_py(
             wasm_ns: f64::NAN,
         },
         note: format!(
-            "verified; Python tasks as a component; start-up and setup included; \
-             \"vs native\" = plain CPython serially ({:.0} items/s per thread); goal ≥ 50,000 items/s",
+            "verified; {how}; start-up and setup included; \
+             \"vs native\" = plain CPython serially ({:.0} items/s per thread); goal ≥ {goal} items/s",
             1e9 / ns
         ),
     })
@@ -150,13 +271,19 @@ async fn component_ns_per_item(root: &Root, task: &str) -> anyhow::Result<f64> {
 }
 
 /// W2-py: W2's task in Python through the library root.
-pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Result<Row> {
+pub(super) async fn w2_py(
+    root: &Root,
+    dir: &Path,
+    workers: u64,
+    runtime: Runtime,
+) -> anyhow::Result<Row> {
     let chain_file = dir.join("w2py.toml");
     std::fs::write(
         &chain_file,
         format!(
-            "name = \"w2-py\"\nmodule = {:?}\n\n[[task]]\nfunction = \"W2Cpu\"\nargs = [{W2_ITERATIONS}]\n",
-            package_dir().join("task_package").display().to_string()
+            "name = \"w2-py\"\nmodule = {:?}\n{}\n[[task]]\nfunction = \"W2Cpu\"\nargs = [{W2_ITERATIONS}]\n",
+            package_dir().join("task_package").display().to_string(),
+            runtime.chain_line()
         ),
     )?;
     let spec = root::chain::load(&chain_file, &crate::setup::builder())?;
@@ -197,9 +324,14 @@ pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Resu
         "W2-py: CPython's values differ from the native ones"
     );
     let ideal = serial / workers as f64;
+    let parallel = cpython_parallel(workers)?;
     let native_ns = serial * 1e9 / W2_SEEDS as f64;
+    let (runs_in, goal) = match runtime {
+        Runtime::Component => ("the component", "2"),
+        Runtime::Native => ("the native process", "1.15"),
+    };
     Ok(Row {
-        name: "W2-py".into(),
+        name: format!("W2-py{}", runtime.suffix()),
         items: W2_SEEDS,
         secs,
         workers,
@@ -209,9 +341,11 @@ pub(super) async fn w2_py(root: &Root, dir: &Path, workers: u64) -> anyhow::Resu
         },
         note: format!(
             "verified; {W2_ITERATIONS} iterations; CPython serial {serial:.3} s, ideal on {workers} workers {ideal:.3} s; \
-             time = {:.2}× ideal (goal ≤ 2×); one item: {:.2} ms in the component (as the nodes timed it), \
-             {:.2} ms in plain CPython ({:.1}×); \"vs wasm\" = the rate against the component's",
+             time = {:.2}× ideal (goal ≤ {goal}×); {workers} plain CPython processes side by side \
+             {parallel:.3} s ({:.2}× ideal: what this machine gives in parallel); one item: {:.2} ms in {runs_in} (as the nodes timed it), \
+             {:.2} ms in plain CPython ({:.1}×); \"vs wasm\" = the rate against {runs_in}'s",
             secs / ideal,
+            parallel / ideal,
             component_ns / 1e6,
             native_ns / 1e6,
             component_ns / native_ns
