@@ -182,3 +182,15 @@ def test_allow_native_without_a_token_refuses_to_start() -> None:
     )
     assert done.returncode != 0
     assert "--allow-native needs a cluster token" in done.stderr
+
+
+def test_a_failed_install_fails_setup_naming_node_package_and_pips_words(
+    root: pcluster.Root, native_cluster: NativeCluster, tmp_path: Path
+) -> None:
+    chain = native_chain(tmp_path, "pid", requirements='["pcluster-no-such-package==1.0"]')
+    with pytest.raises(pcluster.PclusterError) as failed:
+        root.setup("missing", "1", chain)
+    message = str(failed.value)
+    assert "pcluster-no-such-package==1.0" in message
+    assert "No matching distribution" in message or "Could not find a version" in message, message
+    assert any(n in message for n in native_cluster.nodes), message

@@ -11,6 +11,7 @@ from outside Python (str when valid UTF-8, else bytes).
 
 import importlib
 import json
+import pkgutil
 import pickle
 import sys
 
@@ -26,6 +27,17 @@ import _pcluster_config
 # fails, reach componentize-py's output (pcluster reads the failing module and the exception
 # there) instead of a trap that names neither.
 _USER = importlib.import_module(_pcluster_config.MODULE)
+
+# A task may live in a submodule the package does not import itself (`pkg.tasks.wait`, as
+# pipeline-cluster's packages have them). Only what is imported now is in the component, so
+# import every submodule; one that fails to import is noted, and named when a task needs it.
+_SUBMODULE_ERRORS = {}
+if hasattr(_USER, "__path__"):
+    for _info in pkgutil.walk_packages(_USER.__path__, _USER.__name__ + "."):
+        try:
+            importlib.import_module(_info.name)
+        except Exception as _e:
+            _SUBMODULE_ERRORS[_info.name] = f"{type(_e).__name__}: {_e}"
 pcluster._building = False
 
 # Output lines of `print` and of the `logging` module reach the log server, tagged by the
@@ -131,8 +143,13 @@ class WitWorld(wit_world.WitWorld):
         try:
             target = _target(name)
         except (AttributeError, ImportError):
+            why = "".join(
+                f" ({module} failed to import: {error})"
+                for module, error in _SUBMODULE_ERRORS.items()
+                if f"{_pcluster_config.MODULE}.{name}".startswith(module + ".")
+            )
             raise componentize_py_types.Err(
-                f"module `{_pcluster_config.MODULE}` has no function or class `{name}`"
+                f"module `{_pcluster_config.MODULE}` has no function or class `{name}`{why}"
             )
         # The args: the chain's codec (`j` or `p`), then a tagged item with the args list.
         values = ()
