@@ -50,6 +50,9 @@ pub enum Msg {
     // --- answers and events from a node ---
     /// The node's status.
     Status(Box<NodeStatus>),
+    /// What a long setup is doing (building a Python environment); [`Msg::SetupDone`] or
+    /// [`Msg::Error`] follows.
+    SetupProgress(SetupProgress),
     /// The chain is set up.
     SetupDone(SetupDone),
     /// Outputs and completion of a run of inputs of one batch.
@@ -124,6 +127,7 @@ impl Msg {
             Msg::Paused => "Paused",
             Msg::Resumed => "Resumed",
             Msg::Draining => "Draining",
+            Msg::SetupProgress(_) => "SetupProgress",
             Msg::Released(_) => "Released",
             Msg::Heartbeat => "Heartbeat",
             Msg::Error(_) => "Error",
@@ -276,6 +280,13 @@ pub struct Withheld {
     pub module: u32,
     /// Whether it is a component (a Python task) rather than a core module.
     pub component: bool,
+}
+
+/// What a node's setup is doing while it takes long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupProgress {
+    /// One line for people, e.g. "installing numpy>=1.26 (pip)".
+    pub message: String,
 }
 
 /// The chain is ready.

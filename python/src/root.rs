@@ -308,6 +308,9 @@ impl Root {
             }),
             None => eprintln!("pcluster: {f}"),
         });
+        // Nodes building a Python environment say so: setup may take minutes.
+        handlers =
+            handlers.on_progress(|node, message| eprintln!("pcluster: node {node}: {message}"));
         let root = self.current()?;
         self.wait(py, root.setup_handlers(chain, handlers))
     }

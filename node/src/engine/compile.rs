@@ -166,14 +166,15 @@ fn declared_generators(module: &[u8]) -> Option<HashSet<String>> {
 ///
 /// # Errors
 /// The first module that does not compile or task that cannot run, named; a task this node
-/// can run whose module was withheld.
+/// can run whose module was withheld. `natives` makes native Python modules ready, telling
+/// its callback what takes long.
 pub fn compile_chain(
     cache: &ModuleCache,
     spec: &ChainSpec,
     tagged_items: bool,
     labels: &[String],
     withheld: &[Withheld],
-    natives: &Natives,
+    natives: (&Natives, &dyn Fn(&str)),
 ) -> Result<(CompiledChain, u32, u32), SetupError> {
     if spec.tasks.is_empty() {
         return Err(SetupError::NoTasks);
@@ -267,7 +268,7 @@ fn node_modules(
     spec: &ChainSpec,
     placed: &[bool],
     withheld: &[Withheld],
-    natives: &Natives,
+    (natives, progress): (&Natives, &dyn Fn(&str)),
 ) -> Result<(Vec<NodeModule>, u32, u32), SetupError> {
     let mut needed = vec![false; spec.modules.len()];
     for (t, &placed) in spec.tasks.iter().zip(placed) {
@@ -291,7 +292,7 @@ fn node_modules(
         }
         if native {
             let code = natives
-                .prepare(bytes)
+                .prepare(bytes, progress)
                 .map_err(|source| SetupError::Native {
                     module: i as u32,
                     source,

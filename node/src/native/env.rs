@@ -55,6 +55,7 @@ pub(super) fn ensure(
     config: &NativeConfig,
     version: &str,
     requirements: &[String],
+    progress: &dyn Fn(&str),
 ) -> Result<PathBuf, NativeError> {
     let key = key(config, version, requirements);
     let dir = root.join(&key);
@@ -70,7 +71,13 @@ pub(super) fn ensure(
     std::fs::create_dir_all(root).map_err(write(root))?;
     let lock_path = root.join(format!("{key}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(write(&lock_path))?;
-    lock.lock().map_err(write(&lock_path))?;
+    if lock.try_lock().is_err() {
+        progress(&format!(
+            "waiting for another setup's install of {}",
+            requirements.join(" ")
+        ));
+        lock.lock().map_err(write(&lock_path))?;
+    }
     if ready.exists() {
         return Ok(python);
     }
@@ -81,6 +88,7 @@ pub(super) fn ensure(
     };
     let _ = std::fs::remove_dir_all(&dir);
     tracing::info!(requirements = %all, dir = %dir.display(), "building a Python environment");
+    progress(&format!("installing {all} (venv and pip; once per node)"));
     let mut venv = Command::new(&config.python);
     venv.args(["-m", "venv"]).arg(&dir);
     run(&mut venv).map_err(|e| failed(format!("python -m venv: {e}")))?;

@@ -127,12 +127,16 @@ impl Natives {
     }
 
     /// The native module in `bytes` made ready: sources written, requirements installed.
-    /// Blocks (pip may take minutes); concurrent callers for the same environment, in this
+    /// Blocks (pip may take minutes), telling `progress` when it builds an environment; concurrent callers for the same environment, in this
     /// process or another sharing the directory, wait for one build.
     ///
     /// # Errors
     /// [`NativeError`] saying what failed, with pip's last lines for a failed install.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<Arc<NativeCode>, NativeError> {
+    pub fn prepare(
+        &self,
+        bytes: &[u8],
+        progress: &dyn Fn(&str),
+    ) -> Result<Arc<NativeCode>, NativeError> {
         if !self.config.allow {
             return Err(NativeError::NotAllowed);
         }
@@ -171,6 +175,7 @@ impl Natives {
                 &self.config,
                 &version,
                 &bundle.requirements,
+                progress,
             )?
         };
         Ok(Arc::new(NativeCode {

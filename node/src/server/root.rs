@@ -323,13 +323,17 @@ async fn setup_chain(
         node.config.memory_mb,
     )?;
     tokio::task::spawn_blocking(move || {
+        let progress = |message: &str| {
+            let message = message.to_owned();
+            let _ = out.blocking_send(Msg::SetupProgress(protocol::SetupProgress { message }));
+        };
         let (chain, compiled, cached) = compile_chain(
             &node.cache,
             &spec,
             tagged_items,
             &node.config.labels,
             &withheld,
-            &node.natives,
+            (&node.natives, &progress),
         )?;
         let pool = Pool::start(
             Arc::new(chain),

@@ -37,7 +37,7 @@ impl LocalChain {
             false,
             &[],
             &[],
-            &crate::native::Natives::default(),
+            (&crate::native::Natives::default(), &|_| ()),
         )?;
         let mut shared = PoolShared::new(Arc::new(chain), 1, Some(1));
         shared.hand_back = false;

@@ -127,7 +127,7 @@ fn run_ten_on(batched: bool, tasks: &[(&str, bool)], pool: bool) -> (Outputs, Ve
         false,
         &[],
         &[],
-        &crate::native::Natives::default(),
+        (&crate::native::Natives::default(), &|_| ()),
     )
     .expect("compiles");
     // In a pool, nothing measured yet (so the cost of what follows a generator is unknown).
@@ -259,7 +259,7 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         false,
         &[],
         &[],
-        &crate::native::Natives::default(),
+        (&crate::native::Natives::default(), &|_| ()),
     )
     .expect("compiles");
     let chain = Arc::new(chain);

@@ -192,6 +192,11 @@ impl Sink {
 }
 
 impl Handler for Sink {
+    /// A node building a Python environment says so on stderr: setup may take minutes.
+    fn progress(&mut self, node: std::net::SocketAddr, message: &str) {
+        eprintln!("pcluster run: node {node}: {message}");
+    }
+
     #[inline]
     fn output(&mut self, input: ItemId, item: &[u8]) {
         if self.stopped || self.out.failed() {

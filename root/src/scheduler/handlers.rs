@@ -41,6 +41,12 @@ pub trait Handler: Send {
         false
     }
 
+    /// A node says what its setup of the chain is doing while that takes long (a Python
+    /// environment being built). By default, logged (`tracing`, info).
+    fn progress(&mut self, node: std::net::SocketAddr, message: &str) {
+        tracing::info!(node = %node, "setup: {message}");
+    }
+
     /// Nothing more waits to be handed over at the moment (or [`IDLE_EVERY`] passed while
     /// outputs kept coming): a handler that gathers outputs should pass them on now, so
     /// results leave as their inputs complete.
@@ -69,12 +75,14 @@ pub struct InputDone {
 type OutputFn = Box<dyn FnMut(ItemId, &[u8]) + Send>;
 type FailureFn = Box<dyn FnMut(ItemFailure) + Send>;
 type DoneFn = Box<dyn FnMut(InputDone) + Send>;
+type ProgressFn = Box<dyn FnMut(std::net::SocketAddr, &str) + Send>;
 
 /// A [`Handler`] of closures.
 struct Closures {
     output: OutputFn,
     failure: FailureFn,
     done: Option<DoneFn>,
+    progress: Option<ProgressFn>,
 }
 
 impl Handler for Closures {
@@ -95,6 +103,13 @@ impl Handler for Closures {
 
     fn wants_done(&self) -> bool {
         self.done.is_some()
+    }
+
+    fn progress(&mut self, node: std::net::SocketAddr, message: &str) {
+        match self.progress.as_mut() {
+            Some(f) => f(node, message),
+            None => tracing::info!(node = %node, "setup: {message}"),
+        }
     }
 }
 
@@ -127,6 +142,7 @@ impl Handlers {
                 output: Box::new(output),
                 failure: Box::new(|f| tracing::warn!("{f}")),
                 done: None,
+                progress: None,
             }),
             observer: None,
         }
@@ -157,6 +173,23 @@ impl Handlers {
             c.done = Some(Box::new(done));
         }
         self
+    }
+
+    /// What nodes say of a long setup goes to `progress` (closures only: a [`Handler`] has
+    /// its own).
+    #[must_use]
+    pub fn on_progress(
+        mut self,
+        progress: impl FnMut(std::net::SocketAddr, &str) + Send + 'static,
+    ) -> Handlers {
+        if let HandlersInner::Closures(c) = &mut self.inner {
+            c.progress = Some(Box::new(progress));
+        }
+        self
+    }
+
+    pub(crate) fn progress(&mut self, node: std::net::SocketAddr, message: &str) {
+        self.get().progress(node, message);
     }
 
     fn get(&mut self) -> &mut dyn Handler {

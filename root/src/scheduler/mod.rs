@@ -423,6 +423,11 @@ impl Scheduler {
                         tracing::info!(node = %addr, compiled = done.compiled, cached = done.cached, "chain set up");
                         self.answer(id, Some(WaitKind::Setup), None);
                     }
+                    Msg::SetupProgress(p) => {
+                        if let Some(h) = self.handlers.as_mut() {
+                            h.progress(addr, &p.message);
+                        }
+                    }
                     Msg::ResetDone => self.answer(id, Some(WaitKind::Reset), None),
                     Msg::Paused => self.answer(id, Some(WaitKind::Pause), None),
                     Msg::Resumed => self.answer(id, Some(WaitKind::Resume), None),
