@@ -48,6 +48,11 @@ impl LocalCluster {
             let config = node::NodeConfig {
                 workers,
                 token: token.clone(),
+                // The user's own code on the user's own machine, behind a fresh token.
+                native: node::native::NativeConfig {
+                    allow: token.is_some(),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let s = shutdown.clone();

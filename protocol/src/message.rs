@@ -50,9 +50,6 @@ pub enum Msg {
     // --- answers and events from a node ---
     /// The node's status.
     Status(Box<NodeStatus>),
-    /// What a long setup is doing (building a Python environment); [`Msg::SetupDone`] or
-    /// [`Msg::Error`] follows.
-    SetupProgress(SetupProgress),
     /// The chain is set up.
     SetupDone(SetupDone),
     /// Outputs and completion of a run of inputs of one batch.
@@ -78,6 +75,11 @@ pub enum Msg {
     Heartbeat,
     /// A failure; whether the connection stays open depends on the kind.
     Error(WireError),
+
+    // --- node to root, last so that the variant indexes above stay (`split.rs`) ---
+    /// What a long setup is doing (building a Python environment); [`Msg::SetupDone`] or
+    /// [`Msg::Error`] follows.
+    SetupProgress(SetupProgress),
 }
 
 impl Msg {

@@ -9,5 +9,8 @@ from ._exe import pcluster_exe
 
 
 def main() -> None:
-    exe = pcluster_exe()
+    try:
+        exe = pcluster_exe(search_path=False)
+    except FileNotFoundError as e:
+        sys.exit(f"pcluster: {e}")
     os.execv(exe, [exe, *sys.argv[1:]])

@@ -7,6 +7,7 @@ loopback (a node open to the network needs a token, ``PCLUSTER_TOKEN``).
 
 import signal
 import subprocess
+import threading
 from typing import Any, List, Optional
 
 from ._exe import pcluster_exe
@@ -40,17 +41,22 @@ class Server:
 
     def serve(self) -> int:
         """Runs the node until it stops; its exit status."""
-        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        procs: List[subprocess.Popen] = []
 
         def forward(signum: int, frame: Any) -> None:
-            proc.send_signal(signum)
+            for p in procs:
+                p.send_signal(signum)
 
-        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Signals are forwarded from the main thread only (where Python can catch them).
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
-            return proc.wait()
+            procs.append(subprocess.Popen(self.command(), stdin=subprocess.DEVNULL))
+            return procs[0].wait()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()

@@ -104,6 +104,9 @@ def test_numpy_from_requirements_and_a_second_setup_reuses_the_environment(
     expected = sorted(f"{v}={math.sqrt(sum(float(x) ** 2 for x in v.split(',')))}" for v in vectors)
     assert sorted(outputs) == expected
     assert "3,4=5.0" in outputs
+    # The nodes say they run native tasks.
+    for status in root.status():
+        assert "native" in status["labels"], status
     root.reset()
     started = time.monotonic()
     root.setup("norm-again", "1", chain, output_handler=outputs.append)
@@ -111,21 +114,27 @@ def test_numpy_from_requirements_and_a_second_setup_reuses_the_environment(
 
 
 def test_an_item_past_its_deadline_fails_alone_and_the_next_succeeds(
-    root: pcluster.Root, tmp_path: Path
+    native_cluster: NativeCluster, tmp_path: Path
 ) -> None:
     chain = native_chain(tmp_path, "sleepy", limits="deadline_ms = 500")
-    outputs, failures = setup_and_run(root, chain, ["a", "sleep", "b"])
-    assert sorted(outputs) == ["a!", "b!"]
-    assert [f.input_item for f in failures] == ["sleep"]
-    assert "deadline of 500 ms" in failures[0].message
-    # The failing item alone, timed from its feed: within the deadline and one second.
-    failures.clear()
-    started = time.monotonic()
-    root.feed(["sleep", "c"])
-    root.wait_empty()
-    assert time.monotonic() - started <= 1.5
-    assert [f.input_item for f in failures] == ["sleep"]
-    assert "c!" in outputs
+    # One node of one worker: the item after the late one runs on the same worker.
+    r = pcluster.Root(native_cluster.nodes[:1], token=NATIVE_TOKEN)
+    try:
+        outputs, failures = setup_and_run(r, chain, ["a", "sleep", "b"])
+        assert sorted(outputs) == ["a!", "b!"]
+        assert [f.input_item for f in failures] == ["sleep"]
+        assert "deadline of 500 ms" in failures[0].message
+        outputs.clear()
+        failures.clear()
+        started = time.monotonic()
+        r.feed(["sleep", "c"])
+        r.wait_empty()
+        # The late item alone, timed from its feed: within the deadline and one second.
+        assert time.monotonic() - started <= 1.5
+        assert [f.input_item for f in failures] == ["sleep"]
+        assert outputs == ["c!"]
+    finally:
+        r.close()
 
 
 def test_an_item_past_the_memory_limit_fails_alone(root: pcluster.Root, tmp_path: Path) -> None:

@@ -139,8 +139,12 @@ fn collect(
         if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
             continue;
         }
-        // A symlink to a directory is skipped: it could loop.
-        let meta = entry.metadata().map_err(io)?;
+        // A symlink to a file is followed; one to a directory is skipped: it could loop.
+        let link = entry.file_type().map_err(io)?.is_symlink();
+        let meta = std::fs::metadata(&path).map_err(io)?;
+        if link && meta.is_dir() {
+            continue;
+        }
         let inner = format!("{prefix}/{name}");
         if meta.is_dir() {
             collect(&path, &inner, files, total, top)?;

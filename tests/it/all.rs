@@ -11,6 +11,7 @@ mod dashboard;
 mod e2e;
 mod lifecycle;
 mod logserver;
+mod native;
 mod partial;
 mod python;
 mod reliability;

@@ -34,9 +34,11 @@ _USER = importlib.import_module(_pcluster_config.MODULE)
 _SUBMODULE_ERRORS = {}
 if hasattr(_USER, "__path__"):
     for _info in pkgutil.walk_packages(_USER.__path__, _USER.__name__ + "."):
+        if _info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
         try:
             importlib.import_module(_info.name)
-        except Exception as _e:
+        except (Exception, SystemExit) as _e:
             _SUBMODULE_ERRORS[_info.name] = f"{type(_e).__name__}: {_e}"
 pcluster._building = False
 

@@ -96,6 +96,8 @@ pub struct NativeCode {
 pub struct Natives {
     config: NativeConfig,
     dir: PathBuf,
+    /// Whether `dir` is this process's own temporary directory (no cache directory).
+    private: bool,
     /// The interpreter's version and platform, asked once (part of environment keys).
     version: OnceLock<Result<String, String>>,
 }
@@ -112,11 +114,13 @@ impl Natives {
     pub fn new(config: NativeConfig, cache_dir: Option<&Path>) -> Natives {
         let dir = match cache_dir {
             Some(d) => d.join("native"),
+            // Made at first use, only by this process (see `private_dir`).
             None => std::env::temp_dir().join(format!("pcluster-native-{}", std::process::id())),
         };
         Natives {
             config,
             dir,
+            private: cache_dir.is_none(),
             version: OnceLock::new(),
         }
     }
@@ -141,6 +145,7 @@ impl Natives {
             return Err(NativeError::NotAllowed);
         }
         let bundle = NativeBundle::decode(bytes)?;
+        self.private_dir()?;
         let code_dir = self
             .dir
             .join("code")
@@ -184,6 +189,34 @@ impl Natives {
             module: bundle.module,
             runner,
         }))
+    }
+}
+
+impl Natives {
+    /// Without a cache directory, the temporary one is this process's own: made once with
+    /// mode 0700, and refused if anything else made it first (its runner and environments
+    /// would be trusted).
+    fn private_dir(&self) -> Result<(), NativeError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let err = |source| NativeError::Write {
+            path: self.dir.clone(),
+            source,
+        };
+        if !self.private {
+            return Ok(());
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let meta = std::fs::symlink_metadata(&self.dir).map_err(err)?;
+                // Made by this process earlier: a directory of this user's, closed to others.
+                let ours = meta.is_dir()
+                    && meta.uid() == std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+                    && meta.mode() & 0o077 == 0;
+                if ours { Ok(()) } else { Err(err(e)) }
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 }
 

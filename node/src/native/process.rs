@@ -245,11 +245,14 @@ impl Runner {
                 Ok(())
             }
             Ok(_) | Err(RecvTimeoutError::Disconnected) => {
-                let status = self
-                    .child
-                    .wait()
-                    .map_or_else(|e| e.to_string(), |s| s.to_string());
-                Err(Broken::Exited(status))
+                // Its output closed: it exited, or closed the pipe and must not live on.
+                // Killing first, so the wait is never long; an exit already made is kept.
+                self.kill();
+                let status = self.child.try_wait().ok().flatten();
+                Err(Broken::Exited(status.map_or_else(
+                    || "status unknown".to_owned(),
+                    |s| s.to_string(),
+                )))
             }
             Err(RecvTimeoutError::Timeout) => {
                 self.kill();

@@ -30,6 +30,7 @@ import resource
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback
 import types
@@ -44,23 +45,27 @@ _IN = 0
 _OUT = os.dup(1)
 os.dup2(2, 1)
 
+# Frames not yet written. A task's own threads may log too, so every change to it, and its
+# writing out, holds the lock: a frame is never cut by another.
 _pending = bytearray()
-_last_flush = time.monotonic()
+_lock = threading.RLock()
+# Longest log line passed on (the rest is cut, saying so).
+LOG_LINE_BYTES = 64 << 10
 
 
 def _flush():
-    global _last_flush
-    done, total = 0, len(_pending)
-    with memoryview(_pending) as view:
-        while done < total:
-            done += os.write(_OUT, view[done:])
-    del _pending[:]
-    _last_flush = time.monotonic()
+    with _lock:
+        done, total = 0, len(_pending)
+        with memoryview(_pending) as view:
+            while done < total:
+                done += os.write(_OUT, view[done:])
+        del _pending[:]
 
 
 def _frame(kind, payload=b""):
-    _pending.extend(_head.pack(len(payload) + 1, kind))
-    _pending.extend(payload)
+    with _lock:
+        _pending.extend(_head.pack(len(payload) + 1, kind))
+        _pending.extend(payload)
 
 
 def _read_exact(n):
@@ -86,6 +91,8 @@ class _Deadline(BaseException):
 
 def _log(level, msg):
     text = str(msg).encode("utf-8", "replace")
+    if len(text) > LOG_LINE_BYTES:
+        text = text[:LOG_LINE_BYTES] + b" [line cut at 64 KiB]"
     _frame(b"L", bytes((level,)) + text)
 
 
@@ -97,16 +104,18 @@ class _LogStream:
         self._buf = ""
 
     def write(self, text):
-        self._buf += text
-        while "\n" in self._buf:
-            line, self._buf = self._buf.split("\n", 1)
-            _log(self._level, line)
+        with _lock:
+            self._buf += text
+            while "\n" in self._buf:
+                line, self._buf = self._buf.split("\n", 1)
+                _log(self._level, line)
         return len(text)
 
     def flush(self):
-        if self._buf:
-            _log(self._level, self._buf)
-            self._buf = ""
+        with _lock:
+            if self._buf:
+                _log(self._level, self._buf)
+                self._buf = ""
 
     def isatty(self):
         return False
@@ -187,10 +196,12 @@ def _target(module, name):
     parts = name.split(".")
     for i, part in enumerate(parts):
         if not hasattr(obj, part) and isinstance(obj, types.ModuleType):
+            sub = f"{obj.__name__}.{part}"
             try:
-                importlib.import_module(f"{obj.__name__}.{part}")
-            except ModuleNotFoundError:
-                pass
+                importlib.import_module(sub)
+            except ModuleNotFoundError as e:
+                if e.name != sub:
+                    raise  # the submodule exists but an import of its own failed
         try:
             obj = getattr(obj, part)
         except AttributeError:
@@ -237,9 +248,10 @@ def _init(payload, module_name):
 
 
 _deadline = 30.0
-# The item running (its offset in the batch; -1 between items), and when the timer first saw
-# it: the timer fails an item it sees running for longer than the deadline.
+# The item running (a number that grows with every item; -1 between items), and when the
+# timer first saw it: the timer fails an item it sees running for longer than the deadline.
 _current = -1
+_next_item = 0
 _seen = (-1, 0.0)
 # Set by the timer: write what the batch has so far, so the node sees progress.
 _flush_due = False
@@ -274,25 +286,20 @@ def _limit_memory(memory_mb):
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        # The hard limit too, so that the task cannot lift it.
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (OSError, ValueError):
         pass
 
 
-def _outputs(result, generator, max_item):
-    """One item's outputs, encoded, and how many there are."""
+def _outputs(result, generator):
+    """One item's outputs, encoded (a generator's iterable is consumed here, so its code
+    runs within the item's deadline)."""
     if result is None:
-        return [], 0
-    values = result if generator else (result,)
-    outs = []
-    for v in values:
-        if v is None:
-            continue
-        data = b"s" + v.encode() if type(v) is str else encode(v)
-        if len(data) > max_item:
-            raise _too_big(len(data), max_item)
-        outs.append(data)
-    return outs, len(outs)
+        return ()
+    if not generator:
+        return (encode(result),)
+    return [b"s" + v.encode() if type(v) is str else encode(v) for v in result if v is not None]
 
 
 def _too_big(n, max_item):
@@ -307,85 +314,128 @@ def _u32s(values):
 
 class _Results:
     """Results of the items of a batch not yet written: a count per item, a length per
-    output, the outputs."""
+    output, the outputs, and their bytes."""
 
     def __init__(self):
         self.counts = []
         self.lens = []
         self.datas = []
+        self.bytes = 0
 
     def fail(self, message):
         data = message.encode("utf-8", "replace")
         self.counts.append(FAILED)
         self.lens.append(len(data))
         self.datas.append(data)
+        self.bytes += len(data)
 
     def write(self):
         """One P frame with the results so far, after the log lines written meanwhile."""
         global _flush_due
         _flush_due = False
-        if self.counts:
-            body = _u32.pack(len(self.counts)) + _u32s(self.counts) + _u32s(self.lens)
-            _pending.extend(_head.pack(len(body) + 1 + sum(self.lens), b"P"))
-            _pending.extend(body)
-            for d in self.datas:
-                _pending.extend(d)
-            self.counts.clear()
-            self.lens.clear()
-            self.datas.clear()
-        _flush()
+        with _lock:
+            if self.counts:
+                body = _u32.pack(len(self.counts)) + _u32s(self.counts) + _u32s(self.lens)
+                _pending.extend(_head.pack(len(body) + 1 + sum(self.lens), b"P"))
+                _pending.extend(body)
+                for d in self.datas:
+                    _pending.extend(d)
+                self.counts.clear()
+                self.lens.clear()
+                self.datas.clear()
+                self.bytes = 0
+            _flush()
+
+
+# Bytes of results gathered before they are written even though no tick passed.
+WRITE_AT = 4 << 20
+
+
+def _failure(e, memory_mb):
+    if isinstance(e, _Deadline):
+        return f"deadline of {int(_deadline * 1000)} ms exceeded"
+    if isinstance(e, MemoryError):
+        return f"memory limit of {memory_mb} MiB exceeded (MemoryError)"
+    return _message(e)
 
 
 def _run_batch(payload, call, generator, max_item, memory_mb):
-    """Runs every item of a batch frame, writing their results in P frames."""
-    global _current
+    """Runs every item of a batch frame, writing their results in P frames. An item's
+    results are recorded only after it is marked done, so the timer can never fail an item
+    whose results are half recorded."""
+    global _current, _next_item
     (count,) = _u32.unpack_from(payload, 0)
     at = 4 + 4 * count
     sizes = payload[4:at].cast("I") if _NATIVE_LE else struct.unpack_from(f"<{count}I", payload, 4)
     res = _Results()
     counts_append, lens_append, datas_append = res.counts.append, res.lens.append, res.datas.append
+    seq = _next_item
+    most = max(2 * max_item, 64 << 20) - (1 << 20)
     for n in sizes:
         item = payload[at : at + n]
-        if _flush_due:
+        at += n
+        if _flush_due or res.bytes > WRITE_AT:
             res.write()
+        seq += 1
+        single = None
         try:
-            _current = at
-            at += n
-            tag = item[0] if n else 0
-            if tag == 115 or tag == 114:  # "s", "r": text (raw bytes that are not UTF-8 stay bytes)
-                try:
-                    value = str(item[1:], "utf-8")
-                except UnicodeDecodeError:
-                    value = bytes(item[1:])
-            else:
-                value = decode(bytes(item))
-            result = call(value)
-            if not generator and type(result) is str:
-                data = b"s" + result.encode()
-                if len(data) > max_item:
-                    raise _too_big(len(data), max_item)
-                counts_append(1)
-                lens_append(len(data))
-                datas_append(data)
-            else:
-                outs, k = _outputs(result, generator, max_item)
-                counts_append(k)
-                for data in outs:
-                    lens_append(len(data))
-                    datas_append(data)
+            try:
+                _current = seq
+                tag = item[0] if n else 0
+                if tag == 115 or tag == 114:  # "s", "r": text (raw bytes not UTF-8 stay bytes)
+                    try:
+                        value = str(item[1:], "utf-8")
+                    except UnicodeDecodeError:
+                        if tag == 115:
+                            raise
+                        value = bytes(item[1:])
+                else:
+                    value = decode(bytes(item))
+                result = call(value)
+                if not generator and type(result) is str:
+                    single = b"s" + result.encode()
+                else:
+                    outs = _outputs(result, generator)
+                _current = -1
+            except DropItem:
+                _current = -1
+                single, outs = None, ()
+            except BaseException as e:
+                _current = -1
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                res.fail(_failure(e, memory_mb))
+                continue
+        except _Deadline as e:  # the timer, in the instant before `_current = -1` above
             _current = -1
-        except DropItem:
-            _current = -1
-            counts_append(0)
-        except _Deadline:
-            _current = -1
-            res.fail(f"deadline of {int(_deadline * 1000)} ms exceeded")
-        except MemoryError:
-            _current = -1
-            res.fail(f"memory limit of {memory_mb} MiB exceeded (MemoryError)")
-        except Exception as e:
-            _current = -1
-            res.fail(_message(e))
+            res.fail(_failure(e, memory_mb))
+            continue
+        if single is not None:
+            if len(single) > max_item:
+                res.fail(str(_too_big(len(single), max_item)))
+                continue
+            counts_append(1)
+            lens_append(len(single))
+            datas_append(single)
+            res.bytes += len(single)
+            continue
+        size = 0
+        for data in outs:
+            if len(data) > max_item:
+                size = -1
+                break
+            size += len(data)
+        if size < 0 or size > most:
+            big = max(len(d) for d in outs)
+            res.fail(str(_too_big(big, max_item)) if size < 0 else
+                     f"outputs of {size} bytes for one item exceed {most} bytes")
+            continue
+        counts_append(len(outs))
+        for data in outs:
+            lens_append(len(data))
+            datas_append(data)
+        res.bytes += size
+    _next_item = seq
     res.write()
 
 

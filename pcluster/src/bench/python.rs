@@ -235,7 +235,7 @@ pub(super) fn w1_py(
     ))?;
     let ns = cpython_secs * 1e9 / floor_n as f64;
     let (how, goal) = match runtime {
-        Runtime::Component => ("Python tasks as a component", "50,000"),
+        Runtime::Component => ("Python tasks as a component", "100,000"),
         Runtime::Native => ("native Python tasks (CPython processes)", "150,000"),
     };
     Ok(Row {
