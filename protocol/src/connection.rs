@@ -17,11 +17,16 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 
-use crate::codec::{MessageCodec, encode_frame};
+use crate::codec::encode_frame;
 use crate::error::ProtocolError;
+use crate::framing::MessageCodec;
 use crate::message::Msg;
 use crate::secure::{Keys, SEAL_CHUNK, Sealer, SecureError, SecureRead};
 use crate::split::Frame;
+
+/// Largest frame either side sends before authentication is done. The handshake messages
+/// are tiny; a peer that has not proven itself cannot make us buffer more than this.
+pub const HANDSHAKE_MAX_FRAME: usize = 16 << 10;
 
 /// The reading side of a TCP connection: plain bytes, or the bytes that records carry.
 #[derive(Debug)]
@@ -122,7 +127,7 @@ pub struct MessageReader {
 impl MessageReader {
     /// Charges partly read frames to a node-wide budget until the peer is trusted
     /// (`None` lifts it, giving back what was held).
-    pub fn set_frame_budget(&mut self, budget: Option<crate::codec::FrameBudget>) {
+    pub fn set_frame_budget(&mut self, budget: Option<crate::framing::FrameBudget>) {
         self.inner.decoder_mut().set_budget(budget);
     }
 
@@ -348,7 +353,7 @@ impl Connection {
     pub(crate) fn for_handshake(stream: TcpStream, keys: Option<Keys>) -> Self {
         Self::with_buffers(
             stream,
-            crate::handshake::HANDSHAKE_MAX_FRAME,
+            HANDSHAKE_MAX_FRAME,
             HANDSHAKE_CAPACITY,
             HANDSHAKE_CAPACITY,
             keys,

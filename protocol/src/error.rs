@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::Holder;
-
 /// What went wrong on a connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -143,5 +141,20 @@ mod tests {
             ProtocolError::Remote(setup).to_string(),
             "Setup: module 0 does not compile"
         );
+    }
+}
+
+/// The root that holds a node, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The holding root's address, as the node sees it.
+    pub root: String,
+    /// Seconds since it claimed the node (its setup).
+    pub held_s: u64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (for {} s)", self.root, self.held_s)
     }
 }

@@ -35,9 +35,7 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// Set in the role byte by a client that holds a token and so speaks Noise next.
 pub const SECURE: u8 = 0x80;
 
-/// Largest frame either side sends before authentication is done. The handshake messages
-/// are tiny; a peer that has not proven itself cannot make us buffer more than this.
-pub const HANDSHAKE_MAX_FRAME: usize = 16 << 10;
+pub use crate::connection::HANDSHAKE_MAX_FRAME;
 
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;

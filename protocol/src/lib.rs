@@ -6,7 +6,8 @@
 //! - [`packed`]: item batches as one byte buffer plus lengths, so a batch of thousands of items
 //!   decodes with two copies and no allocation per item.
 //! - [`native`]: native Python code (sources and requirements) carried as a chain's module.
-//! - [`codec`]: length-delimited frames carrying bincode; the only place that names bincode.
+//! - [`codec`]: messages as bincode in length-prefixed frames; the only place that names bincode.
+//! - [`framing`]: frames cut out of the byte stream, bounded across connections.
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
 //! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
 //! - [`secure`]: with a token, the Noise handshake and the records that encrypt the wire.
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod framing;
 pub mod handshake;
 pub mod ids;
 pub mod message;

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::Holder;
 use crate::error::WireError;
 use crate::ids::{ItemId, SessionId, TaskIndex};
 use crate::packed::{Packed, U32s};
@@ -164,21 +165,6 @@ pub struct Challenge {
 pub struct Auth {
     /// The client's proof over (server nonce, client nonce), if it has a token.
     pub proof: Option<serde_bytes::ByteBuf>,
-}
-
-/// The root that holds a node, and for how long.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    /// The holding root's address, as the node sees it.
-    pub root: String,
-    /// Seconds since it claimed the node (its setup).
-    pub held_s: u64,
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (for {} s)", self.root, self.held_s)
-    }
 }
 
 /// The server accepted the client.

@@ -10,6 +10,10 @@
 
 use std::ops::Deref;
 
+/// Batches whose bytes reach this size travel in parts; smaller ones are copied into the
+/// frame (a copy is cheaper than a vectored write and a shared buffer).
+pub const SPLIT_BYTES: usize = 64 << 10;
+
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -318,7 +322,7 @@ impl Packed {
     pub fn run(&mut self, items: std::ops::Range<usize>, bytes: std::ops::Range<usize>) -> Packed {
         let gaps = Gaps(self.gaps.0.get(items.clone()).unwrap_or_default().to_vec());
         let lens = U32s(self.lens.0[items].to_vec());
-        let data = if bytes.len() >= crate::split::SPLIT_BYTES {
+        let data = if bytes.len() >= SPLIT_BYTES {
             Data::Shared(self.data.share().slice(bytes))
         } else {
             Data::Owned(self.data[bytes].to_vec())

@@ -16,9 +16,7 @@ use crate::message::{Continuation, Failure, Items, Msg, Outputs, Partial};
 use crate::packed::{Data, Gaps, Packed, U32s};
 use crate::{Ids, TaskIndex};
 
-/// Batches whose bytes reach this size travel in parts; smaller ones are copied into the
-/// frame (a copy is cheaper than a vectored write and a shared buffer).
-pub const SPLIT_BYTES: usize = 64 << 10;
+pub use crate::packed::SPLIT_BYTES;
 
 /// Variant indexes of the messages that carry a batch (their place in [`Msg`]).
 const ITEMS: u32 = 6;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pcluster_protocol::auth::Token;
-use pcluster_protocol::codec::{MessageCodec, encode_frame};
+use pcluster_protocol::codec::encode_frame;
+use pcluster_protocol::framing::MessageCodec;
 use pcluster_protocol::handshake::{self, Role};
 use pcluster_protocol::{
     DEFAULT_MAX_FRAME, ErrorKind, Holder, Ids, Items, Msg, Outputs, Packed, ProtocolError, U32s,

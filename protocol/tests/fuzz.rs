@@ -8,7 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use bytes::BytesMut;
-use pcluster_protocol::codec::{MessageCodec, decode_payload, encode_frame};
+use pcluster_protocol::codec::{decode_payload, encode_frame};
+use pcluster_protocol::framing::MessageCodec;
 use pcluster_protocol::*;
 use tokio_util::codec::Decoder;
 

@@ -32,7 +32,7 @@ use gate::Gate;
 use node::{Node, Slot};
 
 /// Bytes all connections that do not hold a token-less node may hold in partly read frames
-/// together (each also holds up to [`protocol::codec::FREE_PARTIAL`] of its own): one whole
+/// together (each also holds up to [`protocol::framing::FREE_PARTIAL`] of its own): one whole
 /// frame, so a root's setup fits, however many strangers announce big frames.
 const STRANGER_FRAME_BYTES: usize = protocol::DEFAULT_MAX_FRAME;
 
@@ -159,7 +159,7 @@ pub async fn run(
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
-        strangers: protocol::codec::FramePool::new(STRANGER_FRAME_BYTES),
+        strangers: protocol::framing::FramePool::new(STRANGER_FRAME_BYTES),
         gate: Gate::new(config.max_guests),
         natives: crate::native::Natives::new(config.native.clone(), config.cache_dir.as_deref()),
         config,
@@ -255,7 +255,7 @@ async fn serve_guest(
         // Anyone may connect: until this connection holds the node, what it reads counts
         // against the node-wide bound (lifted on claim, see `root::serve_root`).
         conn.reader
-            .set_frame_budget(Some(protocol::codec::FrameBudget::new(&node.strangers)));
+            .set_frame_budget(Some(protocol::framing::FrameBudget::new(&node.strangers)));
     }
     let welcome = Welcome {
         node: node.addr.to_string(),

@@ -85,7 +85,7 @@ pub(super) struct Node {
     pub(super) draining: CancellationToken,
     /// Bytes that connections not holding the node (on a node without a token) may hold in
     /// partly read frames, all together.
-    pub(super) strangers: protocol::codec::FramePool,
+    pub(super) strangers: protocol::framing::FramePool,
     /// Connections that hold a slot without having proven anything.
     pub(super) gate: super::gate::Gate,
     /// Native Python tasks' code and environments.
@@ -263,7 +263,7 @@ mod tests {
             next_conn: AtomicU64::new(1),
             draining: CancellationToken::new(),
             gate: crate::server::gate::Gate::new(64),
-            strangers: protocol::codec::FramePool::new(1 << 20),
+            strangers: protocol::framing::FramePool::new(1 << 20),
             natives: crate::native::Natives::default(),
         })
     }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use anyhow::{Context as _, bail};
 
-use super::input::Framing;
+use super::framing::Framing;
 use crate::setup::TokenArg;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -9,8 +9,8 @@ use protocol::Packed;
 use tokio::sync::mpsc;
 
 use super::buffers::read_full;
-use super::input::{Batcher, Read_, ReaderConfig, Refused, write_failed};
 use super::lines::LineRuns;
+use super::reader::{Batcher, Read_, ReaderConfig, Refused, write_failed};
 
 fn truncated(record: u64, what: &str) -> std::io::Error {
     std::io::Error::new(
@@ -116,7 +116,7 @@ pub fn count_records(path: &std::path::Path) -> std::io::Result<u64> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::super::input::Framing;
+    use super::super::framing::Framing;
     use super::super::output::FailedOut;
     use super::*;
 

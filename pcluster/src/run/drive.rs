@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use super::RunArgs;
 use super::failures::{FailureLines, say_line};
 use super::gate::{ByteGate, CloseOnDrop};
-use super::input::{self, Read_, ReadBatch, ReaderConfig};
+use super::input;
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
 use super::progress::Progress;
+use super::reader::{Read_, ReadBatch, ReaderConfig, Refused};
 use crate::setup::{Signal, next_signal};
 
 /// Why feeding stopped before the input's end.
@@ -259,7 +260,7 @@ async fn feed(
 }
 
 /// An input over the item limit: it fails alone, by its line.
-fn refused(d: &Drive<'_>, r: &input::Refused) {
+fn refused(d: &Drive<'_>, r: &Refused) {
     d.state.count_failure(d.args.halt.map(|h| h.fail));
     let to_failed = if d.args.failed.is_some() {
         ", written to --failed"

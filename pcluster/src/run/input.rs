@@ -7,109 +7,15 @@
 //! failed-items writer and the run goes on. Lines a resumed run already did are skipped.
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use protocol::{Data, Packed};
 use tokio::sync::mpsc;
 
 use super::buffers::{Pool, read_full, read_some};
-use super::gate::{ByteGate, Held};
+use super::framing::Framing;
 use super::lines::LineRuns;
-use super::output::FailedOut;
-
-/// How items are separated in the input and the output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// One item per line; `\r\n` counts as a line end.
-    Lines,
-    /// Each item ends with a NUL byte (as `find -print0`), so items may hold newlines.
-    Null,
-    /// Each item is a `u32` little-endian length, then its bytes: any bytes round-trip.
-    Binary,
-}
-
-impl Framing {
-    /// The byte that ends an item (none in binary framing).
-    pub fn separator(self) -> Option<u8> {
-        match self {
-            Framing::Lines => Some(b'\n'),
-            Framing::Null => Some(b'\0'),
-            Framing::Binary => None,
-        }
-    }
-
-    /// Writes one item made of `prefix` then `item` in this framing; the bytes written.
-    #[inline]
-    pub fn write_item(
-        self,
-        w: &mut impl std::io::Write,
-        prefix: &[u8],
-        item: &[u8],
-    ) -> std::io::Result<u64> {
-        let len = prefix.len() + item.len();
-        match self.separator() {
-            Some(sep) => {
-                w.write_all(prefix)?;
-                w.write_all(item)?;
-                w.write_all(&[sep])?;
-                Ok(len as u64 + 1)
-            }
-            None => {
-                let n = u32::try_from(len).map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "item over 4 GiB")
-                })?;
-                w.write_all(&n.to_le_bytes())?;
-                w.write_all(prefix)?;
-                w.write_all(item)?;
-                Ok(len as u64 + 4)
-            }
-        }
-    }
-}
-
-/// A batch of items and the line number of each.
-#[derive(Debug)]
-pub struct ReadBatch {
-    pub items: Packed,
-    pub lines: LineRuns,
-    /// Its bytes in the read-ahead, given back when the batch is dropped.
-    #[allow(dead_code)] // A guard: only its drop matters.
-    pub held: Held,
-}
-
-/// An item the reader refused (it never reaches a node).
-#[derive(Debug)]
-pub struct Refused {
-    pub line: u64,
-    pub bytes: u64,
-}
-
-/// What the reader sends.
-#[derive(Debug)]
-pub enum Read_ {
-    Batch(ReadBatch),
-    Refused(Refused),
-    Error(std::io::Error),
-}
-
-/// Settings of the reader.
-pub struct ReaderConfig {
-    pub framing: Framing,
-    pub batch_items: usize,
-    /// A batch is sent once it holds this many bytes (checked per item: one compare).
-    pub batch_bytes: usize,
-    /// Whether the input is a regular file: read a big buffer at a time and send items as
-    /// slices of it ([`window`]).
-    pub regular_file: bool,
-    pub max_item_bytes: u64,
-    /// Lines (1-based) already done by the run being resumed.
-    pub skip: Option<Arc<super::joblog::LineSet>>,
-    /// Where refused items are written, raw.
-    pub failed: Arc<Mutex<FailedOut>>,
-    /// Bytes read and not yet in the root's queue: the reader waits past them.
-    pub read_ahead: Arc<ByteGate>,
-}
+use super::reader::{Batcher, Read_, ReaderConfig, Refused, write_failed};
 
 /// Reads `input` on a thread of its own; batches and refusals go to `tx` in input order.
 pub fn spawn(input: Box<dyn Read + Send>, cfg: ReaderConfig, tx: mpsc::Sender<Read_>) {
@@ -121,46 +27,6 @@ pub fn spawn(input: Box<dyn Read + Send>, cfg: ReaderConfig, tx: mpsc::Sender<Re
             }
         })
         .expect("spawn the input thread");
-}
-
-pub(super) struct Batcher<'a> {
-    pub cfg: &'a ReaderConfig,
-    pub tx: &'a mpsc::Sender<Read_>,
-    pub items: Packed,
-    pub lines: LineRuns,
-}
-
-impl Batcher<'_> {
-    pub fn flush(&mut self) -> bool {
-        if self.items.is_empty() {
-            return true;
-        }
-        let cap = self.cfg.batch_items;
-        // Sized like the batch just sent, so big items are not copied again and again as the
-        // buffer doubles.
-        let bytes = self.items.bytes();
-        let items = std::mem::replace(
-            &mut self.items,
-            Packed::with_capacity(cap, (bytes + bytes / 8).max(cap * 16)),
-        );
-        let lines = std::mem::take(&mut self.lines);
-        self.send(items, lines)
-    }
-
-    /// Sends a batch once the read-ahead has room for it.
-    fn send(&self, items: Packed, lines: LineRuns) -> bool {
-        let Some(held) = self.cfg.read_ahead.acquire(items.bytes() as u64) else {
-            return false;
-        };
-        self.tx
-            .blocking_send(Read_::Batch(ReadBatch { items, lines, held }))
-            .is_ok()
-    }
-
-    /// Reports a refused item; its batch so far goes first, to keep input order.
-    pub fn refuse(&mut self, r: Refused) -> bool {
-        self.flush() && self.tx.blocking_send(Read_::Refused(r)).is_ok()
-    }
 }
 
 /// Bytes read at a time for separated items. From a regular file, 1 MiB, read whole: W4
@@ -403,17 +269,12 @@ fn read(
     }
 }
 
-/// Writes (part of) a refused item, raw; `end` finishes it with the separator.
-pub(super) fn write_failed(cfg: &ReaderConfig, bytes: &[u8], end: bool) {
-    if let Ok(mut f) = cfg.failed.lock() {
-        f.write_raw(bytes, cfg.framing.separator().filter(|_| end));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use super::super::output::FailedOut;
     use super::*;
 
     /// Items with their lines, refusals `(line, bytes)`, and what went to --failed.

@@ -16,6 +16,7 @@ mod bounds;
 mod buffers;
 mod drive;
 mod failures;
+mod framing;
 mod gate;
 mod input;
 mod joblog;
@@ -23,6 +24,7 @@ mod lines;
 mod nodes;
 mod output;
 mod progress;
+mod reader;
 mod writer;
 
 use std::io::Write as _;

@@ -66,7 +66,7 @@ impl FailedOut {
     }
 
     /// Writes a whole failed item in `framing`.
-    pub fn write_item(&mut self, framing: super::input::Framing, item: &[u8]) {
+    pub fn write_item(&mut self, framing: super::framing::Framing, item: &[u8]) {
         let mut rec = Vec::with_capacity(item.len() + 4);
         if framing.write_item(&mut rec, &[], item).is_ok() {
             self.write_raw(&rec, None);
@@ -136,7 +136,7 @@ const JOURNAL_BYTES: usize = 256 << 10;
 
 pub struct Sink {
     pub out: super::writer::OutWriter,
-    pub framing: super::input::Framing,
+    pub framing: super::framing::Framing,
     pub tag: bool,
     pub lines: LineIndex,
     /// Bytes written to the output so far (buffered ones included).
