@@ -20,6 +20,9 @@ pub enum SetupError {
     /// The chain lists no task.
     #[error("the chain has no tasks")]
     NoTasks,
+    /// wasmtime could not be set up.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// A module is not valid WebAssembly (or does not compile).
     #[error("module {module} does not compile: {reason}")]
     Compile {

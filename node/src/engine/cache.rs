@@ -155,10 +155,10 @@ impl ModuleCache {
             });
         }
         let component = is_component(bytes);
-        let file = self
-            .dir
-            .as_deref()
-            .map(|d| d.join(file_name(&hash, component)));
+        let file = match self.dir.as_deref() {
+            Some(d) => Some(d.join(file_name(&hash, component)?)),
+            None => None,
+        };
         let from_disk = file.as_deref().and_then(|f| load(f, component));
         let (compiled, origin) = match from_disk {
             Some(c) => {
@@ -205,12 +205,12 @@ impl ModuleCache {
 }
 
 /// `<sha256>-<engine hash>.cwasm`: another wasmtime version or setting never reads it.
-fn file_name(hash: &[u8; 32], component: bool) -> String {
+fn file_name(hash: &[u8; 32], component: bool) -> Result<String, super::EngineError> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine().precompile_compatibility_hash().hash(&mut h);
+    engine()?.precompile_compatibility_hash().hash(&mut h);
     let kind = if component { "component" } else { "module" };
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}-{:016x}.{kind}.cwasm", h.finish())
+    Ok(format!("{hex}-{:016x}.{kind}.cwasm", h.finish()))
 }
 
 fn load(file: &Path, component: bool) -> Option<Compiled> {
@@ -221,11 +221,12 @@ fn load(file: &Path, component: bool) -> Option<Compiled> {
     // compatibility hash (in its name); wasmtime checks the header and version again and
     // refuses a mismatch. The cache directory belongs to the node's user: who can write it
     // can run code as that user anyway.
+    let engine = engine().ok()?;
     let loaded = unsafe {
         if component {
-            Component::deserialize_file(engine(), file).map(Compiled::Component)
+            Component::deserialize_file(engine, file).map(Compiled::Component)
         } else {
-            Module::deserialize_file(engine(), file).map(Compiled::Module)
+            Module::deserialize_file(engine, file).map(Compiled::Module)
         }
     };
     match loaded {
@@ -265,11 +266,12 @@ fn compile(bytes: &[u8], component: bool, file: Option<&Path>) -> wasmtime::Resu
     }
     // SAFETY: `image` is what `precompile_*` just produced with this engine's configuration
     // (wasmtime checks the header and settings again and refuses a mismatch).
+    let engine = engine()?;
     unsafe {
         Ok(if component {
-            Compiled::Component(Component::deserialize(engine(), &image)?)
+            Compiled::Component(Component::deserialize(engine, &image)?)
         } else {
-            Compiled::Module(Module::deserialize(engine(), &image)?)
+            Compiled::Module(Module::deserialize(engine, &image)?)
         })
     }
 }

@@ -187,7 +187,7 @@ pub fn compile_chain(
         .collect();
     let (modules, compiled, cached) = node_modules(cache, spec, &placed, withheld, natives)?;
     let mut linkers = Linkers {
-        core: linker(),
+        core: linker()?,
         component: None,
     };
     let mut tasks = Vec::with_capacity(spec.tasks.len());

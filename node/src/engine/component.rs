@@ -56,7 +56,7 @@ impl WasiState {
 /// # Errors
 /// Only if the definitions clash, which they do not.
 pub fn linker() -> wasmtime::Result<Linker<HostState>> {
-    let mut linker = Linker::new(engine());
+    let mut linker = Linker::new(engine()?);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)

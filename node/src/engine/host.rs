@@ -252,18 +252,16 @@ impl HostState {
     }
 }
 
-pub(super) fn linker() -> Linker<HostState> {
-    let mut linker = Linker::new(engine());
+pub(super) fn linker() -> Result<Linker<HostState>, super::EngineError> {
+    let mut linker = Linker::new(engine()?);
     let defined = linker
         .func_wrap("pcluster", "emit", host_emit)
         .and_then(|l| l.func_wrap("pcluster", "log", host_log))
         .and_then(|l| l.func_wrap("pcluster", "fail", host_fail))
         .and_then(|l| l.func_wrap("pcluster", "emit_batch", host_emit_batch));
-    if let Err(e) = defined {
-        // Only possible if the four definitions above clash, which they do not.
-        panic!("defining the pcluster host functions: {e}");
-    }
-    linker
+    // Only possible if the four definitions above clashed, which they do not.
+    defined.map_err(|e| super::EngineError(format!("defining the host functions: {e}")))?;
+    Ok(linker)
 }
 
 /// `emit(ptr, len)`: one output of the current input, copied out of guest memory.

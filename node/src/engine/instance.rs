@@ -59,11 +59,16 @@ pub(super) struct CoreParts {
 /// A store for one instance of `task`, within the chain's memory cap, and the deadline in
 /// epoch ticks that every call gets. A new store's deadline is 0: it is set before anything
 /// runs, start and init included.
-fn new_store(task: &CompiledTask, limits: &Limits, log: LogCtx) -> (Store<HostState>, u64) {
+fn new_store(
+    task: &CompiledTask,
+    limits: &Limits,
+    log: LogCtx,
+) -> Result<(Store<HostState>, u64), TaskProblem> {
     let memory_bytes =
         usize::try_from(limits.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let engine = engine().map_err(|e| TaskProblem::Instantiate(e.to_string()))?;
     let mut store = Store::new(
-        engine(),
+        engine,
         HostState {
             out: OutBuf::default(),
             batch: BatchState {
@@ -89,7 +94,7 @@ fn new_store(task: &CompiledTask, limits: &Limits, log: LogCtx) -> (Store<HostSt
         .max(1)
         + 1;
     store.set_epoch_deadline(deadline_ticks);
-    (store, deadline_ticks)
+    Ok((store, deadline_ticks))
 }
 
 /// The exports of a core module's instance that a task calls: its function, the input
@@ -136,7 +141,7 @@ impl TaskInstance {
     /// # Errors
     /// What failed: instantiation, start, or init (with the task's message).
     pub fn new(task: &CompiledTask, limits: &Limits, log: LogCtx) -> Result<Self, TaskProblem> {
-        let (mut store, deadline_ticks) = new_store(task, limits, log);
+        let (mut store, deadline_ticks) = new_store(task, limits, log)?;
         let instantiate = |e: wasmtime::Error| TaskProblem::Instantiate(format!("{e:#}"));
         let (kind, core) = match &task.kind {
             TaskKind::Core {

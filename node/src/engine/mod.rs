@@ -45,25 +45,34 @@ fn config() -> Config {
     config
 }
 
-/// The process's one engine, with a thread ticking its epoch.
-pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let engine = match Engine::new(&config()) {
-            Ok(e) => e,
-            Err(e) => panic!("cannot create the wasmtime engine: {e}"),
-        };
-        let ticker = engine.clone();
-        // A detached thread for the life of the process: the engine lives as long.
-        std::thread::Builder::new()
-            .name("pcluster-epoch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticker.increment_epoch();
-                }
-            })
-            .expect("spawn the epoch ticker thread");
-        engine
-    })
+/// Why the engine could not be made (the node cannot run without it).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("cannot set up wasmtime: {0}")]
+pub struct EngineError(String);
+
+/// The process's one engine, with a thread ticking its epoch: made on first use (the node
+/// asks at start, so a failure stops it there), its error kept for every later caller.
+///
+/// # Errors
+/// When wasmtime refuses the configuration or the ticker thread cannot start.
+pub fn engine() -> Result<&'static Engine, EngineError> {
+    static ENGINE: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let engine = Engine::new(&config()).map_err(|e| EngineError(format!("{e:#}")))?;
+            let ticker = engine.clone();
+            // A detached thread for the life of the process: the engine lives as long.
+            std::thread::Builder::new()
+                .name("pcluster-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(EPOCH_TICK);
+                        ticker.increment_epoch();
+                    }
+                })
+                .map_err(|e| EngineError(format!("cannot start the epoch ticker: {e}")))?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }

@@ -124,6 +124,9 @@ pub enum NodeError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// wasmtime could not be set up.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// Native tasks allowed without a token: anyone reaching the port could run any code.
     #[error(
         "native Python tasks run any code of whoever holds the node: --allow-native needs a \
@@ -151,7 +154,7 @@ pub async fn run(
         tracing::warn!(node = %local, "no cluster token set: anyone who can reach {local} can run code on this node (set --token or PCLUSTER_TOKEN)");
     }
     // Compile-ready before the first root arrives.
-    let _ = crate::engine::engine();
+    crate::engine::engine()?;
     let node = Arc::new(Node {
         addr: local.to_string().into(),
         started: Instant::now(),
