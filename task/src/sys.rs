@@ -24,81 +24,82 @@ mod imp {
         fn host_emit_batch(ptr: *const u8, len: usize);
     }
 
+    use std::cell::RefCell;
+
     // During a batched call, outputs and item failures are collected here as records
     // (index u32, length u32 with bit 31 set for a failure, bytes) and handed to the host in
-    // one `emit_batch` call: no host call per item.
-    static mut BATCH: Option<Vec<u8>> = None;
-    static mut CURRENT: u32 = 0;
-    const FLUSH_AT: usize = 1 << 20;
-
-    #[allow(static_mut_refs)]
-    fn batch() -> Option<&'static mut Vec<u8>> {
-        // SAFETY: wasm32 without threads: one caller at a time, and no reference outlives
-        // the SDK function that took it.
-        unsafe { BATCH.as_mut() }
+    // one `emit_batch` call: no host call per item. The buffer stays allocated between
+    // batches.
+    struct Batch {
+        on: bool,
+        current: u32,
+        buf: Vec<u8>,
     }
 
+    thread_local! {
+        static BATCH: RefCell<Batch> = const {
+            RefCell::new(Batch { on: false, current: 0, buf: Vec::new() })
+        };
+    }
+
+    const FLUSH_AT: usize = 1 << 20;
+
     pub(crate) fn batch_begin() {
-        // SAFETY: as in `batch`.
-        unsafe {
-            #[allow(static_mut_refs)]
-            let buf = BATCH.get_or_insert_with(|| SPARE.take().unwrap_or_default());
-            buf.clear();
-        }
+        BATCH.with_borrow_mut(|b| {
+            b.on = true;
+            b.buf.clear();
+        });
     }
 
     pub(crate) fn batch_item(index: u32) {
-        // SAFETY: as in `batch`.
-        unsafe { CURRENT = index }
-        if let Some(buf) = batch()
-            && buf.len() >= FLUSH_AT
-        {
-            flush(buf);
-        }
+        BATCH.with_borrow_mut(|b| {
+            b.current = index;
+            if b.buf.len() >= FLUSH_AT {
+                flush(&mut b.buf);
+            }
+        });
     }
 
-    fn record(buf: &mut Vec<u8>, len_word: u32, bytes: &[u8]) {
-        // SAFETY: as in `batch`.
-        let index = unsafe { CURRENT };
-        buf.extend_from_slice(&index.to_le_bytes());
-        buf.extend_from_slice(&len_word.to_le_bytes());
-        buf.extend_from_slice(bytes);
+    fn record(b: &mut Batch, len_word: u32, bytes: &[u8]) {
+        b.buf.extend_from_slice(&b.current.to_le_bytes());
+        b.buf.extend_from_slice(&len_word.to_le_bytes());
+        b.buf.extend_from_slice(bytes);
     }
 
     pub(crate) fn batch_fail(message: &str) {
         let message = &message.as_bytes()[..message.len().min(16 << 10)];
-        if let Some(buf) = batch() {
-            record(buf, message.len() as u32 | 1 << 31, message);
-        }
+        BATCH.with_borrow_mut(|b| {
+            if b.on {
+                record(b, message.len() as u32 | 1 << 31, message);
+            }
+        });
     }
 
     fn flush(buf: &mut Vec<u8>) {
         if !buf.is_empty() {
-            // SAFETY: the host reads `len` bytes at `ptr` during the call only.
+            // SAFETY: the host reads `len` bytes at `ptr` during the call only (and never
+            // calls back into the guest, so the batch stays borrowed by this call alone).
             unsafe { host_emit_batch(buf.as_ptr(), buf.len()) }
             buf.clear();
         }
     }
 
     pub(crate) fn batch_end() {
-        // SAFETY: as in `batch`.
-        unsafe {
-            #[allow(static_mut_refs)]
-            if let Some(mut buf) = BATCH.take() {
-                flush(&mut buf);
-                BATCH = None;
-                // Keep the allocation for the next batch, out of batch mode.
-                SPARE = Some(buf);
-            }
-        }
+        BATCH.with_borrow_mut(|b| {
+            flush(&mut b.buf);
+            b.on = false;
+        });
     }
-
-    static mut SPARE: Option<Vec<u8>> = None;
 
     #[inline]
     pub(crate) fn emit(bytes: &[u8]) {
-        if let Some(buf) = batch() {
-            record(buf, bytes.len() as u32, bytes);
+        let batched = BATCH.with_borrow_mut(|b| {
+            if b.on {
+                record(b, bytes.len() as u32, bytes);
+            }
+            b.on
+        });
+        if batched {
             return;
         }
         // SAFETY: the host only reads `len` bytes at `ptr`, and only during the call.
