@@ -7,7 +7,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::error::ProtocolError;
-use crate::message::Msg;
+use crate::message::{ITEMS_VARIANT, Items, Msg};
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ 1 << 30 }>()
@@ -42,18 +42,39 @@ fn decode_bounded<T: serde::de::DeserializeOwned>(
 /// # Errors
 /// When the message does not encode or its frame exceeds `max_frame`.
 pub fn encode_frame(msg: &Msg, dst: &mut BytesMut, max_frame: usize) -> Result<(), ProtocolError> {
+    encode_value_frame(msg, msg.name(), dst, max_frame)
+}
+
+/// Appends one frame holding `Msg::Items` of `items` to `dst`, without building the message
+/// (its encoding is the variant's index, then the struct: [`ITEMS_VARIANT`]).
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_items_frame(
+    items: &Items,
+    dst: &mut BytesMut,
+    max_frame: usize,
+) -> Result<(), ProtocolError> {
+    encode_value_frame(&(ITEMS_VARIANT, items), "Items", dst, max_frame)
+}
+
+fn encode_value_frame<T: serde::Serialize>(
+    value: &T,
+    name: &str,
+    dst: &mut BytesMut,
+    max_frame: usize,
+) -> Result<(), ProtocolError> {
     let start = dst.len();
     dst.put_u32(0);
     let mut writer = dst.writer();
-    let encoded = bincode::serde::encode_into_std_write(msg, &mut writer, config());
+    let encoded = bincode::serde::encode_into_std_write(value, &mut writer, config());
     let dst = writer.into_inner();
     let len = match encoded {
         Ok(len) => len,
         Err(e) => {
             dst.truncate(start);
             return Err(ProtocolError::Malformed(format!(
-                "cannot encode {}: {e}",
-                msg.name()
+                "cannot encode {name}: {e}"
             )));
         }
     };

@@ -83,6 +83,12 @@ pub enum Msg {
     SetupProgress(SetupProgress),
 }
 
+/// Variant indexes of the messages that carry a batch (their place in [`Msg`]), for
+/// encodings that write a batch without building its message (`codec`, `split`).
+pub(crate) const ITEMS_VARIANT: u32 = 6;
+pub(crate) const OUTPUTS_VARIANT: u32 = 14;
+pub(crate) const PARTIAL_VARIANT: u32 = 15;
+
 impl Msg {
     /// Bytes of items the message carries — a batch's items, outputs, whole failed items,
     /// continuations — which byte bounds on queues of messages count (other messages are

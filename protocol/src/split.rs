@@ -18,10 +18,9 @@ use crate::{Ids, TaskIndex};
 
 pub use crate::packed::SPLIT_BYTES;
 
-/// Variant indexes of the messages that carry a batch (their place in [`Msg`]).
-const ITEMS: u32 = 6;
-const OUTPUTS: u32 = 14;
-const PARTIAL: u32 = 15;
+use crate::message::{
+    ITEMS_VARIANT as ITEMS, OUTPUTS_VARIANT as OUTPUTS, PARTIAL_VARIANT as PARTIAL,
+};
 
 /// An encoded frame, length prefix included: `head`, then `data`, then `tail` (the last two
 /// empty for a frame in one piece).
@@ -78,11 +77,7 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
     head.put_u32(0);
     let mut tail = BytesMut::new();
     let data = match msg {
-        Msg::Items(i) => {
-            encode_part(&(ITEMS, i.seq, &i.ids, &i.items.lens), &mut head)?;
-            encode_part(&(&i.items.gaps, i.stage), &mut tail)?;
-            i.items.data.share()
-        }
+        Msg::Items(i) => items_parts(i, &mut head, &mut tail)?,
         Msg::Outputs(o) => {
             encode_part(
                 &(OUTPUTS, o.seq, o.first, &o.counts, &o.items.lens),
@@ -98,6 +93,49 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
         }
         _ => return Ok(None),
     };
+    assemble(head, data, tail, max_frame).map(Some)
+}
+
+/// A batch of items as one frame: in parts when it is big (its bytes become shared and stay
+/// in `items`), else whole in `buf` (which keeps its allocation for the next).
+///
+/// # Errors
+/// When it does not encode or its frame would exceed `max_frame`.
+pub fn encode_items(
+    items: &mut Items,
+    buf: &mut BytesMut,
+    max_frame: usize,
+) -> Result<Frame, ProtocolError> {
+    if items.items.bytes() < SPLIT_BYTES {
+        buf.clear();
+        crate::codec::encode_items_frame(items, buf, max_frame)?;
+        return Ok(Frame::whole(buf.split().freeze()));
+    }
+    let mut head = BytesMut::with_capacity(256);
+    head.put_u32(0);
+    let mut tail = BytesMut::new();
+    let data = items_parts(items, &mut head, &mut tail)?;
+    assemble(head, data, tail, max_frame)
+}
+
+/// An [`Items`]' parts: its head and tail encoded, its bytes (shared) returned.
+fn items_parts(
+    i: &mut Items,
+    head: &mut BytesMut,
+    tail: &mut BytesMut,
+) -> Result<Bytes, ProtocolError> {
+    encode_part(&(ITEMS, i.seq, &i.ids, &i.items.lens), head)?;
+    encode_part(&(&i.items.gaps, i.stage), tail)?;
+    Ok(i.items.data.share())
+}
+
+/// The frame of an encoded head, the batch's bytes and the encoded tail.
+fn assemble(
+    mut head: BytesMut,
+    data: Bytes,
+    tail: BytesMut,
+    max_frame: usize,
+) -> Result<Frame, ProtocolError> {
     encode_part(&(data.len() as u64), &mut head)?;
     let len = head.len() - 4 + data.len() + tail.len();
     if len > max_frame {
@@ -107,11 +145,11 @@ pub fn encode_split(msg: &mut Msg, max_frame: usize) -> Result<Option<Frame>, Pr
         });
     }
     head[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(Some(Frame {
+    Ok(Frame {
         head: head.freeze(),
         data,
         tail: tail.freeze(),
-    }))
+    })
 }
 
 /// The tail of an [`Outputs`], decoded with the same bounds as the whole message.
@@ -224,6 +262,33 @@ fn decode_split_inner(payload: &Bytes) -> Result<Msg, ProtocolError> {
         )));
     }
     Ok(msg)
+}
+
+#[cfg(test)]
+mod items_tests {
+    use super::*;
+    use crate::codec::encode_frame;
+
+    #[test]
+    fn a_batch_encodes_as_its_message_does_whole_or_in_parts() {
+        for size in [10, SPLIT_BYTES + 1] {
+            let mut packed = Packed::default();
+            packed.push(&vec![7; size]);
+            packed.push(b"b");
+            let items = Items {
+                seq: 3,
+                ids: crate::message::Ids::Range { start: 5, count: 2 },
+                items: packed,
+                stage: crate::TaskIndex(1),
+            };
+            let mut whole = BytesMut::new();
+            encode_frame(&Msg::Items(items.clone()), &mut whole, 64 << 20).unwrap();
+            let mut copy = items.clone();
+            let frame = encode_items(&mut copy, &mut BytesMut::new(), 64 << 20).unwrap();
+            let bytes: Vec<u8> = [&frame.head[..], &frame.data[..], &frame.tail[..]].concat();
+            assert_eq!(bytes, whole.to_vec(), "size {size}");
+        }
+    }
 }
 
 #[cfg(test)]

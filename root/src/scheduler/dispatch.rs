@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use protocol::{Items, Msg};
+use protocol::Items;
 
 use super::Scheduler;
 use super::handlers::Delivery;
@@ -54,16 +54,14 @@ impl Scheduler {
                 return;
             };
             let seq = node.next_seq();
-            let mut msg = Msg::Items(Items {
+            let mut msg = Items {
                 seq,
                 ids,
                 items,
                 stage: protocol::TaskIndex(0),
-            });
-            let frame = self.encode_batch(&mut msg);
-            let Msg::Items(Items { ids, items, .. }) = msg else {
-                unreachable!("built as Items above")
             };
+            let frame = self.encode_items(&mut msg);
+            let Items { ids, items, .. } = msg;
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {

@@ -345,13 +345,13 @@ impl Scheduler {
         Ok(Frame::whole(self.frame.split().freeze()))
     }
 
-    /// Encodes a batch: big ones in parts, their bytes shared with the batch kept in `msg`
-    /// (so they are neither copied to be sent nor to be sent again).
-    fn encode_batch(&mut self, msg: &mut Msg) -> Result<Frame, protocol::ProtocolError> {
-        match protocol::split::encode_split(msg, self.options.max_frame)? {
-            Some(frame) => Ok(frame),
-            None => self.encode(msg),
-        }
+    /// Encodes a batch: big ones in parts, their bytes shared with the batch kept in
+    /// `items` (so they are neither copied to be sent nor to be sent again).
+    fn encode_items(
+        &mut self,
+        items: &mut protocol::Items,
+    ) -> Result<Frame, protocol::ProtocolError> {
+        protocol::split::encode_items(items, &mut self.frame, self.options.max_frame)
     }
 
     async fn send(&mut self, node: NodeId, msg: &Msg) {

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use protocol::{Ids, ItemId, Items, Msg, NodeId, Packed, TaskIndex};
+use protocol::{Ids, ItemId, Items, NodeId, Packed, TaskIndex};
 
 use super::Scheduler;
 use super::ledger::Ledger;
@@ -155,13 +155,13 @@ impl Scheduler {
                     origin: r.origin,
                 })
                 .collect();
-            let mut msg = Msg::Items(Items {
+            let mut msg = Items {
                 seq,
                 ids,
                 items: pack(&batch),
                 stage,
-            });
-            let frame = match self.encode_batch(&mut msg) {
+            };
+            let frame = match self.encode_items(&mut msg) {
                 Ok(f) => f,
                 Err(e) => {
                     for r in batch {
@@ -174,9 +174,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            let Msg::Items(Items { ids, items, .. }) = msg else {
-                unreachable!("built as Items above")
-            };
+            let Items { ids, items, .. } = msg;
             let Some(node) = self.nodes.get_mut(&id) else {
                 return;
             };
