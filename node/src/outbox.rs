@@ -142,16 +142,6 @@ impl Outbox {
 }
 
 impl OutboxRx {
-    /// The next message; call [`OutboxRx::taken`] with it once encoded.
-    pub async fn recv(&mut self) -> Option<Msg> {
-        self.rx.recv().await
-    }
-
-    /// The next message if one is ready.
-    pub fn try_recv(&mut self) -> Option<Msg> {
-        self.rx.try_recv().ok()
-    }
-
     /// `m` has left the outbox (encoded into the writer's buffer, or dropped): its bytes
     /// are free again.
     pub fn taken(&self, m: &Msg) {
@@ -165,9 +155,42 @@ impl Drop for OutboxRx {
     }
 }
 
+impl protocol::writer::Outgoing for OutboxRx {
+    type Item = Msg;
+
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Msg>> + Send {
+        self.rx.recv()
+    }
+
+    fn try_recv(&mut self) -> Option<Msg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Gives the message's bytes back, then encodes it (outputs too big to encode go as
+    /// their failure instead, so the root still learns the batch's fate).
+    fn feed(
+        &mut self,
+        writer: &mut protocol::MessageWriter,
+        mut m: Msg,
+    ) -> Result<(), protocol::ProtocolError> {
+        self.taken(&m);
+        match (writer.feed_mut(&mut m), &m) {
+            (Err(e), Msg::Outputs(o)) => {
+                tracing::error!("cannot send outputs of batch {}: {e}", o.seq);
+                writer.feed(&Msg::Outputs(crate::worker::undeliverable(
+                    o,
+                    &e.to_string(),
+                )))
+            }
+            (r, _) => r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::writer::Outgoing as _;
     use protocol::{Outputs, Packed, U32s};
 
     fn outputs(bytes: usize) -> Msg {

@@ -9,6 +9,7 @@
 //! - [`codec`]: messages as bincode in length-prefixed frames; the only place that names bincode.
 //! - [`framing`]: frames cut out of the byte stream, bounded across connections.
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
+//! - [`writer`]: the writer task of a connection (queued messages, heartbeats).
 //! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
 //! - [`secure`]: with a token, the Noise handshake and the records that encrypt the wire.
 
@@ -24,6 +25,7 @@ pub mod native;
 pub mod packed;
 pub mod secure;
 pub mod split;
+pub mod writer;
 
 pub use connection::{Connection, MessageReader, MessageWriter, ReadHalf};
 pub use error::{ErrorKind, ProtocolError, WireError};

@@ -60,34 +60,9 @@ pub(crate) fn spawn(
     heartbeat: Duration,
     heartbeat_timeout: Duration,
 ) -> mpsc::Sender<Frame> {
-    let (mut reader, mut writer) = conn.split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(4096);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat);
-        let mut hb = bytes::BytesMut::new();
-        let _ = protocol::codec::encode_frame(&Msg::Heartbeat, &mut hb, 1024);
-        let hb = hb.freeze();
-        loop {
-            tokio::select! {
-                f = rx.recv() => {
-                    let Some(f) = f else { break };
-                    writer.queue(f);
-                    while writer.buffered() < (1 << 20) {
-                        match rx.try_recv() {
-                            Ok(f) => writer.queue(f),
-                            Err(_) => break,
-                        }
-                    }
-                    if writer.flush().await.is_err() { break; }
-                }
-                _ = tick.tick() => {
-                    writer.feed_frame(&hb);
-                    if writer.flush().await.is_err() { break; }
-                }
-            }
-        }
-        writer.shutdown().await;
-    });
+    let (mut reader, writer) = conn.split();
+    let (tx, rx) = mpsc::channel::<Frame>(4096);
+    tokio::spawn(protocol::writer::write_loop(writer, Frames(rx), heartbeat));
     tokio::spawn(async move {
         let why = loop {
             match tokio::time::timeout(heartbeat_timeout, reader.read_message()).await {
@@ -110,6 +85,30 @@ pub(crate) fn spawn(
         let _ = events.send(Event::Gone(id, why)).await;
     });
     tx
+}
+
+/// Frames the scheduler encoded, for the connection's writer.
+struct Frames(mpsc::Receiver<Frame>);
+
+impl protocol::writer::Outgoing for Frames {
+    type Item = Frame;
+
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send {
+        self.0.recv()
+    }
+
+    fn try_recv(&mut self) -> Option<Frame> {
+        self.0.try_recv().ok()
+    }
+
+    fn feed(
+        &mut self,
+        writer: &mut protocol::MessageWriter,
+        frame: Frame,
+    ) -> Result<(), protocol::ProtocolError> {
+        writer.queue(frame);
+        Ok(())
+    }
 }
 
 /// Asks for a node's status over an open status connection (which may serve many).

@@ -15,23 +15,6 @@ use crate::engine::compile_chain;
 use crate::error::{RequestError, SetupError};
 use crate::worker::Pool;
 
-/// Encodes `m` for the root. Outputs that cannot be encoded are sent as failures of their
-/// inputs instead, so the root never waits for them; any other failure closes the
-/// connection (the root then sends what the node held elsewhere). Big batches of outputs
-/// are queued as they lie, not copied.
-fn feed(writer: &mut protocol::MessageWriter, m: &mut Msg) -> Result<(), protocol::ProtocolError> {
-    match (writer.feed_mut(m), &*m) {
-        (Err(e), Msg::Outputs(o)) => {
-            tracing::error!("cannot send outputs of batch {}: {e}", o.seq);
-            writer.feed(&Msg::Outputs(crate::worker::undeliverable(
-                o,
-                &e.to_string(),
-            )))
-        }
-        (r, _) => r,
-    }
-}
-
 pub(super) async fn serve_root(
     node: Arc<Node>,
     conn: Connection,
@@ -95,40 +78,11 @@ pub(super) async fn serve_root(
 /// The connection's writer: what the outbox holds, many messages per write, and a heartbeat
 /// every `heartbeat`.
 fn spawn_writer(
-    mut writer: protocol::MessageWriter,
-    mut rx: crate::outbox::OutboxRx,
+    writer: protocol::MessageWriter,
+    rx: crate::outbox::OutboxRx,
     heartbeat: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat);
-        loop {
-            tokio::select! {
-                m = rx.recv() => {
-                    let Some(mut m) = m else { break };
-                    rx.taken(&m);
-                    let fed = feed(&mut writer, &mut m);
-                    drop(m);
-                    if fed.is_err() { break; }
-                    // Write whatever else is ready in one go.
-                    while writer.buffered() < (1 << 20) {
-                        match rx.try_recv() {
-                            Some(mut m) => {
-                                rx.taken(&m);
-                                let fed = feed(&mut writer, &mut m);
-                                if fed.is_err() { break }
-                            }
-                            None => break,
-                        }
-                    }
-                    if writer.flush().await.is_err() { break; }
-                }
-                _ = tick.tick() => {
-                    if writer.write_message(&Msg::Heartbeat).await.is_err() { break; }
-                }
-            }
-        }
-        writer.shutdown().await;
-    })
+    tokio::spawn(protocol::writer::write_loop(writer, rx, heartbeat))
 }
 
 /// What a root's connection holds.
