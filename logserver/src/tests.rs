@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol::auth::Token;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -70,10 +70,9 @@ impl TestServer {
 
     /// Waits until the file (flushed at least every second) satisfies `f`.
     async fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) {
-        let end = Instant::now() + DEADLINE;
-        while !f(&self.contents()) {
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let holds = || std::future::ready(f(&self.contents()));
+        if let Err(e) = kit::poll(DEADLINE, what, holds).await {
+            panic!("{e}");
         }
     }
 
