@@ -3,9 +3,10 @@
 //! credited by the writer once it has encoded the message), so outputs waiting for a slow
 //! root never hold more than [`OUTBOX_BYTES`] whatever the items weigh.
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 
 use protocol::Msg;
+use protocol::gate::{ByteGate, CloseOnDrop, Held};
 use tokio::sync::mpsc;
 
 /// Item bytes of outputs messages queued for the writer at most (one message is always let
@@ -18,68 +19,19 @@ pub fn charge(m: &Msg) -> u64 {
     m.item_bytes()
 }
 
-/// Bytes held by messages on their way to the writer.
-#[derive(Debug)]
-struct Gate {
-    state: Mutex<GateState>,
-    freed: Condvar,
-    limit: u64,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    held: u64,
-    closed: bool,
-}
-
-impl Gate {
-    /// Waits until `bytes` fit (or nothing is held); false once the writer is gone.
-    fn acquire(&self, bytes: u64) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if s.closed {
-                return false;
-            }
-            if s.held == 0 || s.held + bytes <= self.limit {
-                s.held += bytes;
-                return true;
-            }
-            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    fn release(&self, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.held = s.held.saturating_sub(bytes);
-        drop(s);
-        self.freed.notify_all();
-    }
-
-    fn close(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .closed = true;
-        self.freed.notify_all();
-    }
-}
-
 /// The sending side, cloned into every worker.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Msg>,
-    gate: Arc<Gate>,
+    tx: mpsc::Sender<(Msg, Held)>,
+    gate: Arc<ByteGate>,
 }
 
-/// The writer's side: gives back each message's bytes once taken; closes the gate when
-/// dropped, so workers waiting for room stop waiting.
+/// The writer's side: each message's bytes are given back once it is encoded; the gate
+/// closes when this is dropped, so workers waiting for room stop waiting.
 #[derive(Debug)]
 pub struct OutboxRx {
-    rx: mpsc::Receiver<Msg>,
-    gate: Arc<Gate>,
+    rx: mpsc::Receiver<(Msg, Held)>,
+    _close: CloseOnDrop,
 }
 
 /// The root connection's writer is gone.
@@ -89,17 +41,16 @@ pub struct Gone;
 /// An outbox of `messages` messages and `bytes` item bytes.
 pub fn outbox(messages: usize, bytes: u64) -> (Outbox, OutboxRx) {
     let (tx, rx) = mpsc::channel(messages);
-    let gate = Arc::new(Gate {
-        state: Mutex::default(),
-        freed: Condvar::new(),
-        limit: bytes,
-    });
+    let gate = ByteGate::new(bytes);
     (
         Outbox {
             tx,
             gate: gate.clone(),
         },
-        OutboxRx { rx, gate },
+        OutboxRx {
+            rx,
+            _close: CloseOnDrop(gate),
+        },
     )
 }
 
@@ -109,14 +60,8 @@ impl Outbox {
     /// # Errors
     /// When the writer is gone.
     pub fn blocking_send(&self, m: Msg) -> Result<(), Gone> {
-        let bytes = charge(&m);
-        if !self.gate.acquire(bytes) {
-            return Err(Gone);
-        }
-        self.tx.blocking_send(m).map_err(|_| {
-            self.gate.release(bytes);
-            Gone
-        })
+        let held = self.gate.acquire(charge(&m)).ok_or(Gone)?;
+        self.tx.blocking_send((m, held)).map_err(|_| Gone)
     }
 
     /// Sends from async code (replies to the root: small), waiting for room.
@@ -124,56 +69,29 @@ impl Outbox {
     /// # Errors
     /// When the writer is gone.
     pub async fn send(&self, m: Msg) -> Result<(), Gone> {
-        let bytes = charge(&m);
-        if bytes > 0 {
-            let gate = self.gate.clone();
-            let ok = tokio::task::spawn_blocking(move || gate.acquire(bytes))
-                .await
-                .unwrap_or(false);
-            if !ok {
-                return Err(Gone);
-            }
-        }
-        self.tx.send(m).await.map_err(|_| {
-            self.gate.release(bytes);
-            Gone
-        })
-    }
-}
-
-impl OutboxRx {
-    /// `m` has left the outbox (encoded into the writer's buffer, or dropped): its bytes
-    /// are free again.
-    pub fn taken(&self, m: &Msg) {
-        self.gate.release(charge(m));
-    }
-}
-
-impl Drop for OutboxRx {
-    fn drop(&mut self) {
-        self.gate.close();
+        let held = self.gate.acquire_async(charge(&m)).await.ok_or(Gone)?;
+        self.tx.send((m, held)).await.map_err(|_| Gone)
     }
 }
 
 impl protocol::writer::Outgoing for OutboxRx {
-    type Item = Msg;
+    type Item = (Msg, Held);
 
-    fn recv(&mut self) -> impl std::future::Future<Output = Option<Msg>> + Send {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<(Msg, Held)>> + Send {
         self.rx.recv()
     }
 
-    fn try_recv(&mut self) -> Option<Msg> {
+    fn try_recv(&mut self) -> Option<(Msg, Held)> {
         self.rx.try_recv().ok()
     }
 
-    /// Gives the message's bytes back, then encodes it (outputs too big to encode go as
+    /// Encodes the message, then gives its bytes back (outputs too big to encode go as
     /// their failure instead, so the root still learns the batch's fate).
     fn feed(
         &mut self,
         writer: &mut protocol::MessageWriter,
-        mut m: Msg,
+        (mut m, _held): (Msg, Held),
     ) -> Result<(), protocol::ProtocolError> {
-        self.taken(&m);
         match (writer.feed_mut(&mut m), &m) {
             (Err(e), Msg::Outputs(o)) => {
                 tracing::error!("cannot send outputs of batch {}: {e}", o.seq);
@@ -218,11 +136,11 @@ mod tests {
             .build()
             .unwrap();
         let first = rt.block_on(rx.recv()).unwrap();
-        assert_eq!(rx.try_recv(), None, "the second waits for room");
-        rx.taken(&first);
+        assert!(rx.try_recv().is_none(), "the second waits for room");
+        drop(first);
         assert_eq!(t.join().unwrap(), Ok(()));
         let second = rt.block_on(rx.recv()).unwrap();
-        rx.taken(&second);
+        drop(second);
         // One message bigger than the bound passes alone.
         tx.blocking_send(outputs(500)).unwrap();
         let blocked = {

@@ -8,6 +8,7 @@
 //! - [`native`]: native Python code (sources and requirements) carried as a chain's module.
 //! - [`codec`]: messages as bincode in length-prefixed frames; the only place that names bincode.
 //! - [`framing`]: frames cut out of the byte stream, bounded across connections.
+//! - [`gate`]: [`gate::ByteGate`], the bound in bytes on every queue between two sides.
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
 //! - [`writer`]: the writer task of a connection (queued messages, heartbeats).
 //! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod framing;
+pub mod gate;
 pub mod handshake;
 pub mod ids;
 pub mod message;

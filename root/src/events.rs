@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use protocol::Msg;
-use tokio::sync::{Semaphore, mpsc};
+use protocol::gate::{ByteGate, CloseOnDrop, Held};
+use tokio::sync::mpsc;
 
 use crate::conn::Event;
 
@@ -22,35 +23,34 @@ pub(crate) fn charge(e: &Event) -> u64 {
 /// The sending side, cloned into every connection's reader.
 #[derive(Clone, Debug)]
 pub(crate) struct EventsTx {
-    tx: mpsc::Sender<(Event, u32)>,
-    room: Arc<Semaphore>,
-    /// The bound in bytes (also the most one message takes, so one past it passes alone).
-    limit: u32,
+    tx: mpsc::Sender<(Event, Held)>,
+    room: Arc<ByteGate>,
 }
 
 /// The scheduler's side; closes the room when dropped, so readers waiting for it stop.
 #[derive(Debug)]
 pub(crate) struct EventsRx {
-    rx: mpsc::Receiver<(Event, u32)>,
-    room: Arc<Semaphore>,
+    rx: mpsc::Receiver<(Event, Held)>,
+    _close: CloseOnDrop,
 }
 
 /// The scheduler is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed;
 
-/// A channel of `messages` messages and `bytes` item bytes (at least 1, at most 4 GiB).
+/// A channel of `messages` messages and `bytes` item bytes (at least 1).
 pub(crate) fn channel(messages: usize, bytes: u64) -> (EventsTx, EventsRx) {
     let (tx, rx) = mpsc::channel(messages);
-    let limit = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
-    let room = Arc::new(Semaphore::new(limit as usize));
+    let room = ByteGate::new(bytes.max(1));
     (
         EventsTx {
             tx,
             room: room.clone(),
-            limit,
         },
-        EventsRx { rx, room },
+        EventsRx {
+            rx,
+            _close: CloseOnDrop(room),
+        },
     )
 }
 
@@ -60,20 +60,8 @@ impl EventsTx {
     /// # Errors
     /// When the scheduler is gone.
     pub(crate) async fn send(&self, e: Event) -> Result<(), Closed> {
-        let bytes = u32::try_from(charge(&e))
-            .unwrap_or(u32::MAX)
-            .min(self.limit);
-        if bytes > 0 {
-            self.room
-                .acquire_many(bytes)
-                .await
-                .map_err(|_| Closed)?
-                .forget();
-        }
-        self.tx.send((e, bytes)).await.map_err(|_| {
-            self.room.add_permits(bytes as usize);
-            Closed
-        })
+        let held = self.room.acquire_async(charge(&e)).await.ok_or(Closed)?;
+        self.tx.send((e, held)).await.map_err(|_| Closed)
     }
 }
 
@@ -81,20 +69,12 @@ impl EventsRx {
     /// The next event; its bytes are free again (the scheduler handles it before it takes
     /// another).
     pub(crate) async fn recv(&mut self) -> Option<Event> {
-        let (e, bytes) = self.rx.recv().await?;
-        self.room.add_permits(bytes as usize);
-        Some(e)
+        self.rx.recv().await.map(|(e, _held)| e)
     }
 
     /// Whether no event waits now.
     pub(crate) fn is_empty(&self) -> bool {
         self.rx.is_empty()
-    }
-}
-
-impl Drop for EventsRx {
-    fn drop(&mut self) {
-        self.room.close();
     }
 }
 

@@ -140,7 +140,7 @@ mod tests {
             max_item_bytes: max,
             skip: None,
             failed: failed.clone(),
-            read_ahead: super::super::gate::ByteGate::new(u64::MAX),
+            read_ahead: protocol::gate::ByteGate::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(1024);
         let ok = read(Box::new(std::io::Cursor::new(input)), &cfg, &tx).is_ok();

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::RunArgs;
 use super::failures::{FailureLines, say_line};
-use super::gate::{ByteGate, CloseOnDrop};
 use super::input;
 use super::lines::LineIndex;
 use super::nodes::{self, Sources};
@@ -23,6 +22,7 @@ use super::output::{FailedOut, SinkState};
 use super::progress::Progress;
 use super::reader::{Read_, ReadBatch, ReaderConfig, Refused};
 use crate::setup::{Signal, next_signal};
+use protocol::gate::{ByteGate, CloseOnDrop};
 
 /// Why feeding stopped before the input's end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,13 +69,13 @@ pub struct Drive<'a> {
 /// Bytes of one batch of read items: each batch goes to a node whole (no copy) within the
 /// root's batch cut.
 const READ_BATCH_BYTES: usize = 1 << 20;
-/// Batches read ahead of the root's queue, and their bytes: one 1 MiB batch to hand over
-/// while the next is read, or many small ones. Every buffer more in flight between the
-/// reader, the nodes and the writer is memory the kernel copies into and out of after it
-/// left the cache: with 100 KB items, 8 MiB here (and 8 MiB queued, 8 MiB of outputs) made
-/// `pcluster run` ~10 % slower than 2 MiB (4 MiB, 2 MiB).
+/// Batches read ahead of the root's queue, and their bytes: two batches of a little over
+/// 1 MiB (one to hand over while the next is read), or many small ones. Every buffer more in
+/// flight between the reader, the nodes and the writer is memory the kernel copies into and
+/// out of after it left the cache: with 100 KB items, 8 MiB here (and 8 MiB queued, 8 MiB of
+/// outputs) made `pcluster run` ~10 % slower than two batches (4 MiB, 2 MiB).
 const READ_AHEAD_BATCHES: usize = 8;
-const READ_AHEAD_BYTES: u64 = 2 << 20;
+const READ_AHEAD_BYTES: u64 = 3 << 20;
 
 /// Signals, as a stream: a first and a second one mean different things.
 fn signals() -> mpsc::Receiver<Signal> {

@@ -303,7 +303,7 @@ mod tests {
             max_item_bytes: max,
             skip: skip.map(Arc::new),
             failed: failed.clone(),
-            read_ahead: super::super::gate::ByteGate::new(u64::MAX),
+            read_ahead: protocol::gate::ByteGate::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(1024);
         std::thread::scope(|s| {
@@ -424,7 +424,7 @@ mod tests {
             max_item_bytes: 100,
             skip: None,
             failed: Arc::new(Mutex::new(FailedOut::memory())),
-            read_ahead: super::super::gate::ByteGate::new(u64::MAX),
+            read_ahead: protocol::gate::ByteGate::new(u64::MAX),
         };
         let (tx, mut rx) = mpsc::channel(16);
         let reader = std::thread::spawn(move || read(Box::new(r), &cfg, &tx));

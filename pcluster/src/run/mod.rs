@@ -17,7 +17,6 @@ mod buffers;
 mod drive;
 mod failures;
 mod framing;
-mod gate;
 mod input;
 mod joblog;
 mod lines;

@@ -9,9 +9,9 @@ use protocol::Packed;
 use tokio::sync::mpsc;
 
 use super::framing::Framing;
-use super::gate::{ByteGate, Held};
 use super::lines::LineRuns;
 use super::output::FailedOut;
+use protocol::gate::{ByteGate, Held};
 
 /// A batch of items and the line number of each.
 #[derive(Debug)]

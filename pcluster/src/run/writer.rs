@@ -16,13 +16,13 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use super::gate::{ByteGate, CloseOnDrop, Held};
+use protocol::gate::{ByteGate, CloseOnDrop, Held};
 
 /// Bytes gathered before they go to the thread.
 const BATCH: usize = 1 << 20;
-/// Bytes handed to the thread and not yet written: once past it, handing over waits (the last
-/// handover may pass it; one output past it goes alone).
-pub const IN_FLIGHT: usize = 4 << 20;
+/// Bytes handed to the thread and not yet written: a handover that would pass it waits (one
+/// output past it goes alone). Four handovers of a little over [`BATCH`] fit.
+pub const IN_FLIGHT: usize = 5 << 20;
 /// Slices per vectored write.
 const IOV: usize = 64;
 
