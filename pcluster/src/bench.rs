@@ -66,7 +66,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_scan: bool,
     /// W1-py input items (Python tasks through `pcluster run`; 0: skip W1-py and W2-py).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pub py_items: u64,
     /// Skip W3 and W5 (skewed and slow work on clusters of their own).
     #[arg(long)]
