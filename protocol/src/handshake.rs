@@ -195,8 +195,6 @@ async fn plain_challenge(conn: &mut Connection, hello: &Hello) -> Result<(), Pro
     let server_nonce = auth::nonce()?;
     conn.write_message(&Msg::Challenge(Challenge {
         nonce: server_nonce.to_vec(),
-        auth_required: false,
-        proof: None,
     }))
     .await?;
     match conn.expect_message().await? {
@@ -310,7 +308,7 @@ async fn connect_inner(
             Msg::Error(e) => return Err(ProtocolError::Remote(e)),
             other => return Err(ProtocolError::Unexpected(other.name().into())),
         }
-        conn.write_message(&Msg::Auth(Auth { proof: None })).await?;
+        conn.write_message(&Msg::Auth(Auth {})).await?;
     }
     match conn.expect_message().await {
         Ok(Msg::Welcome(w)) => {

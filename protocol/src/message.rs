@@ -18,9 +18,9 @@ pub enum Msg {
     // --- authentication (right after the preamble) ---
     /// Client → server: a fresh nonce.
     Hello(Hello),
-    /// Server → client: its nonce and, if it has a token, its proof.
+    /// Server → client: its nonce (plain handshake, no token).
     Challenge(Challenge),
-    /// Client → server: its proof, if it has a token.
+    /// Client → server: the end of the plain handshake.
     Auth(Auth),
     /// Server → client: authenticated (or no token in use); a summary of the node.
     Welcome(Welcome),
@@ -160,18 +160,11 @@ pub struct Challenge {
     /// The server's fresh nonce.
     #[serde(with = "serde_bytes")]
     pub nonce: Vec<u8>,
-    /// Whether the server requires the client's proof.
-    pub auth_required: bool,
-    /// The server's proof over (client nonce, server nonce), if it has a token.
-    pub proof: Option<serde_bytes::ByteBuf>,
 }
 
-/// Client's proof.
+/// The client's answer to [`Challenge`], which ends the plain handshake.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Auth {
-    /// The client's proof over (server nonce, client nonce), if it has a token.
-    pub proof: Option<serde_bytes::ByteBuf>,
-}
+pub struct Auth {}
 
 /// The server accepted the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

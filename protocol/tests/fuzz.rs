@@ -84,12 +84,8 @@ fn every_message() -> Vec<Msg> {
             nonce: vec![1; 32],
             resume: Some(SessionId(9)),
         }),
-        Msg::Challenge(Challenge {
-            nonce: vec![2; 32],
-            auth_required: true,
-            proof: Some(vec![3; 32].into()),
-        }),
-        Msg::Auth(Auth { proof: None }),
+        Msg::Challenge(Challenge { nonce: vec![2; 32] }),
+        Msg::Auth(Auth {}),
         Msg::Welcome(Welcome {
             node: "127.0.0.1:6000".into(),
             busy_with: Some(Holder {
