@@ -45,11 +45,14 @@ struct JsonRecord<'a> {
     truncated: Option<usize>,
 }
 
-/// Opens `path` for appending, creating it if needed.
+/// Opens `path` for appending, creating it if needed, readable by its owner only (the log
+/// holds what tasks print, failed items' starts included).
 pub(crate) fn open(path: &Path) -> Result<File, Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(|source| Error::OpenOutfile {
             path: path.to_owned(),
@@ -165,6 +168,19 @@ impl Writer {
     }
 }
 
+/// Appends `line` with its control characters (but tabs) written as `\u{..}` escapes, so a
+/// line cannot move the terminal's cursor or fake another record when the file is shown.
+fn escape_controls(line: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+}
+
 /// Appends one record, newline included, as text or as a JSON line.
 pub(crate) fn format_record(out: &mut Vec<u8>, record: &Record, json: bool) {
     let time = humantime::format_rfc3339_micros(record.time).to_string();
@@ -183,7 +199,8 @@ pub(crate) fn format_record(out: &mut Vec<u8>, record: &Record, json: bool) {
     } else {
         use std::fmt::Write as _;
         let mut text = String::with_capacity(time.len() + line.text.len() + 32);
-        let _ = write!(text, "{time} {} {}", record.source, line.text);
+        let _ = write!(text, "{time} {} ", record.source);
+        escape_controls(&line.text, &mut text);
         if line.truncated > 0 {
             let _ = write!(text, " [truncated {} bytes]", line.truncated);
         }
@@ -218,6 +235,28 @@ mod tests {
             "2023-11-14T22:13:20.123456Z 127.0.0.1:4000 hello world\n\
              2023-11-14T22:13:20.123456Z 127.0.0.1:4000 long [truncated 7 bytes]\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_text_records() {
+        let mut out = Vec::new();
+        format_record(&mut out, &record("a\x1b[2Jb\rc\td\u{85}", 0), false);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.ends_with(" a\\u{1b}[2Jb\\u{d}c\td\\u{85}\n"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn the_log_file_is_its_owners_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("pcluster-log-mode-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        drop(open(&path).expect("open"));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
