@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "bench")]
 use crate::bench::BenchArgs;
 use crate::commands::{
-    dashboard::DashboardArgs, log::LogArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs,
-    scan::ScanArgs, status::StatusArgs, top::TopArgs,
+    dashboard::DashboardArgs, key::KeyArgs, log::LogArgs, new::NewArgs, node::NodeArgs,
+    release::ReleaseArgs, scan::ScanArgs, status::StatusArgs, top::TopArgs,
 };
 use crate::run::RunArgs;
 
@@ -41,6 +41,8 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Write a new task crate with a chain file and an input, ready to run.
     New(NewArgs),
+    /// Make a cluster key (`pcluster key new PATH`) for --token-file.
+    Key(KeyArgs),
     /// Benchmark W1/W2 on a local cluster and print a table (built with the `bench` feature).
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -48,7 +50,7 @@ pub enum Command {
 
 /// Runs the subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    use crate::commands::{dashboard, log, new, node, release, scan, status, top};
+    use crate::commands::{dashboard, key, log, new, node, release, scan, status, top};
     match cli.command {
         Command::Log(a) => log::run(a),
         Command::Node(a) => node::run(a),
@@ -59,6 +61,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Top(a) => top::run(a),
         Command::Release(a) => release::run(a),
         Command::New(a) => new::run(a),
+        Command::Key(a) => key::run(a),
         #[cfg(feature = "bench")]
         Command::Bench(a) => crate::bench::run(a),
     }

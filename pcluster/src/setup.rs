@@ -17,17 +17,29 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 pub struct TokenArg {
     /// Cluster token: peers prove they hold it (a Noise handshake keyed by it; it never
     /// crosses the wire), and every connection is encrypted. Without it, anyone who reaches
-    /// the port can use the server.
+    /// the port can use the server. Prefer --token-file: other users can read argv.
     #[arg(long, env = "PCLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the cluster token (`pcluster key new` writes one), readable by its
+    /// owner only; it wins over --token.
+    #[arg(long, env = "PCLUSTER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl TokenArg {
-    pub fn token(&self) -> Option<Token> {
-        self.token
+    /// The token, from --token-file or --token.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is empty, or others may read it.
+    pub fn token(&self) -> anyhow::Result<Option<Token>> {
+        if let Some(path) = &self.token_file {
+            return crate::commands::key::read(path).map(Some);
+        }
+        Ok(self
+            .token
             .as_ref()
             .filter(|t| !t.is_empty())
-            .map(Token::new)
+            .map(Token::new))
     }
 }
 

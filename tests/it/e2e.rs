@@ -195,3 +195,62 @@ async fn a_new_task_crate_runs_as_written() {
     want.sort();
     assert_eq!(words, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_keyed_by_a_key_file_runs_w1_and_an_open_key_file_is_refused() {
+    let dir = temp_dir("e2e-key-file");
+    let key = dir.join("cluster.key");
+    let made = pcluster_cmd()
+        .args(["key", "new"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key_arg = key.to_str().unwrap();
+    let keyed = ["--token-file", key_arg];
+    let (_log, log_port) = log_process(&dir.join("cluster.log"), &keyed).await;
+    let (_node, port) = node_process("127.0.0.2", 0, log_port, 1, &keyed).await;
+    let run = pcluster_cmd()
+        .env_remove("PCLUSTER_TOKEN")
+        .arg("run")
+        .arg(repo().join("examples/w1.toml"))
+        .args(["--nodes", &format!("127.0.0.2:{port}")])
+        .args(keyed)
+        .arg("--input")
+        .arg(repo().join("examples/w1-input.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_same(&lines, &w1_expected(10));
+    // Without the key the node refuses the root.
+    let stranger = pcluster_cmd()
+        .env_remove("PCLUSTER_TOKEN")
+        .args(["status", &format!("127.0.0.2:{port}")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stranger.stdout).contains("idle"));
+    // A key file others may read is refused, saying how to fix it.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = pcluster_cmd()
+        .args(["status", &format!("127.0.0.2:{port}")])
+        .args(keyed)
+        .output()
+        .unwrap();
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("chmod 600"));
+}

@@ -68,7 +68,7 @@ impl WatchArgs {
             }
         }
         let options = root::RootOptions {
-            token: self.token.token(),
+            token: self.token.token()?,
             ..Default::default()
         };
         Ok(Monitor::watch_nodes(

@@ -38,7 +38,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
     init_tracing(Console::Stderr, None, "info");
     runtime(true)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
-        let token = args.token.token();
+        let token = args.token.token()?;
         check_exposure(addr, token.is_some(), args.insecure, "write to the log")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

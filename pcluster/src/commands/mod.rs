@@ -2,6 +2,7 @@
 
 pub mod dashboard;
 pub mod fetch;
+pub mod key;
 pub mod log;
 pub mod new;
 pub mod node;

@@ -89,7 +89,7 @@ impl NativeArgs {
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     runtime(false)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
-        let token = args.token.token();
+        let token = args.token.token()?;
         if args.native.allow_native && token.is_none() {
             anyhow::bail!("{}", node::NodeError::NativeWithoutToken);
         }

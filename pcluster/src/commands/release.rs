@@ -18,7 +18,7 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     init_tracing(Console::Stderr, None, "error");
     runtime(false)?.block_on(async move {
         let options = root::RootOptions {
-            token: args.token.token(),
+            token: args.token.token()?,
             ..Default::default()
         };
         let mut failed = false;

@@ -24,7 +24,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let (network, port) = (args.network, args.port);
     runtime(false)?.block_on(async move {
         let options = root::RootOptions {
-            token: args.token.token(),
+            token: args.token.token()?,
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
             ..Default::default()
         };

@@ -186,7 +186,7 @@ async fn run_on_cluster(
     let embedded = args.nodes.is_empty() && args.scan.is_none();
     // An embedded cluster without a given token gets a fresh random one: only this process
     // can use its node and log server.
-    let token = match args.token.token() {
+    let token = match args.token.token()? {
         Some(t) => Some(t),
         None if embedded => Some(fresh_token()?),
         None => None,
