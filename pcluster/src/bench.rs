@@ -20,18 +20,20 @@ mod w4;
 
 use std::io::BufRead as _;
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use kit::{Child, Pcluster, Process, W1Check, peak_rss_mib, w1_batches, w1_chain};
+use kit::{Pcluster, W1Check, w1_batches, w1_chain};
 use protocol::{Limits, Packed};
 use root::{Root, RootOptions};
 
+mod cluster;
 mod python;
+
+use cluster::Cluster;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -126,79 +128,6 @@ struct Report {
     w4: Option<(w4::W4Report, f64)>,
     /// W4 with a token, and its rate over W4's without.
     w4_encrypted: Option<(w4::W4Report, f64)>,
-}
-
-/// The log server and node processes the bench runs on; killed when dropped.
-struct Cluster {
-    /// The log server first, then the nodes.
-    processes: Vec<Child>,
-    nodes: Vec<SocketAddr>,
-    /// The port every node listens on, each on an address of its own.
-    port: u16,
-    /// Workers of each node.
-    workers: u32,
-}
-
-impl Cluster {
-    /// A log server on 127.0.0.1 and `nodes` node processes on 127.0.0.2, .3, …, all with
-    /// `extra` arguments.
-    async fn start(
-        pcluster: &Pcluster,
-        dir: &Path,
-        nodes: u32,
-        workers: u32,
-        extra: &[&str],
-    ) -> anyhow::Result<Cluster> {
-        Cluster::start_with(pcluster, dir, nodes, workers, extra, &[]).await
-    }
-
-    /// The same, with `node_extra` arguments for the nodes only.
-    async fn start_with(
-        pcluster: &Pcluster,
-        dir: &Path,
-        nodes: u32,
-        workers: u32,
-        extra: &[&str],
-        node_extra: &[&str],
-    ) -> anyhow::Result<Cluster> {
-        let extra_node: Vec<&str> = extra.iter().chain(node_extra).copied().collect();
-        let (log, log_port) = pcluster.start_log(&dir.join("bench.log"), extra).await?;
-        let mut processes = vec![log];
-        // The first node on a port the OS chooses, the others on the same one (the scans
-        // are of one port).
-        let mut port = 0;
-        let mut addrs = Vec::new();
-        for i in 0..nodes {
-            let last = u8::try_from(2 + i).context("too many nodes for 127.0.0.0/24")?;
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
-            let (node, bound) = pcluster
-                .start_node(ip, port, log_port, workers, &extra_node)
-                .await?;
-            processes.push(node);
-            port = bound;
-            addrs.push(SocketAddr::new(ip, port));
-        }
-        Ok(Cluster {
-            processes,
-            nodes: addrs,
-            port,
-            workers,
-        })
-    }
-
-    /// The peak RSS of each node process so far, in MiB.
-    fn node_rss_mib(&self) -> Vec<f64> {
-        self.processes[1..]
-            .iter()
-            .filter_map(|p| peak_rss_mib(Process::Pid(p.id())))
-            .collect()
-    }
-
-    /// `--nodes` for `pcluster run`.
-    fn nodes_arg(&self) -> String {
-        let addrs: Vec<String> = self.nodes.iter().map(ToString::to_string).collect();
-        addrs.join(",")
-    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -17,7 +17,8 @@ use crate::common::*;
 const CONNECTIONS: usize = 1024;
 /// The frame length every stranger announces.
 const ANNOUNCED: u32 = 60 << 20;
-/// Bytes each live stranger sends per round, and the pause between rounds: slowly.
+/// Bytes each live stranger sends per round, and the rounds' pace: slowly (a slow-loris
+/// sender's behaviour, not a wait for anything).
 const CHUNK: usize = 4 << 10;
 const ROUND_PAUSE: Duration = Duration::from_millis(10);
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -76,7 +77,9 @@ async fn strangers_announcing_big_frames_cannot_take_a_nodes_memory_nor_stall_a_
         let (stop, rounds, sent) = (stop.clone(), rounds.clone(), sent.clone());
         tokio::spawn(async move {
             let chunk = vec![0x5a_u8; CHUNK];
+            let mut pace = tokio::time::interval(ROUND_PAUSE);
             while !stop.load(Ordering::Relaxed) {
+                pace.tick().await;
                 let mut live = Vec::with_capacity(strangers.len());
                 for mut w in strangers {
                     w.feed_frame(&chunk);
@@ -89,7 +92,6 @@ async fn strangers_announcing_big_frames_cannot_take_a_nodes_memory_nor_stall_a_
                 }
                 strangers = live;
                 rounds.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(ROUND_PAUSE).await;
             }
             strangers.len()
         })

@@ -1,8 +1,6 @@
 //! Resident memory of a process from `/proc/<pid>/status` (Linux; `None` elsewhere): the
 //! current or peak value once, or the largest value seen by a sampling thread.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -62,7 +60,9 @@ pub fn peak_rss_mib(process: Process) -> Option<f64> {
 /// largest value, for a peak within a window (`VmHWM` covers the whole life of the process).
 #[derive(Debug)]
 pub struct RssSampler {
-    stop: Arc<AtomicBool>,
+    /// Dropping it (or sending) ends the sampling at once: the thread waits on it between
+    /// samples, not on a timer.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<JoinHandle<u64>>,
 }
 
@@ -70,21 +70,20 @@ impl RssSampler {
     /// Starts sampling `pid` every `every`.
     #[must_use]
     pub fn start(pid: u32, every: Duration) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut max = 0;
             // At least one sample, however soon the sampler is stopped.
             loop {
                 max = max.max(status_kib(Process::Pid(pid), Field::Rss).unwrap_or(0));
-                if flag.load(Ordering::Relaxed) {
-                    return max;
+                match stopped.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return max,
                 }
-                std::thread::sleep(every);
             }
         });
         RssSampler {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -92,14 +91,8 @@ impl RssSampler {
     /// Stops sampling; the largest resident size seen, in KiB (0 if none could be read).
     #[must_use]
     pub fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

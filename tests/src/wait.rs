@@ -41,13 +41,16 @@ where
         if let Some(found) = find().await {
             return Ok(found);
         }
-        if Instant::now() >= end {
+        let now = Instant::now();
+        if now >= end {
             return Err(Error::TimedOut {
                 what: what.to_owned(),
                 after: deadline,
             });
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        // The one polling wait of the tests, for conditions nothing signals (a file's
+        // contents, another process's state): never past the deadline.
+        tokio::time::sleep(POLL_INTERVAL.min(end - now)).await;
     }
 }
 

@@ -21,6 +21,7 @@
 mod counters;
 mod frames;
 mod grant;
+mod instances;
 #[cfg(feature = "local-chain")]
 mod local;
 mod pool;

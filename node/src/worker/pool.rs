@@ -312,7 +312,7 @@ impl Pool {
     ///
     /// # Errors
     /// When the queue is full (the root ignored its credit) or the pool is stopped.
-    pub fn submit(&self, batch: Batch) -> Result<(), RequestError> {
+    pub(crate) fn submit(&self, batch: Batch) -> Result<(), RequestError> {
         let Some(queue) = &self.queue else {
             // Only a reset stops a pool, and a reset drops it.
             return Err(RequestError::NotSetUp);

@@ -15,7 +15,7 @@ use super::pool::PoolShared;
 use super::stage::{FailureSink, StageCtx};
 use super::{Group, MAX_OUTPUT_MESSAGE, Part, Unit, Work};
 use crate::engine::tags::Convert;
-use crate::engine::{CompiledChain, Graph, LogCtx, OutBuf, TaskInstance};
+use crate::engine::{CompiledChain, Graph, OutBuf, TaskInstance};
 use crate::error::{SetupError, TaskProblem};
 
 /// Tasks whose calls take less than this run batched: a batch stays far below any deadline.
@@ -40,56 +40,13 @@ pub(super) struct Worker {
     spare: OutBuf,
 }
 
-/// The worker's instance of every task (an error for those it does not run). Native tasks'
-/// processes start side by side, since each takes an interpreter's start-up and imports.
-fn instances(
-    shared: &PoolShared,
-    index: u32,
-    node: &Arc<str>,
-) -> Result<Vec<Result<TaskInstance, Arc<TaskProblem>>>, SetupError> {
-    let build = |i: usize| -> Result<Result<TaskInstance, Arc<TaskProblem>>, SetupError> {
-        let task = &shared.chain.tasks[i];
-        if !shared.runnable[i] {
-            // Never called here: its items go back to the root.
-            return Ok(Err(Arc::new(TaskProblem::NotPlaced {
-                labels: task.labels.join(","),
-            })));
-        }
-        let ctx = LogCtx {
-            node: node.clone(),
-            worker: index,
-            task: task.name.clone(),
-        };
-        let inst = TaskInstance::new(task, &shared.chain.limits, ctx).map_err(|problem| {
-            SetupError::Task {
-                index: TaskIndex(i as u32),
-                task: task.name.clone(),
-                problem,
-            }
-        })?;
-        Ok(Ok(inst))
-    };
-    let n = shared.chain.tasks.len();
-    let natives = shared.chain.tasks.iter().filter(|t| t.is_native()).count();
-    if natives < 2 {
-        return (0..n).map(build).collect();
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || build(i))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(Err(SetupError::WorkerDied)))
-            .collect()
-    })
-}
-
 impl Worker {
     pub(super) fn new(
         shared: Arc<PoolShared>,
         index: u32,
         node: Arc<str>,
     ) -> Result<Worker, SetupError> {
-        let instances = instances(&shared, index, &node)?;
+        let instances = super::instances::instances(&shared, index, &node)?;
         Ok(Worker {
             task_ns: vec![0; shared.chain.tasks.len()],
             deferred: Vec::new(),

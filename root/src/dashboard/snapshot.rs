@@ -229,11 +229,12 @@ pub fn task_totals(nodes: &[NodeView]) -> Vec<TaskView> {
             if v.name != t.name {
                 continue;
             }
-            v.items_in += t.items_in;
-            v.items_out += t.items_out;
-            v.dropped += t.dropped;
-            v.failed += t.failed;
-            v.busy_ns += t.busy_ns;
+            // Counters nodes report: added without trusting them not to overflow.
+            v.items_in = v.items_in.saturating_add(t.items_in);
+            v.items_out = v.items_out.saturating_add(t.items_out);
+            v.dropped = v.dropped.saturating_add(t.dropped);
+            v.failed = v.failed.saturating_add(t.failed);
+            v.busy_ns = v.busy_ns.saturating_add(t.busy_ns);
         }
     }
     for v in &mut out {
