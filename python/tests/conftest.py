@@ -71,37 +71,14 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    exe = pcluster_bin()
-    tmp = tmp_path_factory.mktemp("cluster")
-    log_file = tmp / "cluster.log"
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator["ClusterProcs"]:
     env = dict(os.environ)
     env.pop("PCLUSTER_TOKEN", None)
-    procs: List[subprocess.Popen] = []
+    c = cluster_processes(tmp_path_factory.mktemp("cluster"), env, [])
     try:
-        log, log_port = start_server(
-            [str(exe), "log", "--host", "127.0.0.1", "--port", "0", "--outfile", str(log_file)],
-            tmp / "log.port",
-            env,
-            "the log server",
-        )
-        procs.append(log)
-        hosts = ["127.0.0.2", "127.0.0.3"]
-        # The first node on a port the OS chooses, the second on the same one (the scans
-        # of the tests are of one port).
-        port = 0
-        for h in hosts:
-            node, port = start_server(
-                [str(exe), "node", "--host", h, "--port", str(port), "--log-host", "127.0.0.1",
-                 "--log-port", str(log_port), "--workers", "1"],
-                tmp / f"{h}.port",
-                env,
-                f"the node on {h}",
-            )
-            procs.append(node)
-        yield Cluster(log_file, log_port, port, hosts, exe)
+        yield c
     finally:
-        for p in reversed(procs):
+        for p in reversed(c.procs):
             stop(p)
 
 NATIVE_TOKEN = "native-tests-token"
@@ -119,36 +96,54 @@ def start_server(cmd: List[str], port_file: Path, env: dict, what: str) -> "tupl
 
 
 @dataclass
-class NativeCluster(Cluster):
+class ClusterProcs(Cluster):
     procs: List[subprocess.Popen]
 
 
-def native_cluster_processes(tmp: Path) -> NativeCluster:
-    """A log server and two nodes that allow native Python tasks (with a token), their
-    environments in `tmp`; pip installs from PCLUSTER_WHEELHOUSE when it is set."""
+# The native tests' name for it.
+NativeCluster = ClusterProcs
+
+
+def cluster_processes(tmp: Path, env: dict, node_args: List[str]) -> "ClusterProcs":
+    """A log server on 127.0.0.1 and nodes on 127.0.0.2 and 127.0.0.3 (one worker each, with
+    `node_args`), the first node on a port the OS chooses and the second on the same one (the
+    tests' scans are of one port)."""
     exe = pcluster_bin()
+    log_file = tmp / "cluster.log"
+    procs: List[subprocess.Popen] = []
+    try:
+        log, log_port = start_server(
+            [str(exe), "log", "--host", "127.0.0.1", "--port", "0", "--outfile", str(log_file)],
+            tmp / "log.port",
+            env,
+            "the log server",
+        )
+        procs.append(log)
+        node = [str(exe), "node", "--log-host", "127.0.0.1", "--log-port", str(log_port),
+                "--workers", "1", *node_args]
+        hosts = ["127.0.0.2", "127.0.0.3"]
+        port = 0
+        for h in hosts:
+            proc, port = start_server(node + ["--host", h, "--port", str(port)], tmp / f"{h}.port", env,
+                                      f"the node on {h}")
+            procs.append(proc)
+    except BaseException:
+        for p in reversed(procs):
+            stop(p)
+        raise
+    return ClusterProcs(log_file, log_port, port, hosts, exe, procs)
+
+
+def native_cluster_processes(tmp: Path) -> "ClusterProcs":
+    """The same with nodes that allow native Python tasks (with a token), their environments
+    in `tmp`; pip installs from PCLUSTER_WHEELHOUSE when it is set."""
     env = dict(os.environ)
     env["PCLUSTER_TOKEN"] = NATIVE_TOKEN
-    log_file = tmp / "cluster.log"
-    procs = []
-    log, log_port = start_server(
-        [str(exe), "log", "--host", "127.0.0.1", "--port", "0", "--outfile", str(log_file)],
-        tmp / "log.port",
-        env,
-        "the log server",
-    )
-    procs.append(log)
-    node = [str(exe), "node", "--log-host", "127.0.0.1", "--log-port", str(log_port), "--workers", "1",
-            "--allow-native", "--cache-dir", str(tmp / "cache")]
+    node_args = ["--allow-native", "--cache-dir", str(tmp / "cache")]
     wheels = os.environ.get("PCLUSTER_WHEELHOUSE")
     if wheels:
-        node += ["--pip-args", f"--no-index --find-links {wheels}"]
-    hosts = ["127.0.0.2", "127.0.0.3"]
-    port = 0
-    for h in hosts:
-        proc, port = start_server(node + ["--host", h, "--port", str(port)], tmp / f"{h}.port", env, f"the node on {h}")
-        procs.append(proc)
-    return NativeCluster(log_file, log_port, port, hosts, exe, procs)
+        node_args += ["--pip-args", f"--no-index --find-links {wheels}"]
+    return cluster_processes(tmp, env, node_args)
 
 
 @pytest.fixture(scope="session")

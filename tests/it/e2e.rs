@@ -10,6 +10,22 @@ use crate::common::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// The lines a `pcluster run` that must have succeeded wrote to stdout, sorted.
+#[track_caller]
+fn sorted_stdout(run: &std::process::Output) -> Vec<String> {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w1_over_a_scan_with_two_node_processes() {
     let dir = temp_dir("e2e-w1");
@@ -114,15 +130,7 @@ async fn the_embedded_cluster_runs_a_chain_with_no_setup() {
         .arg(repo().join("examples/w1-input.txt"))
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let stdout = String::from_utf8(run.stdout).unwrap();
-    let mut lines: Vec<String> = stdout.lines().map(String::from).collect();
-    lines.sort();
-    assert_same(&lines, &w1_expected(10));
+    assert_same(&sorted_stdout(&run), &w1_expected(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,18 +232,7 @@ async fn a_cluster_keyed_by_a_key_file_runs_w1_and_an_open_key_file_is_refused()
         .arg(repo().join("examples/w1-input.txt"))
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(run.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    assert_same(&lines, &w1_expected(10));
+    assert_same(&sorted_stdout(&run), &w1_expected(10));
     // Without the key the node refuses the root.
     let stranger = pcluster_cmd()
         .env_remove("PCLUSTER_TOKEN")

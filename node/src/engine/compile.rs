@@ -260,6 +260,18 @@ fn chain_task(
     Ok(task)
 }
 
+#[cfg(any(test, feature = "local-chain"))]
+/// `spec` compiled for running in this process alone (the bench's floor, tests): raw items,
+/// every task placed, no native tasks, no cache on disk.
+///
+/// # Errors
+/// As [`compile_chain`].
+pub fn compile_local(spec: &ChainSpec) -> Result<CompiledChain, SetupError> {
+    let (natives, quiet) = (Natives::default(), |_: &str| ());
+    let cache = ModuleCache::default();
+    compile_chain(&cache, spec, false, &[], &[], (&natives, &quiet)).map(|(c, _, _)| c)
+}
+
 /// The chain's modules as this node has them: those a task it can run (`placed`) uses are
 /// compiled or found in the cache, the others left absent; with how many were compiled and
 /// found cached. This chain's code becomes the cache's current one.

@@ -29,6 +29,8 @@ use std::time::Duration;
 use wasmtime::{Config, Engine};
 
 pub use cache::{CACHE_DIR_ENV, ModuleCache, default_cache_dir};
+#[cfg(any(test, feature = "local-chain"))]
+pub use compile::compile_local;
 pub use compile::{CompiledChain, compile_chain};
 pub use graph::{Graph, GraphError};
 pub use host::{Entry, LogCtx, OutBuf};

@@ -30,15 +30,7 @@ impl LocalChain {
     /// # Errors
     /// As a node's setup would fail.
     pub fn new(spec: &protocol::ChainSpec) -> Result<LocalChain, SetupError> {
-        let cache = crate::engine::ModuleCache::default();
-        let (chain, _, _) = crate::engine::compile_chain(
-            &cache,
-            spec,
-            false,
-            &[],
-            &[],
-            (&crate::native::Natives::default(), &|_| ()),
-        )?;
+        let chain = crate::engine::compile_local(spec)?;
         let mut shared = PoolShared::new(Arc::new(chain), 1, Some(1));
         shared.hand_back = false;
         let shared = Arc::new(shared);

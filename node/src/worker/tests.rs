@@ -9,7 +9,7 @@ use protocol::{ChainSpec, Limits, Outputs, Packed, TaskCounters, TaskSpec};
 use super::pool::PoolShared;
 use super::thread::Worker;
 use super::{Batch, Unit};
-use crate::engine::{ModuleCache, compile_chain};
+use crate::engine::compile_local;
 
 /// Tasks `identity`, `duplicate`, `drop_odd` and `fail_odd` (odd = the item's last byte is
 /// odd, as for `item-3`), each as a plain export and, when `batched`, as a batch export.
@@ -121,15 +121,7 @@ fn run_ten_on(batched: bool, tasks: &[(&str, bool)], pool: bool) -> (Outputs, Ve
             .collect(),
         limits: Limits::default(),
     };
-    let (chain, _, _) = compile_chain(
-        &ModuleCache::default(),
-        &spec,
-        false,
-        &[],
-        &[],
-        (&crate::native::Natives::default(), &|_| ()),
-    )
-    .expect("compiles");
+    let chain = compile_local(&spec).expect("compiles");
     // In a pool, nothing measured yet (so the cost of what follows a generator is unknown).
     let mut shared = PoolShared::new(Arc::new(chain), 1, if pool { None } else { Some(1) });
     shared.hand_back = pool;
@@ -253,15 +245,7 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         }],
         limits: Limits::default(),
     };
-    let (chain, _, _) = compile_chain(
-        &ModuleCache::default(),
-        &spec,
-        false,
-        &[],
-        &[],
-        (&crate::native::Natives::default(), &|_| ()),
-    )
-    .expect("compiles");
+    let chain = compile_local(&spec).expect("compiles");
     let chain = Arc::new(chain);
     // (ns per item) -> (unit size, credit items) for two workers.
     for (avg, unit, items) in [
