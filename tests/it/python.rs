@@ -172,6 +172,73 @@ async fn a_raising_item_and_a_looping_item_fail_alone_and_the_node_serves_on() {
     assert_eq!(sorted_lines(&out.stdout), ["X", "Y"]);
 }
 
+/// Threads of process `pid` now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_item_fails_at_its_deadline_and_leaves_no_thread_behind() {
+    if !componentize_py() {
+        return;
+    }
+    let c = cluster("py-sleep").await;
+    let chain = c.dir.join("chain.toml");
+    std::fs::write(
+        &chain,
+        format!(
+            "name = \"py-sleep\"\nmodule = {:?}\n\n[[task]]\nfunction = \"doze\"\n\n\
+             [limits]\ndeadline_ms = 1000\n",
+            package().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let warm = c.dir.join("warm.txt");
+    std::fs::write(&warm, "x\ny\n").unwrap();
+    let out = run(&c, &chain, &warm, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before: Vec<usize> = c.nodes.iter().map(|n| threads(n.id())).collect();
+
+    // `time.sleep(1e6)` blocks in a WASI call, where no epoch check runs: the clock the
+    // task sees ends at its deadline.
+    let input = c.dir.join("in.txt");
+    std::fs::write(&input, "a\nnap\nb\nc\nd\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&c, &chain, &input, &[]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "failed items: exit 2; {stderr}");
+    assert_eq!(sorted_lines(&out.stdout), ["a", "b", "c", "d"]);
+    assert!(
+        stderr.contains("line 2:") && stderr.contains("deadline of 1000 ms exceeded"),
+        "the sleeping item failed at its deadline: {stderr}"
+    );
+    assert!(!stderr.contains("lost"), "no node was lost: {stderr}");
+    assert!(took < Duration::from_secs(8), "the run took {took:?}");
+    wait_until(
+        Duration::from_secs(30),
+        "the nodes' threads back to before",
+        || {
+            c.nodes
+                .iter()
+                .zip(&before)
+                .all(|(n, &b)| threads(n.id()) <= b)
+        },
+    )
+    .await;
+    let out = run(&c, &chain, &warm, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sorted_lines(&out.stdout), ["x", "y"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_loads_the_component_from_the_disk_cache() {
     if !componentize_py() {

@@ -1,10 +1,12 @@
 """Example Python tasks for pcluster: pipeline-cluster's README example, the W1 and W2
-benchmark tasks in Python, and two tasks the tests use to show failures and deadlines.
+benchmark tasks in Python, and three tasks the tests use to show failures and deadlines.
 
 Each function takes one item and returns its output; `None` drops the item. A generator
 task (`generator = true` in the chain) returns an iterable of outputs. A class is built once
 per worker with the chain's `args`, then called per item.
 """
+
+import time
 
 import pcluster
 
@@ -78,4 +80,10 @@ def spin(item):
     if item == "forever":
         while True:
             pass
+    return item
+
+
+def doze(item):
+    if item == "nap":
+        time.sleep(1e6)
     return item

@@ -16,7 +16,7 @@ mod bindings {
     });
 }
 
-pub use bindings::{Task, TaskPre};
+pub use bindings::{BatchOutputs, Task, TaskPre};
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -49,15 +49,22 @@ impl WasiState {
             table: ResourceTable::new(),
         }
     }
+
+    /// The context and the resource table, borrowed apart.
+    pub(super) fn parts(&mut self) -> (&mut WasiCtx, &mut ResourceTable) {
+        (&mut self.ctx, &mut self.table)
+    }
 }
 
-/// The linker of component tasks: WASI preview 2 (sync) and the world's `log`.
+/// The linker of component tasks: WASI preview 2 (sync) with its clock and polls bound by
+/// each call's deadline (`wasi_deadline`), and the world's `log`.
 ///
 /// # Errors
 /// Only if the definitions clash, which they do not.
 pub fn linker() -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine()?);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    super::wasi_deadline::shadow(&mut linker)?;
     Task::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

@@ -2,6 +2,11 @@
 //! in the store's output buffer like a core task's emits, failures come back typed; a trap
 //! (deadline, memory cap) is described as for core tasks and the caller rebuilds.
 
+use std::time::{Duration, Instant};
+
+use super::EPOCH_TICK;
+use super::component::BatchOutputs;
+use super::host::{HostState, MAX_MESSAGE, cut_message};
 use super::instance::{ComponentParts, Kind, TaskInstance};
 use crate::error::{CallError, TaskProblem};
 
@@ -13,9 +18,19 @@ impl TaskInstance {
         }
     }
 
+    /// Starts the deadline of a call: in epoch ticks for guest code, as an instant for the
+    /// WASI waits of `wasi_deadline`.
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let ms = self
+            .deadline_ms
+            .saturating_add(EPOCH_TICK.as_millis() as u64);
+        self.store.data_mut().deadline_at = Instant::now().checked_add(Duration::from_millis(ms));
+    }
+
     /// Runs the component's `init` with the task's name and args.
     pub(super) fn component_init(&mut self, name: &str, args: &[u8]) -> Result<(), TaskProblem> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let Kind::Component(c) = &self.kind else {
             return Ok(());
         };
@@ -44,7 +59,7 @@ impl TaskInstance {
     /// One item through the component's `process`.
     pub(super) fn component_call(&mut self, item: &[u8]) -> Result<(), CallError> {
         self.converted(0, item);
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let Kind::Component(c) = &self.kind else {
             return Err(CallError::Status(0));
         };
@@ -60,7 +75,7 @@ impl TaskInstance {
                 }
                 Ok(())
             }
-            Ok(Err(message)) => Err(CallError::Failed(message)),
+            Ok(Err(message)) => Err(CallError::Failed(cut_message(message.as_bytes()))),
             Err(e) => Err(self.describe(&e)),
         }
     }
@@ -71,7 +86,7 @@ impl TaskInstance {
         for (n, (_, item)) in items.iter().enumerate() {
             self.converted(n, item);
         }
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let Kind::Component(c) = &self.kind else {
             return Err(CallError::Status(0));
         };
@@ -94,43 +109,53 @@ impl TaskInstance {
         }
         let st = self.store.data_mut();
         let (entry_start, data_start) = (st.out.entries.len(), st.out.data.len());
-        st.batch.failures.clear();
+        st.batch.clear_failures();
         st.batch.with_output = 0;
-        let mut outputs = made.outputs.iter();
-        let mut failed = made.failures.iter().peekable();
-        for (n, (&count, &(input, _))) in made.counts.iter().zip(items).enumerate() {
-            let mine = outputs.by_ref().take(count as usize);
-            if failed.peek().is_some_and(|(i, _)| *i as usize == n) {
-                if let Some((_, message)) = failed.next() {
-                    st.batch
-                        .failures
-                        .push((n, CallError::Failed(message.clone())));
-                }
-                mine.for_each(drop);
-                continue;
-            }
-            if count > 1 && !generator {
-                mine.for_each(drop);
-                st.batch.failures.push((
-                    n,
-                    CallError::NotAGenerator {
-                        emitted: count as usize,
-                    },
-                ));
-                continue;
-            }
-            if count > 0 {
-                st.batch.with_output += 1;
-            }
-            for out in mine {
-                if let Err(e) = st.push_output(input, out) {
-                    st.out.entries.truncate(entry_start);
-                    st.out.data.truncate(data_start);
-                    st.batch.failures.clear();
-                    return Err(self.describe(&e));
-                }
-            }
+        if let Err(e) = take_made(st, &made, items, generator) {
+            let st = self.store.data_mut();
+            st.out.entries.truncate(entry_start);
+            st.out.data.truncate(data_start);
+            st.batch.clear_failures();
+            return Err(self.describe(&e));
         }
         Ok(())
     }
+}
+
+/// What a component's batch made, into the stage's outputs and the batch's failures, each
+/// within the host's caps.
+fn take_made(
+    st: &mut HostState,
+    made: &BatchOutputs,
+    items: &[(u32, &[u8])],
+    generator: bool,
+) -> wasmtime::Result<()> {
+    let mut outputs = made.outputs.iter();
+    let mut failed = made.failures.iter().peekable();
+    for (n, (&count, &(input, _))) in made.counts.iter().zip(items).enumerate() {
+        let mine = outputs.by_ref().take(count as usize);
+        if failed.peek().is_some_and(|(i, _)| *i as usize == n) {
+            if let Some((_, message)) = failed.next() {
+                let bytes = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
+                st.batch.add_failure(n, bytes, st.out.held(), st.max_held)?;
+            }
+            mine.for_each(drop);
+            continue;
+        }
+        if count > 1 && !generator {
+            mine.for_each(drop);
+            let emitted = count as usize;
+            st.batch
+                .failures
+                .push((n, CallError::NotAGenerator { emitted }));
+            continue;
+        }
+        if count > 0 {
+            st.batch.with_output += 1;
+        }
+        for out in mine {
+            st.push_output(input, out)?;
+        }
+    }
+    Ok(())
 }

@@ -9,8 +9,33 @@ use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 use super::engine;
 use crate::error::CallError;
 
-/// Largest total output one stage of one work unit may emit before the call traps.
+/// Largest total output one stage of one work unit may emit before the call traps; a chain
+/// whose `memory_mb` is smaller gets that instead (see [`held_cap`]).
 const MAX_STAGE_OUTPUT: usize = 256 << 20;
+
+/// What the host holds for one output beyond its bytes: its entry. Counted, so that empty
+/// outputs are not free.
+pub(super) const ENTRY_COST: usize = std::mem::size_of::<Entry>();
+
+/// Longest failure message kept from a task; longer ones are cut.
+pub const MAX_MESSAGE: usize = 16 << 10;
+
+/// Bytes a stage of one work unit may make the host hold (outputs, their entries, failure
+/// messages): the chain's memory cap, at most [`MAX_STAGE_OUTPUT`]. What a task hands over
+/// counts against its `memory_mb` like its own memory does.
+pub(super) fn held_cap(memory_bytes: usize) -> usize {
+    memory_bytes.min(MAX_STAGE_OUTPUT)
+}
+
+/// `message` cut to [`MAX_MESSAGE`] bytes (at a character boundary), saying so.
+pub fn cut_message(message: &[u8]) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return String::from_utf8_lossy(message).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&message[..MAX_MESSAGE]).into_owned();
+    text.push_str(&format!(" [message of {} bytes cut]", message.len()));
+    text
+}
 
 /// Where a task instance's log lines come from.
 #[derive(Clone, Debug)]
@@ -64,6 +89,39 @@ impl OutBuf {
         self.entries.clear();
     }
 
+    /// Bytes the buffer holds, entries counted.
+    pub(super) fn held(&self) -> usize {
+        self.data.len() + self.entries.len() * ENTRY_COST
+    }
+
+    /// Appends an output of input `input` when the buffer, with `other` bytes held beside
+    /// it, stays within `cap`; its allocations never grow past `cap` either.
+    pub(super) fn push_within(
+        &mut self,
+        input: u32,
+        bytes: &[u8],
+        other: usize,
+        cap: usize,
+    ) -> wasmtime::Result<()> {
+        let len = bytes.len();
+        if self.held() + other + len + ENTRY_COST > cap {
+            wasmtime::bail!(
+                "emit: outputs of this work unit exceed {cap} bytes (entries of {ENTRY_COST} \
+                 bytes each and failure messages included; memory_mb bounds them)"
+            );
+        }
+        reserve_within(&mut self.data, len, cap);
+        reserve_within(&mut self.entries, 1, cap / ENTRY_COST);
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.entries.push(Entry {
+            input,
+            len: len as u32,
+            start,
+        });
+        Ok(())
+    }
+
     /// The bytes of `e`.
     #[inline]
     pub fn item(&self, e: &Entry) -> &[u8] {
@@ -71,32 +129,97 @@ impl OutBuf {
     }
 }
 
+/// Makes room for `extra` more elements in `v`, doubling as usual but never past `cap`
+/// elements, so a buffer near its cap does not hold twice that.
+fn reserve_within<T>(v: &mut Vec<T>, extra: usize, cap: usize) {
+    let need = v.len() + extra;
+    if need <= v.capacity() {
+        return;
+    }
+    let want = (v.capacity() * 2).max(need).min(cap.max(need));
+    v.reserve_exact(want - v.len());
+}
+
+/// Most instances, tables and memories one store may hold (a component is several core
+/// instances; a core task is one).
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 64;
+/// Most table elements over all of a store's tables.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The memory cap of one instance's store: every memory it has, summed, within `max_bytes`.
 pub(super) struct MemLimiter {
     pub(super) max_bytes: usize,
     pub(super) denied: bool,
+    /// Bytes of all memories of the store, as granted.
+    pub(super) memory_bytes: usize,
+    /// Elements of all tables of the store, as granted.
+    pub(super) table_elements: usize,
+}
+
+impl MemLimiter {
+    /// A limiter granting `max_bytes` of memory in all.
+    pub(super) fn new(max_bytes: usize) -> MemLimiter {
+        MemLimiter {
+            max_bytes,
+            denied: false,
+            memory_bytes: 0,
+            table_elements: 0,
+        }
+    }
+}
+
+/// `total` with one of its parts grown from `current` to `desired`, when that fits in `max`.
+fn grown(total: usize, current: usize, desired: usize, max: usize) -> Option<usize> {
+    let total = total.saturating_sub(current).saturating_add(desired);
+    (total <= max).then_some(total)
 }
 
 impl ResourceLimiter for MemLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.denied = true;
-            return Ok(false);
+        match grown(self.memory_bytes, current, desired, self.max_bytes) {
+            Some(total) => {
+                self.memory_bytes = total;
+                Ok(true)
+            }
+            None => {
+                self.denied = true;
+                Ok(false)
+            }
         }
-        Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        match grown(self.table_elements, current, desired, MAX_TABLE_ELEMENTS) {
+            Some(total) => {
+                self.table_elements = total;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -113,12 +236,47 @@ pub struct BatchState {
     pub(super) failed_current: bool,
     /// Items of the batch that failed, by position in the batch.
     pub failures: Vec<(usize, CallError)>,
+    /// Bytes of the messages in `failures`.
+    pub(super) failure_bytes: usize,
     /// Items of the batch that emitted something and did not fail; the others that did not
     /// fail were dropped.
     pub with_output: usize,
 }
 
 impl BatchState {
+    /// The batch's failures, taken.
+    pub fn take_failures(&mut self) -> Vec<(usize, CallError)> {
+        self.failure_bytes = 0;
+        std::mem::take(&mut self.failures)
+    }
+
+    /// Forgets the batch's failures.
+    pub(super) fn clear_failures(&mut self) {
+        self.failures.clear();
+        self.failure_bytes = 0;
+    }
+
+    /// Records item `index` as failed with `message`, when the messages so far, with
+    /// `other` bytes held beside them, stay within `cap`.
+    pub(super) fn add_failure(
+        &mut self,
+        index: usize,
+        message: &[u8],
+        other: usize,
+        cap: usize,
+    ) -> wasmtime::Result<()> {
+        let cost = message.len() + std::mem::size_of::<(usize, CallError)>();
+        if self.failure_bytes + other + cost > cap {
+            wasmtime::bail!(
+                "emit_batch: failures and outputs of this work unit exceed {cap} bytes"
+            );
+        }
+        self.failure_bytes += cost;
+        let text = String::from_utf8_lossy(message).into_owned();
+        self.failures.push((index, CallError::Failed(text)));
+        Ok(())
+    }
+
     /// Closes the current item: a non-generator that emitted several items fails it.
     pub(super) fn close_item(&mut self, out: &mut OutBuf) {
         let Some(i) = self.cur else { return };
@@ -150,8 +308,12 @@ pub struct HostState {
     pub(super) limiter: MemLimiter,
     pub(super) log: LogCtx,
     pub(super) max_item: usize,
+    /// Bytes a stage may make the host hold ([`held_cap`]).
+    pub(super) max_held: usize,
     /// WASI state (used by component tasks only; empty for core ones).
     pub(super) wasi: super::component::WasiState,
+    /// When the component call in progress must end: WASI waits stop there.
+    pub(super) deadline_at: Option<std::time::Instant>,
 }
 
 impl HostState {
@@ -170,17 +332,8 @@ impl HostState {
                 self.max_item
             );
         }
-        if self.out.data.len() + len > MAX_STAGE_OUTPUT {
-            wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
-        }
-        let start = self.out.data.len();
-        self.out.data.extend_from_slice(bytes);
-        self.out.entries.push(Entry {
-            input,
-            len: len as u32,
-            start,
-        });
-        Ok(())
+        let other = self.batch.failure_bytes;
+        self.out.push_within(input, bytes, other, self.max_held)
     }
 
     /// Takes the records of a batched call: `(index u32, length u32, bytes)`, length bit 31
@@ -190,6 +343,7 @@ impl HostState {
             batch,
             out,
             max_item,
+            max_held,
             ..
         } = self;
         while !block.is_empty() {
@@ -226,10 +380,7 @@ impl HostState {
                 out.entries.truncate(batch.entry_mark);
                 out.data.truncate(batch.data_mark);
                 batch.failed_current = true;
-                batch.failures.push((
-                    index,
-                    CallError::Failed(String::from_utf8_lossy(bytes).into_owned()),
-                ));
+                batch.add_failure(index, &bytes[..n.min(MAX_MESSAGE)], out.held(), *max_held)?;
                 continue;
             }
             if n > *max_item {
@@ -237,16 +388,7 @@ impl HostState {
                     "emit: item of {n} bytes exceeds the item limit of {max_item} bytes"
                 );
             }
-            if out.data.len() + n > MAX_STAGE_OUTPUT {
-                wasmtime::bail!("emit: outputs of this work unit exceed {MAX_STAGE_OUTPUT} bytes");
-            }
-            let start = out.data.len();
-            out.data.extend_from_slice(bytes);
-            out.entries.push(Entry {
-                input,
-                len: n as u32,
-                start,
-            });
+            out.push_within(input, bytes, batch.failure_bytes, *max_held)?;
         }
         Ok(())
     }
@@ -345,17 +487,16 @@ mod tests {
             cur_input: 0,
             memory: None,
             fail: None,
-            limiter: MemLimiter {
-                max_bytes: 1 << 20,
-                denied: false,
-            },
+            limiter: MemLimiter::new(1 << 20),
             log: LogCtx {
                 node: "n".into(),
                 worker: 0,
                 task: "t".into(),
             },
             max_item: 8,
+            max_held: 1 << 20,
             wasi: crate::engine::component::WasiState::sandboxed(),
+            deadline_at: None,
         }
     }
 
@@ -373,6 +514,42 @@ mod tests {
             .iter()
             .map(|e| (e.input, st.out.item(e)))
             .collect()
+    }
+
+    #[test]
+    fn memories_are_summed_against_one_cap() {
+        let mut l = MemLimiter::new(100);
+        assert!(l.memory_growing(0, 60, None).unwrap());
+        assert!(
+            !l.memory_growing(0, 60, None).unwrap(),
+            "a second memory counts too"
+        );
+        assert!(l.denied);
+        assert!(l.memory_growing(60, 90, None).unwrap());
+        assert!(!l.memory_growing(0, 11, None).unwrap());
+        assert!(l.memory_growing(0, 10, None).unwrap());
+    }
+
+    #[test]
+    fn empty_outputs_and_failure_messages_count_toward_the_cap() {
+        let mut st = in_batch(true);
+        st.max_held = 100 * ENTRY_COST;
+        st.batch.active = false;
+        let mut n = 0;
+        while st.push_output(0, b"").is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 100, "each empty output costs its entry");
+        assert!(
+            st.out.entries.capacity() <= 100,
+            "never allocated past the cap"
+        );
+        let mut st = in_batch(true);
+        st.max_held = 4096;
+        let big = vec![b'x'; 1 << 20];
+        let block = [record(0, true, &big), record(1, true, &big)].concat();
+        let err = st.take_records(&block).unwrap_err();
+        assert!(err.to_string().contains("exceed 4096 bytes"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use wasmtime::{Memory, Store, Trap, TypedFunc};
 
 use super::compile::{CompiledTask, TaskKind};
 use super::component::{Task, WasiState};
-use super::host::{BatchState, HostState, LogCtx, MemLimiter, OutBuf};
+use super::host::{BatchState, HostState, LogCtx, MemLimiter, OutBuf, held_cap};
 use super::tags::Convert;
 use super::{EPOCH_TICK, engine};
 use crate::error::{CallError, TaskProblem, TrapCause};
@@ -18,7 +18,7 @@ pub struct TaskInstance {
     /// The store; its data holds the stage output buffer.
     pub store: Store<HostState>,
     pub(super) deadline_ticks: u64,
-    deadline_ms: u64,
+    pub(super) deadline_ms: u64,
     memory_mb: u64,
     /// What happens to an item entering the task.
     pub(super) input_conv: Convert,
@@ -78,16 +78,18 @@ fn new_store(
             cur_input: 0,
             memory: None,
             fail: None,
-            limiter: MemLimiter {
-                max_bytes: memory_bytes,
-                denied: false,
-            },
+            limiter: MemLimiter::new(memory_bytes),
             log,
             max_item: usize::try_from(limits.max_item_bytes).unwrap_or(usize::MAX),
+            max_held: held_cap(memory_bytes),
             wasi: WasiState::sandboxed(),
+            deadline_at: None,
         },
     );
     store.limiter(|s| &mut s.limiter);
+    // What a component's results or WASI calls copy out of the guest in one call is bounded
+    // like its outputs, before wasmtime copies it.
+    store.set_hostcall_fuel(held_cap(memory_bytes));
     let deadline_ticks = limits
         .deadline_ms
         .div_ceil(EPOCH_TICK.as_millis() as u64)
@@ -328,7 +330,7 @@ impl TaskInstance {
         st.batch.active = true;
         st.batch.cur = None;
         st.batch.failed_current = false;
-        st.batch.failures.clear();
+        st.batch.clear_failures();
         st.batch.with_output = 0;
         st.batch.inputs.clear();
         st.batch.inputs.extend(items.iter().map(|(i, _)| *i));
@@ -355,7 +357,7 @@ impl TaskInstance {
         let st = self.store.data_mut();
         st.out.entries.truncate(entry_start);
         st.out.data.truncate(data_start);
-        st.batch.failures.clear();
+        st.batch.clear_failures();
         Err(failed)
     }
 

@@ -11,6 +11,7 @@
 //!   `emit_batch`) of docs/ABI.md.
 //! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
 //!   memory; `component_calls` and `native_calls` call component and native Python tasks.
+//! - `wasi_deadline`: WASI clocks and polls that cannot wait past a call's deadline.
 
 mod cache;
 mod compile;
@@ -22,6 +23,7 @@ mod instance;
 mod lru;
 mod native_calls;
 pub mod tags;
+mod wasi_deadline;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -43,6 +45,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 fn config() -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    // One linear memory a module: the memory cap sums a store's memories, and no task we
+    // build needs more.
+    config.wasm_multi_memory(false);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config
 }

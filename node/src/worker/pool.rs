@@ -217,7 +217,12 @@ impl Pool {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), SetupError>>();
         let mut threads = Vec::with_capacity(workers as usize);
+        // Component tasks' blocking WASI calls (a sleep) wait on the tokio runtime the
+        // worker is in: the node's own, rather than one wasmtime-wasi would start with
+        // threads of its own that outlive every chain.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         for w in 0..workers {
+            let runtime = runtime.clone();
             let shared = shared.clone();
             let rx = rx.clone();
             let stop = stop_rx.clone();
@@ -228,6 +233,7 @@ impl Pool {
             let spawned = std::thread::Builder::new()
                 .name(format!("pcluster-worker-{w}"))
                 .spawn(move || {
+                    let _in_runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
                     let worker = match Worker::new(shared, w, node) {
                         Ok(worker) => {
                             let _ = ready.send(Ok(()));

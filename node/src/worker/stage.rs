@@ -15,6 +15,11 @@ const BATCH: (usize, usize) = (256, 256 << 10);
 const NATIVE_BATCH: (usize, usize) = (4096, 1 << 20);
 /// Bytes of a failing item quoted in its failure.
 const ITEM_QUOTE: usize = 200;
+/// Failures of a work unit whose message is kept whole (up to 16 KiB, see
+/// `engine::MAX_MESSAGE`); later ones keep [`SHORT_MESSAGE`] bytes, so that a unit whose every
+/// item fails holds little more than its items.
+const WHOLE_MESSAGES: usize = 64;
+const SHORT_MESSAGE: usize = 256;
 
 /// One stage of one unit: task `k` over a stream of items.
 pub(super) struct StageCtx<'a> {
@@ -86,7 +91,7 @@ impl StageCtx<'_> {
                 self.calls += chunk.len() as u64;
                 let Ok(inst) = self.slot else { return };
                 let batch = &mut inst.store.data_mut().batch;
-                let failures = std::mem::take(&mut batch.failures);
+                let failures = batch.take_failures();
                 let done = failures.len() + batch.with_output;
                 self.dropped += chunk.len().saturating_sub(done) as u64;
                 let task = &self.chain.tasks[self.k];
@@ -208,7 +213,20 @@ impl FailureSink<'_> {
             }),
             item_start: item[..item.len().min(ITEM_QUOTE)].to_vec(),
             item: self.whole_items.then(|| item.to_vec()),
-            message: error.to_string(),
+            message: short(error.to_string(), self.failures.len() >= WHOLE_MESSAGES),
         });
     }
+}
+
+/// `message`, cut to [`SHORT_MESSAGE`] bytes (at a character boundary) when `cut`.
+fn short(mut message: String, cut: bool) -> String {
+    if cut && message.len() > SHORT_MESSAGE {
+        let mut end = SHORT_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" [cut]");
+    }
+    message
 }

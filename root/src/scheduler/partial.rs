@@ -3,12 +3,21 @@
 //! that completes the input. The root hands nothing of them over before that completion, so a
 //! node lost halfway through delivered nothing of the input, which runs again whole
 //! elsewhere; the parts die with the node's state. What is held is bounded in bytes over all
-//! nodes (`RootOptions::partial_bytes`): an input past the bound fails instead (its parts are
+//! nodes (`RootOptions::partial_bytes`), each item counting [`ITEM_COST`] bytes beyond its own
+//! so that empty outputs are not free: an input past the bound fails instead (its parts are
 //! dropped at once, and its completion brings the failure).
 
 use std::collections::HashMap;
 
 use protocol::Packed;
+
+/// What holding one item costs beyond its bytes: its place in a [`Packed`].
+pub(crate) const ITEM_COST: u64 = 16;
+
+/// Bytes `items` take to hold.
+fn cost(items: &Packed) -> u64 {
+    items.bytes() as u64 + ITEM_COST * items.len() as u64
+}
 
 /// The parts one input has sent so far.
 #[derive(Debug, Default)]
@@ -55,9 +64,9 @@ impl Partials {
         if held.over {
             return Added::Dropped;
         }
-        let bytes = items.bytes() as u64;
+        let bytes = cost(items);
         if bytes > room {
-            let freed = held.items.bytes() as u64;
+            let freed = cost(&held.items);
             held.items = Packed::new();
             held.over = true;
             self.bytes -= freed;
@@ -73,7 +82,7 @@ impl Partials {
     /// The parts of input `index` of batch `seq`, removed: its completion arrived.
     pub fn take(&mut self, seq: u64, index: u32) -> Option<Held> {
         let held = self.held.remove(&(seq, index))?;
-        self.bytes -= held.items.bytes() as u64;
+        self.bytes -= cost(&held.items);
         Some(held)
     }
 
@@ -96,15 +105,15 @@ mod tests {
     fn parts_are_held_in_order_until_the_completion_takes_them() {
         let mut p = Partials::default();
         assert!(p.is_empty());
-        assert_eq!(p.add(1, 3, &packed(&["ab", "c"]), 100), Added::Held(3));
-        assert_eq!(p.add(2, 0, &packed(&["x"]), 100), Added::Held(1));
-        assert_eq!(p.add(1, 3, &packed(&["de"]), 100), Added::Held(2));
-        assert_eq!(p.bytes(), 6);
+        assert_eq!(p.add(1, 3, &packed(&["ab", "c"]), 100), Added::Held(35));
+        assert_eq!(p.add(2, 0, &packed(&["x"]), 100), Added::Held(17));
+        assert_eq!(p.add(1, 3, &packed(&["de"]), 100), Added::Held(18));
+        assert_eq!(p.bytes(), 70);
         let held = p.take(1, 3).expect("held");
         assert!(!held.over);
         let items: Vec<&[u8]> = held.items.iter().collect();
         assert_eq!(items, [&b"ab"[..], b"c", b"de"]);
-        assert_eq!(p.bytes(), 1);
+        assert_eq!(p.bytes(), 17);
         assert!(p.take(1, 3).is_none(), "taken once");
         p.clear();
         assert!(p.is_empty() && p.bytes() == 0);
@@ -113,12 +122,19 @@ mod tests {
     #[test]
     fn an_input_past_the_bound_drops_its_parts_and_is_marked() {
         let mut p = Partials::default();
-        assert_eq!(p.add(1, 0, &packed(&["abcd"]), 10), Added::Held(4));
-        assert_eq!(p.add(1, 0, &packed(&["efgh"]), 3), Added::Over(4));
+        assert_eq!(p.add(1, 0, &packed(&["abcd"]), 30), Added::Held(20));
+        assert_eq!(p.add(1, 0, &packed(&["efgh"]), 10), Added::Over(20));
         assert_eq!(p.bytes(), 0, "freed at once");
         assert_eq!(p.add(1, 0, &packed(&["i"]), 100), Added::Dropped);
         let held = p.take(1, 0).expect("still known, to fail it");
         assert!(held.over && held.items.is_empty());
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn empty_outputs_count_toward_the_bound() {
+        let mut p = Partials::default();
+        let empties: Packed = std::iter::repeat_n(&b""[..], 100).collect();
+        assert_eq!(p.add(1, 0, &empties, 1000), Added::Over(0));
     }
 }
