@@ -1,22 +1,23 @@
 //! Whether a build is up to date: the newest modification time of its sources, the same
 //! rule for task crates and Python packages.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// The newest modification time under `path` (a file, or a directory tree), skipping
-/// hidden entries (`.git`, `.pcluster-build`) and directories named in `skip` (build
-/// outputs and caches such as `target` or `__pycache__`).
-pub fn newest(path: &Path, skip: &[&str]) -> SystemTime {
+/// The newest file under `path` (a file, or a directory tree) and its modification time,
+/// skipping hidden entries (`.git`, `.pcluster-build`) and directories named in `skip`
+/// (build outputs and caches such as `target` or `__pycache__`); `None` for an empty tree.
+/// The file is what an error names when a prebuilt artifact is older than its sources.
+pub fn newest_file(path: &Path, skip: &[&str]) -> Option<(SystemTime, PathBuf)> {
     let mtime = |p: &Path| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH)
     };
     if path.is_file() {
-        return mtime(path);
+        return Some((mtime(path), path.to_path_buf()));
     }
-    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
     let mut stack = vec![path.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -32,7 +33,10 @@ pub fn newest(path: &Path, skip: &[&str]) -> SystemTime {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                newest = newest.max(mtime(&p));
+                let t = mtime(&p);
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, p));
+                }
             }
         }
     }
@@ -42,6 +46,10 @@ pub fn newest(path: &Path, skip: &[&str]) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn newest(path: &Path, skip: &[&str]) -> SystemTime {
+        newest_file(path, skip).map_or(SystemTime::UNIX_EPOCH, |(t, _)| t)
+    }
 
     #[test]
     fn skipped_and_hidden_entries_do_not_count() {
@@ -64,6 +72,12 @@ mod tests {
             "the build output counts when not skipped"
         );
         assert_eq!(newest(&dir.join("src/lib.rs"), &[]), old);
+        assert_eq!(
+            newest_file(&dir, &[]).map(|(_, p)| p),
+            Some(dir.join("target/out.wasm")),
+            "the newest file is named"
+        );
+        assert_eq!(newest_file(&dir.join("target/none"), &[]), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,6 +8,11 @@
 //! client: records (sealed lines), as on a node connection
 //! ```
 //!
+//! The `OK` proves nothing about the client: a first message seen on the wire and replayed
+//! gets one too. The client proves it holds the token with its first record, which opens only
+//! with keys derived from the ephemeral key it alone has; until then the server keeps it a
+//! guest, evicted for newcomers and closed at the handshake deadline (`connection.rs`).
+//!
 //! A server without a token says nothing and takes plain lines (so `nc` works). A client with
 //! a token that gets no greeting refuses the server; a client without one that gets a
 //! greeting knows it lacks the token. Only message formatting and checking live here; each

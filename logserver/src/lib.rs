@@ -6,9 +6,12 @@
 //!
 //! | concept | file |
 //! | --- | --- |
-//! | server: accept, per-connection readers, shutdown | `server.rs` |
+//! | server: accept, shutdown | `server.rs` |
+//! | one connection: handshake, key confirmation, lines, guest or member | `connection.rs` |
+//! | guests evicted per source when the server is full | `gate.rs` |
 //! | line framing with bounded memory | `codec.rs` |
 //! | the single writer thread, record format, flush interval | `writer.rs` |
+//! | the output file's size cap and rotation | `rotation.rs` |
 //! | token handshake messages | `handshake.rs` |
 //! | client: background sender with a bounded buffer | `client.rs` |
 //! | `tracing` layer that sends events through a client | `layer.rs` |
@@ -18,9 +21,12 @@
 
 pub mod client;
 pub mod codec;
+mod connection;
 mod error;
+mod gate;
 pub mod handshake;
 mod layer;
+mod rotation;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -29,4 +35,4 @@ mod writer;
 pub use client::{LogClient, log};
 pub use error::{Error, HandshakeError};
 pub use layer::LogLayer;
-pub use server::{ServerConfig, run};
+pub use server::{DEFAULT_KEEP_FILES, DEFAULT_MAX_FILE_MB, ServerConfig, run};

@@ -1,5 +1,6 @@
 //! Round trips through a real server on 127.0.0.1:0: client to file, the token handshake both
-//! ways, shutdown keeping buffered lines, the connection limit and the tracing layer.
+//! ways (a replayed one proves nothing), shutdown keeping buffered lines, the connection limit
+//! and guests' eviction, the file's rotation, and the tracing layer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -451,4 +452,142 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
         .expect("the server closes an idle connection")
         .expect("read");
     assert_eq!(messages(&server.stop().await), ["then silence", "half"]);
+}
+
+/// A client that replays a first handshake message it saw (it has not the ephemeral key that
+/// made it): connects, reads the greeting, sends `first`, and reads the server's `OK`.
+async fn replayer(addr: SocketAddr, first: &str) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let mut s = BufReader::new(s);
+    let mut line = String::new();
+    s.read_line(&mut line).await.expect("greeting");
+    assert_eq!(line, format!("{}\n", handshake::GREETING));
+    s.get_mut()
+        .write_all(first.as_bytes())
+        .await
+        .expect("replay");
+    line.clear();
+    s.read_line(&mut line).await.expect("reply");
+    assert!(
+        line.starts_with("OK "),
+        "the server cannot tell a replay: {line}"
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_handshake_is_a_guest_evicted_for_a_client_with_the_key() {
+    let token = Token::new("cluster secret");
+    let server = TestServer::start("replay", |c| {
+        c.token = Some(token.clone());
+        c.max_connections = 1;
+    })
+    .await;
+    // A first message as a real client sends it, seen on the wire and replayed.
+    let (_, first) = handshake::start(&token).expect("start");
+    let mut replayed = replayer(server.addr, &first).await;
+    // The only slot is the replayer's, but it has proved nothing: the real client gets in.
+    let client = LogClient::new(server.addr.to_string(), Some(token.clone()));
+    client.send("from the key's holder");
+    assert!(flush(&client).await);
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, replayed.read_to_end(&mut rest))
+        .await
+        .expect("the replayer is evicted")
+        .expect("read");
+    server
+        .wait_for("the client's line", |c| c.contains("from the key's holder"))
+        .await;
+    drop(client);
+    assert_eq!(messages(&server.stop().await), ["from the key's holder"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayer_must_prove_the_key_within_the_handshake_timeout() {
+    let token = Token::new("cluster secret");
+    let server = TestServer::start("replay-deadline", |c| {
+        c.token = Some(token.clone());
+        c.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (_, first) = handshake::start(&token).expect("start");
+    // Silent after the handshake: closed at the deadline.
+    let mut silent = replayer(server.addr, &first).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut rest))
+        .await
+        .expect("closed at the deadline")
+        .expect("read");
+    // Sending what it cannot seal: closed at once, nothing written.
+    let mut forger = replayer(server.addr, &first).await;
+    forger
+        .get_mut()
+        .write_all(&[0u8, 0, 0, 40].repeat(16))
+        .await
+        .expect("write");
+    tokio::time::timeout(DEADLINE, forger.read_to_end(&mut rest))
+        .await
+        .expect("closed")
+        .ok();
+    assert_eq!(server.stop().await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_evicts_a_silent_stranger_for_a_newcomer() {
+    let server = TestServer::start("evict", |c| c.max_connections = 1).await;
+    let mut stranger = TcpStream::connect(server.addr).await.expect("connect");
+    // Accepted in order: the stranger holds the only slot, as a guest (it sent no line).
+    let mut newcomer = TcpStream::connect(server.addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(DEADLINE, stranger.read(&mut buf))
+        .await
+        .expect("the older stranger is evicted");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    newcomer.write_all(b"newcomer\n").await.expect("write");
+    server
+        .wait_for("the newcomer's line", |c| c.contains("newcomer"))
+        .await;
+    drop(newcomer);
+    assert_eq!(messages(&server.stop().await), ["newcomer"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_is_rotated_past_its_cap_keeping_so_many() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = TestServer::start("rotate", |c| {
+        c.max_file_bytes = Some(2_000);
+        c.keep_files = 2;
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    let lines: String = (0..200).map(|i| format!("line {i:04}\n")).collect();
+    s.write_all(lines.as_bytes()).await.expect("write");
+    drop(s);
+    server
+        .wait_for("the last line", |c| c.contains("line 0199"))
+        .await;
+    let path = server.path.clone();
+    let rotated = |n: usize| crate::rotation::numbered(&path, n);
+    let current = server.stop().await;
+    let mut files = vec![current];
+    for n in 1..=2 {
+        let meta = std::fs::metadata(rotated(n)).expect("a rotated file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        files.push(std::fs::read_to_string(rotated(n)).expect("read"));
+    }
+    assert!(!rotated(3).exists(), "only two are kept");
+    for (n, text) in files.iter().enumerate() {
+        assert!(text.len() <= 2_000, "file {n}: {} bytes", text.len());
+        assert!(!text.is_empty(), "file {n} is empty");
+    }
+    // Newest first, and every record whole: the kept files end where the next begins.
+    let kept: Vec<String> = files.iter().rev().flat_map(|t| messages(t)).collect();
+    let last = kept.last().expect("records");
+    assert_eq!(last, "line 0199");
+    let first: usize = kept[0]["line ".len()..].parse().expect("number");
+    let want: Vec<String> = (first..200).map(|i| format!("line {i:04}")).collect();
+    assert_eq!(kept, want);
+    for n in 1..=2 {
+        let _ = std::fs::remove_file(rotated(n));
+    }
 }

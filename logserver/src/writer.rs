@@ -1,5 +1,6 @@
 //! The single writer: a dedicated thread that owns the output file (and stdout), fed by a
 //! bounded channel so that slow disks push back on the clients instead of growing memory.
+//! Past a size cap it rotates the file ([`Rotation`]), so no client can fill the disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::Line;
 use crate::error::Error;
+pub(crate) use crate::rotation::Rotation;
 
 /// Records reach the disk at least this often, however quiet the clients are: the writer
 /// flushes when it writes this long after its last flush, and the server's ticker asks it to
@@ -48,33 +50,41 @@ struct JsonRecord<'a> {
 /// Opens `path` for appending, creating it if needed, readable by its owner only (the log
 /// holds what tasks print, failed items' starts included).
 pub(crate) fn open(path: &Path) -> Result<File, Error> {
+    open_file(path).map_err(|source| Error::OpenOutfile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// [`open`] with the bare I/O error, for the writer's new files after a rotation.
+fn open_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| Error::OpenOutfile {
-            path: path.to_owned(),
-            source,
-        })
 }
 
 /// Starts the writer thread; the returned receiver reports once the channel has been drained
 /// and everything flushed, i.e. after every sender is gone.
 pub(crate) fn spawn(
     file: File,
-    path: PathBuf,
+    rotation: Rotation,
     json: bool,
     echo_stdout: bool,
     rx: mpsc::Receiver<Msg>,
 ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
     let (done_tx, done_rx) = oneshot::channel();
+    let size = file.metadata()?.len();
     std::thread::Builder::new()
         .name("pcluster-log-writer".into())
         .spawn(move || {
+            let path: PathBuf = rotation.path.clone();
             let mut writer = Writer {
-                file: BufWriter::with_capacity(64 * 1024, file),
+                file: Some(BufWriter::with_capacity(FILE_BUFFER, file)),
+                size,
+                rotation,
                 stdout: echo_stdout.then(|| BufWriter::with_capacity(64 * 1024, io::stdout())),
                 json,
                 buf: Vec::with_capacity(1024),
@@ -91,8 +101,15 @@ pub(crate) fn spawn(
     Ok(done_rx)
 }
 
+/// The output file's write buffer.
+const FILE_BUFFER: usize = 64 * 1024;
+
 struct Writer {
-    file: BufWriter<File>,
+    /// The output file; `None` after it could not be (re)opened, tried again on each record.
+    file: Option<BufWriter<File>>,
+    /// Bytes in the output file, those still in its buffer included.
+    size: u64,
+    rotation: Rotation,
     stdout: Option<BufWriter<io::Stdout>>,
     json: bool,
     buf: Vec<u8>,
@@ -127,7 +144,15 @@ impl Writer {
     fn write(&mut self, record: &Record) {
         self.buf.clear();
         format_record(&mut self.buf, record, self.json);
-        let result = self.file.write_all(&self.buf);
+        let len = self.buf.len() as u64;
+        let buf = std::mem::take(&mut self.buf);
+        let result = self
+            .file_with_room(len)
+            .and_then(|file| file.write_all(&buf));
+        self.buf = buf;
+        if result.is_ok() {
+            self.size += len;
+        }
         self.note(result);
         if let Some(stdout) = &mut self.stdout
             && let Err(e) = stdout.write_all(&self.buf)
@@ -138,10 +163,33 @@ impl Writer {
         }
     }
 
+    /// The output file, rotated first when `len` more bytes would take it past the cap.
+    fn file_with_room(&mut self, len: u64) -> io::Result<&mut BufWriter<File>> {
+        if self.rotation.due(self.size, len) {
+            // What the old file's buffer holds goes into it before it is renamed.
+            if let Some(mut old) = self.file.take() {
+                old.flush()?;
+            }
+            self.rotation.shift()?;
+            self.size = 0;
+        }
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => {
+                let file = open_file(&self.rotation.path)?;
+                self.size = file.metadata()?.len();
+                BufWriter::with_capacity(FILE_BUFFER, file)
+            }
+        };
+        Ok(self.file.insert(file))
+    }
+
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        let result = self.file.flush();
-        self.note(result);
+        if let Some(file) = &mut self.file {
+            let result = file.flush();
+            self.note(result);
+        }
         if let Some(stdout) = &mut self.stdout
             && let Err(e) = stdout.flush()
         {

@@ -1,6 +1,7 @@
 //! The log server end to end: the real `pcluster log` process, many concurrent plain-TCP
-//! clients, SIGTERM, and the file checked record by record; the token handshake; and the log
-//! client's bounded buffer while no server is there.
+//! clients, SIGTERM, and the file checked record by record; the token handshake; the log
+//! client's bounded buffer while no server is there; and 5,000 idle connections (replaying a
+//! seen handshake, with a token) that cannot keep a node's task log lines out.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +16,7 @@ use protocol::auth::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Child, pcluster, temp_dir};
+use crate::common::{Child, node_process, pcluster, pcluster_cmd, temp_dir, wait_until};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -303,4 +304,121 @@ async fn client_counts_dropped_lines_while_no_server_is_there() {
         "{:?}",
         messages.last()
     );
+}
+
+/// Connections held open, idle, against one log server: more than its 4,096 slots.
+const IDLE_CONNECTIONS: usize = 5_000;
+/// How soon a node's task log lines must be in the file once its run is over.
+const LINES_WITHIN: Duration = Duration::from_secs(2);
+
+/// The first handshake line a node sends its log server with `keyed` (its `--token-file`),
+/// as a stranger who saw it on the wire could replay it: caught by a listener posing as the
+/// log server for a node started only for that.
+async fn seen_first_message(keyed: &[&str]) -> String {
+    let listener = tokio::net::TcpListener::bind((LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (_node, _) = node_process("127.0.0.6", 0, port, 1, keyed).await;
+    let (stream, _) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("the node's log client connects")
+        .expect("accept");
+    let mut stream = tokio::io::BufReader::new(stream);
+    let greeting = format!("{}\n", logserver::handshake::GREETING);
+    stream
+        .get_mut()
+        .write_all(greeting.as_bytes())
+        .await
+        .expect("greet");
+    let mut first = String::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut first),
+    )
+    .await
+    .expect("the node's first message")
+    .expect("read");
+    assert!(first.len() > 64 && first.ends_with('\n'), "{first:?}");
+    first
+}
+
+/// 5,000 idle connections to a `pcluster log` (with a token, each replaying a first
+/// handshake message seen on the wire), then a node that logs to it runs a chain whose task
+/// logs every item: the lines are in the file within 2 s of the run's end.
+async fn idle_connections_cannot_keep_a_nodes_lines_out(keyed: bool) {
+    let need = IDLE_CONNECTIONS as u64 + 512;
+    if !crate::strangers::may_open_files(need) {
+        return;
+    }
+    let dir = temp_dir(if keyed { "idle-keyed" } else { "idle-open" });
+    let key = dir.join("cluster.key");
+    let made = pcluster_cmd()
+        .args(["key", "new"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let extra: Vec<&str> = match keyed {
+        true => vec!["--token-file", key.to_str().unwrap()],
+        false => Vec::new(),
+    };
+    let log_file = dir.join("cluster.log");
+    let (_log, log_port) = crate::common::log_process(&log_file, &extra).await;
+    let replay = match keyed {
+        true => Some(seen_first_message(&extra).await),
+        false => None,
+    };
+    let addr = SocketAddr::new(LOCALHOST, log_port);
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        if let Some(first) = &replay {
+            // May fail: the server may have evicted this one already.
+            let _ = s.write_all(first.as_bytes()).await;
+        }
+        idle.push(s);
+    }
+
+    // The node's log client connects only now, to a server full of idle connections.
+    let (_node, port) = node_process("127.0.0.7", 0, log_port, 1, &extra).await;
+    let items: Vec<String> = (0..10).map(|i| format!("idle-{i}")).collect();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, items.join("\n") + "\n").unwrap();
+    let chain = kit::write_chain_file(&dir, "logs", &[("simple_task", false, "")]).unwrap();
+    let output = dir.join("out.txt");
+    let nodes = format!("127.0.0.7:{port}");
+    crate::bytes::run_on(&chain, &nodes, &input, &output, &extra, DEADLINE).await;
+    let ended = Instant::now();
+    wait_until(LINES_WITHIN, "the task's log lines in the file", || {
+        let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+        items
+            .iter()
+            .all(|item| text.contains(&format!("simple_task: {item}")))
+    })
+    .await;
+    eprintln!(
+        "idle connections ({}): the task's lines were in the file {:?} after the run",
+        if keyed {
+            "replaying a handshake"
+        } else {
+            "no token"
+        },
+        ended.elapsed()
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_keep_a_nodes_lines_out_of_a_log_server_without_a_token() {
+    idle_connections_cannot_keep_a_nodes_lines_out(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_replayers_cannot_keep_a_nodes_lines_out_of_a_log_server_with_a_token() {
+    idle_connections_cannot_keep_a_nodes_lines_out(true).await;
 }

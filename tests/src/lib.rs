@@ -11,6 +11,7 @@
 //! | the example module, chain specs over its tasks, chain files | `chain.rs` |
 //! | W1: inputs, expected outputs, the exact check of outputs | `w1.rs` |
 //! | the native floors: W1 and W2 through tasks-example's own functions | `floors.rs` |
+//! | a slow link: a TCP proxy delaying every byte each way | `proxy.rs` |
 //!
 //! Everything here returns typed errors ([`Error`]) rather than panicking: the bench is a
 //! command. The integration tests wrap what they use in panicking helpers.
@@ -19,6 +20,7 @@ mod chain;
 mod cpu;
 mod floors;
 mod process;
+mod proxy;
 mod rss;
 mod w1;
 mod wait;
@@ -35,6 +37,7 @@ pub use chain::{
 pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
 pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe, spawn_server};
+pub use proxy::DelayProxy;
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
 pub use w1::{W1Check, W1Mismatch, w1_batches, w1_expected, w1_inputs, w1_item, write_w1_input};
 pub use wait::{POLL_INTERVAL, poll, poll_for, refusing_addr, wait_listening};

@@ -6,10 +6,11 @@
 //!
 //! In memory the cache is bounded in bytes (the size of each compiled image): it keeps what
 //! the current chain uses, and of the rest at most [`OTHER_CODE_BYTES`], least recently used
-//! first out ([`super::lru`]); the disk keeps everything, so an evicted module comes back
-//! cheaply (a file mapped, nothing compiled).
+//! first out ([`super::lru`]); the disk keeps more (bounded too, least recently used out:
+//! `disk`), so an evicted module comes back cheaply (a file mapped, nothing compiled).
 
-use std::hash::{Hash, Hasher};
+mod disk;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use wasmtime::component::Component;
 
 use super::engine;
 use super::lru::Lru;
+use disk::Disk;
 
 /// Bytes of compiled code the in-memory cache keeps beyond what the current chain uses:
 /// dozens of Rust task modules (about 0.5 MB each), but not a CPython component that no
@@ -92,7 +94,7 @@ impl Compiled {
 /// Compiled modules and components keyed by the SHA-256 of their bytes.
 pub struct ModuleCache {
     modules: Mutex<Lru<CodeKey, Compiled>>,
-    dir: Option<PathBuf>,
+    disk: Option<Disk>,
     /// Bytes of code kept beyond what the current chain uses.
     budget: u64,
     /// Modules compiled since start.
@@ -110,7 +112,7 @@ impl Default for ModuleCache {
 impl std::fmt::Debug for ModuleCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModuleCache")
-            .field("dir", &self.dir)
+            .field("dir", &self.disk.as_ref().map(Disk::dir))
             .field("compiled", &self.compiled)
             .field("hits", &self.hits)
             .finish()
@@ -123,7 +125,8 @@ pub fn is_component(bytes: &[u8]) -> bool {
 }
 
 impl ModuleCache {
-    /// A cache that also keeps compiled code in `dir` (created when needed).
+    /// A cache that also keeps compiled code in `dir` (created when needed), unbounded until
+    /// [`ModuleCache::with_disk_bound`].
     pub fn with_dir(dir: Option<PathBuf>) -> ModuleCache {
         ModuleCache::with_budget(dir, OTHER_CODE_BYTES)
     }
@@ -132,11 +135,21 @@ impl ModuleCache {
     pub fn with_budget(dir: Option<PathBuf>, budget: u64) -> ModuleCache {
         ModuleCache {
             modules: Mutex::default(),
-            dir,
+            disk: dir.map(|d| Disk::new(d, u64::MAX)),
             budget,
             compiled: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps at most `bytes` of compiled code on disk, least recently used out; removes what
+    /// does not fit now. Code larger than the bound on its own is kept in memory only.
+    #[must_use]
+    pub fn with_disk_bound(mut self, bytes: u64) -> ModuleCache {
+        if let Some(disk) = &mut self.disk {
+            disk.set_bound(bytes);
+        }
+        self
     }
 
     /// The compiled module or component for `bytes` and where it came from.
@@ -146,27 +159,34 @@ impl ModuleCache {
     pub fn get_or_compile(&self, bytes: &[u8]) -> wasmtime::Result<Found> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         let key = CodeKey(hash);
-        if let Some(m) = self.lock().get(&key) {
+        let component = is_component(bytes);
+        let file = match &self.disk {
+            Some(d) => Some(d.file(&hash, component)?),
+            None => None,
+        };
+        let in_memory = self.lock().get(&key).cloned();
+        if let Some(code) = in_memory {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            // A use on disk too: the file is what other node processes and later runs take,
+            // and its time is all the disk's eviction knows of its use.
+            if let Some(f) = &file {
+                disk::touch(f);
+            }
             return Ok(Found {
-                code: m.clone(),
+                code,
                 origin: Origin::Memory,
                 key,
             });
         }
-        let component = is_component(bytes);
-        let file = match self.dir.as_deref() {
-            Some(d) => Some(d.join(file_name(&hash, component)?)),
-            None => None,
-        };
-        let from_disk = file.as_deref().and_then(|f| load(f, component));
+        let disk = self.disk.as_ref().zip(file.as_deref());
+        let from_disk = disk.and_then(|(d, f)| d.load(f, component));
         let (compiled, origin) = match from_disk {
             Some(c) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 (c, Origin::Disk)
             }
             None => {
-                let c = compile(bytes, component, file.as_deref())?;
+                let c = compile(bytes, component, disk)?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
                 (c, Origin::Compiled)
             }
@@ -204,46 +224,16 @@ impl ModuleCache {
     }
 }
 
-/// `<sha256>-<engine hash>.cwasm`: another wasmtime version or setting never reads it.
-fn file_name(hash: &[u8; 32], component: bool) -> Result<String, super::EngineError> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine()?.precompile_compatibility_hash().hash(&mut h);
-    let kind = if component { "component" } else { "module" };
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{hex}-{:016x}.{kind}.cwasm", h.finish()))
-}
-
-fn load(file: &Path, component: bool) -> Option<Compiled> {
-    if !file.exists() {
-        return None;
-    }
-    // SAFETY: the file is one this cache wrote with `serialize` for this engine's
-    // compatibility hash (in its name); wasmtime checks the header and version again and
-    // refuses a mismatch. The cache directory belongs to the node's user: who can write it
-    // can run code as that user anyway.
-    let engine = engine().ok()?;
-    let loaded = unsafe {
-        if component {
-            Component::deserialize_file(engine, file).map(Compiled::Component)
-        } else {
-            Module::deserialize_file(engine, file).map(Compiled::Module)
-        }
-    };
-    match loaded {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(file = %file.display(), "ignoring an unusable cache entry: {e:#}");
-            None
-        }
-    }
-}
-
 /// Compiles `bytes` with an engine of its own, dropped once done, and loads the result into
 /// the process's engine: wasmtime's compiler keeps its scratch space (sized by the largest
 /// function it compiled, tens of MiB for CPython's interpreter loop) for the life of its
-/// engine. With a cache `file` the code is written there and mapped from it, so its pages
-/// are the file's (shared by the node processes of a machine, reclaimable).
-fn compile(bytes: &[u8], component: bool, file: Option<&Path>) -> wasmtime::Result<Compiled> {
+/// engine. With a `disk` cache and its file the code is written there and mapped from it, so
+/// its pages are the file's (shared by the node processes of a machine, reclaimable).
+fn compile(
+    bytes: &[u8],
+    component: bool,
+    disk: Option<(&Disk, &Path)>,
+) -> wasmtime::Result<Compiled> {
     let image = {
         let scratch = wasmtime::Engine::new(&super::config())?;
         if component {
@@ -252,12 +242,15 @@ fn compile(bytes: &[u8], component: bool, file: Option<&Path>) -> wasmtime::Resu
             scratch.precompile_module(bytes)?
         }
     };
-    if let Some(f) = file {
-        match store(f, &image) {
-            Ok(()) => {
-                if let Some(c) = load(f, component) {
+    if let Some((disk, f)) = disk {
+        match disk.store(f, &image) {
+            Ok(true) => {
+                if let Some(c) = disk.load(f, component) {
                     return Ok(c);
                 }
+            }
+            Ok(false) => {
+                tracing::info!(file = %f.display(), bytes = image.len(), "compiled code larger than the disk cache's bound: kept in memory only");
             }
             Err(e) => {
                 tracing::warn!(file = %f.display(), "cannot write the compiled-code cache: {e:#}");
@@ -274,24 +267,6 @@ fn compile(bytes: &[u8], component: bool, file: Option<&Path>) -> wasmtime::Resu
             Compiled::Module(Module::deserialize(engine, &image)?)
         })
     }
-}
-
-/// Writes compiled code to a temporary file and renames it into place, so a reader
-/// (another node process) never sees half a file.
-fn store(file: &Path, image: &[u8]) -> wasmtime::Result<()> {
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        file.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, image)?;
-    if let Err(e) = std::fs::rename(&tmp, file) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -362,6 +337,71 @@ mod tests {
             Origin::Memory
         );
         assert_eq!(tiny.bytes(), weight);
+    }
+
+    /// Sets the modification time of every file in `dir` to `secs` after the epoch, plus
+    /// `order` seconds for the files whose names start with the given prefixes.
+    fn age(dir: &Path, order: &[&str]) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rank = order.iter().position(|p| name.starts_with(p)).unwrap_or(0);
+            let t = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(1_000 + rank as u64);
+            std::fs::File::options()
+                .append(true)
+                .open(e.path())
+                .and_then(|f| f.set_modified(t))
+                .unwrap();
+        }
+    }
+
+    fn hex(wasm: &[u8]) -> String {
+        Sha256::digest(wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn the_disk_keeps_the_most_recently_used_within_its_bound() {
+        let dir = std::env::temp_dir().join(format!("pcluster-disk-lru-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b, c) = (module_of(64, 1), module_of(64, 2), module_of(64, 3));
+        let probe = ModuleCache::with_dir(Some(dir.clone()));
+        probe.get_or_compile(&a).unwrap();
+        let one = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap();
+        let size = one.metadata().unwrap().len();
+        std::fs::remove_file(one.path()).unwrap();
+        // Room for two entries, not three.
+        let cache = ModuleCache::with_dir(Some(dir.clone())).with_disk_bound(size * 5 / 2);
+        cache.get_or_compile(&a).unwrap();
+        cache.get_or_compile(&b).unwrap();
+        // `a` was used before `b`; a use from memory makes it the most recent on disk.
+        age(&dir, &[&hex(&a), &hex(&b)]);
+        assert_eq!(cache.get_or_compile(&a).unwrap().origin, Origin::Memory);
+        cache.get_or_compile(&c).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected = [hex(&a), hex(&c)];
+        expected.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        for (name, hash) in names.iter().zip(&expected) {
+            assert!(name.starts_with(hash.as_str()), "{names:?}");
+        }
+        // A bound below one entry: nothing more is written, and the node still runs it.
+        let small = ModuleCache::with_dir(Some(dir.clone())).with_disk_bound(size / 2);
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "trimmed at start"
+        );
+        let found = small.get_or_compile(&b).unwrap();
+        assert_eq!(found.origin, Origin::Compiled);
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::EPOCH_TICK;
 use super::component::BatchOutputs;
-use super::host::{HostState, MAX_MESSAGE, cut_message};
+use super::host::{HostState, cut_message};
 use super::instance::{ComponentParts, Kind, TaskInstance};
 use crate::error::{CallError, TaskProblem};
 
@@ -75,7 +75,10 @@ impl TaskInstance {
                 }
                 Ok(())
             }
-            Ok(Err(message)) => Err(CallError::Failed(cut_message(message.as_bytes()))),
+            Ok(Err(message)) => Err(CallError::Failed(cut_message(
+                message.as_bytes(),
+                message.len(),
+            ))),
             Err(e) => Err(self.describe(&e)),
         }
     }
@@ -136,8 +139,8 @@ fn take_made(
         let mine = outputs.by_ref().take(count as usize);
         if failed.peek().is_some_and(|(i, _)| *i as usize == n) {
             if let Some((_, message)) = failed.next() {
-                let bytes = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
-                st.batch.add_failure(n, bytes, st.out.held(), st.max_held)?;
+                st.batch
+                    .add_failure(n, message.as_bytes(), st.out.held(), st.max_held)?;
             }
             mine.for_each(drop);
             continue;

@@ -27,13 +27,14 @@ pub(super) fn held_cap(memory_bytes: usize) -> usize {
     memory_bytes.min(MAX_STAGE_OUTPUT)
 }
 
-/// `message` cut to [`MAX_MESSAGE`] bytes (at a character boundary), saying so.
-pub fn cut_message(message: &[u8]) -> String {
-    if message.len() <= MAX_MESSAGE {
-        return String::from_utf8_lossy(message).into_owned();
+/// A failure message of `total` bytes of which `kept` (at most [`MAX_MESSAGE`]) were read,
+/// saying when the rest was cut.
+pub fn cut_message(kept: &[u8], total: usize) -> String {
+    let kept = &kept[..kept.len().min(MAX_MESSAGE)];
+    let mut text = String::from_utf8_lossy(kept).into_owned();
+    if total > kept.len() {
+        text.push_str(&format!(" [message of {total} bytes cut]"));
     }
-    let mut text = String::from_utf8_lossy(&message[..MAX_MESSAGE]).into_owned();
-    text.push_str(&format!(" [message of {} bytes cut]", message.len()));
     text
 }
 
@@ -256,8 +257,8 @@ impl BatchState {
         self.failure_bytes = 0;
     }
 
-    /// Records item `index` as failed with `message`, when the messages so far, with
-    /// `other` bytes held beside them, stay within `cap`.
+    /// Records item `index` as failed with `message` (cut to [`MAX_MESSAGE`]), when the
+    /// messages so far, with `other` bytes held beside them, stay within `cap`.
     pub(super) fn add_failure(
         &mut self,
         index: usize,
@@ -265,14 +266,14 @@ impl BatchState {
         other: usize,
         cap: usize,
     ) -> wasmtime::Result<()> {
-        let cost = message.len() + std::mem::size_of::<(usize, CallError)>();
+        let text = cut_message(message, message.len());
+        let cost = text.len() + std::mem::size_of::<(usize, CallError)>();
         if self.failure_bytes + other + cost > cap {
             wasmtime::bail!(
                 "emit_batch: failures and outputs of this work unit exceed {cap} bytes"
             );
         }
         self.failure_bytes += cost;
-        let text = String::from_utf8_lossy(message).into_owned();
         self.failures.push((index, CallError::Failed(text)));
         Ok(())
     }
@@ -380,7 +381,7 @@ impl HostState {
                 out.entries.truncate(batch.entry_mark);
                 out.data.truncate(batch.data_mark);
                 batch.failed_current = true;
-                batch.add_failure(index, &bytes[..n.min(MAX_MESSAGE)], out.held(), *max_held)?;
+                batch.add_failure(index, bytes, out.held(), *max_held)?;
                 continue;
             }
             if n > *max_item {
@@ -441,16 +442,17 @@ fn host_log(
     Ok(())
 }
 
-/// `fail(ptr, len)`: the message (at most 16 KiB) of the failure the call then returns.
+/// `fail(ptr, len)`: the message (at most [`MAX_MESSAGE`] of it) of the failure the call
+/// then returns.
 fn host_fail(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<()> {
     let Some(mem) = caller.data().memory else {
         return Ok(());
     };
     let (data, st) = mem.data_and_store_mut(&mut caller);
-    let (ptr, len) = (ptr as usize, (len as usize).min(16 << 10));
+    let (ptr, total) = (ptr as usize, len as usize);
     st.fail = data
-        .get(ptr..ptr.saturating_add(len))
-        .map(|b| String::from_utf8_lossy(b).into_owned());
+        .get(ptr..ptr.saturating_add(total.min(MAX_MESSAGE)))
+        .map(|b| cut_message(b, total));
     Ok(())
 }
 

@@ -1,9 +1,12 @@
-//! The eviction policy of the in-memory compiled-code cache, as plain logic: entries weigh
-//! bytes; those the current chain uses are kept whatever they weigh, and of the others only
-//! the most recently used are kept, up to a byte budget.
+//! The eviction policies of the compiled-code cache, as plain logic. In memory ([`Lru`]):
+//! entries weigh bytes; those the current chain uses are kept whatever they weigh, and of the
+//! others only the most recently used are kept, up to a byte budget. On disk
+//! ([`disk_plan`]): the files, with their sizes and last uses, are kept under a byte bound,
+//! least recently used out, and a writer's temporary file left behind by a crash goes.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::{Duration, SystemTime};
 
 /// Values weighed in bytes, with their last use.
 #[derive(Debug)]
@@ -85,6 +88,75 @@ impl<K: Eq + Hash + Clone, V> Lru<K, V> {
     }
 }
 
+/// A temporary file untouched this long was left by a writer that died: writing one takes
+/// a second or so (it is written after compiling, in one call).
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// What a file of the on-disk cache is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    /// A compiled module or component.
+    Entry,
+    /// A writer's temporary file, renamed into an entry once written.
+    Temp,
+}
+
+/// A file of the on-disk cache as its eviction sees it.
+#[derive(Clone, Debug)]
+pub struct DiskFile<K> {
+    /// Its name.
+    pub key: K,
+    /// What it is.
+    pub kind: DiskKind,
+    /// Its size.
+    pub bytes: u64,
+    /// Its last use: an entry's is set on every use, a temporary file's as it is written.
+    pub used: SystemTime,
+}
+
+/// What to do before writing an entry of `incoming` bytes (0: only trimming).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DiskPlan<K> {
+    /// Files to remove: stale temporary files, then entries, least recently used first.
+    pub remove: Vec<K>,
+    /// Whether the new entry may be written: it fits the bound on its own.
+    pub write: bool,
+}
+
+/// Which files go so that the entries left, the temporary files being written and the new
+/// entry (`incoming` bytes) fit in `bound` bytes: temporary files untouched for
+/// [`STALE_TEMP`] before `now`, then entries, least recently used first. An entry larger
+/// than the bound on its own is not written, and nothing goes for it.
+pub fn disk_plan<K: Clone>(
+    files: &[DiskFile<K>],
+    incoming: u64,
+    bound: u64,
+    now: SystemTime,
+) -> DiskPlan<K> {
+    let stale = |f: &DiskFile<K>| {
+        f.kind == DiskKind::Temp && now.duration_since(f.used).unwrap_or_default() >= STALE_TEMP
+    };
+    let mut remove: Vec<K> = files
+        .iter()
+        .filter(|f| stale(f))
+        .map(|f| f.key.clone())
+        .collect();
+    let write = incoming <= bound;
+    let mut held: u64 = files.iter().filter(|f| !stale(f)).map(|f| f.bytes).sum();
+    let need = if write { incoming } else { 0 };
+    let mut entries: Vec<&DiskFile<K>> =
+        files.iter().filter(|f| f.kind == DiskKind::Entry).collect();
+    entries.sort_by_key(|f| f.used);
+    for f in entries {
+        if held + need <= bound {
+            break;
+        }
+        held -= f.bytes;
+        remove.push(f.key.clone());
+    }
+    DiskPlan { remove, write }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +205,70 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(c.trim(&[], 0).len(), 2);
         assert_eq!(c.bytes(), 0);
+    }
+
+    fn file(key: &'static str, kind: DiskKind, bytes: u64, used: u64) -> DiskFile<&'static str> {
+        DiskFile {
+            key,
+            kind,
+            bytes,
+            used: SystemTime::UNIX_EPOCH + Duration::from_secs(used),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_disk_loses_its_least_recently_used_entries_to_make_room() {
+        let files = [
+            file("b", DiskKind::Entry, 40, 20),
+            file("a", DiskKind::Entry, 40, 10),
+            file("c", DiskKind::Entry, 40, 30),
+        ];
+        // 120 held + 30 incoming in 100: a (oldest) then b go.
+        let plan = disk_plan(&files, 30, 100, at(100));
+        assert_eq!(plan.remove, ["a", "b"]);
+        assert!(plan.write);
+        // 120 + 0 in 120: nothing goes.
+        assert_eq!(
+            disk_plan(&files, 0, 120, at(100)).remove,
+            Vec::<&str>::new()
+        );
+        // Trimming only (a smaller bound at start): down to 50.
+        assert_eq!(disk_plan(&files, 0, 50, at(100)).remove, ["a", "b"]);
+        assert_eq!(disk_plan(&files, 0, 0, at(100)).remove, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_bound_is_not_written_and_evicts_nothing() {
+        let files = [file("a", DiskKind::Entry, 10, 10)];
+        let plan = disk_plan(&files, 101, 100, at(100));
+        assert_eq!(
+            plan,
+            DiskPlan {
+                remove: vec![],
+                write: false
+            }
+        );
+    }
+
+    #[test]
+    fn temporary_files_count_until_stale_then_go() {
+        let stale_at = STALE_TEMP.as_secs();
+        let files = [
+            file("old.tmp", DiskKind::Temp, 50, 0),
+            file("writing.tmp", DiskKind::Temp, 50, stale_at),
+            file("a", DiskKind::Entry, 40, 5),
+        ];
+        let now = at(stale_at + 1);
+        // The stale one goes and counts no more; the one being written counts but stays.
+        let plan = disk_plan(&files, 10, 100, now);
+        assert_eq!(plan.remove, ["old.tmp"]);
+        // With less room, the entry goes too; the live temporary file never does.
+        let plan = disk_plan(&files, 10, 59, now);
+        assert_eq!(plan.remove, ["old.tmp", "a"]);
+        assert!(plan.write);
     }
 }

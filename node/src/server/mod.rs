@@ -6,8 +6,9 @@
 //! - [`node`]: the node's shared state: who holds it (claims, orphans, releases) and its
 //!   chain, all under one lock; its status.
 //! - [`root`]: serving the root that holds the node.
-//! - [`gate`]: guests (connections not yet authenticated, or without a token not holding
-//!   the node) hold few slots: past a cap the oldest is evicted.
+//! - [`gate`]: guests (connections whose first message has not proved the token, or
+//!   without a token not holding the node) hold few slots: past a cap the oldest guest of
+//!   the source with the most is evicted.
 
 mod gate;
 mod node;
@@ -45,9 +46,9 @@ pub struct NodeConfig {
     pub token: Option<Token>,
     /// Most connections served at once.
     pub max_connections: usize,
-    /// Most guests at once: connections that have not authenticated (with a token) or do
-    /// not hold the node (without one). Past it the oldest guest is closed, so strangers
-    /// cannot keep a root out.
+    /// Most guests at once: connections that have not proved the token (with one) or do
+    /// not hold the node (without one). Past it the oldest guest of the source address with
+    /// the most guests is closed, so strangers cannot keep a root out.
     pub max_guests: usize,
     /// Deadline for a new connection's handshake.
     pub handshake_timeout: Duration,
@@ -69,6 +70,9 @@ pub struct NodeConfig {
     /// Where compiled modules and components are kept across processes (`None`: in memory
     /// only). Default: [`crate::default_cache_dir`].
     pub cache_dir: Option<std::path::PathBuf>,
+    /// MiB of compiled code kept in `cache_dir`, least recently used out (by every node
+    /// process sharing it). Default: [`NodeConfig::DEFAULT_CACHE_MB`].
+    pub cache_mb: u64,
     /// Free-form labels: tasks that need labels run only on nodes carrying all of them.
     /// `native` is reserved: [`run`] adds it when native tasks are allowed.
     pub labels: Vec<String>,
@@ -92,10 +96,17 @@ impl Default for NodeConfig {
             probe_idle_timeout: Duration::from_secs(60),
             root_timeout: Duration::from_secs(30),
             cache_dir: crate::default_cache_dir(),
+            cache_mb: NodeConfig::DEFAULT_CACHE_MB,
             labels: Vec::new(),
             native: crate::native::NativeConfig::default(),
         }
     }
+}
+
+impl NodeConfig {
+    /// The default bound of the disk cache: a few dozen Python components (~35 MB each) or
+    /// a couple of thousand Rust task modules (~0.5 MB).
+    pub const DEFAULT_CACHE_MB: u64 = 1024;
 }
 
 /// Checks the native settings and gives an allowing node the label `native`.
@@ -158,7 +169,8 @@ pub async fn run(
     let node = Arc::new(Node {
         addr: local.to_string().into(),
         started: Instant::now(),
-        cache: ModuleCache::with_dir(config.cache_dir.clone()),
+        cache: ModuleCache::with_dir(config.cache_dir.clone())
+            .with_disk_bound(config.cache_mb.saturating_mul(1 << 20)),
         slot: Mutex::new(Slot::default()),
         next_conn: AtomicU64::new(1),
         draining: shutdown.clone(),
@@ -218,8 +230,8 @@ async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, shutdown: C
     let conn_id = node.next_conn.fetch_add(1, Ordering::Relaxed);
     // Cancelled to close this connection: evicted while a guest, or the node lost.
     let kick = CancellationToken::new();
-    if node.gate.enter(conn_id, &kick) > 0 {
-        tracing::debug!(node = &*node.addr, %peer, "too many guests: closed the oldest");
+    if node.gate.enter(conn_id, peer.ip(), &kick) > 0 {
+        tracing::debug!(node = &*node.addr, %peer, "too many guests: closed the oldest of the source with the most");
     }
     serve_guest(&node, stream, peer, shutdown, conn_id, kick).await;
     node.gate.leave(conn_id);
@@ -249,10 +261,8 @@ async fn serve_guest(
             return;
         }
     };
-    if node.config.token.is_some() {
-        // It proved it holds the token: no stranger.
-        node.gate.leave(conn_id);
-    }
+    // With a token it stays a guest until its first message opens with the connection's
+    // keys (`confirmed`): a replayed handshake message gets this far too, without the keys.
     let mut conn = accepted.conn;
     if node.config.token.is_none() {
         // Anyone may connect: until this connection holds the node, what it reads counts
@@ -270,7 +280,7 @@ async fn serve_guest(
         return;
     }
     match accepted.role {
-        Role::Probe => serve_probe(node, conn, peer, shutdown, kick).await,
+        Role::Probe => serve_probe(node, conn, peer, shutdown, kick, conn_id).await,
         Role::Root => root::serve_root(node.clone(), conn, conn_id, peer, shutdown, kick).await,
     }
 }
@@ -281,7 +291,9 @@ async fn serve_probe(
     peer: SocketAddr,
     shutdown: CancellationToken,
     kick: CancellationToken,
+    conn_id: u64,
 ) {
+    let mut proved = false;
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(node.config.probe_idle_timeout, conn.read_message()) => match m {
@@ -291,6 +303,10 @@ async fn serve_probe(
             _ = shutdown.cancelled() => return,
             _ = kick.cancelled() => return,
         };
+        if !proved && matches!(msg, Ok(Some(_))) {
+            proved = true;
+            confirmed(node, conn_id);
+        }
         let reply = match msg {
             Ok(Some(Msg::StatusRequest)) => Msg::Status(Box::new(node.status())),
             Ok(Some(Msg::Release)) => Msg::Released(Released {
@@ -311,6 +327,15 @@ async fn serve_probe(
         if conn.write_message(&reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// Connection `conn_id`'s first message opened with its keys: with a token, that proves it
+/// holds the token (the handshake alone does not: a replayed first message completes it), so
+/// it is a guest no more. Without a token only claiming the node does that.
+fn confirmed(node: &Node, conn_id: u64) {
+    if node.config.token.is_some() {
+        node.gate.leave(conn_id);
     }
 }
 

@@ -35,6 +35,7 @@ pub(super) async fn serve_root(
     };
     let mut drain = Drain::default();
     let mut said_bye = false;
+    let mut proved = false;
     loop {
         let msg = match s
             .next_message(&mut reader, &kick, &shutdown, &mut drain)
@@ -45,7 +46,13 @@ pub(super) async fn serve_root(
             Next::Stop => break,
         };
         let msg = match msg {
-            Ok(Some(m)) => m,
+            Ok(Some(m)) => {
+                if !proved {
+                    proved = true;
+                    super::confirmed(&s.node, conn_id);
+                }
+                m
+            }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(node = &*s.node.addr, root = %s.root, "closing root connection: {e}");

@@ -24,8 +24,19 @@ pub struct LogArgs {
     /// Write JSON lines {time, source, message}.
     #[arg(long)]
     pub json: bool,
+    /// Connections served at once. A full server closes a guest (a connection that has not
+    /// proved the token, or sent no line yet, or has been silent for 5 s) to make room, the
+    /// oldest of the address with the most guests.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Largest size of the log file in MiB: past it the file is renamed FILE.1 (FILE.1 to
+    /// FILE.2, and so on) and a new one begun. 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = logserver::DEFAULT_MAX_FILE_MB)]
+    pub max_mb: u64,
+    /// Rotated files kept (FILE.1 … FILE.K); older ones are deleted. With the defaults the
+    /// log takes at most 600 MiB.
+    #[arg(long, value_name = "K", default_value_t = logserver::DEFAULT_KEEP_FILES)]
+    pub keep: usize,
     #[command(flatten)]
     pub token: TokenArg,
     /// Listen on a non-loopback address without a token (anyone may write, in the clear).
@@ -36,6 +47,7 @@ pub struct LogArgs {
 pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
     // The records go to stdout; our own diagnostics to stderr.
     init_tracing(Console::Stderr, None, "info");
+    raise_open_files_limit();
     runtime(true)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
         let token = args.token.token()?;
@@ -50,10 +62,31 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
             outfile: args.outfile,
             json: args.json,
             max_connections: args.max_connections,
+            max_file_bytes: (args.max_mb > 0).then(|| args.max_mb.saturating_mul(1 << 20)),
+            keep_files: args.keep,
             token,
             ..Default::default()
         };
         logserver::run(listener, config, shutdown_on_signals()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Raises this process's soft limit on open files to its hard limit: a server holds a socket
+/// per client (4,096 by default), past the usual soft limit of 1,024. Best effort: the limit
+/// stays as it was when the system refuses.
+pub(crate) fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        // No hard limit: the kernel's own cap (`fs.nr_open`) still applies, 2^20 by default.
+        current: limit.maximum.or(Some(1 << 20)),
+        maximum: limit.maximum,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::debug!(error = %e, "cannot raise the limit on open files");
+    }
 }

@@ -45,6 +45,10 @@ pub struct NodeArgs {
     /// (default: $XDG_CACHE_HOME/pcluster or ~/.cache/pcluster; `off` keeps them in memory).
     #[arg(long, env = "PCLUSTER_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
+    /// MiB of compiled code the cache directory keeps, least recently used out (shared by
+    /// the node processes using the directory); code larger than that is kept in memory only.
+    #[arg(long, value_name = "MIB", default_value_t = node::NodeConfig::DEFAULT_CACHE_MB)]
+    pub cache_mb: u64,
     #[command(flatten)]
     pub token: TokenArg,
     /// Listen on a non-loopback address without a token (unauthenticated, unencrypted).
@@ -124,6 +128,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 Some(dir) => Some(dir),
                 None => node::default_cache_dir(),
             },
+            cache_mb: args.cache_mb,
             labels: args
                 .labels
                 .iter()

@@ -16,6 +16,13 @@ pub struct RunArgs {
     /// file and its graph are checked; no module is built).
     #[arg(long)]
     pub dot: bool,
+    /// Use only prebuilt modules: a task crate's `.wasm` or a Python package's component must
+    /// exist and be newer than its sources, else the run stops naming it. Without this flag
+    /// `pcluster run` builds them, running the crate's build.rs and proc-macros, its
+    /// .cargo/config.toml and rust-toolchain.toml, or the package's import, on this machine
+    /// outside any sandbox.
+    #[arg(long)]
+    pub no_build: bool,
     /// Node addresses, comma-separated (`host[:port]`, `[v6]:port`; a missing port is
     /// --port). Unreachable ones are skipped while --min-nodes work; lost ones are retried.
     #[arg(short = 'n', long, value_delimiter = ',')]

@@ -171,7 +171,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     args.check()?;
     // Everything that can fail on the user's side fails before any node is contacted.
-    let chain = root::chain::load(&args.chain, &crate::setup::builder())?;
+    let modules = crate::setup::builder().prebuilt_only(args.no_build);
+    let chain = root::chain::load(&args.chain, &modules)?;
     let files = open_files(&args, &chain)?;
     let rt = runtime(std::env::var_os("PCL_MT").is_some())?;
     rt.block_on(run_on_cluster(args, chain, files, started))
