@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,14 @@ use crate::handshake;
 /// Lines queued before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 8192;
 
-/// Longest line the client queues, in bytes; the server's default limit, so that a queue of
-/// [`QUEUE_CAPACITY`] lines stays bounded in memory too.
+/// Longest line the client queues, in bytes; the server's default limit.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// Bytes the queue (and the batch being sent) may hold, each line counting
+/// [`LINE_COST`] beyond its text; past it lines are dropped and counted like on a full
+/// queue. A task logging long lines in a loop cannot make its node hold more.
+pub const QUEUE_BYTES: usize = 4 << 20;
+const LINE_COST: usize = 32;
 
 /// Lines taken from the queue per write; they are resent on a new connection if the write fails.
 const MAX_BATCH: usize = 512;
@@ -61,6 +66,8 @@ struct Shared {
     addr: String,
     /// Lines accepted into the queue so far.
     queued: AtomicU64,
+    /// Bytes of the lines queued and not yet written ([`QUEUE_BYTES`]).
+    queued_bytes: AtomicUsize,
     /// Lines written to a socket so far; `flush` waits on it.
     written: Mutex<u64>,
     written_changed: Condvar,
@@ -98,6 +105,7 @@ impl LogClient {
         let shared = Arc::new(Shared {
             addr,
             queued: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
             written: Mutex::new(0),
             written_changed: Condvar::new(),
             dropped: AtomicU64::new(0),
@@ -126,11 +134,19 @@ impl LogClient {
         if unreported > 0 {
             text.push_str(&format!(" [pcluster-log: {unreported} lines dropped]"));
         }
-        match self.inner.tx.try_send(text) {
+        let cost = text.len() + LINE_COST;
+        let held = shared.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+        let sent = if held + cost > QUEUE_BYTES {
+            Err(TrySendError::Full(text))
+        } else {
+            self.inner.tx.try_send(text)
+        };
+        match sent {
             Ok(()) => {
                 shared.queued.fetch_add(1, Ordering::AcqRel);
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                shared.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
                 shared
                     .unreported
                     .fetch_add(unreported + 1, Ordering::AcqRel);
@@ -267,6 +283,8 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner);
                 *written += batch.len() as u64;
                 self.shared.written_changed.notify_all();
+                let bytes: usize = batch.iter().map(|l| l.len() + LINE_COST).sum();
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 batch.clear();
             } else {
                 // The batch goes again on the next connection: a line may arrive twice, but a
@@ -481,5 +499,22 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(client.dropped() >= (total - QUEUE_CAPACITY - MAX_BATCH) as u64);
         assert!(!client.flush(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn long_lines_are_dropped_once_the_queue_holds_its_bytes() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let client = LogClient::new(addr, None);
+        let line = "x".repeat(MAX_LINE);
+        let fit = QUEUE_BYTES / (MAX_LINE + LINE_COST);
+        for _ in 0..fit + 100 {
+            client.send(&line);
+        }
+        assert!(client.dropped() >= 100, "{} dropped", client.dropped());
+        let held = client.inner.shared.queued_bytes.load(Ordering::Acquire);
+        assert!(held <= QUEUE_BYTES, "{held} bytes queued");
     }
 }

@@ -24,22 +24,34 @@ pub struct TokenArg {
     /// owner only; it wins over --token.
     #[arg(long, env = "PCLUSTER_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Accept a token shorter than 16 characters. Anyone who captures one handshake (a
+    /// host the root scans, a fake log server) can guess such a token offline.
+    #[arg(long)]
+    pub weak_token: bool,
 }
 
 impl TokenArg {
     /// The token, from --token-file or --token.
     ///
     /// # Errors
-    /// When the file cannot be read, is empty, or others may read it.
+    /// When the file cannot be read, is empty, or others may read it; when the token is
+    /// weak and --weak-token was not given.
     pub fn token(&self) -> anyhow::Result<Option<Token>> {
-        if let Some(path) = &self.token_file {
-            return crate::commands::key::read(path).map(Some);
+        let text = match (&self.token_file, self.token.as_deref()) {
+            (Some(path), _) => crate::commands::key::read(path)?,
+            (None, Some(t)) if !t.is_empty() => t.to_owned(),
+            (None, _) => return Ok(None),
+        };
+        if protocol::auth::is_weak(&text) && !self.weak_token {
+            anyhow::bail!(
+                "the token has {} characters: one captured handshake lets anyone guess a \
+                 token under {} offline. Make a key with `pcluster key new FILE` and pass \
+                 --token-file FILE (or --weak-token to use this one anyway)",
+                text.chars().count(),
+                protocol::auth::MIN_TOKEN_CHARS
+            );
         }
-        Ok(self
-            .token
-            .as_ref()
-            .filter(|t| !t.is_empty())
-            .map(Token::new))
+        Ok(Some(Token::new(text)))
     }
 }
 
@@ -310,6 +322,25 @@ pub fn fresh_token() -> anyhow::Result<Token> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
     Ok(Token::new(hex::encode(bytes)))
+}
+
+/// Raises this process's soft limit on open files to its hard limit: a server holds a socket
+/// per client (4,096 by default), past the usual soft limit of 1,024. Best effort: the limit
+/// stays as it was when the system refuses.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        // No hard limit: the kernel's own cap (`fs.nr_open`) still applies, 2^20 by default.
+        current: limit.maximum.or(Some(1 << 20)),
+        maximum: limit.maximum,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::debug!(error = %e, "cannot raise the limit on open files");
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,9 @@ use crate::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 
 /// The magic bytes that open every pcluster connection.
 pub const MAGIC: &[u8; 8] = b"PCLUSTER";
-/// The protocol version this build speaks (2: the encrypted wire; 3: batches with gaps).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// The protocol version this build speaks (2: the encrypted wire; 3: batches with gaps; 4:
+/// setup progress; 5: tokens stretched by argon2id).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Set in the role byte by a client that holds a token and so speaks Noise next.
 pub const SECURE: u8 = 0x80;
 

@@ -88,8 +88,8 @@ impl From<SecureError> for io::Error {
     }
 }
 
-/// The pre-shared key of a cluster: SHA-256 over a domain string and the token, so the
-/// token itself is never a key and never crosses the wire.
+/// The pre-shared key of a cluster: SHA-256 over a domain string and the token's key
+/// (argon2id of its text, see [`Token::new`]), so the token never crosses the wire.
 pub fn psk(token: &Token) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(PSK_DOMAIN);

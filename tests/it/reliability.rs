@@ -1254,9 +1254,16 @@ fn auth_reason(err: &RootError) -> &str {
 async fn only_holders_of_the_token_get_in() {
     let dir = temp_dir("rel-auth");
     let log_file = dir.join("cluster.log");
-    let (_log, log_port) = log_process(&log_file, &["--token", "s3cret"]).await;
+    let (_log, log_port) = log_process(&log_file, &["--token", "s3cret-s3cret-s3cret"]).await;
     // One port for both: the scans below are of one port.
-    let (_secured, port) = node_process("127.0.18.2", 0, log_port, 1, &["--token", "s3cret"]).await;
+    let (_secured, port) = node_process(
+        "127.0.18.2",
+        0,
+        log_port,
+        1,
+        &["--token", "s3cret-s3cret-s3cret"],
+    )
+    .await;
     let (_open, _) = node_process("127.0.18.3", port, log_port, 1, &[]).await;
     let (secured, open) = (addr("127.0.18.2", port), addr("127.0.18.3", port));
 
@@ -1283,7 +1290,7 @@ async fn only_holders_of_the_token_get_in() {
     assert_eq!(report.free, [open]);
     assert_eq!(report.unauthenticated.len(), 1, "{report:?}");
     assert_eq!(report.unauthenticated[0].0, secured);
-    let report = root::scan::scan(net, port, &with_token("s3cret")).await;
+    let report = root::scan::scan(net, port, &with_token("s3cret-s3cret-s3cret")).await;
     assert_eq!(report.free, [secured]);
     assert_eq!(report.unauthenticated.len(), 1, "{report:?}");
     assert_eq!(report.unauthenticated[0].0, open);
@@ -1299,7 +1306,7 @@ async fn only_holders_of_the_token_get_in() {
     lone.close().await.unwrap();
 
     // The right token works; a node without a token cannot prove itself to such a root.
-    let root = Root::new(with_token("s3cret"));
+    let root = Root::new(with_token("s3cret-s3cret-s3cret"));
     root.add_node(secured).await.unwrap();
     let err = root
         .add_node(open)
@@ -1310,7 +1317,7 @@ async fn only_holders_of_the_token_get_in() {
     root.feed(w1_inputs(10_000)).await.unwrap();
     root.wait_empty().await.unwrap();
     assert_same(&c.texts(), &w1_expected(10_000));
-    let status = root::node_status(secured, &with_token("s3cret"))
+    let status = root::node_status(secured, &with_token("s3cret-s3cret-s3cret"))
         .await
         .unwrap();
     assert_eq!(status.state, NodeState::Busy);
@@ -1341,8 +1348,8 @@ async fn only_holders_of_the_token_get_in() {
         "{text}"
     );
     for out in [
-        status_cmd(Some("s3cret"), None),
-        status_cmd(None, Some("s3cret")),
+        status_cmd(Some("s3cret-s3cret-s3cret"), None),
+        status_cmd(None, Some("s3cret-s3cret-s3cret")),
     ] {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -1355,6 +1362,14 @@ async fn only_holders_of_the_token_get_in() {
             "{text}"
         );
     }
+    // A token short enough to guess offline is refused, saying how to make a key.
+    let out = status_cmd(Some("short"), None);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 5-character token must be refused");
+    assert!(
+        text.contains("5 characters") && text.contains("pcluster key new"),
+        "{text}"
+    );
 
     // The secured node logs to the secured log server; the open node is turned away there.
     wait_until(LONG, "the secured node's log lines", || {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use protocol::auth::Token;
 
 #[derive(clap::Args, Debug)]
 pub struct KeyArgs {
@@ -54,7 +53,7 @@ fn new_key(path: &Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When it cannot be read, is empty, or its group or others may read it.
-pub fn read(path: &Path) -> anyhow::Result<Token> {
+pub fn read(path: &Path) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -70,7 +69,7 @@ pub fn read(path: &Path) -> anyhow::Result<Token> {
     if token.is_empty() {
         anyhow::bail!("the token file {} is empty", path.display());
     }
-    Ok(Token::new(token))
+    Ok(token.to_owned())
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct LogArgs {
 pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
     // The records go to stdout; our own diagnostics to stderr.
     init_tracing(Console::Stderr, None, "info");
-    raise_open_files_limit();
+    crate::setup::raise_open_files_limit();
     runtime(true)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
         let token = args.token.token()?;
@@ -70,23 +70,4 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
         logserver::run(listener, config, shutdown_on_signals()).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Raises this process's soft limit on open files to its hard limit: a server holds a socket
-/// per client (4,096 by default), past the usual soft limit of 1,024. Best effort: the limit
-/// stays as it was when the system refuses.
-pub(crate) fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current.is_none() || limit.current == limit.maximum {
-        return;
-    }
-    let raised = Rlimit {
-        // No hard limit: the kernel's own cap (`fs.nr_open`) still applies, 2^20 by default.
-        current: limit.maximum.or(Some(1 << 20)),
-        maximum: limit.maximum,
-    };
-    if let Err(e) = setrlimit(Resource::Nofile, raised) {
-        tracing::debug!(error = %e, "cannot raise the limit on open files");
-    }
 }

@@ -91,6 +91,7 @@ impl NativeArgs {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    crate::setup::raise_open_files_limit();
     runtime(false)?.block_on(async move {
         let addr = resolve(&args.host, args.port).await?;
         let token = args.token.token()?;

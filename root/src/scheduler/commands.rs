@@ -206,6 +206,13 @@ impl Scheduler {
         let (Some(chain), Some(node)) = (self.chain.as_ref(), self.nodes.get(&id)) else {
             return;
         };
+        if self.options.token.is_none() && !node.addr.ip().is_loopback() {
+            tracing::warn!(
+                node = %node.addr,
+                "sending the chain without a cluster token: anyone on the path can read or \
+                 change it, its items and outputs (set a token: `pcluster key new FILE`)"
+            );
+        }
         let (chain, withheld) = match super::placement::for_node(chain, &node.labels) {
             Some((chain, withheld)) => (chain, withheld),
             None => (chain.clone(), Vec::new()),
