@@ -9,9 +9,10 @@
 //! - [`codec`]: messages as bincode in length-prefixed frames; the only place that names bincode.
 //! - [`framing`]: frames cut out of the byte stream, bounded across connections.
 //! - [`gate`]: [`gate::ByteGate`], the bound in bytes on every queue between two sides.
+//! - [`guests`]: which unauthenticated connection a full server evicts (per source).
 //! - [`connection`]: [`Connection`], which hides framing behind `read_message`/`write_message`.
 //! - [`writer`]: the writer task of a connection (queued messages, heartbeats).
-//! - [`auth`]: the shared cluster token (HMAC proofs of the plain path's nonce exchange).
+//! - [`auth`]: the shared cluster token (stretched by argon2id) and fresh nonces.
 //! - [`secure`]: with a token, the Noise handshake and the records that encrypt the wire.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod connection;
 pub mod error;
 pub mod framing;
 pub mod gate;
+pub mod guests;
 pub mod handshake;
 pub mod ids;
 pub mod message;

@@ -1,7 +1,7 @@
 //! The WebAssembly side of a node: the process-wide `Engine` and its epoch ticker.
 //!
 //! - [`cache`]: compiled modules and components by content hash, in memory and on disk.
-//! - [`lru`]: which compiled code the in-memory cache keeps (bounded in bytes).
+//! - [`lru`]: which compiled code the caches keep, in memory and on disk (bounded in bytes).
 //! - [`component`]: component tasks (wit/task.wit): their linker (WASI p2, sandboxed) and
 //!   bindings.
 //! - [`tags`]: what each boundary of a chain does to item tags.
