@@ -42,6 +42,14 @@ const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
 /// one) before it sends plain lines. A greeting is sent at accept, so on a LAN it is there
 /// within a millisecond.
 const GREETING_PEEK: Duration = Duration::from_millis(150);
+/// The first connection of a client looks for a greeting only this many times as long as
+/// the TCP connect took (at least [`PEEK_FLOOR`], at most [`GREETING_PEEK`]): a greeting
+/// leaves the server with its accept, so it trails the connect by about half a round trip.
+/// A process that logs a line and exits (`pcluster run` over one item) then does not wait
+/// the whole peek at its exit. Should a slow server's greeting come later, the plain lines
+/// are refused, the server closes, and every later connection looks for the whole peek.
+const PEEK_CONNECTS: u32 = 8;
+const PEEK_FLOOR: Duration = Duration::from_millis(10);
 /// A server that stops reading for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -239,6 +247,9 @@ struct Worker {
     conn: Option<Conn>,
     /// Set while the server cannot be reached, so that failures are reported once, not per try.
     failing: bool,
+    /// A connection was closed or failed under us: look for a greeting the whole
+    /// [`GREETING_PEEK`] from now on.
+    careful: bool,
 }
 
 impl Worker {
@@ -249,6 +260,7 @@ impl Worker {
             token,
             conn: None,
             failing: false,
+            careful: false,
         }
     }
 
@@ -289,6 +301,7 @@ impl Worker {
             } else {
                 // The batch goes again on the next connection: a line may arrive twice, but a
                 // line the server never saw is not lost to a dead socket.
+                self.careful = true;
                 tracing::debug!(addr = %self.shared.addr, "log server connection lost");
             }
         }
@@ -296,12 +309,14 @@ impl Worker {
 
     /// The current connection if it is still open, else a new one.
     fn connection(&mut self) -> Option<Conn> {
-        if let Some(conn) = self.conn.take()
-            && still_open(&conn.stream)
-        {
-            return Some(conn);
+        if let Some(conn) = self.conn.take() {
+            if still_open(&conn.stream) {
+                return Some(conn);
+            }
+            // Perhaps a server that wants a token and greeted after a quick look.
+            self.careful = true;
         }
-        match connect(&self.shared.addr, self.token.as_ref()) {
+        match connect_peeking(&self.shared.addr, self.token.as_ref(), self.careful) {
             Ok(conn) => {
                 if self.failing {
                     tracing::info!(addr = %self.shared.addr, "log server reachable again");
@@ -383,8 +398,23 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 /// Connects to `addr` and, with a token, runs the client side of the handshake; without
-/// one, checks that the server does not ask for a token.
+/// one, checks that the server does not ask for a token (looking for its greeting the whole
+/// [`GREETING_PEEK`]).
+#[cfg(test)]
 pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<Conn, HandshakeError> {
+    connect_peeking(addr, token, true)
+}
+
+/// Connects to `addr` and, with a token, runs the client side of the handshake; without
+/// one, checks that the server does not ask for a token, looking for its greeting the
+/// whole [`GREETING_PEEK`] when `careful`, else a few times as long as the connect took
+/// ([`PEEK_CONNECTS`]).
+fn connect_peeking(
+    addr: &str,
+    token: Option<&Token>,
+    careful: bool,
+) -> Result<Conn, HandshakeError> {
+    let started = Instant::now();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
     let mut stream = None;
     for sock in addr.to_socket_addrs()? {
@@ -416,7 +446,12 @@ pub(crate) fn connect(addr: &str, token: Option<&Token>) -> Result<Conn, Handsha
             Some(keys.split().0)
         }
         None => {
-            stream.set_read_timeout(Some(GREETING_PEEK))?;
+            let peek = if careful {
+                GREETING_PEEK
+            } else {
+                (started.elapsed() * PEEK_CONNECTS).clamp(PEEK_FLOOR, GREETING_PEEK)
+            };
+            stream.set_read_timeout(Some(peek))?;
             let mut byte = [0u8; 1];
             match stream.peek(&mut byte) {
                 Ok(0) => return Err(HandshakeError::Closed),

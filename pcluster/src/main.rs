@@ -7,6 +7,8 @@ mod bench;
 mod cli;
 mod commands;
 mod embedded;
+mod json;
+mod nodes_file;
 mod run;
 mod setup;
 mod table;

@@ -258,26 +258,40 @@ pub async fn node_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr>
     resolve(&host, port).await
 }
 
-/// Nodes named on the command line, with the port of entries that name none.
+/// Nodes named on the command line or in a file, with the port of entries that name none.
 #[derive(clap::Args, Debug)]
 pub struct NodeList {
     /// Node addresses (`host[:port]`, `[v6]:port`).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "nodes_file")]
     pub nodes: Vec<String>,
+    /// Node addresses in a file, one `host[:port]` a line (`#` comments), after those given.
+    #[arg(long, value_name = "FILE")]
+    pub nodes_file: Option<PathBuf>,
     /// Port of entries that name none.
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
 }
 
 impl NodeList {
-    /// Each entry, resolved.
+    /// Each entry, resolved, then the file's entries not given before.
     ///
     /// # Errors
-    /// As [`node_addr`].
+    /// As [`node_addr`] and [`crate::nodes_file::NodesFile::read`].
     pub async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
         let mut out = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             out.push(node_addr(n, self.port).await?);
+        }
+        if let Some(path) = &self.nodes_file {
+            let file = crate::nodes_file::NodesFile {
+                path: path.clone(),
+                port: self.port,
+            };
+            for a in file.read().await? {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
         }
         Ok(out)
     }

@@ -93,6 +93,21 @@ impl ByteGate {
         }
     }
 
+    /// Takes room for `bytes` at once, past the limit if need be: for a giver that must not
+    /// wait (a task on the root's runtime), which then gives nothing more until
+    /// [`ByteGate::acquire_async`] finds room. `None` once the gate is closed.
+    pub fn take(self: &Arc<Self>, bytes: u64) -> Option<Held> {
+        let mut s = self.lock();
+        if s.closed {
+            return None;
+        }
+        s.held = s.held.saturating_add(bytes);
+        Some(Held {
+            bytes,
+            gate: self.clone(),
+        })
+    }
+
     fn release(&self, bytes: u64) {
         if bytes == 0 {
             return;
@@ -187,6 +202,19 @@ mod tests {
         drop(CloseOnDrop(gate.clone()));
         assert!(waiter.join().unwrap(), "a closed gate gives no room");
         drop(held);
+    }
+
+    #[test]
+    fn taking_never_waits_and_past_the_limit_the_gate_is_full() {
+        let gate = ByteGate::new(100);
+        let a = gate.take(80).unwrap();
+        let b = gate.take(80).unwrap();
+        assert_eq!(gate.held(), 160, "past the limit, at once");
+        drop(a);
+        assert_eq!(gate.held(), 80);
+        drop(b);
+        gate.close();
+        assert!(gate.take(1).is_none(), "a closed gate gives no room");
     }
 
     #[tokio::test]

@@ -76,7 +76,7 @@ pub use options::RootOptions;
 pub use probe::{node_status, release_node};
 pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
 pub use scan::ScanReport;
-pub use scheduler::{Counters, Handler, Handlers, InputDone};
+pub use scheduler::{Counters, Handler, Handlers, InputDone, Room};
 
 use scheduler::{Cmd, Feed, Stall};
 use tried::Tried;
@@ -234,6 +234,17 @@ impl Root {
             self.note_tried(format!("{addr}: {e}"));
         }
         r
+    }
+
+    /// Removes the node at `addr` from the run: it gets no new items, and once the items it
+    /// holds are done (their outputs handed over as usual) it is told goodbye and freed. If
+    /// it is lost before that, its items are sent elsewhere as for any lost node. Returns
+    /// whether such a node was attached (a node still finishing its items counts).
+    ///
+    /// # Errors
+    /// Shut down.
+    pub async fn remove_node(&self, addr: SocketAddr) -> Result<bool, RootError> {
+        self.call(|reply| Cmd::Leave { addr, reply }).await
     }
 
     async fn attach(&self, addr: SocketAddr) -> Result<(), RootError> {

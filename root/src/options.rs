@@ -60,6 +60,9 @@ pub struct RootOptions {
     /// nodes; past it the root stops reading from the nodes until it catches up (one message
     /// past it is taken alone).
     pub outputs_bytes: u64,
+    /// Fewest nodes a setup must reach: a node lost or failing during setup is dropped from
+    /// the run (named in a warning) while at least this many set the chain up.
+    pub min_nodes: usize,
 }
 
 impl Default for RootOptions {
@@ -87,6 +90,7 @@ impl Default for RootOptions {
             tagged_items: false,
             partial_bytes: 1 << 30,
             outputs_bytes: 2 << 20,
+            min_nodes: 1,
         }
     }
 }

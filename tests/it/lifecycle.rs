@@ -97,13 +97,18 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// Joblog entries written so far.
+/// Inputs the joblog names so far: a line names one (`7`) or a run of them (`3-9`).
 fn joblog_entries(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .count()
+        .filter_map(|l| {
+            let col = l.split('\t').next()?;
+            let (a, b) = col.split_once('-').unwrap_or((col, col));
+            Some(b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?)
+        })
+        .sum()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {

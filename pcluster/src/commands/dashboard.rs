@@ -29,10 +29,14 @@ pub struct WatchArgs {
     /// Node addresses, comma-separated (`host[:port]`, `[v6]:port`; a missing port is --port).
     #[arg(short = 'n', long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// Node addresses in a file, one `host[:port]` a line (`#` comments; a missing port is
+    /// --port), read when the command starts.
+    #[arg(long, value_name = "FILE")]
+    pub nodes_file: Option<std::path::PathBuf>,
     /// Scan this network for nodes, e.g. 127.0.0.0/24 (again every --rescan seconds).
     #[arg(long)]
     pub scan: Option<ipnetwork::IpNetwork>,
-    /// Port of the scan, and of --nodes entries that name none.
+    /// Port of the scan, and of --nodes and --nodes-file entries that name none.
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
     /// Seconds between scans.
@@ -48,8 +52,8 @@ impl WatchArgs {
     /// # Errors
     /// Neither --nodes nor --scan.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.nodes.is_empty() && self.scan.is_none() {
-            anyhow::bail!("name the nodes to watch: --nodes or --scan");
+        if self.nodes.is_empty() && self.scan.is_none() && self.nodes_file.is_none() {
+            anyhow::bail!("name the nodes to watch: --nodes, --nodes-file or --scan");
         }
         Ok(())
     }
@@ -57,7 +61,7 @@ impl WatchArgs {
     /// Starts a monitor of these nodes (within a runtime).
     ///
     /// # Errors
-    /// A --nodes entry that does not parse or resolve.
+    /// A --nodes entry that does not parse or resolve, a --nodes-file that cannot be read.
     pub async fn monitor(&self) -> anyhow::Result<Monitor> {
         self.check()?;
         let mut nodes = Vec::new();
@@ -65,6 +69,17 @@ impl WatchArgs {
             let a = node_addr(n, self.port).await?;
             if !nodes.contains(&a) {
                 nodes.push(a);
+            }
+        }
+        if let Some(path) = &self.nodes_file {
+            let file = crate::nodes_file::NodesFile {
+                path: path.clone(),
+                port: self.port,
+            };
+            for a in file.read().await? {
+                if !nodes.contains(&a) {
+                    nodes.push(a);
+                }
             }
         }
         let options = root::RootOptions {

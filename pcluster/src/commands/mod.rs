@@ -1,5 +1,6 @@
 //! One module per small subcommand; `run` and `bench` have modules of their own.
 
+pub mod completions;
 pub mod dashboard;
 pub mod fetch;
 pub mod key;

@@ -1,7 +1,13 @@
-//! `pcluster scan`: a table of the nodes found on a network.
+//! `pcluster scan`: a table of the nodes found on a network, or listed in a file (or, with
+//! `--json`, the dashboard's snapshot of them).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use protocol::{NodeState, NodeStatus};
+use root::ScanReport;
 
 use crate::setup::{Console, TokenArg, init_tracing, runtime};
 use crate::table;
@@ -9,19 +15,27 @@ use crate::table;
 #[derive(clap::Args, Debug)]
 pub struct ScanArgs {
     /// Network to scan, e.g. 127.0.0.0/24.
-    pub network: ipnetwork::IpNetwork,
+    #[arg(required_unless_present = "nodes_file")]
+    pub network: Option<ipnetwork::IpNetwork>,
+    /// Probe the addresses of this file too, one `host[:port]` a line (`#` comments; a
+    /// missing port is --port).
+    #[arg(long, value_name = "FILE")]
+    pub nodes_file: Option<PathBuf>,
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
     /// Connect timeout per host, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub connect_timeout_ms: u64,
+    /// Print one JSON document (the fields of the dashboard's /api/status) instead of tables.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub token: TokenArg,
 }
 
 pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
     init_tracing(Console::Stderr, None, "error");
-    let (network, port) = (args.network, args.port);
+    let port = args.port;
     runtime(false)?.block_on(async move {
         let options = root::RootOptions {
             token: args.token.token()?,
@@ -29,27 +43,101 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let started = Instant::now();
-        let report = root::scan::scan(network, port, &options).await;
+        let report = match args.network {
+            Some(network) => root::scan::scan(network, port, &options).await,
+            None => ScanReport::default(),
+        };
+        let listed = match &args.nodes_file {
+            Some(path) => {
+                let file = crate::nodes_file::NodesFile {
+                    path: path.clone(),
+                    port,
+                };
+                file.read().await?
+            }
+            None => Vec::new(),
+        };
+        // Listed addresses the scan did not find are probed as `status` does: their row says
+        // what answered, or why nothing did.
+        let found =
+            |a: &SocketAddr| report.free.contains(a) || report.busy.iter().any(|(b, _)| b == a);
+        let mut extra = Vec::new();
+        for a in listed.iter().filter(|a| !found(a)) {
+            extra.push((*a, root::node_status(*a, &options).await));
+        }
+        // What the listed nodes the scan did not find said they are, for the summary.
+        let state = |want: NodeState| {
+            let says = |st: &Result<NodeStatus, _>| st.as_ref().is_ok_and(|s| s.state == want);
+            extra.iter().filter(|(_, st)| says(st)).count()
+        };
+        let (free, busy) = (state(NodeState::Free), state(NodeState::Busy));
         let took = started.elapsed();
-        let mut rows = Vec::new();
-        for addr in &report.free {
-            rows.push(table::status_row(*addr, root::node_status(*addr, &options).await));
+        if args.json {
+            print_json(&report, &extra, &options).await?;
+        } else {
+            print_table(&report, extra, &options).await?;
         }
-        for (addr, holder) in &report.busy {
-            rows.push(table::note_row(*addr, &format!("busy with {holder}")));
+        let mut what = Vec::new();
+        if let Some(n) = args.network {
+            what.push(format!("{} hosts of {n} on port {port}", report.hosts));
         }
-        for (addr, why) in report.unauthenticated.iter().chain(&report.failed) {
-            rows.push(table::note_row(*addr, &format!("not authenticated: {why}")));
+        if let Some(f) = &args.nodes_file {
+            what.push(format!("{} addresses of {}", listed.len(), f.display()));
         }
-        table::print_status(&rows)?;
         eprintln!(
-            "scanned {} hosts of {network} on port {port} in {:.1} ms: {} free, {} busy, {} could not be authenticated",
-            report.hosts,
+            "scanned {} in {:.1} ms: {} free, {} busy, {} could not be authenticated",
+            what.join(" and "),
             took.as_secs_f64() * 1000.0,
-            report.free.len(),
-            report.busy.len(),
+            report.free.len() + free,
+            report.busy.len() + busy,
             report.unauthenticated.len()
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+async fn print_table(
+    report: &ScanReport,
+    extra: Vec<(SocketAddr, Result<NodeStatus, root::RootError>)>,
+    options: &root::RootOptions,
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for addr in &report.free {
+        rows.push(table::status_row(
+            *addr,
+            root::node_status(*addr, options).await,
+        ));
+    }
+    rows.extend(extra.into_iter().map(|(a, st)| table::status_row(a, st)));
+    for (addr, holder) in &report.busy {
+        rows.push(table::note_row(*addr, &format!("busy with {holder}")));
+    }
+    for (addr, why) in report.unauthenticated.iter().chain(&report.failed) {
+        rows.push(table::note_row(*addr, &format!("not authenticated: {why}")));
+    }
+    table::print_status(&rows)?;
+    Ok(())
+}
+
+/// The JSON of a scan: every node that answered, busy ones too, with its status (a status
+/// probe claims no node); the others with why not.
+async fn print_json(
+    report: &ScanReport,
+    extra: &[(SocketAddr, Result<NodeStatus, root::RootError>)],
+    options: &root::RootOptions,
+) -> anyhow::Result<()> {
+    let mut views = Vec::new();
+    let answered = report.busy.iter().map(|(a, _)| a);
+    for addr in report.free.iter().chain(answered) {
+        let st = root::node_status(*addr, options).await;
+        views.push((*addr, crate::json::node_view(*addr, &st)));
+    }
+    for (addr, st) in extra {
+        views.push((*addr, crate::json::node_view(*addr, st)));
+    }
+    for (addr, why) in report.unauthenticated.iter().chain(&report.failed) {
+        let note = format!("not authenticated: {why}");
+        views.push((*addr, crate::json::note_view(*addr, &note)));
+    }
+    crate::json::print(&crate::json::snapshot(views))
 }

@@ -1,4 +1,5 @@
-//! `pcluster status`: one table row per node, with per-task counters.
+//! `pcluster status`: one table row per node, with per-task counters (or, with `--json`,
+//! the dashboard's snapshot of the nodes).
 
 use std::process::ExitCode;
 
@@ -9,6 +10,9 @@ use crate::table;
 pub struct StatusArgs {
     #[command(flatten)]
     pub nodes: NodeList,
+    /// Print one JSON document (the fields of the dashboard's /api/status) instead of tables.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub token: TokenArg,
 }
@@ -20,14 +24,24 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             token: args.token.token()?,
             ..Default::default()
         };
-        let mut rows = Vec::new();
-        let mut failed = false;
+        let mut probes = Vec::new();
         for addr in args.nodes.resolve().await? {
-            let st = root::node_status(addr, &options).await;
-            failed |= st.is_err();
-            rows.push(table::status_row(addr, st));
+            probes.push((addr, root::node_status(addr, &options).await));
         }
-        table::print_status(&rows)?;
+        let failed = probes.iter().any(|(_, st)| st.is_err());
+        if args.json {
+            let views = probes
+                .iter()
+                .map(|(a, st)| (*a, crate::json::node_view(*a, st)))
+                .collect();
+            crate::json::print(&crate::json::snapshot(views))?;
+        } else {
+            let rows: Vec<table::Row> = probes
+                .into_iter()
+                .map(|(a, st)| table::status_row(a, st))
+                .collect();
+            table::print_status(&rows)?;
+        }
         Ok(if failed {
             ExitCode::FAILURE
         } else {

@@ -1,6 +1,7 @@
 //! `pcluster top`: the dashboard's numbers in the terminal, one line per node and one per
 //! task, redrawn once a second until Ctrl-C. On a terminal (and without `NO_COLOR`) each
 //! frame clears the screen; otherwise each second's snapshot is printed as plain lines.
+//! `--once` prints the first frame and exits (`--json`: the snapshot, as `/api/status`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -16,8 +17,15 @@ use crate::setup::{Console, init_tracing, next_signal, runtime, use_colour};
 pub struct TopArgs {
     /// Show a run's progress too: the address of its dashboard (`pcluster run --dashboard
     /// ADDR`), instead of --nodes or --scan.
-    #[arg(long, conflicts_with_all = ["nodes", "scan"])]
+    #[arg(long, conflicts_with_all = ["nodes", "scan", "nodes_file"])]
     pub run: Option<SocketAddr>,
+    /// Print one frame (after the first poll) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print the frame as one JSON document (the fields of the dashboard's
+    /// /api/status) instead of text.
+    #[arg(long, requires = "once")]
+    pub json: bool,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -36,6 +44,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
                     _ = tick.tick() => {}
                 }
                 match fetch::snapshot(addr).await {
+                    Ok(s) if args.once => return once(&s, args.json),
                     Ok(s) => draw(&render(&s), redraw)?,
                     // The run ended (its dashboard with it), or never was there.
                     Err(e) => {
@@ -53,11 +62,24 @@ pub fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
                 _ = &mut signal => break,
                 changed = snapshots.changed() => if changed.is_err() { break },
             }
-            let text = render(&snapshots.borrow_and_update());
-            draw(&text, redraw)?;
+            let snapshot = snapshots.borrow_and_update().clone();
+            if args.once {
+                return once(&snapshot, args.json);
+            }
+            draw(&render(&snapshot), redraw)?;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `--once`: one frame, as text or JSON, and done.
+fn once(s: &Snapshot, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        crate::json::print(s)?;
+    } else {
+        draw(&render(s), false)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One frame on stdout: over the last on a terminal, after it otherwise.

@@ -27,6 +27,11 @@ pub struct RunArgs {
     /// --port). Unreachable ones are skipped while --min-nodes work; lost ones are retried.
     #[arg(short = 'n', long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// Node addresses in a file, one `host[:port]` a line (`#` comments; a missing port is
+    /// --port), read again when it changes: nodes added join the run, nodes removed get no
+    /// new items and leave once theirs are done.
+    #[arg(long, value_name = "FILE")]
+    pub nodes_file: Option<PathBuf>,
     /// Scan this network for nodes, e.g. 127.0.0.0/24 (again every --rescan seconds).
     #[arg(long)]
     pub scan: Option<ipnetwork::IpNetwork>,
@@ -72,9 +77,15 @@ pub struct RunArgs {
     /// in flight.
     #[arg(long)]
     pub halt: Option<Halt>,
-    /// Fewest nodes to start with; unreachable --nodes entries beyond that are skipped.
+    /// Fewest nodes to start with; unreachable --nodes entries beyond that are skipped, and
+    /// so are nodes lost or failing during setup (each named in a warning).
     #[arg(long, default_value_t = 1)]
     pub min_nodes: usize,
+    /// Seconds a node may send nothing (not even a heartbeat, sent every second) before it
+    /// counts as lost: its items go elsewhere, and during setup it is skipped. A node's
+    /// handshake waits as long, at most 5 s.
+    #[arg(long, default_value_t = 10.0)]
+    pub node_timeout: f64,
     /// Seconds between scans for new or restarted nodes during a run with --scan (0: off).
     #[arg(long, default_value_t = 10)]
     pub rescan: u64,
@@ -131,6 +142,11 @@ impl RunArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         if !(self.no_node_timeout.is_finite() && self.no_node_timeout >= 0.0) {
             bail!("--no-node-timeout must be a number of seconds");
+        }
+        if !(self.node_timeout.is_finite() && self.node_timeout >= 2.0) {
+            bail!(
+                "--node-timeout must be at least 2 seconds (nodes send a heartbeat every second)"
+            );
         }
         if !(self.drain_timeout.is_finite() && self.drain_timeout >= 0.0) {
             bail!("--drain-timeout must be a number of seconds");

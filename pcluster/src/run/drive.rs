@@ -378,7 +378,8 @@ fn exit(
     not_done: u64,
 ) -> anyhow::Result<ExitCode> {
     if let Some(e) = d.state.error.lock().ok().and_then(|mut e| e.take()) {
-        return Err(anyhow::Error::new(e).context("writing outputs"));
+        // The error names the file (`writing --joblog PATH: …`).
+        return Err(anyhow::Error::new(e).context("the results could not be written"));
     }
     if let Some(e) = d.failed.lock().ok().and_then(|mut f| f.finish()) {
         return Err(anyhow::Error::new(e).context("writing --failed"));

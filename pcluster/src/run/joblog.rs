@@ -13,7 +13,6 @@
 //! length the last whole joblog line names, drops a torn last joblog line, and skips the
 //! inputs the joblog names: each output ends up in the file exactly once.
 
-use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::Path;
 
@@ -101,20 +100,95 @@ pub struct Entry<'a> {
     pub line: u64,
     pub failed: u32,
     pub attempts: u32,
-    pub seconds: f64,
+    /// From the input's first send to its completion.
+    pub took: std::time::Duration,
     pub output_bytes: u64,
     pub error: &'a str,
 }
 
-impl Entry<'_> {
-    /// Appends the entry's line to `out`.
+/// Consecutive input lines that all went well (done, first try, no error), written as one
+/// joblog line `first-last`: its seconds are the longest of them, its output length the one
+/// after the last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub first: u64,
+    pub last: u64,
+    pub took: std::time::Duration,
+    pub output_bytes: u64,
+}
+
+impl Run {
+    /// A run of the one line `line`.
+    pub fn new(line: u64, took: std::time::Duration, output_bytes: u64) -> Run {
+        Run {
+            first: line,
+            last: line,
+            took,
+            output_bytes,
+        }
+    }
+
+    /// Extends the run by `line` when it follows the last; false when it does not.
+    pub fn extend(&mut self, line: u64, took: std::time::Duration, output_bytes: u64) -> bool {
+        if self.last.checked_add(1) != Some(line) {
+            return false;
+        }
+        self.last = line;
+        self.took = self.took.max(took);
+        self.output_bytes = output_bytes;
+        true
+    }
+
+    /// Appends the run's line to `out`.
     pub fn write(&self, out: &mut String) {
-        let status = if self.failed == 0 { "done" } else { "failed" };
-        let _ = write!(
-            out,
-            "{}\t{status}\t{}\t{}\t{:.3}\t{}\t",
-            self.line, self.failed, self.attempts, self.seconds, self.output_bytes
-        );
+        let line = if self.first == self.last {
+            self.first.to_string()
+        } else {
+            format!("{}-{}", self.first, self.last)
+        };
+        Entry {
+            line: 0,
+            failed: 0,
+            attempts: 1,
+            took: self.took,
+            output_bytes: self.output_bytes,
+            error: "",
+        }
+        .write_as(&line, out);
+    }
+}
+
+impl Entry<'_> {
+    /// Appends the entry's line to `out`. Written per input on the root's thread, so with
+    /// integer formatting only (`format!` and a float cost more than the input's run).
+    pub fn write(&self, out: &mut String) {
+        let mut b = itoa::Buffer::new();
+        self.write_as(b.format(self.line), out);
+    }
+
+    /// The same with `line` for the line column.
+    fn write_as(&self, line: &str, out: &mut String) {
+        let mut b = itoa::Buffer::new();
+        out.push_str(line);
+        out.push_str(if self.failed == 0 {
+            "\tdone\t"
+        } else {
+            "\tfailed\t"
+        });
+        out.push_str(b.format(self.failed));
+        out.push('\t');
+        out.push_str(b.format(self.attempts));
+        out.push('\t');
+        let ms = self.took.as_millis();
+        out.push_str(b.format(ms / 1000));
+        out.push('.');
+        let frac = (ms % 1000) as u32;
+        for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+            out.push(char::from_digit(digit, 10).unwrap_or('0'));
+        }
+        out.push('\t');
+        out.push_str(b.format(self.output_bytes));
+        out.push('\t');
         // One line per entry, whatever the message holds.
         out.extend(
             self.error
@@ -187,9 +261,8 @@ fn parse(mut r: impl std::io::BufRead, chain: &str, input: &str) -> anyhow::Resu
                 cols.next()
                     .with_context(|| format!("joblog line {n}: no {what}"))
             };
-            let l: u64 = next("line")?
-                .parse()
-                .with_context(|| format!("joblog line {n}"))?;
+            let (first, last) = line_range(next("line")?)
+                .with_context(|| format!("joblog line {n}: not a line number or range"))?;
             let status = next("status")?;
             let _failed = next("failed")?;
             let _attempts = next("attempts")?;
@@ -197,7 +270,9 @@ fn parse(mut r: impl std::io::BufRead, chain: &str, input: &str) -> anyhow::Resu
             let bytes: u64 = next("output bytes")?
                 .parse()
                 .with_context(|| format!("joblog line {n}"))?;
-            res.done.insert(l);
+            for l in first..=last {
+                res.done.insert(l);
+            }
             if status == "failed" {
                 res.failed += 1;
             }
@@ -209,6 +284,17 @@ fn parse(mut r: impl std::io::BufRead, chain: &str, input: &str) -> anyhow::Resu
         bail!("the joblog has no chain and input hashes");
     }
     Ok(res)
+}
+
+/// The line column: `7`, or `3-9` for a run of lines.
+fn line_range(col: &str) -> Option<(u64, u64)> {
+    match col.split_once('-') {
+        None => col.parse().ok().map(|l| (l, l)),
+        Some((a, b)) => {
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some((a, b))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +314,7 @@ mod tests {
             line,
             failed,
             attempts: 1,
-            seconds: 0.5,
+            took: std::time::Duration::from_millis(500),
             output_bytes,
             error: if failed > 0 { "boom\tin\ntask" } else { "" },
         }
@@ -244,6 +330,24 @@ mod tests {
         assert_eq!((r.done.len(), r.failed), (2, 1));
         assert_eq!(r.output_bytes, 25);
         assert_eq!(r.joblog_bytes, whole, "the torn line is cut off");
+    }
+
+    #[test]
+    fn runs_of_good_lines_are_one_line_and_resume_reads_them() {
+        let ms = std::time::Duration::from_millis;
+        let mut run = Run::new(4, ms(7), 10);
+        assert!(run.extend(5, ms(9), 20) && run.extend(6, ms(3), 30));
+        assert!(!run.extend(8, ms(1), 40), "a gap ends the run");
+        let mut text = header("c", "i");
+        run.write(&mut text);
+        Run::new(8, ms(1), 40).write(&mut text);
+        entry(9, 1, 41).write(&mut text);
+        assert!(text.ends_with("4-6\tdone\t0\t1\t0.009\t30\t\n8\tdone\t0\t1\t0.001\t40\t\n9\tfailed\t1\t1\t0.500\t41\tboom in task\n"));
+        let r = parse(text.as_bytes(), "c", "i").unwrap();
+        assert_eq!((r.done.len(), r.failed, r.output_bytes), (5, 1, 41));
+        assert!((4..=9).all(|l| l == 7 || r.done.contains(l)) && !r.done.contains(7));
+        assert_eq!(line_range("9-3"), None);
+        assert_eq!(line_range("x"), None);
     }
 
     #[test]

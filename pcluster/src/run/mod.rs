@@ -112,7 +112,8 @@ fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Fil
         } else {
             let mut f = std::fs::File::create(jpath)
                 .with_context(|| format!("cannot create --joblog {}", jpath.display()))?;
-            f.write_all(joblog::header(&chain_hash, &input_hash).as_bytes())?;
+            f.write_all(joblog::header(&chain_hash, &input_hash).as_bytes())
+                .with_context(|| format!("cannot write --joblog {}", jpath.display()))?;
             journal = Some(f);
         }
     } else if args.resume {
@@ -154,6 +155,39 @@ fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Fil
     })
 }
 
+/// What the output thread does with a write error: it stops the run, with an error that
+/// names the file that failed (on a full disk, the output or the joblog).
+fn on_write_error(
+    args: &RunArgs,
+    state: Arc<SinkState>,
+) -> impl Fn(writer::Stream, std::io::Error) + Send + 'static {
+    let output = args.output.as_ref().map_or_else(
+        || "stdout".to_string(),
+        |p| format!("--output {}", p.display()),
+    );
+    let joblog = args
+        .joblog
+        .as_ref()
+        .map(|p| format!("--joblog {}", p.display()));
+    move |stream, e| {
+        let name = match (stream, &joblog) {
+            (writer::Stream::Joblog, Some(j)) => j,
+            _ => &output,
+        };
+        state.fail(std::io::Error::new(
+            e.kind(),
+            format!("writing {name}: {e}"),
+        ));
+    }
+}
+
+/// A write that failed after the run's outcome was decided: in the last flush, when close
+/// dropped the handlers (the last joblog lines on a full disk). It fails the run.
+fn late_write_error(state: &SinkState) -> Option<anyhow::Error> {
+    let e = state.error.lock().ok()?.take()?;
+    Some(anyhow::Error::new(e).context("the results could not be written"))
+}
+
 fn truncate(path: &std::path::Path, len: u64) -> anyhow::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -184,7 +218,7 @@ async fn run_on_cluster(
     files: Files,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    let embedded = args.nodes.is_empty() && args.scan.is_none();
+    let embedded = args.nodes.is_empty() && args.scan.is_none() && args.nodes_file.is_none();
     // An embedded cluster without a given token gets a fresh random one: only this process
     // can use its node and log server.
     let token = match args.token.token()? {
@@ -220,6 +254,10 @@ async fn run_on_cluster(
         keep_order: args.keep_order,
         retries: args.retries,
         no_node_timeout: Duration::from_secs_f64(args.no_node_timeout),
+        min_nodes: args.min_nodes,
+        heartbeat_timeout: Duration::from_secs_f64(args.node_timeout),
+        // A node that does not even finish its handshake is skipped as soon as a silent one.
+        handshake_timeout: Duration::from_secs_f64(args.node_timeout.min(5.0)),
         ..args.bounds.options()
     };
     let root = Arc::new(root::Root::new(options));
@@ -229,25 +267,37 @@ async fn run_on_cluster(
             None => nodes::resolve_all(&args.nodes, args.port).await?,
         },
         scan: args.scan.map(|n| (n, args.port)),
+        file: match &args.nodes_file {
+            Some(path) => Some(
+                crate::nodes_file::Watch::start(crate::nodes_file::NodesFile {
+                    path: path.clone(),
+                    port: args.port,
+                })
+                .await?,
+            ),
+            None => None,
+        },
     };
+    let state = Arc::new(SinkState::default());
     let result = async {
         nodes::attach(&root, &sources, args.min_nodes).await?;
-        let state = Arc::new(SinkState::default());
         let failure_lines = Arc::new(failures::FailureLines::new(files.failed.is_some()));
         let failed = Arc::new(Mutex::new(FailedOut::new(files.failed)));
         let lines = lines::LineIndex::default();
         let has_journal = files.journal.is_some();
         let sink = Sink {
-            out: writer::OutWriter::new(files.output, files.journal, {
-                let state = state.clone();
-                move |e| state.fail(e)
-            }),
+            out: writer::OutWriter::new(
+                files.output,
+                files.journal,
+                on_write_error(&args, state.clone()),
+            ),
             framing: args.framing(),
             tag: args.tag,
             lines: lines.clone(),
             written: files.output_bytes,
             journal: has_journal.then(|| Journal {
                 buf: String::new(),
+                run: None,
                 last_flush: Instant::now(),
             }),
             failed: failed.clone(),
@@ -274,7 +324,7 @@ async fn run_on_cluster(
             input: files.input,
             input_is_file: files.input_is_file,
             lines,
-            state,
+            state: state.clone(),
             failed,
             failure_lines,
             skip,
@@ -286,6 +336,7 @@ async fn run_on_cluster(
     .await;
     // Whatever happened: free the nodes, and let the handlers flush (close drops them).
     let _ = tokio::time::timeout(Duration::from_secs(10), root.close_shared()).await;
+    let result = result.and_then(|code| late_write_error(&state).map_or(Ok(code), Err));
     // Flush our log lines while the embedded log server still runs, off this thread: the
     // server may share this runtime.
     if let Some(client) = log_client {

@@ -1,7 +1,8 @@
 //! The nodes of a run: `--nodes` entries (de-duplicated, unreachable ones skipped while at
 //! least `--min-nodes` work), a `--scan`, and keeping membership elastic while the run goes:
-//! lost `--nodes` entries are retried and re-added when back, and `--scan` networks are
-//! scanned again every `--rescan` seconds for new or restarted nodes.
+//! lost `--nodes` entries are retried and re-added when back, `--nodes-file` is followed,
+//! and `--scan` networks are scanned again every `--rescan` seconds for new or restarted
+//! nodes.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use crate::setup::node_addr;
 pub struct Sources {
     pub nodes: Vec<SocketAddr>,
     pub scan: Option<(ipnetwork::IpNetwork, u16)>,
+    /// `--nodes-file`, as first read.
+    pub file: Option<crate::nodes_file::Watch>,
 }
 
 /// Resolves `--nodes` entries (a missing port is `port`), without duplicates.
@@ -42,7 +45,12 @@ pub async fn resolve_all(entries: &[String], port: u16) -> anyhow::Result<Vec<So
 pub async fn attach(root: &root::Root, src: &Sources, min_nodes: usize) -> anyhow::Result<usize> {
     let mut added = 0;
     let mut failures = Vec::new();
-    for &a in &src.nodes {
+    let listed = src.file.as_ref().map_or(&[][..], |w| w.listed());
+    if let Some(w) = src.file.as_ref().filter(|_| listed.is_empty()) {
+        failures.push(format!("{} lists no node", w.path().display()));
+    }
+    let from_file = listed.iter().filter(|a| !src.nodes.contains(a));
+    for &a in src.nodes.iter().chain(from_file) {
         match root.add_node(a).await {
             Ok(()) => added += 1,
             Err(e) => {
@@ -86,7 +94,8 @@ pub async fn attach(root: &root::Root, src: &Sources, min_nodes: usize) -> anyho
 }
 
 /// Keeps membership elastic until `stop`: `--nodes` entries that are not (or no longer)
-/// attached are tried every `retry`, and a `--scan` network is scanned every `rescan`.
+/// attached are tried every `retry`, `--nodes-file` is followed at the same pace, and a
+/// `--scan` network is scanned every `rescan`.
 pub async fn keep_elastic(
     root: &root::Root,
     src: &Sources,
@@ -94,6 +103,7 @@ pub async fn keep_elastic(
     rescan: Option<Duration>,
     stop: CancellationToken,
 ) {
+    let mut file = src.file.clone();
     let mut retry_tick = tokio::time::interval(retry);
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan_tick = rescan.map(|d| {
@@ -103,11 +113,28 @@ pub async fn keep_elastic(
     });
     loop {
         tokio::select! {
+            // A stop wins over a tick that is due as well: the run is over.
+            biased;
             () = stop.cancelled() => return,
-            _ = retry_tick.tick(), if !src.nodes.is_empty() => {
+            _ = retry_tick.tick(), if !src.nodes.is_empty() || file.is_some() => {
+                if let Some(w) = file.as_mut() {
+                    // Adding a node may wait for a handshake: the end of the run does not.
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => return,
+                        () = crate::nodes_file::follow(root, w, &src.nodes) => {}
+                    }
+                }
                 let Ok(have) = root.nodes().await else { return };
                 for &a in src.nodes.iter().filter(|a| !have.contains(a)) {
-                    if root.add_node(a).await.is_ok() {
+                    // A node that is stopped, not gone, holds its handshake to the deadline:
+                    // the end of the run does not wait for it.
+                    let added = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => return,
+                        r = root.add_node(a) => r,
+                    };
+                    if added.is_ok() {
                         eprintln!("pcluster run: node {a} is back");
                     }
                 }

@@ -127,6 +127,8 @@ impl SinkState {
 /// Joblog lines not yet handed to the output thread (which owns the file).
 pub struct Journal {
     pub buf: String,
+    /// Consecutive inputs that went well, not yet in `buf`: they become one line.
+    pub run: Option<joblog::Run>,
     pub last_flush: Instant,
 }
 
@@ -182,6 +184,9 @@ impl Sink {
         let Some(j) = self.journal.as_mut() else {
             return;
         };
+        if let Some(run) = j.run.take() {
+            run.write(&mut j.buf);
+        }
         if j.buf.is_empty() {
             return;
         }
@@ -269,22 +274,48 @@ impl Handler for Sink {
             Some((i, e)) if *i == d.input => e.as_str(),
             _ => "",
         };
-        joblog::Entry {
-            line: self.lines.line(d.input.0),
-            failed: d.failed,
-            attempts: d.attempts,
-            seconds: d.elapsed.as_secs_f64(),
-            output_bytes: self.written,
-            error,
+        let line = self.lines.line(d.input.0);
+        let clean = d.failed == 0 && d.attempts == 1 && error.is_empty();
+        if clean
+            && let Some(run) = j.run.as_mut()
+            && run.extend(line, d.elapsed, self.written)
+        {
+            return;
         }
-        .write(&mut j.buf);
-        if j.buf.len() >= JOURNAL_BYTES || j.last_flush.elapsed() >= JOURNAL_EVERY {
+        if let Some(run) = j.run.take() {
+            run.write(&mut j.buf);
+        }
+        if clean {
+            j.run = Some(joblog::Run::new(line, d.elapsed, self.written));
+        } else {
+            joblog::Entry {
+                line,
+                failed: d.failed,
+                attempts: d.attempts,
+                took: d.elapsed,
+                output_bytes: self.written,
+                error,
+            }
+            .write(&mut j.buf);
+        }
+        // By size only: a clock read per input costs as much as the entry. `idle`, called
+        // at least every few milliseconds, flushes by age.
+        if j.buf.len() >= JOURNAL_BYTES {
             self.flush_journal();
         }
     }
 
     fn wants_done(&self) -> bool {
         self.journal.is_some()
+    }
+
+    /// No room while the output thread holds its bound (a reader that does not read): the
+    /// root then waits for it without blocking its runtime.
+    fn room(&mut self) -> Option<root::Room> {
+        if self.stopped {
+            return None;
+        }
+        self.out.room()
     }
 
     /// Outputs leave as their inputs complete: what is gathered goes to the output thread

@@ -4,9 +4,12 @@
 //! arrived in and written from there (vectored writes), never copied. What is gathered is
 //! handed over whenever the root has nothing more at hand ([`OutWriter::ship`] from the
 //! sink's `idle`), and the thread flushes whenever nothing more waits: outputs leave as
-//! their inputs complete. What is handed over and not yet written is bounded in bytes. The
-//! joblog is written by the same thread, each part after the outputs it counts, so the
-//! root's thread never waits for a flush.
+//! their inputs complete. What is handed over and not yet written is bounded in bytes: a
+//! handover never waits (the root's thread also sends the nodes their heartbeats), it takes
+//! its room even past the bound, and [`OutWriter::room`] then tells the root to take no
+//! more outputs until the thread has written some. The joblog is written by the same
+//! thread, each part after the outputs it counts, so the root's thread never waits for a
+//! flush.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
@@ -20,11 +23,25 @@ use protocol::gate::{ByteGate, CloseOnDrop, Held};
 
 /// Bytes gathered before they go to the thread.
 const BATCH: usize = 1 << 20;
-/// Bytes handed to the thread and not yet written: a handover that would pass it waits (one
-/// output past it goes alone). Four handovers of a little over [`BATCH`] fit.
+/// Bytes handed to the thread and not yet written: past it, [`OutWriter::room`] says to
+/// wait. Four handovers of a little over [`BATCH`] fit.
 pub const IN_FLIGHT: usize = 5 << 20;
+/// The least a handover counts against [`IN_FLIGHT`], so that the handovers queued for the
+/// thread are few however small: past the bound no more come, so [`QUEUED`] is never
+/// reached and a handover never waits for the channel.
+const MIN_CHARGE: usize = IN_FLIGHT / 64;
+/// Handovers the channel to the thread holds: far more than [`IN_FLIGHT`] /
+/// [`MIN_CHARGE`] plus what one message of the nodes adds past the bound.
+const QUEUED: usize = 1024;
 /// Slices per vectored write.
 const IOV: usize = 64;
+
+/// The file a write of the output thread failed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Output,
+    Joblog,
+}
 
 enum Cmd {
     Write(Vec<Bytes>, Held),
@@ -49,13 +66,13 @@ pub struct OutWriter {
 
 impl OutWriter {
     /// Starts the thread writing to `out`; it calls `on_error` with the first write error
-    /// as soon as it meets it (and drops every write after).
+    /// and the file it hit as soon as it meets it (and drops every write after).
     pub fn new(
         out: Box<dyn Write + Send>,
         journal: Option<std::fs::File>,
-        on_error: impl Fn(io::Error) + Send + 'static,
+        on_error: impl Fn(Stream, io::Error) + Send + 'static,
     ) -> OutWriter {
-        let (tx, rx) = sync_channel(64);
+        let (tx, rx) = sync_channel(QUEUED);
         let gate = ByteGate::new(IN_FLIGHT as u64);
         let failed = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -65,9 +82,9 @@ impl OutWriter {
                 .spawn(move || {
                     // However the thread ends, a handover waiting for room stops waiting.
                     let _close = CloseOnDrop(gate);
-                    let on_error = |e: io::Error| {
+                    let on_error = |stream, e: io::Error| {
                         failed.store(true, Ordering::Relaxed);
-                        on_error(e);
+                        on_error(stream, e);
                     };
                     serve(out, journal, &rx, &on_error);
                 })
@@ -111,14 +128,14 @@ impl OutWriter {
         }
     }
 
-    /// Hands everything gathered to the thread (waiting for room), which writes it as soon
-    /// as it has written what came before.
+    /// Hands everything gathered to the thread, which writes it as soon as it has written
+    /// what came before. Never waits: past the bound, [`OutWriter::room`] says so.
     pub fn ship(&mut self) {
         self.seal_buf();
         if self.parts.is_empty() {
             return;
         }
-        let held = self.gate.acquire(self.parts_bytes as u64);
+        let held = self.gate.take(self.parts_bytes.max(MIN_CHARGE) as u64);
         let parts = std::mem::take(&mut self.parts);
         self.parts_bytes = 0;
         // No room ever again (the thread is gone): the outputs are dropped, as a failed
@@ -131,9 +148,24 @@ impl OutWriter {
     /// Appends `lines` to the joblog once every output handed over before is written.
     pub fn journal(&mut self, lines: Vec<u8>) {
         self.ship();
-        if let (Some(held), Some(tx)) = (self.gate.acquire(lines.len() as u64), &self.tx) {
+        let charge = lines.len().max(MIN_CHARGE) as u64;
+        if let (Some(held), Some(tx)) = (self.gate.take(charge), &self.tx) {
             let _ = tx.send(Cmd::Journal(lines, held));
         }
+    }
+
+    /// `None` while the thread has room; else a future that ends once it has written enough
+    /// to take more (or has stopped: failed outputs are dropped, not waited for).
+    pub fn room(&self) -> Option<root::Room> {
+        let gone = self.failed() || self.thread.as_ref().is_none_or(JoinHandle::is_finished);
+        if gone || self.gate.held() < IN_FLIGHT as u64 {
+            return None;
+        }
+        let gate = self.gate.clone();
+        Some(Box::pin(async move {
+            // Room for one byte is room below the bound; it is given back at once.
+            drop(gate.acquire_async(1).await);
+        }))
     }
 
     /// Writes everything handed over so far (and makes the joblog durable); the first error
@@ -184,7 +216,7 @@ fn serve(
     mut out: Box<dyn Write + Send>,
     mut journal: Option<std::fs::File>,
     rx: &Receiver<Cmd>,
-    on_error: &dyn Fn(io::Error),
+    on_error: &dyn Fn(Stream, io::Error),
 ) {
     let mut error: Option<io::Error> = None;
     // Written since the last flush: a buffered `out` (stdout keeps what follows its last
@@ -198,7 +230,7 @@ fn serve(
                 if dirty && error.is_none() {
                     dirty = false;
                     if let Err(e) = out.flush() {
-                        on_error(io::Error::new(e.kind(), e.to_string()));
+                        on_error(Stream::Output, io::Error::new(e.kind(), e.to_string()));
                         error = Some(e);
                     }
                 }
@@ -215,25 +247,31 @@ fn serve(
                 if error.is_none()
                     && let Err(e) = write_all_parts(&mut out, parts)
                 {
-                    on_error(io::Error::new(e.kind(), e.to_string()));
+                    on_error(Stream::Output, io::Error::new(e.kind(), e.to_string()));
                     error = Some(e);
                 }
             }
             Cmd::Journal(lines, _held) => {
                 if error.is_none()
                     && let Some(j) = journal.as_mut()
-                    && let Err(e) = out.flush().and_then(|()| j.write_all(&lines))
+                    && let Err((stream, e)) = flush_then(&mut out, j, |j| j.write_all(&lines))
                 {
-                    on_error(io::Error::new(e.kind(), e.to_string()));
+                    on_error(stream, io::Error::new(e.kind(), e.to_string()));
                     error = Some(e);
                 }
             }
             Cmd::Flush(ack) => {
                 let r = match &error {
                     Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    None => out
-                        .flush()
-                        .and_then(|()| journal.as_ref().map_or(Ok(()), |j| j.sync_data())),
+                    None => match journal.as_mut() {
+                        Some(j) => flush_then(&mut out, j, |j| j.sync_data()),
+                        None => out.flush().map_err(|e| (Stream::Output, e)),
+                    }
+                    .map_err(|(stream, e)| {
+                        on_error(stream, io::Error::new(e.kind(), e.to_string()));
+                        error = Some(io::Error::new(e.kind(), e.to_string()));
+                        e
+                    }),
                 };
                 let _ = ack.send(r);
             }
@@ -242,6 +280,16 @@ fn serve(
     if error.is_none() {
         let _ = out.flush();
     }
+}
+
+/// Flushes the output, then does `then` to the joblog; a failure names its file.
+fn flush_then(
+    out: &mut dyn Write,
+    journal: &mut std::fs::File,
+    then: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> Result<(), (Stream, io::Error)> {
+    out.flush().map_err(|e| (Stream::Output, e))?;
+    then(journal).map_err(|e| (Stream::Joblog, e))
 }
 
 /// Writes every part, many per system call.
@@ -309,7 +357,7 @@ mod tests {
                 step: 7_777,
             }),
             None,
-            |e| panic!("{e}"),
+            |_, e| panic!("{e}"),
         );
         let mut want = Vec::new();
         for i in 0..300u32 {
@@ -338,12 +386,77 @@ mod tests {
         }
     }
 
+    /// A sink that writes nothing until its gate opens (a pipe nobody reads yet).
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_output_never_blocks_a_handover_and_says_when_it_has_room() {
+        // A rendezvous: each write waits for one send.
+        let (open, gate) = std::sync::mpsc::sync_channel(0);
+        let mut w = OutWriter::new(Box::new(Stalled(gate)), None, |_, e| panic!("{e}"));
+        assert!(w.room().is_none(), "room at first");
+        // Twice the bound, in small and big pieces: every handover returns at once.
+        for i in 0..2 * IN_FLIGHT / BATCH {
+            w.write_all(&vec![b'x'; BATCH]).unwrap();
+            w.write_shared(b"", Bytes::from(vec![b'y'; 1000 + i]), b"\n");
+            w.ship();
+        }
+        let room = w.room().expect("no room past the bound");
+        // The reader comes back: every write goes through, and the wait ends.
+        std::thread::spawn(move || while open.send(()).is_ok() {});
+        tokio::time::timeout(std::time::Duration::from_secs(60), room)
+            .await
+            .expect("room once the thread has written");
+        w.sync().unwrap();
+        assert!(w.room().is_none());
+    }
+
+    #[test]
+    fn a_joblog_write_error_names_the_joblog() {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            eprintln!("skipped: no /dev/full here");
+            return;
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Slow {
+            got: got.clone(),
+            step: 1 << 20,
+        };
+        let mut w = OutWriter::new(Box::new(out), Some(full), {
+            let seen = seen.clone();
+            move |stream, e| seen.lock().unwrap().push((stream, e.kind()))
+        });
+        w.write_all(b"an output\n").unwrap();
+        w.journal(b"a joblog line\n".to_vec());
+        assert_eq!(w.sync().unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Stream::Joblog, io::ErrorKind::StorageFull)]
+        );
+        assert_eq!(
+            *got.lock().unwrap(),
+            b"an output\n",
+            "the output was written"
+        );
+    }
+
     #[test]
     fn a_write_error_is_reported_at_the_next_sync() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut w = OutWriter::new(Box::new(Broken), None, {
             let seen = seen.clone();
-            move |e| seen.lock().unwrap().push(e.kind())
+            move |_, e| seen.lock().unwrap().push(e.kind())
         });
         w.write_all(b"x\n").unwrap();
         let e = w.sync().unwrap_err();

@@ -55,6 +55,9 @@ impl Scheduler {
             Cmd::Nodes(reply) => {
                 let _ = reply.send(self.nodes.values().map(|n| n.addr).collect());
             }
+            Cmd::Leave { addr, reply } => {
+                let _ = reply.send(Ok(self.leave(addr)));
+            }
             #[cfg(feature = "dashboard")]
             Cmd::Observe(o) => self.observe(o),
             // Handled by the loop, which owns the feed channel.
@@ -146,6 +149,24 @@ impl Scheduler {
             error: None,
             reply,
         });
+    }
+
+    /// Every node has answered the setup (or was lost): it succeeded when at least
+    /// `min_nodes` nodes set the chain up. The others are dropped from the run, each named in
+    /// a warning: a lost one may rejoin like any lost node, a failed one gets no items.
+    pub(super) fn setup_outcome(&mut self) -> Result<(), RootError> {
+        let dropped = std::mem::take(&mut self.setup_dropped);
+        let ready = self.nodes.values().filter(|n| n.ready).count();
+        if ready < self.options.min_nodes.max(1) {
+            return Err(dropped.into_iter().next().unwrap_or(RootError::NoNodes {
+                pending: self.queue.items(),
+                lost: self.lost.join(", "),
+            }));
+        }
+        for e in dropped {
+            tracing::warn!("{e}; going on without that node ({ready} set up)");
+        }
+        Ok(())
     }
 
     /// Answers once a node is attached, or at once when the no-node timeout has passed.

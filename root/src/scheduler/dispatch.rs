@@ -89,7 +89,10 @@ impl Scheduler {
         self.nodes
             .iter()
             .filter(|(_, n)| {
-                n.ready && !n.draining && super::placement::can_run(&n.labels, first_labels)
+                n.ready
+                    && !n.draining
+                    && !n.leaving
+                    && super::placement::can_run(&n.labels, first_labels)
             })
             .map(|(id, n)| {
                 let share = n.free_share(node_bytes);

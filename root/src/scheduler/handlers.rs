@@ -51,7 +51,19 @@ pub trait Handler: Send {
     /// outputs kept coming): a handler that gathers outputs should pass them on now, so
     /// results leave as their inputs complete.
     fn idle(&mut self) {}
+
+    /// `None` while the handler can take more. When what it hands on waits for a slow
+    /// consumer (a pipe nobody reads, a slow disk), a future that ends once it has room
+    /// again: meanwhile the root takes no outputs from the nodes and sends them no new
+    /// inputs, yet keeps its connections alive. A handler must never block instead: the
+    /// root's runtime would stall, heartbeats included, and the nodes would drop the root.
+    fn room(&mut self) -> Option<Room> {
+        None
+    }
 }
+
+/// A future that ends once a handler has room again ([`Handler::room`]).
+pub type Room = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The longest a busy root goes without calling [`Handler::idle`].
 pub const IDLE_EVERY: Duration = Duration::from_millis(100);
@@ -243,6 +255,14 @@ impl Handlers {
 
     pub(crate) fn idle(&mut self) {
         self.get().idle();
+    }
+
+    /// Whether the handler has room: `None`, or a future that ends once it has.
+    pub(crate) fn room(&mut self) -> Option<Room> {
+        match &mut self.inner {
+            HandlersInner::Closures(_) => None,
+            HandlersInner::Handler(h) => h.room(),
+        }
     }
 
     /// Hands over one held input.

@@ -61,6 +61,8 @@ pub(crate) struct NodeConn {
     pub credit: Credit,
     pub ready: bool,
     pub draining: bool,
+    /// The user removed it: nothing new is sent to it, and it goes once it holds nothing.
+    pub leaving: bool,
     pub in_items: u64,
     pub in_bytes: u64,
     /// The node's labels: which tasks it can run.
@@ -91,6 +93,7 @@ impl NodeConn {
             credit: Credit { items: 0, bytes: 0 },
             ready: false,
             draining: false,
+            leaving: false,
             in_items: 0,
             in_bytes: 0,
             labels: Vec::new(),

@@ -84,8 +84,9 @@ impl Scheduler {
         }
         tracing::warn!(node = %addr, requeued = back, "node lost: {why}");
         for w in &mut self.waiters {
-            if w.nodes.remove(&id) && w.kind == WaitKind::Setup && w.error.is_none() {
-                w.error = Some(RootError::Setup {
+            if w.nodes.remove(&id) && w.kind == WaitKind::Setup {
+                // Dropped from the run unless too few nodes set it up (`setup_outcome`).
+                self.setup_dropped.push(RootError::Setup {
                     addr: addr.clone(),
                     message: format!("node lost during setup: {why}"),
                 });

@@ -13,6 +13,7 @@
 //! - `commands`: the user's calls (attach, setup, reset, pause, …);
 //! - `observer`: the hook through which the dashboard sees failures and node losses;
 //! - `lost`: a lost node's items back in the queue, silent nodes, no node left;
+//! - `leave`: nodes the user removes, let go once they hold nothing;
 //! - `silence`: nodes that hold items and complete none are lost after a limit;
 //! - `partial`: outputs sent ahead of their input's completion, held until it arrives.
 
@@ -20,6 +21,7 @@ mod commands;
 mod dispatch;
 mod handlers;
 mod inflight;
+mod leave;
 mod ledger;
 mod lost;
 mod observer;
@@ -42,7 +44,7 @@ use protocol::{ErrorKind, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) use handlers::{Delivery, Reply};
-pub use handlers::{Handler, Handlers, IDLE_EVERY, InputDone};
+pub use handlers::{Handler, Handlers, IDLE_EVERY, InputDone, Room};
 #[cfg(feature = "dashboard")]
 pub(crate) use observer::Observer;
 pub(crate) use observer::SharedObserver;
@@ -85,6 +87,12 @@ pub(crate) enum Cmd {
     /// Drops the items not yet sent (those still on the feed channel too); answers how many.
     Unqueue(oneshot::Sender<u64>),
     Nodes(oneshot::Sender<Vec<std::net::SocketAddr>>),
+    /// The node at `addr` gets nothing new and goes once it holds nothing; answers whether
+    /// such a node was attached.
+    Leave {
+        addr: std::net::SocketAddr,
+        reply: Reply<bool>,
+    },
     /// From now on `observer` sees failures and node losses (the nodes lost and attached so
     /// far are replayed to it first).
     #[cfg(feature = "dashboard")]
@@ -198,6 +206,9 @@ pub(crate) struct Scheduler {
     no_nodes_since: Option<tokio::time::Instant>,
     stall: watch::Sender<Option<Stall>>,
     retries: Retries,
+    /// Nodes that failed or were lost during the setup under way: dropped from the run
+    /// (named in a warning) while enough others set it up (`min_nodes`).
+    setup_dropped: Vec<RootError>,
     /// Sees failures and node losses (the dashboard), when one watches.
     observer: Option<SharedObserver>,
 }
@@ -214,6 +225,9 @@ pub(crate) async fn run(
     let mut closing: Option<Reply> = None;
     let mut silence_check = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last_idle = Instant::now();
+    // Set while the handlers have no room (a slow consumer of the outputs): no event is taken
+    // and nothing sent until it ends, while the connections' tasks keep heartbeating.
+    let mut full: Option<handlers::Room> = None;
     loop {
         let room = s.queue.items() < s.options.queue_items as u64
             && s.queue.bytes() < s.options.queue_bytes;
@@ -223,7 +237,11 @@ pub(crate) async fn run(
             .map(|t| t + s.options.no_node_timeout);
         tokio::select! {
             biased;
-            e = events.recv() => match e {
+            () = room_back(&mut full), if full.is_some() => {
+                full = None;
+                s.room_back();
+            }
+            e = events.recv(), if full.is_none() => match e {
                 Some(e) => s.on_event(e),
                 None => break,
             },
@@ -237,15 +255,22 @@ pub(crate) async fn run(
                 s.on_feed(f);
             },
             () = sleep_until(stall_at), if stall_at.is_some() => s.stalled(),
-            _ = silence_check.tick() => s.drop_silent(),
+            // Nodes whose outputs wait on our handlers are not silent.
+            _ = silence_check.tick() => if full.is_none() { s.drop_silent() },
         }
-        s.dispatch().await;
+        if full.is_none() {
+            s.dispatch().await;
+        }
+        s.let_go();
         s.check_waits();
         if events.is_empty() || last_idle.elapsed() >= handlers::IDLE_EVERY {
             last_idle = Instant::now();
             if let Some(h) = s.handlers.as_mut() {
                 h.idle();
             }
+        }
+        if full.is_none() {
+            full = s.handlers.as_mut().and_then(Handlers::room);
         }
     }
     say_goodbye(&mut s, &mut events).await;
@@ -294,6 +319,14 @@ async fn say_goodbye(s: &mut Scheduler, events: &mut crate::events::EventsRx) {
 /// How long closing waits for the nodes to acknowledge the goodbye by closing.
 const BYE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Ends once the handlers that had no room have some again (never without such a wait).
+async fn room_back(full: &mut Option<handlers::Room>) {
+    match full {
+        Some(room) => room.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -333,6 +366,7 @@ impl Scheduler {
             no_nodes_since: None,
             stall,
             retries: Retries::default(),
+            setup_dropped: Vec::new(),
             observer: None,
         }
     }
@@ -475,8 +509,10 @@ impl Scheduler {
         };
         let w = &mut self.waiters[i];
         w.nodes.remove(&node);
-        if error.is_some() && w.error.is_none() {
-            w.error = error;
+        match error {
+            Some(e) if w.kind == WaitKind::Setup => self.setup_dropped.push(e),
+            Some(e) if w.error.is_none() => w.error = Some(e),
+            _ => {}
         }
     }
 
@@ -512,6 +548,7 @@ impl Scheduler {
                 let w = self.waiters.remove(i);
                 let _ = w.reply.send(match w.error {
                     Some(e) => Err(e),
+                    None if w.kind == WaitKind::Setup => self.setup_outcome(),
                     None => Ok(()),
                 });
             } else {

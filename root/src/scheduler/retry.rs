@@ -200,7 +200,9 @@ impl Scheduler {
         let ready: Vec<(NodeId, u64, u64, u64)> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.ready && !n.draining && super::placement::can_run(&n.labels, labels))
+            .filter(|(_, n)| {
+                n.ready && !n.draining && !n.leaving && super::placement::can_run(&n.labels, labels)
+            })
             .map(|(id, n)| {
                 let room = n.room().capped(node_bytes, n.in_bytes);
                 (*id, room.items, room.bytes, n.free_share(node_bytes))

@@ -58,20 +58,21 @@ impl Scheduler {
         fit
     }
 
-    /// The common case (W1): nothing failed, nothing to track or hold back.
+    /// The common case (W1): nothing failed, nothing to track or hold back; each input
+    /// completes in this message, on its first try.
     fn is_plain(&self, id: NodeId, o: &Outputs) -> bool {
         o.failures.is_empty()
             && o.continuations.is_empty()
             && self.attempts.is_empty()
             && self.order.is_none()
-            && self.handlers.as_ref().is_some_and(|h| !h.wants_done())
+            && self.handlers.is_some()
             && self.nodes.get(&id).is_some_and(|n| {
                 n.partials.is_empty() && n.batches.get(&o.seq).is_some_and(|b| b.tries.is_none())
             })
     }
 
     /// Settles a plain message: each fresh input is marked done, then its outputs go straight
-    /// to the handler.
+    /// to the handler, then its completion when the handler wants it (`--joblog`).
     fn settle_plain(&mut self, id: NodeId, o: &Outputs) {
         let (Some(node), Some(handlers)) = (self.nodes.get_mut(&id), self.handlers.as_mut()) else {
             return;
@@ -80,6 +81,9 @@ impl Scheduler {
             return;
         };
         let first = o.first as usize;
+        let wants_done = handlers.wants_done();
+        // One clock read for the message: every input in it completed now.
+        let took = batch.sent.elapsed();
         let mut items = o.items.iter();
         let (mut outputs, mut settled, mut freed_bytes) = (0u64, 0u64, 0u64);
         for (i, &count) in o.counts.0.iter().enumerate() {
@@ -99,6 +103,15 @@ impl Scheduler {
             for _ in 0..count {
                 let Some(item) = items.next() else { break };
                 handlers.output_in(input, item, &o.items.data);
+            }
+            if wants_done {
+                handlers.done(InputDone {
+                    input,
+                    outputs: count,
+                    failed: 0,
+                    attempts: 1,
+                    elapsed: took,
+                });
             }
             outputs += u64::from(count);
         }
@@ -240,6 +253,9 @@ struct Settle<'a> {
     c: Counters,
     /// Inputs whose last descendant completed here.
     finished: Vec<ItemId>,
+    /// When the message arrived: every input it completes took until then (one clock
+    /// read a message, not one an input).
+    now: std::time::Instant,
 }
 
 /// One input's (or descendant's) results in a message.
@@ -273,6 +289,7 @@ impl<'a> Settle<'a> {
             order,
             c: Counters::default(),
             finished: Vec::new(),
+            now: std::time::Instant::now(),
         }
     }
 
@@ -362,7 +379,9 @@ impl<'a> Settle<'a> {
                 outputs: count,
                 failed: r.failures.len() as u32,
                 attempts: attempt.map_or(1, |a| a.count),
-                elapsed: attempt.map_or(r.sent, |a| a.first).elapsed(),
+                elapsed: self
+                    .now
+                    .saturating_duration_since(attempt.map_or(r.sent, |a| a.first)),
             },
             outputs,
             failures: r.failures,

@@ -24,6 +24,17 @@ pub(crate) fn is_silent(holding: bool, progress: Instant, now: Instant, limit: D
     holding && now.saturating_duration_since(progress) > limit
 }
 
+impl super::Scheduler {
+    /// The handlers have room again after a wait: the nodes' outputs waited on us, not on
+    /// them, so each node's clock of progress starts again now.
+    pub(super) fn room_back(&mut self) {
+        let now = Instant::now();
+        for n in self.nodes.values_mut() {
+            n.progress = now;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

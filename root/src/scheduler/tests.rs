@@ -465,3 +465,185 @@ async fn work_handed_back_by_a_node_lost_later_runs_elsewhere_once() {
     assert_eq!(got.sorted_texts(), ["a", "b"]);
     assert!(got.failures().is_empty(), "{:?}", got.failures());
 }
+
+/// A script that counts the batches it gets (and says so on `took`), then acts as `act` says.
+fn counting(calls: &Arc<Mutex<usize>>, took: Arc<Notify>, act: fn(&Items) -> Act) -> Script {
+    let calls = calls.clone();
+    Box::new(move |b| {
+        *calls.lock().unwrap() += 1;
+        took.notify_one();
+        act(b)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_idle_node_gets_nothing_more_and_is_let_go() {
+    let root = Root::new(RootOptions::default());
+    let first = Arc::new(Mutex::new(0));
+    let took = Arc::new(Notify::new());
+    fake(
+        &root,
+        1,
+        counting(&first, took, |b| Act::Reply(vec![echo(b)])),
+    )
+    .await;
+    let got = set_up(&root, 1).await;
+    root.feed(items(3)).await.unwrap();
+    done(&root).await;
+    let addr = SocketAddr::from(([127, 0, 0, 9], 1));
+    assert!(root.remove_node(addr).await.unwrap(), "it was attached");
+    // It held nothing: it is gone before the next call is answered.
+    assert_eq!(root.nodes().await.unwrap(), Vec::<SocketAddr>::new());
+    assert!(!root.remove_node(addr).await.unwrap(), "it is gone");
+    fake(&root, 2, Box::new(|b| Act::Reply(vec![echo(b)]))).await;
+    root.feed(["late"]).await.unwrap();
+    done(&root).await;
+    assert_eq!(*first.lock().unwrap(), 1, "no batch after its removal");
+    assert_eq!(got.outputs().len(), 4);
+    assert_eq!(
+        root.counters().await.unwrap().redispatched,
+        0,
+        "leaving is no loss"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_node_gets_no_new_items_and_what_it_held_runs_once() {
+    let root = Root::new(RootOptions::default());
+    // The first node holds its batch and never answers; it is removed while holding it.
+    let first = Arc::new(Mutex::new(0));
+    let (tell, told) = took();
+    fake(&root, 1, counting(&first, tell, |_| Act::Hold)).await;
+    let got = set_up(&root, 1).await;
+    root.feed(items(6)).await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 9], 1));
+    told.notified().await;
+    assert!(root.remove_node(addr).await.unwrap());
+    assert!(
+        root.nodes().await.unwrap().contains(&addr),
+        "it stays while it holds items"
+    );
+    fake(&root, 2, Box::new(|b| Act::Reply(vec![echo(b)]))).await;
+    let more: Vec<String> = (6..12).map(|i| format!("item-{i}")).collect();
+    root.feed(&more).await.unwrap();
+    // What the first node held comes back once it is lost (silent), and runs on the second.
+    done(&root).await;
+    assert_eq!(*first.lock().unwrap(), 1, "no batch after its removal");
+    let mut want = items(12);
+    want.sort();
+    assert_eq!(got.sorted_texts(), want, "each output once");
+    assert_eq!(
+        root.nodes().await.unwrap(),
+        [SocketAddr::from(([127, 0, 0, 9], 2))]
+    );
+}
+
+/// Attaches a peer that never says anything, not even a heartbeat (a node stopped before it
+/// answered its setup); the returned end must be held, or the peer looks closed.
+async fn silent(root: &Root, port: u16) -> tokio::io::DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let addr = SocketAddr::from(([127, 0, 0, 9], port));
+    let max = protocol::DEFAULT_MAX_FRAME;
+    root.call(|reply| Cmd::Attach {
+        addr,
+        conn: Box::new(Connection::in_memory(ours, max, addr)),
+        workers: 1,
+        labels: Vec::new(),
+        reply,
+    })
+    .await
+    .expect("attach a silent peer");
+    theirs
+}
+
+/// A node that never answers its setup is lost after the heartbeat timeout and dropped from
+/// the run: the setup succeeds on the other node, which runs every input.
+#[tokio::test(start_paused = true)]
+async fn a_node_lost_during_setup_is_dropped_while_another_sets_the_chain_up() {
+    let root = Root::new(RootOptions::default());
+    fake(&root, 1, Box::new(|b| Act::Reply(vec![echo(b)]))).await;
+    let _stopped = silent(&root, 2).await;
+    let got = set_up(&root, 1).await;
+    root.feed(items(50)).await.unwrap();
+    done(&root).await;
+    let mut want = items(50);
+    want.sort();
+    assert_eq!(got.sorted_texts(), want);
+    assert_eq!(root.counters().await.unwrap().nodes, 1);
+}
+
+/// With `min_nodes` 2, the same loss fails the setup, naming the node and why.
+#[tokio::test(start_paused = true)]
+async fn a_setup_that_reaches_fewer_than_min_nodes_fails() {
+    let root = Root::new(RootOptions {
+        min_nodes: 2,
+        ..RootOptions::default()
+    });
+    fake(&root, 1, Box::new(|b| Act::Reply(vec![echo(b)]))).await;
+    let _stopped = silent(&root, 2).await;
+    let err = root
+        .setup_handlers(chain(1), Handlers::new(|_, _| {}))
+        .await
+        .expect_err("one node of two set up");
+    let text = err.to_string();
+    assert!(
+        text.contains("127.0.0.9:2") && text.contains("node lost during setup"),
+        "{text}"
+    );
+}
+
+/// A handler with no room once it got its first outputs, until `open` is notified (a
+/// reader of `pcluster run`'s stdout that does not read).
+struct SlowReader {
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+    open: Arc<Notify>,
+    waited: bool,
+}
+
+impl crate::Handler for SlowReader {
+    fn output(&mut self, _: ItemId, item: &[u8]) {
+        self.got.lock().unwrap().push(item.to_vec());
+    }
+
+    fn room(&mut self) -> Option<crate::Room> {
+        if self.waited || self.got.lock().unwrap().is_empty() {
+            return None;
+        }
+        self.waited = true;
+        let open = self.open.clone();
+        Some(Box::pin(async move { open.notified().await }))
+    }
+}
+
+/// Outputs that wait on a slow handler far past the node's completion limit: the node is
+/// not silent (its outputs wait on us), nothing is sent again, and each output arrives once.
+#[tokio::test(start_paused = true)]
+async fn outputs_waiting_on_a_slow_handler_do_not_make_their_node_silent() {
+    let root = Root::new(RootOptions::default());
+    fake(&root, 1, Box::new(|b| Act::Reply(vec![echo(b)]))).await;
+    let (got, open) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Notify::new()));
+    let reader = SlowReader {
+        got: got.clone(),
+        open: open.clone(),
+        waited: false,
+    };
+    root.setup_handlers(chain(1), Handlers::from_handler(reader))
+        .await
+        .expect("setup");
+    root.feed(items(5000)).await.unwrap();
+    // The reader away for ten minutes; the limit is the task's deadline plus 10 s.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    open.notify_one();
+    done(&root).await;
+    let mut texts: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| String::from_utf8_lossy(o).into_owned())
+        .collect();
+    texts.sort();
+    let mut want = items(5000);
+    want.sort();
+    assert_eq!(texts, want, "each output once");
+    assert_eq!(root.counters().await.unwrap().redispatched, 0);
+}
