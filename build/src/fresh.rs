@@ -43,6 +43,17 @@ pub fn newest_file(path: &Path, skip: &[&str]) -> Option<(SystemTime, PathBuf)> 
     newest
 }
 
+/// Sets `path`'s modification time to `secs` after the epoch (tests of freshness).
+#[cfg(test)]
+pub(crate) fn set_mtime(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    std::fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|f| f.set_modified(t))
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

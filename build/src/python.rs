@@ -375,18 +375,8 @@ fn stage(module: &Path, into: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-
-    fn set_mtime(path: &Path, secs: u64) {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-        std::fs::File::options()
-            .append(true)
-            .open(path)
-            .and_then(|f| f.set_modified(t))
-            .unwrap();
-    }
+    use crate::fresh::set_mtime;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pcluster-{name}-{}", std::process::id()));

@@ -204,15 +204,7 @@ fn ensure_wasm_target(dir: &Path, progress: &dyn Fn(&str)) -> Result<(), BuildEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set_mtime(path: &Path, secs: u64) {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-        std::fs::File::options()
-            .append(true)
-            .open(path)
-            .and_then(|f| f.set_modified(t))
-            .unwrap();
-    }
+    use crate::fresh::set_mtime;
 
     #[test]
     fn a_prebuilt_wasm_is_taken_only_when_newer_than_every_source() {

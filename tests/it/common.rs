@@ -311,3 +311,37 @@ pub fn sorted_lines(path: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// A new cluster key at `dir/cluster.key`, written by `pcluster key new`.
+pub fn new_key(dir: &Path) -> PathBuf {
+    let key = dir.join("cluster.key");
+    let made = pcluster_cmd()
+        .args(["key", "new"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    key
+}
+
+/// Whether componentize-py can build components here; panics in CI when it cannot.
+pub fn componentize_py() -> bool {
+    let found = std::process::Command::new("componentize-py")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "componentize-py is not installed (pip install componentize-py): CI must run the Python tests"
+        );
+        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py)");
+    }
+    found
+}

@@ -207,17 +207,7 @@ async fn a_new_task_crate_runs_as_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_keyed_by_a_key_file_runs_w1_and_an_open_key_file_is_refused() {
     let dir = temp_dir("e2e-key-file");
-    let key = dir.join("cluster.key");
-    let made = pcluster_cmd()
-        .args(["key", "new"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let key = new_key(&dir);
     let key_arg = key.to_str().unwrap();
     let keyed = ["--token-file", key_arg];
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &keyed).await;

@@ -16,7 +16,7 @@ use protocol::auth::Token;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Child, node_process, pcluster, pcluster_cmd, temp_dir, wait_until};
+use crate::common::{Child, new_key, node_process, pcluster, temp_dir, wait_until};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -352,17 +352,7 @@ async fn idle_connections_cannot_keep_a_nodes_lines_out(keyed: bool) {
         return;
     }
     let dir = temp_dir(if keyed { "idle-keyed" } else { "idle-open" });
-    let key = dir.join("cluster.key");
-    let made = pcluster_cmd()
-        .args(["key", "new"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let key = new_key(&dir);
     let extra: Vec<&str> = match keyed {
         true => vec!["--token-file", key.to_str().unwrap()],
         false => Vec::new(),

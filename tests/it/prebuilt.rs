@@ -4,7 +4,7 @@
 //! component holds that package alone: nothing that sits beside it, not even a name.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use crate::common::*;
@@ -111,24 +111,6 @@ async fn no_build_refuses_a_crate_newer_than_its_wasm_and_without_it_the_crate_i
     // Without the flag it is rebuilt and runs.
     demo_words(&run_demo(&dir, &[]));
     assert!(modified(&wasm) > built, "rebuilt");
-}
-
-/// Whether componentize-py can build components here; panics in CI when it cannot.
-fn componentize_py() -> bool {
-    let found = std::process::Command::new("componentize-py")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "componentize-py is not installed (pip install componentize-py): CI must run the Python tests"
-        );
-        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py)");
-    }
-    found
 }
 
 /// Whether `haystack` holds `needle`.

@@ -6,30 +6,12 @@
 //! target dir, so the suite compiles the component once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::common::*;
 
 const LONG: Duration = Duration::from_secs(300);
-
-/// Whether componentize-py can build components here; panics in CI when it cannot.
-fn componentize_py() -> bool {
-    let found = std::process::Command::new("componentize-py")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "componentize-py is not installed (pip install componentize-py): CI must run the Python tests"
-        );
-        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py)");
-    }
-    found
-}
 
 /// The compiled-code cache shared by the nodes of these tests.
 fn cache_dir() -> PathBuf {

@@ -208,17 +208,7 @@ async fn a_flood_from_one_address_cannot_evict_a_root_on_a_slow_link() {
         return;
     }
     let dir = temp_dir("flood");
-    let key = dir.join("cluster.key");
-    let made = pcluster_cmd()
-        .args(["key", "new"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let key = new_key(&dir);
     let keyed = ["--token-file", key.to_str().unwrap()];
     let (_log, log_port) = log_process(&dir.join("cluster.log"), &keyed).await;
     let (_node, port) = node_process("127.0.0.8", 0, log_port, 1, &keyed).await;

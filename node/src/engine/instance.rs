@@ -7,7 +7,8 @@ use wasmtime::{Memory, Store, Trap, TypedFunc};
 
 use super::compile::{CompiledTask, TaskKind};
 use super::component::{Task, WasiState};
-use super::host::{BatchState, HostState, LogCtx, MemLimiter, OutBuf, held_cap};
+use super::host::{BatchState, HostState, LogCtx, OutBuf, held_cap};
+use super::limiter::MemLimiter;
 use super::tags::Convert;
 use super::{EPOCH_TICK, engine};
 use crate::error::{CallError, TaskProblem, TrapCause};

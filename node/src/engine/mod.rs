@@ -11,6 +11,7 @@
 //!   `emit_batch`) of docs/ABI.md.
 //! - [`instance`]: [`TaskInstance`], one sandboxed instance of one task, bounded in time and
 //!   memory; `component_calls` and `native_calls` call component and native Python tasks.
+//! - `limiter`: one store's memories and tables summed under the chain's `memory_mb`.
 //! - `wasi_deadline`: WASI clocks and polls that cannot wait past a call's deadline.
 
 mod cache;
@@ -20,6 +21,7 @@ mod component_calls;
 mod graph;
 mod host;
 mod instance;
+mod limiter;
 mod lru;
 mod native_calls;
 pub mod tags;

@@ -273,51 +273,11 @@ pub(crate) async fn run(
             full = s.handlers.as_mut().and_then(Handlers::room);
         }
     }
-    say_goodbye(&mut s, &mut events).await;
+    leave::say_goodbye(&mut s, &mut events).await;
     if let Some(reply) = closing {
         let _ = reply.send(Ok(()));
     }
 }
-
-/// Tells every node we leave for good so they free themselves at once, and waits (bounded)
-/// for them to acknowledge by closing.
-async fn say_goodbye(s: &mut Scheduler, events: &mut crate::events::EventsRx) {
-    // A node frees itself and then closes the connection: waiting for that close means a
-    // root started after close() returns finds the nodes free. The wait is bounded, and a node whose channel is
-    // full (it stopped reading) is not waited on: it will not read the goodbye either.
-    let deadline = tokio::time::sleep(BYE_WAIT);
-    tokio::pin!(deadline);
-    let mut bye = BytesMut::new();
-    let _ = protocol::codec::encode_frame(&Msg::Bye, &mut bye, 1024);
-    let bye = Frame::whole(bye.freeze());
-    let mut leaving: HashMap<NodeId, std::net::SocketAddr> = HashMap::new();
-    for (id, n) in &s.nodes {
-        if n.tx.try_send(bye.clone()).is_ok() {
-            leaving.insert(*id, n.addr);
-        }
-    }
-    s.nodes.clear();
-    // Dropping the handlers lets them flush whatever they buffer before close() returns.
-    s.handlers = None;
-    while !leaving.is_empty() {
-        tokio::select! {
-            e = events.recv() => match e {
-                Some(Event::Gone(id, _)) => { leaving.remove(&id); }
-                Some(Event::Msg(..)) => {}
-                None => break,
-            },
-            () = &mut deadline => {
-                let addrs: Vec<String> = leaving.values().map(ToString::to_string).collect();
-                tracing::warn!(nodes = %addrs.join(", "), wait_s = BYE_WAIT.as_secs(),
-                    "closing without the nodes' acknowledgement of the goodbye");
-                break;
-            }
-        }
-    }
-}
-
-/// How long closing waits for the nodes to acknowledge the goodbye by closing.
-const BYE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Ends once the handlers that had no room have some again (never without such a wait).
 async fn room_back(full: &mut Option<handlers::Room>) {
