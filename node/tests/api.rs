@@ -108,6 +108,7 @@ async fn a_node_serves_a_chain_and_stops_when_told() {
             send_failed_items: true,
             tagged_items: false,
             withheld: Vec::new(),
+            rtt_us: 0,
         }))
     };
     root.write_message(&setup("whisper")).await.unwrap();

@@ -13,8 +13,13 @@
 //! One function per measurement; [`bench`] runs them in order and [`report::print_report`] prints
 //! what they measured.
 
+mod chaos;
 mod encrypted;
+mod far;
+mod memo;
+mod quick;
 mod report;
+mod scraped;
 mod skew;
 mod w4;
 
@@ -73,6 +78,16 @@ pub struct BenchArgs {
     /// Skip W3 and W5 (skewed and slow work on clusters of their own).
     #[arg(long)]
     pub no_skew: bool,
+    /// Skip the `--memo` rows (W1 cold and warm, W2-long plain, cold and 1 % changed).
+    #[arg(long)]
+    pub no_memo: bool,
+    /// Skip W1 and W4 through a delay proxy at 0, 10 and 50 ms round trips.
+    #[arg(long)]
+    pub no_far: bool,
+    /// Instead of the table, a chaos soak of this many minutes: 4 nodes in network
+    /// namespaces (needs root), W1 runs under overlapping faults, each checked exact.
+    #[arg(long, value_name = "MINUTES", default_value_t = 0)]
+    pub chaos: u64,
 }
 
 /// W1 items measured for the floors (at most).
@@ -128,6 +143,10 @@ struct Report {
     w4: Option<(w4::W4Report, f64)>,
     /// W4 with a token, and its rate over W4's without.
     w4_encrypted: Option<(w4::W4Report, f64)>,
+    /// W4 through a delay proxy, nearest first.
+    w4_far: Vec<w4::W4Report>,
+    /// One-item runs.
+    quick: Option<quick::Quick>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -138,7 +157,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = kit::temp_dir("bench")?;
-    let result = bench_in(args, &dir).await;
+    let result = if args.chaos > 0 {
+        let pcluster = Pcluster::new(std::env::current_exe()?);
+        chaos::run(&pcluster, &dir, args.chaos).await
+    } else {
+        bench_in(args, &dir).await
+    };
     if result.is_err() {
         // Its inputs, outputs and logs, for the failure to be looked into.
         eprintln!(
@@ -184,15 +208,9 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         "--joblog".to_string(),
         joblog.to_string_lossy().into_owned(),
     ];
-    let dashboard = ["--dashboard", "127.0.0.1:0"].map(String::from);
     for (name, n, extra) in [
         ("W1 `pcluster run` process", args.run_items, &[][..]),
         ("W1 `pcluster run --joblog`", args.run_items, &joblog[..]),
-        (
-            "W1 `pcluster run --dashboard`",
-            args.run_items,
-            &dashboard[..],
-        ),
         ("W1 `pcluster run` (root RSS)", args.rss_items, &[][..]),
     ] {
         if n > 0 {
@@ -200,6 +218,34 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
                 &pcluster, &cluster, dir, name, n, w1_floors, extra,
             )?);
         }
+    }
+    if !args.no_memo {
+        if args.run_items > 0 {
+            let n = args.run_items;
+            rows.extend(memo::w1_rows(&pcluster, &cluster, dir, n, w1_floors)?);
+        }
+        let (seeds, iterations) = (args.w2_long_seeds, args.w2_long_iterations);
+        rows.extend(memo::w2_rows(&pcluster, &cluster, dir, seeds, iterations)?);
+    }
+    if !args.no_far && args.run_items > 0 {
+        rows.extend(far::w1_rows(
+            &pcluster,
+            &cluster,
+            dir,
+            args.run_items,
+            w1_floors,
+        )?);
+    }
+    let w4_far = if args.no_far || args.w4_items == 0 {
+        Vec::new()
+    } else {
+        far::w4_reports(&pcluster, &cluster, dir, args.w4_items)?
+    };
+    let quick = Some(quick::one_item(&pcluster, &cluster, dir)?);
+    let scraped_items = args.rss_items.max(args.run_items);
+    if scraped_items > 0 {
+        let row = scraped::w1_dashboard(&pcluster, &cluster, dir, scraped_items, w1_floors);
+        rows.push(row.await?);
     }
     let w4 = if args.w4_items > 0 {
         let options = w4::W4Options {
@@ -272,6 +318,8 @@ async fn bench_in(args: BenchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         scans,
         w4,
         w4_encrypted: encrypted.w4,
+        w4_far,
+        quick,
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -437,7 +485,7 @@ async fn w2(
 /// `extra` options go to `pcluster run` (a joblog, a dashboard).
 fn w1_process(
     pcluster: &Pcluster,
-    cluster: &Cluster,
+    cluster: &dyn cluster::Target,
     dir: &Path,
     name: &str,
     n: u64,
@@ -482,7 +530,7 @@ fn w1_process(
         name: name.into(),
         items: n,
         secs,
-        workers: (cluster.nodes.len() as u64) * u64::from(cluster.workers),
+        workers: cluster.workers(),
         floors,
         note: format!("verified; start-up and setup included; root peak RSS {rss}"),
     })

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use crate::bench::BenchArgs;
 use crate::commands::{
     completions::CompletionsArgs, dashboard::DashboardArgs, key::KeyArgs, log::LogArgs,
-    new::NewArgs, node::NodeArgs, release::ReleaseArgs, scan::ScanArgs, status::StatusArgs,
-    top::TopArgs,
+    memo::MemoArgs, new::NewArgs, node::NodeArgs, release::ReleaseArgs, scan::ScanArgs,
+    status::StatusArgs, top::TopArgs,
 };
 use crate::run::RunArgs;
 
@@ -19,6 +19,7 @@ Examples:
   pcluster run chain.toml -n 10.0.0.7,10.0.0.8 -i items.txt -o out.txt
   pcluster run chain.toml --scan 10.0.0.0/24 --port 6000 -i items.txt --log-host LOGHOST
   pcluster run chain.toml --nodes-file nodes.txt -i items.txt --dashboard 8080
+  pcluster run chain.toml --nodes-dns pcluster-node.default.svc.cluster.local -i items.txt
   seq 1000 | pcluster run chain.toml -n 10.0.0.7 --keep-order > out.txt
   pcluster run chain.toml -i items.txt -o out.txt --joblog jobs.log --resume   # after a stop";
 
@@ -55,8 +56,8 @@ pub enum Command {
     #[command(after_help = NODE_EXAMPLES)]
     Node(NodeArgs),
     /// Run a chain: items from --input (or stdin), one per line; outputs to --output (or
-    /// stdout), one per line. Without --nodes, --nodes-file or --scan, runs on an embedded
-    /// local cluster.
+    /// stdout), one per line. Without --nodes, --nodes-file, --nodes-dns or --scan, runs on
+    /// an embedded local cluster.
     #[command(after_help = RUN_EXAMPLES)]
     Run(Box<RunArgs>),
     /// Scan a network for nodes and print a table.
@@ -73,6 +74,8 @@ pub enum Command {
     New(NewArgs),
     /// Make a cluster key (`pcluster key new PATH`) for --token-file.
     Key(KeyArgs),
+    /// The result store of `pcluster run --memo DIR`: `stats`, `gc`, `clear`.
+    Memo(MemoArgs),
     /// Print a shell's completion script: `source <(pcluster completions bash)`.
     Completions(CompletionsArgs),
     /// Benchmark W1/W2 on a local cluster and print a table (built with the `bench` feature).
@@ -94,6 +97,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Release(a) => release::run(a),
         Command::New(a) => new::run(a),
         Command::Key(a) => key::run(a),
+        Command::Memo(a) => crate::commands::memo::run(a),
         Command::Completions(a) => crate::commands::completions::run(a),
         #[cfg(feature = "bench")]
         Command::Bench(a) => crate::bench::run(a),

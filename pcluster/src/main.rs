@@ -6,9 +6,9 @@
 mod bench;
 mod cli;
 mod commands;
+mod discovery;
 mod embedded;
 mod json;
-mod nodes_file;
 mod run;
 mod setup;
 mod table;

@@ -262,37 +262,36 @@ pub async fn node_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr>
 #[derive(clap::Args, Debug)]
 pub struct NodeList {
     /// Node addresses (`host[:port]`, `[v6]:port`).
-    #[arg(required_unless_present = "nodes_file")]
+    #[arg(required_unless_present_any = ["nodes_file", "nodes_dns"])]
     pub nodes: Vec<String>,
     /// Node addresses in a file, one `host[:port]` a line (`#` comments), after those given.
     #[arg(long, value_name = "FILE")]
     pub nodes_file: Option<PathBuf>,
+    /// Every A/AAAA record of NAME (`NAME[:PORT]`) as a node address, after those given.
+    #[arg(long, value_name = "NAME")]
+    pub nodes_dns: Option<String>,
     /// Port of entries that name none.
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
 }
 
 impl NodeList {
-    /// Each entry, resolved, then the file's entries not given before.
+    /// Each entry, resolved, then the file's and the name's addresses not given before.
     ///
     /// # Errors
-    /// As [`node_addr`] and [`crate::nodes_file::NodesFile::read`].
+    /// As [`node_addr`] and [`crate::discovery::Sources::read_once`].
     pub async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
         let mut out = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             out.push(node_addr(n, self.port).await?);
         }
-        if let Some(path) = &self.nodes_file {
-            let file = crate::nodes_file::NodesFile {
-                path: path.clone(),
-                port: self.port,
-            };
-            for a in file.read().await? {
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
-        }
+        let sources = crate::discovery::Sources {
+            nodes_file: self.nodes_file.clone(),
+            nodes_dns: self.nodes_dns.clone(),
+            port: self.port,
+            rescan: None,
+        };
+        sources.read_once(&mut out).await?;
         Ok(out)
     }
 }

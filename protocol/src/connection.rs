@@ -332,6 +332,9 @@ pub struct Connection {
     /// Writing half.
     pub writer: MessageWriter,
     peer: SocketAddr,
+    /// The round trip of the handshake's first exchange, as the connecting side measured it
+    /// (zero on the accepting side).
+    rtt: std::time::Duration,
 }
 
 /// Read buffer of an authenticated connection: room for many frames per read call.
@@ -392,6 +395,7 @@ impl Connection {
             reader: MessageReader {
                 inner: FramedRead::with_capacity(r, MessageCodec::new(max_frame), read),
             },
+            rtt: std::time::Duration::ZERO,
             writer: MessageWriter {
                 inner: WriteHalf::Tcp(w),
                 buf: BytesMut::with_capacity(write),
@@ -411,6 +415,7 @@ impl Connection {
     pub fn in_memory(stream: DuplexStream, max_frame: usize, peer: SocketAddr) -> Self {
         let (r, w) = tokio::io::split(stream);
         Connection {
+            rtt: std::time::Duration::ZERO,
             reader: MessageReader {
                 inner: FramedRead::with_capacity(
                     ReadHalf::Memory(r),
@@ -439,6 +444,17 @@ impl Connection {
     /// The peer's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The round trip to the peer, measured on the handshake's first exchange by the side
+    /// that connected (zero on the side that accepted): what a window must cover to keep the
+    /// link busy.
+    pub fn handshake_rtt(&self) -> std::time::Duration {
+        self.rtt
+    }
+
+    pub(crate) fn set_handshake_rtt(&mut self, rtt: std::time::Duration) {
+        self.rtt = rtt;
     }
 
     /// See [`MessageReader::read_message`].

@@ -294,6 +294,7 @@ mod tests {
             send_failed_items: false,
             tagged_items: false,
             withheld: Vec::new(),
+            rtt_us: 0,
         }));
         let mut buf = BytesMut::new();
         encode_frame(&msg, &mut buf, 64 << 20).unwrap();

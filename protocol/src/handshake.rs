@@ -32,7 +32,7 @@ use crate::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 pub const MAGIC: &[u8; 8] = b"PCLUSTER";
 /// The protocol version this build speaks (2: the encrypted wire; 3: batches with gaps; 4:
 /// setup progress; 5: tokens stretched by argon2id).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Set in the role byte by a client that holds a token and so speaks Noise next.
 pub const SECURE: u8 = 0x80;
 
@@ -271,6 +271,7 @@ async fn connect_inner(
     pre.extend_from_slice(MAGIC);
     pre.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     pre.push(role.byte() | if token.is_some() { SECURE } else { 0 });
+    let sent = std::time::Instant::now();
     stream.write_all(&pre).await?;
     let mut answer = [0u8; 11];
     stream.read_exact(&mut answer).await.map_err(|e| {
@@ -280,6 +281,8 @@ async fn connect_inner(
             ProtocolError::Io(e)
         }
     })?;
+    // The node answers the preamble at once: one round trip, before any cryptography.
+    let rtt = sent.elapsed();
     if &answer[..8] != MAGIC {
         return Err(ProtocolError::BadMagic);
     }
@@ -293,6 +296,7 @@ async fn connect_inner(
     };
     let secure = keys.is_some();
     let mut conn = Connection::for_handshake(stream, keys);
+    conn.set_handshake_rtt(rtt);
     // Sealed, the nonce is of no use: the keys are fresh. In the clear it stays as it was.
     let nonce = if secure {
         Vec::new()

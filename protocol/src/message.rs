@@ -256,6 +256,10 @@ pub struct Setup {
     /// task it can run (by its labels) uses them, so it neither receives nor compiles them.
     #[serde(deserialize_with = "bounded::seq")]
     pub withheld: Vec<Withheld>,
+    /// The round trip between root and node in microseconds, as the root measured it: the
+    /// node's credit window covers it as well as the work, so a far node never idles
+    /// waiting for items.
+    pub rtt_us: u64,
 }
 
 /// A module a node does not receive (see [`Setup::withheld`]), with what the node must know

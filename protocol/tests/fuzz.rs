@@ -118,6 +118,7 @@ fn every_message() -> Vec<Msg> {
                 module: 1,
                 component: true,
             }],
+            rtt_us: 52_000,
         })),
         Msg::Items(Items {
             seq: 3,

@@ -100,6 +100,12 @@ class Root:
             print(f"found {found} node(s): {', '.join(self.nodes()) or 'none'}", file=sys.stderr)
         return found
 
+    def search_dns(self, name: str, port: int = 6000) -> int:
+        """Adds a node at every address ``name`` resolves to (all its A/AAAA records, e.g. a
+        Kubernetes headless service) on ``port``; returns how many were added. Resolved once:
+        call it again to add addresses that appeared since."""
+        return self._native.search_dns(str(name), int(port))
+
     def nodes(self) -> List[str]:
         """The nodes attached, as ``host:port``."""
         return self._native.nodes()

@@ -241,6 +241,14 @@ impl Root {
         Ok(report.free.len())
     }
 
+    /// Adds a node at every address `name` resolves to (each A/AAAA record once) on `port`;
+    /// returns how many were added (the others did not answer or are held by another root).
+    fn search_dns(&self, py: Python<'_>, name: &str, port: u16) -> PyResult<usize> {
+        let root = self.current()?;
+        let added = self.wait(py, root.search_dns(name, port))?;
+        Ok(added.iter().filter(|(_, r)| r.is_ok()).count())
+    }
+
     /// Sets the chain file at `path` up on every node (`name`/`version` override the
     /// file's). `on_output(bytes)` gets every output; `on_failure(input, node, task,
     /// item_start, input_item, message)` every failed item.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use protocol::Frame;
 use protocol::handshake::{self, Role};
+
+use crate::scheduler::Blame;
 use protocol::{Connection, Msg, NodeId, NodeStatus, SessionId, Welcome};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,8 +22,8 @@ use crate::events::EventsTx;
 pub(crate) enum Event {
     /// A message from the node.
     Msg(NodeId, Msg),
-    /// The connection ended.
-    Gone(NodeId, String),
+    /// The connection ended: why, and whether its items may be blamed.
+    Gone(NodeId, String, crate::scheduler::Blame),
 }
 
 /// Connects to `addr` and runs the handshake in `role`.
@@ -72,17 +74,19 @@ pub(crate) fn spawn(
                         return;
                     }
                 }
-                Ok(Ok(None)) => break "connection closed".to_string(),
-                Ok(Err(e)) => break e.to_string(),
+                Ok(Ok(None)) => break ("connection closed".to_string(), Blame::Items),
+                Ok(Err(e)) => break (e.to_string(), Blame::Items),
                 Err(_) => {
-                    break format!(
+                    let why = format!(
                         "no message or heartbeat for {} s",
                         heartbeat_timeout.as_secs()
                     );
+                    break (why, Blame::Link);
                 }
             }
         };
-        let _ = events.send(Event::Gone(id, why)).await;
+        let (why, blame) = why;
+        let _ = events.send(Event::Gone(id, why, blame)).await;
     });
     tx
 }

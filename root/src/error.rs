@@ -85,9 +85,19 @@ pub enum RootError {
         /// Nodes that were lost, comma-separated.
         lost: String,
     },
+    /// A name given to [`crate::Root::search_dns`] does not resolve.
+    #[error("cannot resolve {name}: {source}")]
+    Resolve {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A packed batch given to feed is not well formed.
     #[error("a packed batch to feed is malformed: {0}")]
     Packed(#[from] protocol::PackedError),
+    /// Answers given to feed do not fit it (`Root::feed_answered`).
+    #[error("answers to feed do not fit the inputs: {0}")]
+    Answers(&'static str),
     /// An input item is larger than allowed.
     #[error("item of {size} bytes exceeds the per-item limit of {limit} bytes")]
     ItemTooLarge {

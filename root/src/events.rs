@@ -116,9 +116,13 @@ mod tests {
         // 60 more bytes do not fit until the first message is taken; an event without
         // bytes always does.
         assert!(blocked(tx.send(outputs(60))).await, "waits for room");
-        tx.send(Event::Gone(NodeId(2), "closed".into()))
-            .await
-            .unwrap();
+        tx.send(Event::Gone(
+            NodeId(2),
+            "closed".into(),
+            crate::scheduler::Blame::Items,
+        ))
+        .await
+        .unwrap();
         let second = tokio::spawn({
             let tx = tx.clone();
             async move { tx.send(outputs(60)).await }

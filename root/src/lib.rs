@@ -8,7 +8,8 @@
 //! - [`blocking`]: [`blocking::BlockingRoot`], the same API for callers without async.
 //! - [`chain`]: chain files, their modules turned into wasm by a [`chain::Modules`].
 //! - [`native`]: native Python tasks' sources packed to travel with the chain.
-//! - [`scan`]: finding nodes on a network.
+//! - [`scan`]: finding nodes on a network; `membership`: nodes joining (one by one, all at
+//!   once, by a scan) and leaving.
 //! - `conn`: one node connection (reader and writer tasks); `events`: the channel from them
 //!   to the scheduler, bounded in messages and bytes.
 //! - `options`: [`RootOptions`]; `probe`: [`node_status`] and [`release_node`].
@@ -47,6 +48,7 @@
 //! }
 //! ```
 
+mod answered;
 pub mod blocking;
 pub mod chain;
 mod conn;
@@ -56,6 +58,7 @@ pub mod error;
 mod events;
 mod failure;
 pub mod graph;
+mod membership;
 pub mod native;
 mod options;
 mod probe;
@@ -66,7 +69,6 @@ mod tried;
 
 use std::net::SocketAddr;
 
-use protocol::handshake::Role;
 use protocol::{NodeStatus, Packed};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
@@ -76,7 +78,7 @@ pub use options::RootOptions;
 pub use probe::{node_status, release_node};
 pub use protocol::{ChainSpec, Holder, ItemId, Limits, TaskIndex, TaskSpec};
 pub use scan::ScanReport;
-pub use scheduler::{Counters, Handler, Handlers, InputDone, Room};
+pub use scheduler::{Answers, Counters, Handler, Handlers, InputDone, Room};
 
 use scheduler::{Cmd, Feed, Stall};
 use tried::Tried;
@@ -179,8 +181,8 @@ impl Root {
     /// As [`Root::add_node`].
     pub async fn with_nodes(options: RootOptions, addrs: &[SocketAddr]) -> Result<Root, RootError> {
         let root = Root::new(options);
-        for a in addrs {
-            root.add_node(*a).await?;
+        for r in root.add_nodes(addrs).await {
+            r?;
         }
         Ok(root)
     }
@@ -221,84 +223,6 @@ impl Root {
         if let Ok(mut t) = self.tried.lock() {
             t.add(what);
         }
-    }
-
-    /// Connects to the node at `addr` and adds it; with a chain set up, the node gets it
-    /// and starts taking items (nodes may join a running cluster).
-    ///
-    /// # Errors
-    /// Unreachable, not a pcluster node, authentication failed, or busy with another root.
-    pub async fn add_node(&self, addr: SocketAddr) -> Result<(), RootError> {
-        let r = self.attach(addr).await;
-        if let Err(e) = &r {
-            self.note_tried(format!("{addr}: {e}"));
-        }
-        r
-    }
-
-    /// Removes the node at `addr` from the run: it gets no new items, and once the items it
-    /// holds are done (their outputs handed over as usual) it is told goodbye and freed. If
-    /// it is lost before that, its items are sent elsewhere as for any lost node. Returns
-    /// whether such a node was attached (a node still finishing its items counts).
-    ///
-    /// # Errors
-    /// Shut down.
-    pub async fn remove_node(&self, addr: SocketAddr) -> Result<bool, RootError> {
-        self.call(|reply| Cmd::Leave { addr, reply }).await
-    }
-
-    async fn attach(&self, addr: SocketAddr) -> Result<(), RootError> {
-        let (conn, welcome) = conn::connect(addr, Role::Root, &self.options, None).await?;
-        if let Some(holder) = welcome.busy_with {
-            return Err(RootError::Busy {
-                addr: addr.to_string(),
-                holder: holder.root,
-                held_s: holder.held_s,
-            });
-        }
-        self.call(|reply| Cmd::Attach {
-            addr,
-            conn: Box::new(conn),
-            workers: welcome.workers,
-            labels: welcome.labels,
-            reply,
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Scans every host of `network` on `port` and adds the free pcluster nodes it finds.
-    ///
-    /// # Errors
-    /// Only when the root has shut down: unreachable hosts, other services, busy or
-    /// unauthenticated nodes are reported in the [`ScanReport`], not as errors.
-    pub async fn search_nodes(
-        &self,
-        network: ipnetwork::IpNetwork,
-        port: u16,
-    ) -> Result<ScanReport, RootError> {
-        let mut report = scan::scan(network, port, &self.options).await;
-        let mut added = Vec::new();
-        for node in std::mem::take(&mut report.free) {
-            match self.add_node(node).await {
-                Ok(()) => added.push(node),
-                Err(RootError::Closed) => return Err(RootError::Closed),
-                Err(e) => {
-                    tracing::warn!("could not add {node}: {e}");
-                    report.failed.push((node, e.to_string()));
-                }
-            }
-        }
-        if added.is_empty() {
-            self.note_tried(format!(
-                "a scan of {network} port {port} found no free node ({} hosts: {} busy, {} not authenticated)",
-                report.hosts,
-                report.busy.len(),
-                report.unauthenticated.len()
-            ));
-        }
-        report.free = added;
-        Ok(report)
     }
 
     /// Sets `chain` up on every node. `on_output` gets every output item with the id of its
@@ -422,6 +346,7 @@ impl Root {
         let feed = Feed {
             start: first.0,
             items,
+            answers: None,
         };
         tokio::select! {
             sent = feeder.tx.send(feed) => sent.map_err(|_| RootError::Closed)?,

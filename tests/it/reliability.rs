@@ -593,6 +593,7 @@ async fn a_silent_root_is_dropped_after_the_root_timeout() {
         send_failed_items: false,
         tagged_items: false,
         withheld: Vec::new(),
+        rtt_us: 0,
     };
     conn.write_message(&Msg::Setup(Box::new(setup)))
         .await
@@ -887,6 +888,7 @@ async fn abuse_node(node: SocketAddr, i: u64) -> Result<(), String> {
                 send_failed_items: false,
                 tagged_items: false,
                 withheld: Vec::new(),
+                rtt_us: 0,
             }));
             conn.write_message(&msg).await.map_err(|e| e.to_string())?;
             loop {

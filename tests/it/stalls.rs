@@ -342,3 +342,44 @@ async fn a_quick_run_still_delivers_its_log_lines() {
     })
     .await;
 }
+
+/// Issue #24's full disk: output and joblog on a 20 MiB tmpfs that W1's outputs overflow. The
+/// run ends with exit 1 naming the file; both files moved to a bigger disk, `--resume`
+/// completes the run, and the output holds W1's outputs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_a_full_disk_resumes_exactly_on_a_bigger_one() {
+    let c = Cluster::start("stall-resume").await;
+    let Some(small) = Tmpfs::mount(&c.dir, 20 << 10) else {
+        return;
+    };
+    // About 30 MB of outputs on 20 MiB.
+    let n = 2_500_000;
+    let input = c.dir.join("in.txt");
+    kit::write_w1_input(&input, n).unwrap();
+    let run_on = |dir: &Path, resume: bool| {
+        let mut cmd = w1_run(&c.addrs(), &input);
+        cmd.arg("-q")
+            .arg("--joblog")
+            .arg(dir.join("joblog"))
+            .arg("--output")
+            .arg(dir.join("output"));
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd
+    };
+    let first = output_of(run_on(&small.0, false)).await;
+    let errors = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{errors}");
+    assert!(errors.contains("No space left"), "{errors}");
+    let big = c.dir.join("bigger");
+    std::fs::create_dir_all(&big).unwrap();
+    for f in ["joblog", "output"] {
+        std::fs::copy(small.0.join(f), big.join(f)).unwrap();
+    }
+    drop(small);
+    let resumed = output_of(run_on(&big, true)).await;
+    let errors = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{errors}");
+    assert_w1(&std::fs::read(big.join("output")).unwrap(), n);
+}

@@ -12,14 +12,22 @@
 //! | W1: inputs, expected outputs, the exact check of outputs | `w1.rs` |
 //! | the native floors: W1 and W2 through tasks-example's own functions | `floors.rs` |
 //! | a slow link: a TCP proxy delaying every byte each way | `proxy.rs` |
+//! | a plain HTTP GET, percent-encoding | `http.rs` |
+//! | a real Prometheus server scraping targets, and its queries | `prometheus.rs` |
+//! | hosts of their own: network namespaces on a bridge, links cut and shaped, nodes in them | `netns.rs` |
+//! | a chaos soak: W1 runs on nodes in namespaces under random overlapping faults | `chaos.rs` |
 //!
 //! Everything here returns typed errors ([`Error`]) rather than panicking: the bench is a
 //! command. The integration tests wrap what they use in panicking helpers.
 
 mod chain;
+mod chaos;
 mod cpu;
 mod floors;
+mod http;
+mod netns;
 mod process;
+mod prometheus;
 mod proxy;
 mod rss;
 mod w1;
@@ -34,8 +42,12 @@ pub use chain::{
     TaskDef, W1_TASKS, chain_file_text, chain_spec, repo, tasks_example_dir, tasks_example_wasm,
     w1_chain, write_chain_file,
 };
+pub use chaos::{ChaosOptions, ChaosReport, Fault, soak};
 pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
+pub use netns::{Hosts, NODE_PORT};
+pub use http::{http_get, url_encode};
+pub use prometheus::{Job, Prometheus, free_addr};
 pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe, spawn_server};
 pub use proxy::DelayProxy;
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
@@ -84,9 +96,37 @@ pub enum Error {
     /// The example tasks could not be built for wasm32.
     #[error("cannot build the example tasks: {0}")]
     BuildTasks(String),
+    /// A program the kit needs is not installed.
+    #[error("not installed: {0}")]
+    Missing(&'static str),
     /// The `pcluster` executable could not be built.
     #[error("cannot build the pcluster executable: {0}")]
     BuildPcluster(String),
+    /// Network namespaces cannot be used here (not root, no iproute2, no namespace
+    /// support): tests that need them skip, except in CI.
+    #[error("network namespaces are not available: {0}")]
+    NoNamespaces(String),
+    /// A command (of iproute2) failed.
+    #[error("{command} failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// A route did not leave through the interface the harness set up for it.
+    #[error("the route to {to} is `{route}`, not through {expected}")]
+    Route {
+        /// The destination.
+        to: String,
+        /// What `ip route get` said.
+        route: String,
+        /// The interface it should use.
+        expected: String,
+    },
+    /// A chaos soak went wrong: a run failed or its outputs were not exact.
+    #[error("chaos soak: {0}")]
+    Chaos(String),
     /// A file or directory could not be read or written.
     #[error("{action} {}", path.display())]
     Io {

@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::guests::Guests;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub(super) struct Gate {
     cap: usize,
     guests: Mutex<Guests<CancellationToken>>,
+    /// Guests evicted since the node started.
+    evicted: AtomicU64,
 }
 
 impl Gate {
@@ -27,6 +30,7 @@ impl Gate {
         Gate {
             cap: cap.max(1),
             guests: Mutex::new(Guests::default()),
+            evicted: AtomicU64::new(0),
         }
     }
 
@@ -44,7 +48,13 @@ impl Gate {
             victim.cancel();
             evicted += 1;
         }
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
+    }
+
+    /// Guests evicted since the node started.
+    pub(super) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Connection `id` is a guest no more (it proved itself, claimed the node, or ended).

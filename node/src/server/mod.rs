@@ -6,13 +6,17 @@
 //! - [`node`]: the node's shared state: who holds it (claims, orphans, releases) and its
 //!   chain, all under one lock; its status.
 //! - [`root`]: serving the root that holds the node.
+//! - [`metrics`]: the node's Prometheus metrics (`NodeConfig::metrics`);
+//!   [`totals`] keeps the counters of chains that ended for them.
 //! - [`gate`]: guests (connections whose first message has not proved the token, or
 //!   without a token not holding the node) hold few slots: past a cap the oldest guest of
 //!   the source with the most is evicted.
 
 mod gate;
+mod metrics;
 mod node;
 mod root;
+mod totals;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +82,8 @@ pub struct NodeConfig {
     pub labels: Vec<String>,
     /// Native Python tasks: whether they run here, and with which interpreter.
     pub native: crate::native::NativeConfig,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +105,7 @@ impl Default for NodeConfig {
             cache_mb: NodeConfig::DEFAULT_CACHE_MB,
             labels: Vec::new(),
             native: crate::native::NativeConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -144,6 +151,12 @@ pub enum NodeError {
          cluster token (--token-file, --token or PCLUSTER_TOKEN)"
     )]
     NativeWithoutToken,
+    /// The metrics address cannot be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The reserved label given by hand.
     #[error("the label `native` is reserved: nodes get it with --allow-native")]
     ReservedLabel,
@@ -179,6 +192,9 @@ pub async fn run(
         natives: crate::native::Natives::new(config.native.clone(), config.cache_dir.as_deref()),
         config,
     });
+    if let Some(addr) = node.config.metrics {
+        metrics::start(node.clone(), addr, shutdown.clone()).await?;
+    }
     let limit = Arc::new(Semaphore::new(node.config.max_connections));
     let tracker = TaskTracker::new();
     tracing::info!(

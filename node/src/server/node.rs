@@ -51,15 +51,24 @@ pub(super) struct Slot {
     pub(super) pool: Option<Arc<PoolShared>>,
     /// Counters of the last chain, shown until the next setup.
     pub(super) last_tasks: Vec<protocol::TaskCounters>,
+    /// Counters of every chain that ended, for the node's metrics.
+    pub(super) totals: super::totals::TaskTotals,
 }
 
 impl Slot {
     /// Drops the chain, keeping its counters for status.
     fn drop_chain(&mut self) {
+        self.retire_pool();
+        self.chain = None;
+    }
+
+    /// Stops showing the pool as live: its counters become the last chain's, and count in
+    /// the node's totals.
+    pub(super) fn retire_pool(&mut self) {
         if let Some(p) = self.pool.take() {
             self.last_tasks = p.task_counters();
+            self.totals.add(&p.chain.name, &self.last_tasks);
         }
-        self.chain = None;
     }
 
     /// Refuses `conn` when another root holds the node over a live connection.
@@ -181,6 +190,7 @@ impl Node {
         let mut slot = self.slot();
         match &slot.owner {
             Some(o) if o.conn == conn => {
+                slot.retire_pool();
                 slot.chain = Some((pool.chain.name.clone(), pool.chain.version.clone()));
                 slot.pool = Some(pool.clone());
                 Ok(())
@@ -218,10 +228,7 @@ impl Node {
     pub(super) fn disconnected(self: &Arc<Self>, conn: u64, said_bye: bool) {
         let mut guard = self.slot();
         let slot = &mut *guard;
-        let Some(owner) = slot.owner.as_mut() else {
-            return;
-        };
-        if owner.conn != conn {
+        if slot.owner.as_ref().is_none_or(|o| o.conn != conn) {
             return;
         }
         if said_bye || slot.chain.is_none() {
@@ -229,9 +236,10 @@ impl Node {
             slot.owner = None;
             return;
         }
-        if let Some(p) = slot.pool.take() {
-            slot.last_tasks = p.task_counters();
-        }
+        slot.retire_pool();
+        let Some(owner) = slot.owner.as_mut() else {
+            return;
+        };
         let since = Instant::now();
         owner.orphaned_since = Some(since);
         tracing::info!(node = &*self.addr, root = %owner.root, grace_s = self.config.orphan_grace.as_secs(),

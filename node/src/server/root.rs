@@ -229,6 +229,7 @@ impl Session {
         self.pool = None;
         let started = Instant::now();
         let whole_items = setup.send_failed_items;
+        let rtt_ns = setup.rtt_us.saturating_mul(1000);
         let set_up = setup_chain(&node, setup, self.tx.clone())
             .await
             .map_err(RequestError::from)
@@ -248,6 +249,7 @@ impl Session {
         p.shared
             .send_failed_items
             .store(whole_items, Ordering::Relaxed);
+        p.shared.rtt_ns.store(rtt_ns, Ordering::Relaxed);
         let credit = p.shared.credit();
         p.shared
             .announced

@@ -16,8 +16,10 @@ pub(crate) const UNIT_TARGET_NS: u64 = 2_000_000;
 pub(crate) const HORIZON_NS: u64 = 50_000_000;
 /// Most inputs in one work unit.
 pub(crate) const MAX_UNIT: u32 = 4096;
-/// Most items a node asks for per worker.
-pub(crate) const MAX_WINDOW_PER_WORKER: u64 = 128 * 1024;
+/// Most items a node asks for per worker (the window's bytes are bounded apart).
+pub(crate) const MAX_WINDOW_PER_WORKER: u64 = 512 * 1024;
+/// The longest round trip a window grows for: a root claiming more gets no bigger window.
+pub(crate) const MAX_RTT_NS: u64 = 1_000_000_000;
 /// Items per worker a node asks for before it has measured anything.
 pub(crate) const FIRST_WINDOW_PER_WORKER: u64 = 2;
 /// Items of a fan-out a worker keeps when the cost of what follows is not measured yet.
@@ -33,12 +35,17 @@ pub(crate) fn unit_size(item_ns: Option<u64>) -> u32 {
     }
 }
 
-/// The credit window in items for `workers` workers and items of `item_ns`: about
-/// [`HORIZON_NS`] of work per worker, at least one item each.
-pub(crate) fn window_items(item_ns: Option<u64>, workers: u32) -> u32 {
+/// The credit window in items for `workers` workers, items of `item_ns` and a round trip of
+/// `rtt_ns` to the root: about [`HORIZON_NS`] of work per worker plus the round trip, so
+/// that the items the root sends as answers come back arrive before the worker runs dry
+/// (the bandwidth-delay product of the link, in work). At least one item each.
+pub(crate) fn window_items(item_ns: Option<u64>, workers: u32, rtt_ns: u64) -> u32 {
     let per_worker = match item_ns {
         None => FIRST_WINDOW_PER_WORKER,
-        Some(ns) => (HORIZON_NS / ns.max(1)).clamp(1, MAX_WINDOW_PER_WORKER),
+        Some(ns) => {
+            let horizon = HORIZON_NS + rtt_ns.min(MAX_RTT_NS);
+            (horizon / ns.max(1)).clamp(1, MAX_WINDOW_PER_WORKER)
+        }
     };
     (per_worker * u64::from(workers.max(1))).min(u64::from(u32::MAX)) as u32
 }
@@ -127,22 +134,33 @@ mod tests {
     #[test]
     fn nothing_measured_means_little_work_in_small_units() {
         assert_eq!(unit_size(None), 1);
-        assert_eq!(window_items(None, 3), 6);
+        assert_eq!(window_items(None, 3, 0), 6);
+        assert_eq!(window_items(None, 3, 50_000_000), 6, "nothing measured: still little");
     }
 
     #[test]
     fn cheap_items_go_in_thousands_and_slow_ones_one_by_one() {
         // W1: ~50 ns an item.
         assert_eq!(unit_size(Some(50)), MAX_UNIT);
-        assert_eq!(window_items(Some(50), 2), 2 * 128 * 1024);
+        assert_eq!(window_items(Some(50), 2, 0), 2 * 512 * 1024);
         // 1 µs: 2,000 a unit, 50,000 a worker.
         assert_eq!(unit_size(Some(1_000)), 2_000);
-        assert_eq!(window_items(Some(1_000), 1), 50_000);
+        assert_eq!(window_items(Some(1_000), 1, 0), 50_000);
         // W5: ~300 ms an item: one at a time per worker.
         assert_eq!(unit_size(Some(300_000_000)), 1);
-        assert_eq!(window_items(Some(300_000_000), 2), 2);
+        assert_eq!(window_items(Some(300_000_000), 2, 0), 2);
         // ~5 ms: ten per worker, so no node holds more than ~50 ms per worker.
-        assert_eq!(window_items(Some(5_000_000), 1), 10);
+        assert_eq!(window_items(Some(5_000_000), 1, 0), 10);
+    }
+
+    #[test]
+    fn a_far_root_gets_a_window_covering_the_round_trip() {
+        // 1 µs items, 50 ms away: 50 ms of work plus 50 ms in flight.
+        assert_eq!(window_items(Some(1_000), 1, 50_000_000), 100_000);
+        // ~5 ms items, 10 ms away: twelve per worker instead of ten.
+        assert_eq!(window_items(Some(5_000_000), 2, 10_000_000), 24);
+        // A root claiming an hour's round trip gets a second's worth at most.
+        assert_eq!(window_items(Some(10_000), 1, u64::MAX), 105_000);
     }
 
     #[test]
@@ -150,7 +168,7 @@ mod tests {
         assert_eq!(blend(None, 3_000, 3), 1_000);
         // One 300 ms item after a 1 ms estimate: halfway at once, so the window shrinks.
         assert_eq!(blend(Some(1_000_000), 300_000_000, 1), 150_500_000);
-        assert_eq!(window_items(Some(150_500_000), 1), 1);
+        assert_eq!(window_items(Some(150_500_000), 1, 0), 1);
         // One 100 ns item after a 50 ns estimate: barely moves.
         let e = blend(Some(50), 100, 1);
         assert!((50..52).contains(&e), "{e}");

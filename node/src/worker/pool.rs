@@ -70,6 +70,8 @@ pub struct PoolShared {
     measured: AtomicBool,
     /// Credit last announced to the root (items).
     pub announced: AtomicU64,
+    /// The round trip to the root (as it measured it): the window covers it too.
+    pub rtt_ns: AtomicU64,
     pub(super) paused: Mutex<bool>,
     pub(super) resume: Condvar,
     pub(super) stop: AtomicBool,
@@ -100,6 +102,7 @@ impl PoolShared {
             avg_item_ns: AtomicU64::new(item_ns.unwrap_or(0)),
             measured: AtomicBool::new(item_ns.is_some()),
             announced: AtomicU64::new(0),
+            rtt_ns: AtomicU64::new(0),
             paused: Mutex::new(false),
             resume: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -156,7 +159,11 @@ impl PoolShared {
     /// The credit window the node wants now.
     pub fn credit(&self) -> Credit {
         Credit {
-            items: grant::window_items(self.item_ns(), self.workers),
+            items: grant::window_items(
+                self.item_ns(),
+                self.workers,
+                self.rtt_ns.load(Ordering::Relaxed),
+            ),
             bytes: WINDOW_BYTES,
         }
     }

@@ -250,7 +250,7 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
     // (ns per item) -> (unit size, credit items) for two workers.
     for (avg, unit, items) in [
         (Some(1_000), 2_000, 100_000),
-        (Some(1), 4_096, 2 * 128 * 1024),
+        (Some(1), 4_096, 2 * 512 * 1024),
         (Some(1_000_000_000), 1, 2),
         (None, 1, 4),
     ] {
@@ -260,6 +260,10 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
         assert_eq!(credit.items, items, "{avg:?} ns");
         assert_eq!(credit.bytes, 32 << 20);
     }
+    // A root 50 ms away: the window covers the round trip too.
+    let shared = PoolShared::new(chain, 2, Some(1_000));
+    shared.rtt_ns.store(50_000_000, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(shared.credit().items, 200_000);
 }
 
 #[test]

@@ -112,6 +112,7 @@ pub async fn setup(client: &mut Client, session: u64, chain: ChainSpec) -> Msg {
         send_failed_items: false,
         tagged_items: false,
         withheld: Vec::new(),
+        rtt_us: 0,
     };
     client
         .conn

@@ -16,6 +16,8 @@ pub(super) struct Cluster {
     pub(super) port: u16,
     /// Workers of each node.
     pub(super) workers: u32,
+    /// The log server's port (on 127.0.0.1).
+    pub(super) log_port: u16,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             nodes: addrs,
             port,
             workers,
+            log_port,
         })
     }
 
@@ -77,5 +80,23 @@ impl Cluster {
     pub(super) fn nodes_arg(&self) -> String {
         let addrs: Vec<String> = self.nodes.iter().map(ToString::to_string).collect();
         addrs.join(",")
+    }
+}
+
+/// Where a `pcluster run` of the bench goes: the cluster's nodes, or proxies in front of them.
+pub(super) trait Target {
+    /// `--nodes` for `pcluster run`.
+    fn nodes_arg(&self) -> String;
+    /// Workers behind them, in all.
+    fn workers(&self) -> u64;
+}
+
+impl Target for Cluster {
+    fn nodes_arg(&self) -> String {
+        Cluster::nodes_arg(self)
+    }
+
+    fn workers(&self) -> u64 {
+        self.nodes.len() as u64 * u64::from(self.workers)
     }
 }

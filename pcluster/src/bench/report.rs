@@ -100,6 +100,22 @@ pub(super) fn print_report(r: &Report) -> std::io::Result<()> {
             )?;
         }
     }
+    if let Some(near) = r.w4_far.first().and_then(|w| w.runs.first()) {
+        for w in &r.w4_far {
+            if let Some(run) = w.runs.first() {
+                writeln!(
+                    out,
+                    "{}: {:.0} MB/s, {:.0}% of the 0 ms rate",
+                    w.options.name,
+                    run.mb_per_s,
+                    100.0 * run.mb_per_s / near.mb_per_s
+                )?;
+            }
+        }
+    }
+    if let Some(q) = &r.quick {
+        writeln!(out, "{}", q.line())?;
+    }
     for s in &r.scans {
         writeln!(
             out,

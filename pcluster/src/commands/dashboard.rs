@@ -30,16 +30,20 @@ pub struct WatchArgs {
     #[arg(short = 'n', long, value_delimiter = ',')]
     pub nodes: Vec<String>,
     /// Node addresses in a file, one `host[:port]` a line (`#` comments; a missing port is
-    /// --port), read when the command starts.
+    /// --port), read again when it changes.
     #[arg(long, value_name = "FILE")]
     pub nodes_file: Option<std::path::PathBuf>,
+    /// Every A/AAAA record of NAME as a node address (`NAME[:PORT]`; a missing port is
+    /// --port), resolved again every --rescan seconds.
+    #[arg(long, value_name = "NAME")]
+    pub nodes_dns: Option<String>,
     /// Scan this network for nodes, e.g. 127.0.0.0/24 (again every --rescan seconds).
     #[arg(long)]
     pub scan: Option<ipnetwork::IpNetwork>,
-    /// Port of the scan, and of --nodes and --nodes-file entries that name none.
+    /// Port of the scan, and of --nodes, --nodes-file and --nodes-dns entries that name none.
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
-    /// Seconds between scans.
+    /// Seconds between scans, and between resolutions of --nodes-dns.
     #[arg(long, default_value_t = 10)]
     pub rescan: u64,
     #[command(flatten)]
@@ -50,18 +54,29 @@ impl WatchArgs {
     /// Checked here rather than by clap, so `top --run` can do without both.
     ///
     /// # Errors
-    /// Neither --nodes nor --scan.
+    /// Neither --nodes, --nodes-file, --nodes-dns nor --scan.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.nodes.is_empty() && self.scan.is_none() && self.nodes_file.is_none() {
-            anyhow::bail!("name the nodes to watch: --nodes, --nodes-file or --scan");
+        if self.nodes.is_empty() && self.scan.is_none() && !self.sources().any() {
+            anyhow::bail!("name the nodes to watch: --nodes, --nodes-file, --nodes-dns or --scan");
         }
         Ok(())
+    }
+
+    /// --nodes-file and --nodes-dns.
+    fn sources(&self) -> crate::discovery::Sources {
+        crate::discovery::Sources {
+            nodes_file: self.nodes_file.clone(),
+            nodes_dns: self.nodes_dns.clone(),
+            port: self.port,
+            rescan: Some(Duration::from_secs(self.rescan.max(1))),
+        }
     }
 
     /// Starts a monitor of these nodes (within a runtime).
     ///
     /// # Errors
-    /// A --nodes entry that does not parse or resolve, a --nodes-file that cannot be read.
+    /// A --nodes entry that does not parse or resolve, a --nodes-file that cannot be read,
+    /// a --nodes-dns name that does not resolve.
     pub async fn monitor(&self) -> anyhow::Result<Monitor> {
         self.check()?;
         let mut nodes = Vec::new();
@@ -71,17 +86,9 @@ impl WatchArgs {
                 nodes.push(a);
             }
         }
-        if let Some(path) = &self.nodes_file {
-            let file = crate::nodes_file::NodesFile {
-                path: path.clone(),
-                port: self.port,
-            };
-            for a in file.read().await? {
-                if !nodes.contains(&a) {
-                    nodes.push(a);
-                }
-            }
-        }
+        let listings = self.sources().start().await?;
+        // Followed while watching: nodes that join a listing appear, nodes that leave it go.
+        let listed = (!listings.is_empty()).then(|| crate::discovery::publish(listings));
         let options = root::RootOptions {
             token: self.token.token()?,
             ..Default::default()
@@ -91,6 +98,7 @@ impl WatchArgs {
                 nodes,
                 scan: self.scan.map(|n| (n, self.port)),
                 rescan: Duration::from_secs(self.rescan.max(1)),
+                listed,
             },
             options,
         ))

@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod fetch;
 pub mod key;
 pub mod log;
+pub mod memo;
 pub mod new;
 pub mod node;
 pub mod release;

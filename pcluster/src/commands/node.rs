@@ -49,6 +49,11 @@ pub struct NodeArgs {
     /// the node processes using the directory); code larger than that is kept in memory only.
     #[arg(long, value_name = "MIB", default_value_t = node::NodeConfig::DEFAULT_CACHE_MB)]
     pub cache_mb: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. `0.0.0.0:9464`): per-task
+    /// counters over the node's life, workers, items and bytes in flight, credit, the
+    /// compile cache, guests evicted, memory. Read-only; needs no token.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub token: TokenArg,
     /// Listen on a non-loopback address without a token (unauthenticated, unencrypted).
@@ -104,6 +109,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             args.insecure,
             "run code on this node",
         )?;
+        let metrics = match &args.metrics {
+            Some(m) => {
+                let (host, port) = crate::setup::split_host_port(m, 9464)?;
+                Some(resolve(&host, port).await?)
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -137,6 +149,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
                 .cloned()
                 .collect(),
             native: args.native.config(),
+            metrics,
             ..Default::default()
         };
         node::run(listener, config, shutdown_on_signals()).await?;

@@ -1,4 +1,5 @@
-//! `pcluster scan`: a table of the nodes found on a network, or listed in a file (or, with
+//! `pcluster scan`: a table of the nodes found on a network, listed in a file or under a DNS
+//! name (or, with
 //! `--json`, the dashboard's snapshot of them).
 
 use std::net::SocketAddr;
@@ -15,12 +16,15 @@ use crate::table;
 #[derive(clap::Args, Debug)]
 pub struct ScanArgs {
     /// Network to scan, e.g. 127.0.0.0/24.
-    #[arg(required_unless_present = "nodes_file")]
+    #[arg(required_unless_present_any = ["nodes_file", "nodes_dns"])]
     pub network: Option<ipnetwork::IpNetwork>,
     /// Probe the addresses of this file too, one `host[:port]` a line (`#` comments; a
     /// missing port is --port).
     #[arg(long, value_name = "FILE")]
     pub nodes_file: Option<PathBuf>,
+    /// Probe every A/AAAA record of NAME too (`NAME[:PORT]`; a missing port is --port).
+    #[arg(long, value_name = "NAME")]
+    pub nodes_dns: Option<String>,
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
     /// Connect timeout per host, in milliseconds.
@@ -47,16 +51,14 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
             Some(network) => root::scan::scan(network, port, &options).await,
             None => ScanReport::default(),
         };
-        let listed = match &args.nodes_file {
-            Some(path) => {
-                let file = crate::nodes_file::NodesFile {
-                    path: path.clone(),
-                    port,
-                };
-                file.read().await?
-            }
-            None => Vec::new(),
+        let mut listed = Vec::new();
+        let sources = crate::discovery::Sources {
+            nodes_file: args.nodes_file.clone(),
+            nodes_dns: args.nodes_dns.clone(),
+            port,
+            rescan: None,
         };
+        sources.read_once(&mut listed).await?;
         // Listed addresses the scan did not find are probed as `status` does: their row says
         // what answered, or why nothing did.
         let found =
@@ -81,8 +83,15 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
         if let Some(n) = args.network {
             what.push(format!("{} hosts of {n} on port {port}", report.hosts));
         }
-        if let Some(f) = &args.nodes_file {
-            what.push(format!("{} addresses of {}", listed.len(), f.display()));
+        match (&args.nodes_file, &args.nodes_dns) {
+            (Some(f), None) => what.push(format!("{} addresses of {}", listed.len(), f.display())),
+            (None, Some(n)) => what.push(format!("{} addresses of {n}", listed.len())),
+            (Some(f), Some(n)) => what.push(format!(
+                "{} addresses of {} and {n}",
+                listed.len(),
+                f.display()
+            )),
+            (None, None) => {}
         }
         eprintln!(
             "scanned {} in {:.1} ms: {} free, {} busy, {} could not be authenticated",

@@ -17,7 +17,7 @@ use crate::setup::{Console, init_tracing, next_signal, runtime, use_colour};
 pub struct TopArgs {
     /// Show a run's progress too: the address of its dashboard (`pcluster run --dashboard
     /// ADDR`), instead of --nodes or --scan.
-    #[arg(long, conflicts_with_all = ["nodes", "scan", "nodes_file"])]
+    #[arg(long, conflicts_with_all = ["nodes", "scan", "nodes_file", "nodes_dns"])]
     pub run: Option<SocketAddr>,
     /// Print one frame (after the first poll) and exit.
     #[arg(long)]

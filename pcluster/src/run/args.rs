@@ -32,10 +32,15 @@ pub struct RunArgs {
     /// new items and leave once theirs are done.
     #[arg(long, value_name = "FILE")]
     pub nodes_file: Option<PathBuf>,
+    /// Node addresses from DNS: every A/AAAA record of NAME (`NAME[:PORT]`; a missing port
+    /// is --port), resolved again every --rescan seconds: addresses that appear join the
+    /// run, ones that disappear leave it (e.g. a Kubernetes headless service).
+    #[arg(long, value_name = "NAME")]
+    pub nodes_dns: Option<String>,
     /// Scan this network for nodes, e.g. 127.0.0.0/24 (again every --rescan seconds).
     #[arg(long)]
     pub scan: Option<ipnetwork::IpNetwork>,
-    /// Port of the scan, and of --nodes entries that name none.
+    /// Port of the scan, and of --nodes, --nodes-file and --nodes-dns entries that name none.
     #[arg(short, long, default_value_t = protocol::DEFAULT_NODE_PORT)]
     pub port: u16,
     /// Input items, one per line (default: stdin). A `\r` before a line's `\n` is dropped.
@@ -86,7 +91,8 @@ pub struct RunArgs {
     /// handshake waits as long, at most 5 s.
     #[arg(long, default_value_t = 10.0)]
     pub node_timeout: f64,
-    /// Seconds between scans for new or restarted nodes during a run with --scan (0: off).
+    /// Seconds between scans for new or restarted nodes during a run with --scan, and
+    /// between resolutions of --nodes-dns (0: off).
     #[arg(long, default_value_t = 10)]
     pub rescan: u64,
     /// Seconds to wait for a node to join or come back when none is left; then the run
@@ -120,6 +126,8 @@ pub struct RunArgs {
     pub dashboard_public: bool,
     #[command(flatten)]
     pub token: TokenArg,
+    #[command(flatten)]
+    pub memo: super::memo::MemoArgs,
     #[command(flatten)]
     pub bounds: super::bounds::Bounds,
 }

@@ -17,6 +17,7 @@ use super::RunArgs;
 use super::failures::{FailureLines, say_line};
 use super::input;
 use super::lines::LineIndex;
+use super::memo::MemoBatch;
 use super::nodes::{self, Sources};
 use super::output::{FailedOut, SinkState};
 use super::progress::Progress;
@@ -64,6 +65,8 @@ pub struct Drive<'a> {
     pub skip: Option<Arc<super::joblog::LineSet>>,
     pub sources: Sources,
     pub started: Instant,
+    /// `--memo`: the lookup goes between the reader and the feeding.
+    pub memo: Option<&'a super::memo::RunMemo>,
 }
 
 /// Bytes of one batch of read items: each batch goes to a node whole (no copy) within the
@@ -145,6 +148,10 @@ pub async fn drive(mut d: Drive<'_>) -> anyhow::Result<ExitCode> {
     // However the feeding ends, a reader waiting for room stops.
     let _close = CloseOnDrop(read_ahead.clone());
     let rx = spawn_reader(&d, input, read_ahead);
+    let rx = match d.memo {
+        Some(m) => m.spawn_lookup(rx),
+        None => rx,
+    };
     let elastic_stop = CancellationToken::new();
     let elastic = {
         let (root, src, stop) = (d.root.clone(), d.sources.clone(), elastic_stop.clone());
@@ -222,41 +229,76 @@ async fn feed(
                 return fed;
             }
         };
-        match r {
+        let (n, sent) = match r {
             Read_::Batch(ReadBatch { items, lines, held }) => {
-                let n = items.len() as u64;
                 // Ids are consecutive in feed order and this loop is the only feeder.
                 d.lines.add(next_id, &lines);
+                let n = items.len() as u64;
                 let sent = int.until(d.root.feed_packed(items)).await;
                 // Handed over: the reader may read the next batch.
                 drop(held);
-                match sent {
-                    Ok(Ok(ids)) => {
-                        debug_assert_eq!(ids.first.0, next_id);
-                        next_id += n;
-                    }
-                    Ok(Err(e)) => {
-                        // What completed is kept and the nodes are freed all the same.
-                        fed.feed_error = Some(e);
-                        return fed;
-                    }
-                    Err(s) => {
-                        fed.stop = Some(s);
-                        return fed;
-                    }
-                }
-                progress.tick(&d.root).await;
+                (n, sent)
+            }
+            Read_::Memo(m) => {
+                d.lines.add(next_id, &m.lines);
+                (m.count(), feed_memo(d, int, next_id, m).await)
             }
             Read_::Refused(r) => {
                 fed.refused += 1;
                 refused(d, &r);
+                continue;
             }
             Read_::Error(e) => {
                 fed.read_error = Some(e);
                 return fed;
             }
+        };
+        match sent {
+            Ok(Ok(ids)) => {
+                debug_assert_eq!(ids.first.0, next_id);
+                next_id += n;
+            }
+            Ok(Err(e)) => {
+                // What completed is kept and the nodes are freed all the same.
+                fed.feed_error = Some(e);
+                return fed;
+            }
+            Err(s) => {
+                fed.stop = Some(s);
+                return fed;
+            }
         }
+        progress.tick(&d.root).await;
     }
+}
+
+/// Feeds a batch split by `--memo`: the keys of the inputs to run are kept first (their
+/// completion may come as soon as they are fed), then inputs and answers go to the root.
+async fn feed_memo(
+    d: &Drive<'_>,
+    int: &mut Interrupts<'_>,
+    first: u64,
+    m: MemoBatch,
+) -> Result<Result<root::FedIds, root::RootError>, Stop> {
+    let MemoBatch {
+        items,
+        answers,
+        keys,
+        positions,
+        held,
+        ..
+    } = m;
+    if let Some(memo) = d.memo
+        && !int
+            .until(memo.keys.register(first, keys, positions))
+            .await?
+    {
+        return Ok(Err(root::RootError::Closed));
+    }
+    let sent = int.until(d.root.feed_answered(items, answers)).await;
+    // Handed over: the reader and the lookup may go on.
+    drop(held);
+    sent
 }
 
 /// An input over the item limit: it fails alone, by its line.
@@ -368,6 +410,15 @@ fn summary(d: &Drive<'_>, c: &root::Counters, refused: u64) {
         c.completed as f64 / secs.max(1e-9),
         node::peak_rss_bytes().unwrap_or(0) as f64 / f64::from(1 << 20)
     ));
+    if let Some(m) = d.memo {
+        use std::sync::atomic::Ordering::Relaxed;
+        say_line(&format!(
+            "pcluster run: --memo {}: {} inputs found there, {} stored\n",
+            m.dir.display(),
+            m.counts.hits.load(Relaxed),
+            m.counts.stored.load(Relaxed),
+        ));
+    }
 }
 
 /// The exit status, or the error that failed the run.

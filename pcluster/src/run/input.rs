@@ -326,6 +326,7 @@ mod tests {
                 }
                 Read_::Refused(r) => refused.push((r.line, r.bytes)),
                 Read_::Error(e) => panic!("{e}"),
+                Read_::Memo(_) => unreachable!("the reader sends no memo batch"),
             }
         }
         let raw = failed.lock().unwrap().memory_bytes();

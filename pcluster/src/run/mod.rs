@@ -20,6 +20,7 @@ mod framing;
 mod input;
 mod joblog;
 mod lines;
+mod memo;
 mod nodes;
 mod output;
 mod progress;
@@ -50,6 +51,8 @@ struct Files {
     failed: Option<Box<dyn std::io::Write + Send>>,
     journal: Option<std::fs::File>,
     resume: Option<joblog::Resume>,
+    /// `--memo`'s store, open.
+    memo: Option<memo::RunMemo>,
 }
 
 fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Files> {
@@ -152,6 +155,7 @@ fn open_files(args: &RunArgs, chain: &protocol::ChainSpec) -> anyhow::Result<Fil
         failed,
         journal,
         resume,
+        memo: None,
     })
 }
 
@@ -207,7 +211,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail on the user's side fails before any node is contacted.
     let modules = crate::setup::builder().prebuilt_only(args.no_build);
     let chain = root::chain::load(&args.chain, &modules)?;
-    let files = open_files(&args, &chain)?;
+    let mut files = open_files(&args, &chain)?;
+    files.memo = memo::RunMemo::open(&args.memo, &chain)?;
     let rt = runtime(std::env::var_os("PCL_MT").is_some())?;
     rt.block_on(run_on_cluster(args, chain, files, started))
 }
@@ -215,10 +220,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn run_on_cluster(
     args: RunArgs,
     chain: protocol::ChainSpec,
-    files: Files,
+    mut files: Files,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    let embedded = args.nodes.is_empty() && args.scan.is_none() && args.nodes_file.is_none();
+    let run_memo = files.memo.take();
+    let discovery = crate::discovery::Sources {
+        nodes_file: args.nodes_file.clone(),
+        nodes_dns: args.nodes_dns.clone(),
+        port: args.port,
+        rescan: (args.rescan > 0).then(|| Duration::from_secs(args.rescan)),
+    };
+    let embedded = args.nodes.is_empty() && args.scan.is_none() && !discovery.any();
     // An embedded cluster without a given token gets a fresh random one: only this process
     // can use its node and log server.
     let token = match args.token.token()? {
@@ -267,16 +279,7 @@ async fn run_on_cluster(
             None => nodes::resolve_all(&args.nodes, args.port).await?,
         },
         scan: args.scan.map(|n| (n, args.port)),
-        file: match &args.nodes_file {
-            Some(path) => Some(
-                crate::nodes_file::Watch::start(crate::nodes_file::NodesFile {
-                    path: path.clone(),
-                    port: args.port,
-                })
-                .await?,
-            ),
-            None => None,
-        },
+        listings: discovery.start().await?,
     };
     let state = Arc::new(SinkState::default());
     let result = async {
@@ -307,6 +310,7 @@ async fn run_on_cluster(
             first_error: None,
             failure_lines: failure_lines.clone(),
             stopped: false,
+            memo: run_memo.as_ref().map(memo::RunMemo::sink).transpose()?,
         };
         root.setup_handlers(chain, root::Handlers::from_handler(sink))
             .await?;
@@ -330,6 +334,7 @@ async fn run_on_cluster(
             skip,
             sources: sources.clone(),
             started,
+            memo: run_memo.as_ref(),
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! The nodes of a run: `--nodes` entries (de-duplicated, unreachable ones skipped while at
 //! least `--min-nodes` work), a `--scan`, and keeping membership elastic while the run goes:
-//! lost `--nodes` entries are retried and re-added when back, `--nodes-file` is followed,
-//! and `--scan` networks are scanned again every `--rescan` seconds for new or restarted
+//! lost `--nodes` entries are retried and re-added when back, `--nodes-file` and
+//! `--nodes-dns` are followed, and `--scan` networks are scanned again every `--rescan` seconds for new or restarted
 //! nodes.
 
 use std::net::SocketAddr;
@@ -17,8 +17,8 @@ use crate::setup::node_addr;
 pub struct Sources {
     pub nodes: Vec<SocketAddr>,
     pub scan: Option<(ipnetwork::IpNetwork, u16)>,
-    /// `--nodes-file`, as first read.
-    pub file: Option<crate::nodes_file::Watch>,
+    /// `--nodes-file` and `--nodes-dns`, as first read.
+    pub listings: Vec<crate::discovery::Listing>,
 }
 
 /// Resolves `--nodes` entries (a missing port is `port`), without duplicates.
@@ -45,13 +45,15 @@ pub async fn resolve_all(entries: &[String], port: u16) -> anyhow::Result<Vec<So
 pub async fn attach(root: &root::Root, src: &Sources, min_nodes: usize) -> anyhow::Result<usize> {
     let mut added = 0;
     let mut failures = Vec::new();
-    let listed = src.file.as_ref().map_or(&[][..], |w| w.listed());
-    if let Some(w) = src.file.as_ref().filter(|_| listed.is_empty()) {
-        failures.push(format!("{} lists no node", w.path().display()));
+    for l in src.listings.iter().filter(|l| l.listed().is_empty()) {
+        failures.push(format!("{} lists no node", l.what()));
     }
-    let from_file = listed.iter().filter(|a| !src.nodes.contains(a));
-    for &a in src.nodes.iter().chain(from_file) {
-        match root.add_node(a).await {
+    let listed = crate::discovery::union(&src.listings);
+    let from_listings = listed.iter().filter(|a| !src.nodes.contains(a));
+    let all: Vec<SocketAddr> = src.nodes.iter().chain(from_listings).copied().collect();
+    // Side by side: a far node's handshake takes round trips.
+    for (&a, r) in all.iter().zip(root.add_nodes(&all).await) {
+        match r {
             Ok(()) => added += 1,
             Err(e) => {
                 eprintln!("pcluster run: skipping node {a}: {e}");
@@ -94,8 +96,9 @@ pub async fn attach(root: &root::Root, src: &Sources, min_nodes: usize) -> anyho
 }
 
 /// Keeps membership elastic until `stop`: `--nodes` entries that are not (or no longer)
-/// attached are tried every `retry`, `--nodes-file` is followed at the same pace, and a
-/// `--scan` network is scanned every `rescan`.
+/// attached are tried every `retry`, `--nodes-file` and `--nodes-dns` are followed at the
+/// same pace (a name is resolved again only every `--rescan`), and a `--scan` network is
+/// scanned every `rescan`.
 pub async fn keep_elastic(
     root: &root::Root,
     src: &Sources,
@@ -103,7 +106,7 @@ pub async fn keep_elastic(
     rescan: Option<Duration>,
     stop: CancellationToken,
 ) {
-    let mut file = src.file.clone();
+    let mut listings = src.listings.clone();
     let mut retry_tick = tokio::time::interval(retry);
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan_tick = rescan.map(|d| {
@@ -116,13 +119,14 @@ pub async fn keep_elastic(
             // A stop wins over a tick that is due as well: the run is over.
             biased;
             () = stop.cancelled() => return,
-            _ = retry_tick.tick(), if !src.nodes.is_empty() || file.is_some() => {
-                if let Some(w) = file.as_mut() {
-                    // Adding a node may wait for a handshake: the end of the run does not.
+            _ = retry_tick.tick(), if !src.nodes.is_empty() || !listings.is_empty() => {
+                // Adding a node may wait for a handshake, resolving a name for the resolver:
+                // the end of the run waits for neither.
+                if !listings.is_empty() {
                     tokio::select! {
                         biased;
                         () = stop.cancelled() => return,
-                        () = crate::nodes_file::follow(root, w, &src.nodes) => {}
+                        () = crate::discovery::follow(root, &mut listings, &src.nodes) => {}
                     }
                 }
                 let Ok(have) = root.nodes().await else { return };

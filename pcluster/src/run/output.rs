@@ -157,6 +157,8 @@ pub struct Sink {
     /// The output failed: nothing more is written. Only this sink stops the output, so a
     /// plain flag does (a `CancellationToken` check takes a lock: too dear per output).
     pub stopped: bool,
+    /// `--memo`: stores the outputs of each input that completes without failure.
+    pub memo: Option<super::memo::MemoSink>,
 }
 
 impl Sink {
@@ -204,6 +206,9 @@ impl Handler for Sink {
 
     #[inline]
     fn output(&mut self, input: ItemId, item: &[u8]) {
+        if let Some(m) = self.memo.as_mut() {
+            m.output(input, item);
+        }
         if self.stopped || self.out.failed() {
             self.stopped = true;
             return;
@@ -217,6 +222,9 @@ impl Handler for Sink {
     }
 
     fn output_shared(&mut self, input: ItemId, item: bytes::Bytes) {
+        if let Some(m) = self.memo.as_mut() {
+            m.output(input, &item);
+        }
         if self.stopped || self.out.failed() {
             self.stopped = true;
             return;
@@ -267,6 +275,9 @@ impl Handler for Sink {
     }
 
     fn done(&mut self, d: InputDone) {
+        if let Some(m) = self.memo.as_mut() {
+            m.done(&d);
+        }
         let Some(j) = self.journal.as_mut() else {
             return;
         };
@@ -306,7 +317,7 @@ impl Handler for Sink {
     }
 
     fn wants_done(&self) -> bool {
-        self.journal.is_some()
+        self.journal.is_some() || self.memo.is_some()
     }
 
     /// No room while the output thread holds its bound (a reader that does not read): the
@@ -315,12 +326,17 @@ impl Handler for Sink {
         if self.stopped {
             return None;
         }
-        self.out.room()
+        self.out
+            .room()
+            .or_else(|| self.memo.as_ref().and_then(super::memo::MemoSink::room))
     }
 
     /// Outputs leave as their inputs complete: what is gathered goes to the output thread
     /// now (the joblog at most every [`JOURNAL_EVERY`]).
     fn idle(&mut self) {
+        if let Some(m) = self.memo.as_mut() {
+            m.idle();
+        }
         if self.stopped {
             return;
         }
@@ -338,6 +354,9 @@ impl Handler for Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
+        if let Some(m) = self.memo.as_mut() {
+            m.finish();
+        }
         if self.stopped && self.state.broken_pipe.load(Ordering::Relaxed) {
             return;
         }

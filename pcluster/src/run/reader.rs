@@ -34,6 +34,8 @@ pub struct Refused {
 #[derive(Debug)]
 pub enum Read_ {
     Batch(ReadBatch),
+    /// A batch split by `--memo`'s lookup (never sent by the reader itself).
+    Memo(super::memo::MemoBatch),
     Refused(Refused),
     Error(std::io::Error),
 }

@@ -12,9 +12,11 @@
 //! - `recent`: the last failures, node losses, and this process's last warnings;
 //! - `snapshot`: what is shown, as one serializable value;
 //! - `monitor`: the background task building snapshots;
-//! - `server`: the HTTP server, its page (`page.html`), JSON and server-sent events.
+//! - `prometheus`: the snapshot as Prometheus metrics;
+//! - `server`: the HTTP server, its page (`page.html`), JSON, server-sent events and metrics.
 
 mod monitor;
+mod prometheus;
 mod recent;
 mod ring;
 mod server;

@@ -36,8 +36,8 @@ const PROBES_AT_ONCE: usize = 64;
 /// A root that does not answer its counters within this is taken as gone.
 const ROOT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Nodes to watch without a run: given addresses and, optionally, a network scanned again
-/// every `rescan`.
+/// Nodes to watch without a run: given addresses, a list that changes and, optionally, a
+/// network scanned again every `rescan`.
 #[derive(Clone, Debug)]
 pub struct WatchNodes {
     /// Node addresses.
@@ -46,6 +46,9 @@ pub struct WatchNodes {
     pub scan: Option<(ipnetwork::IpNetwork, u16)>,
     /// Time between scans.
     pub rescan: Duration,
+    /// Addresses that change while watching (a nodes file, a DNS name): each poll watches
+    /// the latest list too, and forgets a node that left it (unless `nodes` names it).
+    pub listed: Option<watch::Receiver<Vec<SocketAddr>>>,
 }
 
 /// A running monitor; dropping it stops it.
@@ -75,6 +78,7 @@ impl Monitor {
             fixed: nodes.nodes,
             found,
             scanning: nodes.scan.is_some(),
+            listed: nodes.listed,
         };
         Monitor::start(source, options, stop)
     }
@@ -145,6 +149,7 @@ enum Source {
         found: mpsc::Receiver<Vec<SocketAddr>>,
         /// A scan runs and has not reported yet: the first snapshot waits for it.
         scanning: bool,
+        listed: Option<watch::Receiver<Vec<SocketAddr>>>,
     },
 }
 
@@ -264,6 +269,8 @@ impl RunTrack {
             pending: c.pending,
             in_flight: c.in_flight,
             nodes: c.nodes,
+            pending_bytes: c.pending_bytes,
+            held_bytes: c.held_bytes,
             rate,
             eta_s: eta_s(c.completed, total, rate),
             elapsed_s: now.duration_since(self.since).as_secs_f64(),
@@ -398,9 +405,15 @@ impl State {
                 fixed,
                 found,
                 scanning,
+                listed,
             } => {
                 take_found(fixed, found, scanning).await;
-                (None, fixed.iter().copied().collect())
+                let mut probe: HashSet<SocketAddr> = fixed.iter().copied().collect();
+                if let Some(l) = listed {
+                    probe.extend(l.borrow().iter().copied());
+                    self.nodes.retain(|a, _| probe.contains(a));
+                }
+                (None, probe)
             }
         };
         for a in probe

@@ -1,6 +1,7 @@
 //! The dashboard's HTTP server: the page (`/`, embedded in the binary), the snapshot as JSON
-//! (`/api/status`) and as server-sent events (`/api/events`, one a poll). Read-only: it
-//! takes no input beyond the path, and knows nothing of the cluster token.
+//! (`/api/status`), as server-sent events (`/api/events`, one a poll) and as Prometheus
+//! metrics (`/metrics`). Read-only: it takes no input beyond the path, and knows nothing of
+//! the cluster token.
 //!
 //! Bounded: a semaphore is taken before each accept (connections at once) and before each
 //! event stream. Unless served publicly it answers only requests whose `Host` is a loopback
@@ -8,9 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::State;
@@ -18,9 +17,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use metrics::{Bounded, host_ok};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 
 use super::monitor::Monitor;
 use super::snapshot::Snapshot;
@@ -78,12 +77,10 @@ pub async fn serve(
         .route("/", get(page))
         .route("/api/status", get(status))
         .route("/api/events", get(events))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(app);
-    let listener = Bounded {
-        listener,
-        permits: Arc::new(Semaphore::new(CONNECTIONS)),
-    };
+    let listener = Bounded::new(listener, CONNECTIONS);
     tokio::spawn(async move {
         // Serves until the monitor stops (its root is gone): the event streams end then too.
         let stopped = async move { while ended.changed().await.is_ok() {} };
@@ -96,24 +93,6 @@ pub async fn serve(
         drop(monitor);
     });
     Ok(bound)
-}
-
-/// Whether the request names this server by a loopback name (or any name when public).
-fn host_ok(headers: &HeaderMap, public: bool) -> bool {
-    if public {
-        return true;
-    }
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn forbidden() -> Response {
@@ -184,127 +163,15 @@ async fn events(State(app): State<App>, headers: HeaderMap) -> Response {
     )
 }
 
+/// The snapshot as Prometheus metrics (see [`super::prometheus`]).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !host_ok(&headers, app.public) {
+        return forbidden();
+    }
+    let body = super::prometheus::render(&app.snapshots.borrow());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
-}
-
-/// A listener that takes a permit before each accept and holds it for the connection.
-struct Bounded {
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for Bounded {
-    type Io = Permitted;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            // The semaphore is never closed.
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                std::future::pending::<()>().await;
-                continue;
-            };
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    return (
-                        Permitted {
-                            stream,
-                            _permit: permit,
-                        },
-                        peer,
-                    );
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: wait a little rather than spin.
-                    tracing::debug!("dashboard accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
-
-/// A connection holding its permit.
-struct Permitted {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Permitted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Permitted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn host(h: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
-        m
-    }
-
-    #[test]
-    fn only_loopback_hosts_unless_public() {
-        for ok in [
-            "127.0.0.1:8080",
-            "localhost:1",
-            "LOCALHOST",
-            "[::1]:80",
-            "127.9.9.9",
-        ] {
-            assert!(host_ok(&host(ok), false), "{ok}");
-        }
-        for bad in [
-            "evil.example:8080",
-            "10.0.0.1:80",
-            "[fe80::1]:80",
-            "localhost.evil:1",
-        ] {
-            assert!(!host_ok(&host(bad), false), "{bad}");
-            assert!(host_ok(&host(bad), true), "{bad}");
-        }
-        assert!(!host_ok(&HeaderMap::new(), false));
-    }
 }

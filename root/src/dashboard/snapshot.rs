@@ -47,6 +47,12 @@ pub struct RunProgress {
     pub in_flight: u64,
     /// Nodes attached.
     pub nodes: u32,
+    /// Bytes of the inputs queued in the root.
+    #[serde(default)]
+    pub pending_bytes: u64,
+    /// Bytes of outputs the root holds (parts of inputs not yet complete, ordered delivery).
+    #[serde(default)]
+    pub held_bytes: u64,
     /// Inputs done per second, lately (`None` until two polls).
     pub rate: Option<f64>,
     /// Seconds left at that rate (`None` without a total or a rate).

@@ -50,6 +50,9 @@ impl Scheduler {
                 c.pending = self.queue.items();
                 c.in_flight = self.in_flight();
                 c.nodes = self.nodes.len() as u32;
+                c.pending_bytes = self.queue.bytes();
+                let partial: u64 = self.nodes.values().map(|n| n.partials.bytes()).sum();
+                c.held_bytes = partial + self.order.as_ref().map_or(0, |o| o.bytes());
                 let _ = reply.send(c);
             }
             Cmd::Nodes(reply) => {
@@ -75,6 +78,7 @@ impl Scheduler {
     ) -> NodeId {
         let id = NodeId(self.next_node);
         self.next_node += 1;
+        let rtt = conn.handshake_rtt();
         let tx = crate::conn::spawn(
             id,
             conn,
@@ -84,6 +88,7 @@ impl Scheduler {
         );
         let mut node = NodeConn::new(addr, tx);
         node.labels = labels;
+        node.rtt = rtt;
         self.nodes.insert(id, node);
         // A node is back: waits for one end, and the root may go on (once every task has a
         // node that can run it).
@@ -91,7 +96,7 @@ impl Scheduler {
             self.no_nodes_since = None;
             self.stall.send_replace(None);
         }
-        tracing::info!(node = %addr, workers, "node added");
+        tracing::info!(node = %addr, workers, rtt_us = rtt.as_micros() as u64, "node added");
         if let Some(o) = &self.observer {
             o.node_added(addr);
         }
@@ -244,6 +249,7 @@ impl Scheduler {
             send_failed_items: self.options.retries > 0,
             tagged_items: self.options.tagged_items,
             withheld,
+            rtt_us: node.rtt.as_micros().try_into().unwrap_or(u64::MAX),
         }));
         self.send(id, &msg).await;
     }

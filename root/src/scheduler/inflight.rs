@@ -67,6 +67,9 @@ pub(crate) struct NodeConn {
     pub in_bytes: u64,
     /// The node's labels: which tasks it can run.
     pub labels: Vec<String>,
+    /// The round trip to it, measured on connecting (sent with the setup: see
+    /// `protocol::Setup::rtt_us`).
+    pub rtt: std::time::Duration,
     next_seq: u64,
     pub batches: HashMap<u64, InFlight>,
     /// When it last completed something, or began to hold items (see `silence`).
@@ -97,6 +100,7 @@ impl NodeConn {
             in_items: 0,
             in_bytes: 0,
             labels: Vec::new(),
+            rtt: std::time::Duration::ZERO,
             next_seq: 0,
             batches: HashMap::new(),
             progress: tokio::time::Instant::now(),
@@ -183,12 +187,24 @@ pub(crate) struct Requeue {
     pub retries: Vec<Retry>,
 }
 
+/// Whether a node's loss may be laid on the items it held, counting toward the poison limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// The connection broke, or the node held items and completed none: an item may have
+    /// killed or hung it.
+    Items,
+    /// The node went silent, heartbeats too (a link cut without a reset, a stopped
+    /// process): that says nothing about its items, which go back without a count.
+    Link,
+}
+
 /// Puts back every input of `batches` not yet complete, counting its attempts; an input sent
 /// more than `1 + max_redispatch` times becomes poison instead.
 pub(crate) fn requeue(
     batches: HashMap<u64, InFlight>,
     attempts: &mut HashMap<u64, Attempt>,
     max_redispatch: u32,
+    blame: Blame,
 ) -> Requeue {
     let mut out = Requeue {
         chunks: Vec::new(),
@@ -227,7 +243,9 @@ pub(crate) fn requeue(
                 count: 1,
                 first: b.sent,
             });
-            a.count += 1;
+            if blame == Blame::Items {
+                a.count += 1;
+            }
             if a.count > max_redispatch + 1 {
                 out.poison.push(Poison {
                     id,
@@ -299,7 +317,7 @@ mod tests {
     fn only_unfinished_inputs_go_back() {
         let mut attempts = HashMap::new();
         let batches = HashMap::from([(0, batch(vec![1, 2, 3], vec![false, true, false]))]);
-        let r = requeue(batches, &mut attempts, 2);
+        let r = requeue(batches, &mut attempts, 2, Blame::Items);
         assert!(r.poison.is_empty());
         assert_eq!(r.chunks.len(), 1);
         assert_eq!(r.chunks[0].ids, Ids::List(vec![1, 3]));
@@ -311,7 +329,7 @@ mod tests {
         let mut attempts = HashMap::new();
         for round in 1..=3 {
             let batches = HashMap::from([(0, batch(vec![9], vec![false]))]);
-            let r = requeue(batches, &mut attempts, 2);
+            let r = requeue(batches, &mut attempts, 2, Blame::Items);
             if round < 3 {
                 assert_eq!(r.chunks.len(), 1, "round {round} re-dispatches");
             } else {
@@ -325,13 +343,30 @@ mod tests {
     }
 
     #[test]
+    fn silent_links_are_not_the_items_fault() {
+        let mut attempts = HashMap::new();
+        // A cut link, again and again: the input always goes back, never poison.
+        for _ in 0..10 {
+            let batches = HashMap::from([(0, batch(vec![9], vec![false]))]);
+            let r = requeue(batches, &mut attempts, 2, Blame::Link);
+            assert_eq!((r.chunks.len(), r.poison.len()), (1, 0));
+        }
+        // Broken connections still count, from where they stood.
+        for round in 1..=3 {
+            let batches = HashMap::from([(0, batch(vec![9], vec![false]))]);
+            let r = requeue(batches, &mut attempts, 2, Blame::Items);
+            assert_eq!(r.poison.len(), usize::from(round == 3), "round {round}");
+        }
+    }
+
+    #[test]
     fn older_batches_end_up_first() {
         let mut attempts = HashMap::new();
         let batches = HashMap::from([
             (5, batch(vec![50], vec![false])),
             (4, batch(vec![40], vec![false])),
         ]);
-        let r = requeue(batches, &mut attempts, 2);
+        let r = requeue(batches, &mut attempts, 2, Blame::Items);
         // Pushed to the front in this order, the last pushed (seq 4) is sent first.
         assert_eq!(r.chunks[0].ids, Ids::List(vec![50]));
         assert_eq!(r.chunks[1].ids, Ids::List(vec![40]));

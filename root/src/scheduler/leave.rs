@@ -87,7 +87,7 @@ pub(super) async fn say_goodbye(s: &mut Scheduler, events: &mut crate::events::E
     while !leaving.is_empty() {
         tokio::select! {
             e = events.recv() => match e {
-                Some(Event::Gone(id, _)) => { leaving.remove(&id); }
+                Some(Event::Gone(id, ..)) => { leaving.remove(&id); }
                 Some(Event::Msg(..)) => {}
                 None => break,
             },

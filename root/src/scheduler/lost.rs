@@ -6,6 +6,7 @@
 use protocol::NodeId;
 
 use super::handlers::Delivery;
+use super::inflight::Blame;
 use super::{Scheduler, Stall, WaitKind, inflight, placement, retry, silence};
 use crate::ItemFailure;
 use crate::error::RootError;
@@ -28,7 +29,7 @@ impl Scheduler {
             .collect();
         for id in silent {
             let why = format!("held items and completed none for {} s", limit.as_secs());
-            self.node_lost(id, &why);
+            self.node_lost(id, &why, Blame::Items);
         }
     }
 
@@ -58,7 +59,7 @@ impl Scheduler {
         self.stall.send_replace(Some(stall));
     }
 
-    pub(super) fn node_lost(&mut self, id: NodeId, why: &str) {
+    pub(super) fn node_lost(&mut self, id: NodeId, why: &str, blame: Blame) {
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };
@@ -67,6 +68,7 @@ impl Scheduler {
             node.batches,
             &mut self.attempts,
             self.options.max_redispatch,
+            blame,
         );
         let back = requeue
             .chunks
@@ -76,7 +78,7 @@ impl Scheduler {
         for c in requeue.chunks {
             self.queue.push_front(c);
         }
-        let back = back + self.requeue_descendants(requeue.retries, &addr, why);
+        let back = back + self.requeue_descendants(requeue.retries, &addr, why, blame);
         self.counters.redispatched += back;
         self.lost.push(addr.clone());
         if let Some(o) = &self.observer {
@@ -117,11 +119,23 @@ impl Scheduler {
 
     /// A lost node's descendants go back to the root's queue: a continuation (work the
     /// root owns, like an input) up to the poison limit, a retried item while tries are
-    /// left (a lost node counts as a try); the others fail. How many were the node's
-    /// continuations.
-    fn requeue_descendants(&mut self, retries: Vec<retry::Retry>, addr: &str, why: &str) -> u64 {
+    /// left (a lost node counts as a try, unless it only went silent); the others fail. How
+    /// many were the node's continuations.
+    fn requeue_descendants(
+        &mut self,
+        retries: Vec<retry::Retry>,
+        addr: &str,
+        why: &str,
+        blame: Blame,
+    ) -> u64 {
         let mut back = 0;
         for mut r in retries {
+            if blame == Blame::Link {
+                // Not the item's fault: back as it was, neither a loss nor a try counted.
+                back += u64::from(matches!(r.origin, retry::Origin::HandedBack { .. }));
+                self.retries.queue.push_front(r);
+                continue;
+            }
             if let retry::Origin::HandedBack { lost } = &mut r.origin {
                 *lost += 1;
                 back += 1;

@@ -17,6 +17,7 @@
 //! - `silence`: nodes that hold items and complete none are lost after a limit;
 //! - `partial`: outputs sent ahead of their input's completion, held until it arrives.
 
+mod answered;
 mod commands;
 mod dispatch;
 mod handlers;
@@ -43,6 +44,7 @@ use protocol::Frame;
 use protocol::{ErrorKind, Msg, NodeId, SessionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use answered::Answers;
 pub(crate) use handlers::{Delivery, Reply};
 pub use handlers::{Handler, Handlers, IDLE_EVERY, InputDone, Room};
 #[cfg(feature = "dashboard")]
@@ -53,6 +55,7 @@ use crate::RootOptions;
 use crate::conn::Event;
 use crate::error::RootError;
 use crate::events::EventsTx;
+pub(crate) use inflight::Blame;
 use inflight::{Attempt, NodeConn};
 use order::Reorder;
 use queue::{Chunk, Queue};
@@ -104,6 +107,15 @@ pub(crate) enum Cmd {
 pub(crate) struct Feed {
     pub start: u64,
     pub items: protocol::Packed,
+    /// Inputs answered before they were sent (`answered`), besides `items`.
+    pub answers: Option<Box<Answers>>,
+}
+
+impl Feed {
+    /// Its inputs, answered ones included.
+    pub fn count(&self) -> u64 {
+        (self.items.len() + self.answers.as_ref().map_or(0, |a| a.hits.len())) as u64
+    }
 }
 
 /// Why the root cannot go on: no node for longer than the no-node timeout.
@@ -153,6 +165,11 @@ pub struct Counters {
     pub in_flight: u64,
     /// Nodes connected.
     pub nodes: u32,
+    /// Bytes of the items queued in the root.
+    pub pending_bytes: u64,
+    /// Bytes of outputs the root holds: parts of inputs not yet complete, and inputs waiting
+    /// for their turn in ordered delivery.
+    pub held_bytes: u64,
 }
 
 impl Counters {
@@ -229,8 +246,12 @@ pub(crate) async fn run(
     // and nothing sent until it ends, while the connections' tasks keep heartbeating.
     let mut full: Option<handlers::Room> = None;
     loop {
+        // Answered inputs are handed over as their feed is taken: not while the handlers have
+        // no room, nor past the reorder window.
         let room = s.queue.items() < s.options.queue_items as u64
-            && s.queue.bytes() < s.options.queue_bytes;
+            && s.queue.bytes() < s.options.queue_bytes
+            && full.is_none()
+            && s.order.as_ref().is_none_or(Reorder::has_room);
         let stall_at = s
             .no_nodes_since
             .filter(|_| s.stall.borrow().is_none())
@@ -367,14 +388,17 @@ impl Scheduler {
         let mut dropped = self.queue.items();
         self.queue.clear();
         while let Ok(f) = feeds.try_recv() {
-            let n = f.items.len() as u64;
+            let n = f.count();
             self.counters.fed += n;
             dropped += n;
         }
         dropped
     }
 
-    fn on_feed(&mut self, f: Feed) {
+    fn on_feed(&mut self, mut f: Feed) {
+        if let Some(a) = f.answers.take() {
+            return self.on_answered(f, *a);
+        }
         let n = f.items.len() as u64;
         if n == 0 {
             return;
@@ -391,7 +415,7 @@ impl Scheduler {
 
     fn on_event(&mut self, e: Event) {
         match e {
-            Event::Gone(id, why) => self.node_lost(id, &why),
+            Event::Gone(id, why, blame) => self.node_lost(id, &why, blame),
             Event::Msg(id, msg) => {
                 let Some(addr) = self.nodes.get(&id).map(|n| n.addr) else {
                     return;

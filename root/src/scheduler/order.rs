@@ -41,9 +41,13 @@ impl<T> Reorder<T> {
     }
 
     /// Bytes held.
-    #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Whether more may be held: within the window in items and bytes.
+    pub fn has_room(&self) -> bool {
+        (self.ahead.len() as u64) < self.window_items && self.bytes < self.window_bytes
     }
 
     /// Ids below this may be sent to nodes: the awaited input plus the window.
