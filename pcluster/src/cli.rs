@@ -21,7 +21,8 @@ Examples:
   pcluster run chain.toml --nodes-file nodes.txt -i items.txt --dashboard 8080
   pcluster run chain.toml --nodes-dns pcluster-node.default.svc.cluster.local -i items.txt
   seq 1000 | pcluster run chain.toml -n 10.0.0.7 --keep-order > out.txt
-  pcluster run chain.toml -i items.txt -o out.txt --joblog jobs.log --resume   # after a stop";
+  pcluster run chain.toml -i items.txt -o out.txt --joblog jobs.log --resume   # after a stop
+  pcluster run chain.toml -i items.txt -o out.txt --memo memo.d   # a rerun runs only what changed";
 
 /// `pcluster node --help`, after the options.
 const NODE_EXAMPLES: &str = "\

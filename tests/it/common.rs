@@ -345,3 +345,24 @@ pub fn componentize_py() -> bool {
     }
     found
 }
+
+/// Checks W1's outputs for `n` inputs, one per line, exactly.
+#[track_caller]
+pub fn assert_w1(stdout: &[u8], n: u64) {
+    let mut check = W1Check::new(n);
+    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        check.add(line);
+    }
+    if let Err(e) = check.verify() {
+        panic!("W1 outputs are not exact: {e:?}");
+    }
+}
+
+/// Inputs the node at `addr` took (its first task's `items_in`), and whether a root holds it.
+pub async fn taken(addr: SocketAddr) -> Option<(u64, bool)> {
+    let s = root::node_status(addr, &RootOptions::default())
+        .await
+        .ok()?;
+    let held = s.state == protocol::NodeState::Busy;
+    Some((s.tasks.first().map_or(0, |t| t.items_in), held))
+}

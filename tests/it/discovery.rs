@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use root::RootOptions;
-
 use crate::common::*;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -68,15 +66,6 @@ fn write_hosts(path: &Path, ips: &[&str]) {
         text += &format!("{ip} {NAME}\n");
     }
     std::fs::write(path, text).unwrap();
-}
-
-/// Inputs the node at `addr` took (its first task's `items_in`), and whether a root holds it.
-async fn taken(addr: SocketAddr) -> Option<(u64, bool)> {
-    let s = root::node_status(addr, &RootOptions::default())
-        .await
-        .ok()?;
-    let held = s.state == protocol::NodeState::Busy;
-    Some((s.tasks.first().map_or(0, |t| t.items_in), held))
 }
 
 /// A slow one-task chain and `n` seeds in `dir`: the chain file and the input file.

@@ -136,18 +136,6 @@ fn items_in(node: &serde_json::Value) -> u64 {
     node["tasks"][0]["items_in"].as_u64().unwrap_or(0)
 }
 
-/// Checks W1's outputs for `n` inputs, one per line, exactly.
-#[track_caller]
-fn assert_w1(stdout: &[u8], n: u64) {
-    let mut check = W1Check::new(n);
-    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        check.add(line);
-    }
-    if let Err(e) = check.verify() {
-        panic!("W1 outputs are not exact: {e:?}");
-    }
-}
-
 /// Runs `cmd` to its end off the test's runtime; its output.
 async fn output_of(mut cmd: Command) -> std::process::Output {
     let run = tokio::task::spawn_blocking(move || cmd.output().expect("pcluster starts"));

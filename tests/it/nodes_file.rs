@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use root::RootOptions;
-
 use crate::common::*;
 
 const LONG: Duration = Duration::from_secs(180);
@@ -16,15 +14,6 @@ const LONG: Duration = Duration::from_secs(180);
 /// on three one-worker nodes lasts seconds, long enough to change the file during it.
 const ITERATIONS: u64 = 10_000_000;
 const N: u64 = 400;
-
-/// Inputs the node at `addr` took (its first task's `items_in`), and whether a root holds it.
-async fn taken(addr: SocketAddr) -> Option<(u64, bool)> {
-    let s = root::node_status(addr, &RootOptions::default())
-        .await
-        .ok()?;
-    let held = s.state == protocol::NodeState::Busy;
-    Some((s.tasks.first().map_or(0, |t| t.items_in), held))
-}
 
 fn write_nodes(path: &std::path::Path, nodes: &[SocketAddr]) {
     let mut text = String::from("# nodes of the test run\n\n");

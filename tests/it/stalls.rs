@@ -34,18 +34,6 @@ async fn output_of(mut cmd: Command) -> std::process::Output {
         .unwrap()
 }
 
-/// Checks W1's outputs for `n` inputs, one per line, exactly.
-#[track_caller]
-fn assert_w1(stdout: &[u8], n: u64) {
-    let mut check = W1Check::new(n);
-    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        check.add(line);
-    }
-    if let Err(e) = check.verify() {
-        panic!("W1 outputs are not exact: {e:?}");
-    }
-}
-
 /// The scenario of issue #24: `pcluster run … | (sleep 45; wc -l)` with nodes that drop a
 /// root silent for 30 s. Here the nodes' root timeout is 3 s and the reader sleeps three
 /// times that: the root must go on heartbeating while its output waits, take no more

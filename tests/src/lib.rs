@@ -45,10 +45,10 @@ pub use chain::{
 pub use chaos::{ChaosOptions, ChaosReport, Fault, soak};
 pub use cpu::{Cpu, CpuTime, cpu_time, parse_stat};
 pub use floors::{native_w1, native_w2};
-pub use netns::{Hosts, NODE_PORT};
 pub use http::{http_get, url_encode};
-pub use prometheus::{Job, Prometheus, free_addr};
+pub use netns::{Hosts, NODE_PORT};
 pub use process::{Child, LISTEN_DEADLINE, Pcluster, pcluster_exe, spawn_server};
+pub use prometheus::{Job, Prometheus, free_addr};
 pub use proxy::DelayProxy;
 pub use rss::{Field, Process, RssSampler, parse_status_kib, peak_rss_mib, status_kib};
 pub use w1::{W1Check, W1Mismatch, w1_batches, w1_expected, w1_inputs, w1_item, write_w1_input};

@@ -135,7 +135,11 @@ mod tests {
     fn nothing_measured_means_little_work_in_small_units() {
         assert_eq!(unit_size(None), 1);
         assert_eq!(window_items(None, 3, 0), 6);
-        assert_eq!(window_items(None, 3, 50_000_000), 6, "nothing measured: still little");
+        assert_eq!(
+            window_items(None, 3, 50_000_000),
+            6,
+            "nothing measured: still little"
+        );
     }
 
     #[test]

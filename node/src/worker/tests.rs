@@ -262,7 +262,9 @@ fn units_and_credit_follow_the_measured_speed_within_bounds() {
     }
     // A root 50 ms away: the window covers the round trip too.
     let shared = PoolShared::new(chain, 2, Some(1_000));
-    shared.rtt_ns.store(50_000_000, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .rtt_ns
+        .store(50_000_000, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(shared.credit().items, 200_000);
 }
 

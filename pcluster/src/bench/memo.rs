@@ -1,6 +1,6 @@
 //! `pcluster bench`'s rows of the result store (`pcluster run --memo`): W1 on a cold store
 //! and on a warm one (every input found), and W2-long plain, on a cold store, and again
-//! after 1 % of its seeds changed. Every output is checked.
+//! after 1 % of its seeds changed. Every output is checked (W2-long's by a sample).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -68,8 +68,13 @@ pub(super) fn w2_rows(
     let run = |seeds: &[u64], extra: &[String]| {
         w2_run(pcluster, cluster, dir, &chain, seeds, iterations, extra)
     };
-    let plain = run(&first, &[])?;
-    let cold = run(&first, &memo)?;
+    // The machine's speed swings: plain and cold alternate, twice, and each keeps its best.
+    let (mut plain, mut cold) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        plain = plain.min(run(&first, &[])?);
+        let _ = std::fs::remove_dir_all(&store);
+        cold = cold.min(run(&first, &memo)?);
+    }
     let again = run(&changed, &memo)?;
     let _ = std::fs::remove_dir_all(&store);
     let nan = Floors {
