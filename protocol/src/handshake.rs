@@ -11,8 +11,9 @@
 //! With a token, the two Noise messages follow (each a u16 length and the message; a server
 //! whose token differs answers with length 0), bound to the preamble by the Noise prologue;
 //! from there on every byte is sealed. The client's [`Hello`] is its first sealed frame: a
-//! server treats the client as authenticated once it opens. Without a token the plain
-//! exchange of nonces (`Hello`, `Challenge`, `Auth`) stays as it was. Either way the
+//! server treats the client as authenticated once it opens. Without a token the client's
+//! plain `Hello` is answered with the `Welcome` at once: there is nothing to prove, and a
+//! far node's handshake costs two round trips. Either way the
 //! frames of the handshake travel on a [`Connection`] whose frame limit is
 //! [`HANDSHAKE_MAX_FRAME`], lifted to the caller's limit once the peer is accepted.
 
@@ -25,7 +26,7 @@ use crate::auth::{self, NONCE_LEN, Nonce, Token};
 use crate::connection::Connection;
 use crate::error::{ErrorKind, ProtocolError};
 use crate::ids::SessionId;
-use crate::message::{Auth, Challenge, Hello, Msg, Welcome};
+use crate::message::{Hello, Msg, Welcome};
 use crate::secure::{self, HANDSHAKE_MSG_LEN, Initiator, Keys, SecureError};
 
 /// The magic bytes that open every pcluster connection.
@@ -152,7 +153,8 @@ async fn accept_inner(
         other => return Err(ProtocolError::Unexpected(other.name().into())),
     };
     if !secure {
-        plain_challenge(&mut conn, &hello).await?;
+        // Without a token there is nothing to prove: the nonce only has to be well formed.
+        let _ = to_nonce(&hello.nonce)?;
     }
     conn.authenticated(max_frame);
     Ok(Accepted {
@@ -187,20 +189,6 @@ fn verdict(pre: &[u8; 11], has_token: bool) -> (u8, String) {
             "this node has no cluster token, so it cannot prove it is yours".to_string(),
         ),
         _ => (STATUS_OK, String::new()),
-    }
-}
-
-/// The plain path of a server without a token: nonces only, no proofs.
-async fn plain_challenge(conn: &mut Connection, hello: &Hello) -> Result<(), ProtocolError> {
-    let _ = to_nonce(&hello.nonce)?;
-    let server_nonce = auth::nonce()?;
-    conn.write_message(&Msg::Challenge(Challenge {
-        nonce: server_nonce.to_vec(),
-    }))
-    .await?;
-    match conn.expect_message().await? {
-        Msg::Auth(_) => Ok(()),
-        other => Err(ProtocolError::Unexpected(other.name().into())),
     }
 }
 
@@ -305,16 +293,6 @@ async fn connect_inner(
     };
     conn.write_message(&Msg::Hello(Hello { nonce, resume }))
         .await?;
-    if !secure {
-        match conn.expect_message().await? {
-            Msg::Challenge(c) => {
-                let _ = to_nonce(&c.nonce)?;
-            }
-            Msg::Error(e) => return Err(ProtocolError::Remote(e)),
-            other => return Err(ProtocolError::Unexpected(other.name().into())),
-        }
-        conn.write_message(&Msg::Auth(Auth {})).await?;
-    }
     match conn.expect_message().await {
         Ok(Msg::Welcome(w)) => {
             conn.authenticated(max_frame);

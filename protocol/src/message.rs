@@ -18,9 +18,10 @@ pub enum Msg {
     // --- authentication (right after the preamble) ---
     /// Client → server: a fresh nonce.
     Hello(Hello),
-    /// Server → client: its nonce (plain handshake, no token).
+    /// Not sent: kept so that the messages after it keep their numbers on the wire (the
+    /// split encoding of batches names them).
     Challenge(Challenge),
-    /// Client → server: the end of the plain handshake.
+    /// Not sent, for the same reason.
     Auth(Auth),
     /// Server → client: authenticated (or no token in use); a summary of the node.
     Welcome(Welcome),
@@ -154,7 +155,7 @@ pub struct Hello {
     pub resume: Option<SessionId>,
 }
 
-/// Server's answer to [`Hello`].
+/// Not sent (see [`Msg::Challenge`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     /// The server's fresh nonce.
@@ -162,7 +163,7 @@ pub struct Challenge {
     pub nonce: Vec<u8>,
 }
 
-/// The client's answer to [`Challenge`], which ends the plain handshake.
+/// Not sent (see [`Msg::Challenge`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {}
 
