@@ -40,13 +40,7 @@ impl Root {
         if outputs != answers.outputs.len() as u64 {
             return Err(RootError::Answers("output counts do not add up"));
         }
-        let limit = self.max_item_bytes();
-        if let Some(&big) = items.lens.0.iter().find(|&&l| u64::from(l) > limit) {
-            return Err(RootError::ItemTooLarge {
-                size: big as usize,
-                limit,
-            });
-        }
+        self.check_item_sizes(&items)?;
         let mut feeder = self.feeder.lock().await;
         let first = ItemId(feeder.next_id);
         let mut stall = self.stall.clone();

@@ -322,6 +322,18 @@ impl Root {
         }))
     }
 
+    /// Refuses a batch holding an item over [`Root::max_item_bytes`], naming its size.
+    fn check_item_sizes(&self, items: &Packed) -> Result<(), RootError> {
+        let limit = self.max_item_bytes();
+        match items.lens.0.iter().find(|&&l| u64::from(l) > limit) {
+            Some(&big) => Err(RootError::ItemTooLarge {
+                size: big as usize,
+                limit,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Queues a packed batch as it is (the fastest way to feed); returns the ids given.
     ///
     /// # Errors
@@ -329,13 +341,7 @@ impl Root {
     /// the bytes.
     pub async fn feed_packed(&self, items: Packed) -> Result<FedIds, RootError> {
         items.validate()?;
-        let limit = self.max_item_bytes();
-        if let Some(&big) = items.lens.0.iter().find(|&&l| u64::from(l) > limit) {
-            return Err(RootError::ItemTooLarge {
-                size: big as usize,
-                limit,
-            });
-        }
+        self.check_item_sizes(&items)?;
         let mut feeder = self.feeder.lock().await;
         let first = ItemId(feeder.next_id);
         let n = items.len() as u64;
