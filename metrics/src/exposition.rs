@@ -36,9 +36,11 @@ impl Families {
         f.set_name(name.to_owned());
         f.set_help(help.to_owned());
         f.set_field_type(kind);
+        let at = self.list.len();
         self.list.push(f);
-        let family = self.list.last_mut().expect("just pushed");
-        Family { family }
+        Family {
+            family: &mut self.list[at],
+        }
     }
 
     /// The families in the text format; families without samples are left out.

@@ -59,6 +59,7 @@ mod events;
 mod failure;
 pub mod graph;
 mod membership;
+pub use membership::resolve_name;
 pub mod native;
 mod options;
 mod probe;

@@ -143,19 +143,53 @@ impl Root {
         name: &str,
         port: u16,
     ) -> Result<Vec<(SocketAddr, Result<(), RootError>)>, RootError> {
-        let found = tokio::net::lookup_host((name, port))
-            .await
-            .map_err(|source| RootError::Resolve {
-                name: name.to_owned(),
-                source,
-            })?;
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        for a in found {
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
+        let addrs = resolve_name(name, port).await?;
         let added = self.add_nodes(&addrs).await;
         Ok(addrs.into_iter().zip(added).collect())
+    }
+}
+
+/// Every address `name` resolves to on `port` (its A and AAAA records), each once, first
+/// seen first: getaddrinfo repeats an address once per socket type and may list a record
+/// twice.
+///
+/// # Errors
+/// The name does not resolve.
+pub async fn resolve_name(name: &str, port: u16) -> Result<Vec<SocketAddr>, RootError> {
+    let found = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(|source| RootError::Resolve {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(distinct(found))
+}
+
+/// The addresses, each once, in the order first seen.
+fn distinct(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_addresses_count_once() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let got = distinct([
+            a("127.0.0.3:1"),
+            a("127.0.0.2:1"),
+            a("127.0.0.3:1"),
+            a("[::1]:1"),
+            a("127.0.0.2:1"),
+        ]);
+        assert_eq!(got, [a("127.0.0.3:1"), a("127.0.0.2:1"), a("[::1]:1")]);
     }
 }

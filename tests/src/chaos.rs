@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -260,7 +259,7 @@ pub async fn soak(
         let node = cluster.start_node(i).await?;
         cluster.nodes.lock().expect("not poisoned").push(Some(node));
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(tokio::sync::Notify::new());
     let injector = tokio::spawn(inject(cluster.clone(), opts.clone(), seed, stop.clone()));
     let mut report = ChaosReport {
         seed,
@@ -268,7 +267,7 @@ pub async fn soak(
     };
     let runs = run_until(&cluster, dir, opts, &mut report).await;
     // Faults end with the runs, also when a run failed.
-    stop.store(true, Ordering::Relaxed);
+    stop.notify_one();
     let faults = injector.await.map_err(|e| Error::Chaos(e.to_string()))?;
     runs?;
     if let Some(e) = cluster.failed.lock().expect("not poisoned").take() {
@@ -459,7 +458,7 @@ async fn inject(
     cluster: Arc<Cluster>,
     opts: ChaosOptions,
     seed: u64,
-    stop: Arc<AtomicBool>,
+    stop: Arc<tokio::sync::Notify>,
 ) -> BTreeMap<String, u32> {
     let end = Instant::now() + opts.duration;
     let mut rng = Rng(seed);
@@ -470,8 +469,11 @@ async fn inject(
     loop {
         let pause = Duration::from_millis(rng.between(every / 2, every * 3 / 2));
         // The pace of the faults is the scenario, not a wait for a condition.
-        tokio::time::sleep(pause).await;
-        if stop.load(Ordering::Relaxed) || Instant::now() >= end {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.notified() => break,
+        }
+        if Instant::now() >= end {
             break;
         }
         if round.is_empty() {
@@ -529,6 +531,7 @@ async fn apply(
             } else {
                 hosts.shape(i, SLOW_KBIT)?;
             }
+            // How long the link stays down or slow: the fault itself.
             tokio::time::sleep(hold).await;
             let undone = if kind == Fault::LinkDown {
                 hosts.restore(i)
@@ -541,6 +544,7 @@ async fn apply(
         (_, None) => unreachable!("a process fault holds the process"),
         (Fault::Stop, Some(child)) => {
             child.signal("-STOP")?;
+            // How long the node stays stopped: the fault itself.
             tokio::time::sleep(STOP_FOR).await;
             let cont = child.signal("-CONT");
             cluster.nodes.lock().expect("not poisoned")[i] = Some(child);

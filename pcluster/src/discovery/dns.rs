@@ -34,10 +34,9 @@ impl NodesDns {
     /// # Errors
     /// The name does not resolve, or to nothing.
     pub async fn resolve(&self) -> anyhow::Result<Vec<SocketAddr>> {
-        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let addrs = root::resolve_name(&self.host, self.port)
             .await
-            .with_context(|| format!("--nodes-dns: cannot resolve {}", self.host))?;
-        let addrs = distinct(found);
+            .context("--nodes-dns")?;
         anyhow::ensure!(
             !addrs.is_empty(),
             "--nodes-dns: {} has no address",
@@ -45,18 +44,6 @@ impl NodesDns {
         );
         Ok(addrs)
     }
-}
-
-/// The addresses, each once, first seen first: getaddrinfo repeats an address once per
-/// socket type and may list a record twice.
-pub fn distinct(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    for a in addrs {
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    out
 }
 
 /// A name resolved again every `every` (never when `None`).
@@ -120,19 +107,6 @@ mod tests {
         for bad in ["nodes.test:x", "nodes.test:70000", "", ":6000"] {
             assert!(NodesDns::parse(bad, 6000).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn repeated_addresses_count_once() {
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let got = distinct([
-            a("127.0.0.3:1"),
-            a("127.0.0.2:1"),
-            a("127.0.0.3:1"),
-            a("[::1]:1"),
-            a("127.0.0.2:1"),
-        ]);
-        assert_eq!(got, [a("127.0.0.3:1"), a("127.0.0.2:1"), a("[::1]:1")]);
     }
 
     #[tokio::test]
